@@ -1,0 +1,317 @@
+//! The deploy order (DESIGN §5) and the service/migration spec it carries.
+//!
+//! The same spec types are what `deploy.toml` declares, so the controller
+//! deserializes them straight from config and the agent reads them from the
+//! order: one definition, no translation layer to drift.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::time::{Timestamp, duration};
+
+/// How long an order stays valid when the issuer does not say otherwise.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(10 * 60);
+
+/// A signed instruction for one host of one environment. Strict: unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Order {
+    /// Unique and time-ordered (a ULID); the replay key.
+    pub order_id: String,
+    /// Shared by every order of one `push` or `rollback` across hosts.
+    pub rollout_id: String,
+    pub env: String,
+    pub host: String,
+    pub issued_at: Timestamp,
+    pub not_after: Timestamp,
+    /// Free text for humans: `user@machine`, a CI run URL.
+    pub issued_by: String,
+    pub action: Action,
+    pub image: ImageRef,
+    /// What the user typed (`v1.2`, a git SHA), for display only.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// True on the env's first host only.
+    pub run_migration: bool,
+    /// Names containers `<prefix><app>-<env>-<service>`.
+    pub app: String,
+    pub services: BTreeMap<String, ServiceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrationSpec>,
+}
+
+/// Generates a fresh, time-ordered id for an order or a rollout.
+pub fn new_id() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Deploy,
+    Rollback,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Deploy => "deploy",
+            Action::Rollback => "rollback",
+        })
+    }
+}
+
+/// One service of an app, as declared in `deploy.toml` `[services.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub kind: ServiceKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// A path on the host; secrets never travel in orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// `kind = "compose"`: the compose file on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_file: Option<String>,
+    /// `kind = "compose"`: the service in that file; defaults to this service's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceKind {
+    #[default]
+    Container,
+    Compose,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Stop the old container (kept aside), then start the new: needed when a host port is bound.
+    #[default]
+    StopFirst,
+    /// Start the new container while the old one keeps serving; switch once it is healthy.
+    StartFirst,
+}
+
+/// How a service proves it is healthy. Without `path`: the image's HEALTHCHECK if it has one,
+/// else "still running after `healthy_for`".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Container port probed on the container's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "HealthSpec::default_interval", with = "duration")]
+    pub interval: Duration,
+    /// The service must stay healthy this long before it counts as healthy.
+    #[serde(default = "HealthSpec::default_healthy_for", with = "duration")]
+    pub healthy_for: Duration,
+    /// Give up (and roll back) if not healthy by then.
+    #[serde(default = "HealthSpec::default_deadline", with = "duration")]
+    pub deadline: Duration,
+}
+
+impl HealthSpec {
+    fn default_interval() -> Duration {
+        Duration::from_millis(250)
+    }
+    fn default_healthy_for() -> Duration {
+        Duration::from_secs(2)
+    }
+    fn default_deadline() -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: None,
+            port: None,
+            interval: Self::default_interval(),
+            healthy_for: Self::default_healthy_for(),
+            deadline: Self::default_deadline(),
+        }
+    }
+}
+
+/// `[migrate]`: a one-off container of the NEW image, run once per rollout before any switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSpec {
+    pub command: Vec<String>,
+    /// The service whose env_file / volumes / network the migration borrows.
+    pub service: String,
+    #[serde(default = "MigrationSpec::default_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+impl MigrationSpec {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+}
+
+/// `repository@sha256:<64 lowercase hex>`: the only way an image is named on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef {
+    repository: String,
+    digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad image reference {input:?}: {why} (expected repository@sha256:<64 hex>)")]
+pub struct ImageRefError {
+    pub input: String,
+    pub why: &'static str,
+}
+
+impl ImageRef {
+    pub fn new(repository: &str, digest: &str) -> Result<Self, ImageRefError> {
+        format!("{repository}@{digest}").parse()
+    }
+
+    /// `registry.example.com/acme/web`
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// `sha256:…`
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The first 12 hex digits, for tables.
+    pub fn short_digest(&self) -> &str {
+        short_digest(&self.digest)
+    }
+}
+
+/// `sha256:0123456789ab…` → `0123456789ab`.
+pub fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// True for `sha256:` followed by exactly 64 lowercase hex digits.
+pub fn is_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+impl FromStr for ImageRef {
+    type Err = ImageRefError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why| ImageRefError { input: s.to_string(), why };
+        let (repo, digest) = s.rsplit_once('@').ok_or_else(|| err("no @digest"))?;
+        if repo.is_empty() {
+            return Err(err("empty repository"));
+        }
+        if repo.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_uppercase() || b == b'@') {
+            return Err(err("repository has whitespace, upper case or '@'"));
+        }
+        // A tag on a pinned image would invite someone to believe it.
+        if repo.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            return Err(err("repository carries a tag"));
+        }
+        if !is_digest(digest) {
+            return Err(err("digest is not sha256:<64 lowercase hex>"));
+        }
+        Ok(ImageRef { repository: repo.to_string(), digest: digest.to_string() })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.repository, self.digest)
+    }
+}
+
+impl Serialize for ImageRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The container name of a service: `<prefix><app>-<env>-<service>`.
+pub fn container_name(prefix: &str, app: &str, env: &str, service: &str) -> String {
+    format!("{prefix}{app}-{env}-{service}")
+}
+
+/// Labels every container deployctl creates carries (DESIGN §4, §7).
+pub mod labels {
+    pub const HOST: &str = "deployctl.host";
+    pub const ENV: &str = "deployctl.env";
+    pub const APP: &str = "deployctl.app";
+    pub const SERVICE: &str = "deployctl.service";
+    pub const DIGEST: &str = "deployctl.digest";
+    pub const REF: &str = "deployctl.ref";
+    pub const ORDER: &str = "deployctl.order";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn image_refs_parse_or_explain() {
+        let ok = format!("127.0.0.1:5000/acme/web@{D}");
+        let r: ImageRef = ok.parse().unwrap();
+        assert_eq!(r.repository(), "127.0.0.1:5000/acme/web");
+        assert_eq!(r.digest(), D);
+        assert_eq!(r.to_string(), ok);
+        assert_eq!(r.short_digest(), "0123456789ab");
+        let cases = [
+            "acme/web",
+            "acme/web:latest",
+            "@sha256:00",
+            "acme/web@sha256:0123",
+            "acme/web:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "Acme/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "acme/web@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+            "acme/web@md5:0123456789abcdef0123456789abcdef",
+        ];
+        for bad in cases {
+            assert!(bad.parse::<ImageRef>().is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn service_spec_defaults_fill_in() {
+        let s: ServiceSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(s.kind, ServiceKind::Container);
+        assert_eq!(s.strategy, Strategy::StopFirst);
+        assert_eq!(s.health.deadline, Duration::from_secs(60));
+        assert!(serde_json::from_str::<ServiceSpec>(r#"{"prots": []}"#).is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! Messages exchanged between controller and agent (DESIGN §6).
+//!
+//! Each message is one JSON object on one line (see [`crate::codec`]). The
+//! `type` field names the message; unknown types and unknown fields are errors.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::order::{Action, ImageRef};
+use crate::time::Timestamp;
+
+/// Bumped on any incompatible change; both sides refuse a peer with another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The bytes of an order and the armored SSHSIG over exactly those bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedOrder {
+    /// The order's JSON, verbatim as signed. Parsed only after the signature verifies.
+    pub payload: String,
+    /// `-----BEGIN SSH SIGNATURE-----` … (namespace `deployctl-order`).
+    pub signature: String,
+}
+
+/// Controller → agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First frame of every connection.
+    Hello { protocol: u32, client: String },
+    /// Apply a signed order; answered by `event`s ending in an `outcome` (or a `refused`).
+    Submit { order: SignedOrder },
+    /// Re-attach to an order: replays its journaled events, then follows it live to the outcome.
+    Watch { order_id: String },
+    Status {},
+    History { limit: usize },
+    Logs {
+        #[serde(default)]
+        service: Option<String>,
+        lines: usize,
+    },
+}
+
+/// Agent → controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Hello { protocol: u32, agent_version: String, host: String, env: String },
+    Event { event: JobEvent },
+    Outcome { outcome: Outcome },
+    /// The order was not accepted; nothing changed.
+    Refused { refusal: Refusal },
+    Status { status: AgentStatus },
+    History { entries: Vec<HistoryEntry> },
+    Logs { logs: Vec<ServiceLogs> },
+    /// A request the agent could not serve (malformed, unknown order id, engine down).
+    Error { message: String },
+}
+
+/// One step of a job, as journaled and streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEvent {
+    pub order_id: String,
+    pub at: Timestamp,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Accepted,
+    Pull,
+    Migrate,
+    /// Old container set aside / new one created and started.
+    Switch,
+    Health,
+    /// Old versions removed or retained.
+    Cleanup,
+    Rollback,
+    /// The agent restarted and is finishing or undoing this order.
+    Recover,
+    Done,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// How an accepted order ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outcome {
+    pub order_id: String,
+    pub rollout_id: String,
+    pub kind: OutcomeKind,
+    /// What went wrong, when something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureClass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Did this order leave the host different from before it? (false after a clean rollback.)
+    pub changed: bool,
+    /// Last log lines of the failing container (migration or new version).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// Per service: what runs now.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceResult>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// From the failed version's start to the previous version healthy again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceResult {
+    /// `sha256:…` now running, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutcomeKind {
+    /// The new version is serving and healthy on every service.
+    Succeeded,
+    /// Nothing changed: the image could not be pulled.
+    PullFailed,
+    /// Nothing changed: the migration exited non-zero or timed out.
+    MigrationFailed,
+    /// The new version failed; the previous one is back and healthy.
+    RolledBack,
+    /// The new version failed and the previous one could not be restored: needs a human.
+    RollbackFailed,
+    /// Failed before any switch for another reason (engine error, first deploy unhealthy); nothing
+    /// of the previous version changed.
+    Failed,
+}
+
+impl OutcomeKind {
+    /// Whether the host is on a version known good (new or previous) after this outcome.
+    pub fn is_consistent(self) -> bool {
+        !matches!(self, OutcomeKind::RollbackFailed)
+    }
+}
+
+impl fmt::Display for OutcomeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// The class of a failure (DESIGN §2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureClass {
+    ImageNotFound,
+    RegistryUnauthorized,
+    RegistryUnreachable,
+    MigrationFailed,
+    MigrationTimeout,
+    /// The new container exited before it became healthy.
+    ContainerExited,
+    HealthDeadline,
+    StartFailed,
+    /// The engine itself misbehaved (API error).
+    Engine,
+    /// The agent died mid-job and recovery undid the order.
+    Interrupted,
+}
+
+/// Why an order was not accepted (DESIGN §5). Each kind is distinct so callers can act on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+    /// For `rollout-in-progress`: who holds the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<LockHolder>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalKind {
+    /// The signature does not verify over the payload (tampered, wrong namespace, corrupt).
+    BadSignature,
+    /// Valid signature by a key that is not in `allowed_signers` (for this namespace).
+    UnknownSigner,
+    EnvMismatch,
+    HostMismatch,
+    Expired,
+    NotYetValid,
+    Replayed,
+    ImageNotAllowed,
+    RolloutInProgress,
+    Malformed,
+    Oversized,
+    ProtocolVersion,
+}
+
+impl fmt::Display for RefusalKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// The job currently holding a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockHolder {
+    pub order_id: String,
+    pub rollout_id: String,
+    pub signer: String,
+    pub issued_by: String,
+    pub since: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    pub agent_version: String,
+    pub host: String,
+    pub env: String,
+    pub uptime_secs: u64,
+    pub services: Vec<ServiceStatus>,
+    /// Jobs running right now.
+    #[serde(default)]
+    pub running: Vec<LockHolder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStatus {
+    pub app: String,
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageRef>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub health: Health,
+    /// When `health` last changed.
+    pub since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<OutcomeKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_order: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    /// Container present but not running.
+    Stopped,
+    /// No container for the service.
+    Missing,
+    Unknown,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// One order as the journal remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    pub order_id: String,
+    pub rollout_id: String,
+    pub action: Action,
+    /// The allowed_signers principal that signed, and the key fingerprint.
+    pub signer: String,
+    pub issued_by: String,
+    pub accepted_at: Timestamp,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub image: ImageRef,
+    pub app: String,
+    pub services: Vec<String>,
+    /// None while running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<OutcomeKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    pub run_migration: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceLogs {
+    pub app: String,
+    pub service: String,
+    pub container: String,
+    pub lines: Vec<String>,
+}
