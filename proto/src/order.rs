@@ -216,29 +216,45 @@ pub fn short_digest(digest: &str) -> &str {
 
 /// True for `sha256:` followed by exactly 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 impl FromStr for ImageRef {
     type Err = ImageRefError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |why| ImageRefError { input: s.to_string(), why };
+        let err = |why| ImageRefError {
+            input: s.to_string(),
+            why,
+        };
         let (repo, digest) = s.rsplit_once('@').ok_or_else(|| err("no @digest"))?;
         if repo.is_empty() {
             return Err(err("empty repository"));
         }
-        if repo.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_uppercase() || b == b'@') {
+        if repo
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_uppercase() || b == b'@')
+        {
             return Err(err("repository has whitespace, upper case or '@'"));
         }
         // A tag on a pinned image would invite someone to believe it.
-        if repo.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        if repo
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
             return Err(err("repository carries a tag"));
         }
         if !is_digest(digest) {
             return Err(err("digest is not sha256:<64 lowercase hex>"));
         }
-        Ok(ImageRef { repository: repo.to_string(), digest: digest.to_string() })
+        Ok(ImageRef {
+            repository: repo.to_string(),
+            digest: digest.to_string(),
+        })
     }
 }
 

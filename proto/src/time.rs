@@ -30,7 +30,10 @@ impl Timestamp {
     }
 
     pub fn unix_secs(self) -> u64 {
-        self.0.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+        self.0
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
     }
 
     /// `self + d`, saturating at the far future instead of panicking.
@@ -68,13 +71,15 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Timestamp::parse(&s).map_err(|e| serde::de::Error::custom(format!("bad timestamp {s:?}: {e}")))
+        Timestamp::parse(&s)
+            .map_err(|e| serde::de::Error::custom(format!("bad timestamp {s:?}: {e}")))
     }
 }
 
 /// Parses `250ms`, `2s`, `5m`, `1h 30m`; a bare number is refused because its unit would be a guess.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e} (examples: 250ms, 2s, 5m)"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("bad duration {s:?}: {e} (examples: 250ms, 2s, 5m)"))
 }
 
 pub fn format_duration(d: Duration) -> String {
@@ -101,7 +106,12 @@ mod tests {
 
     #[test]
     fn durations_parse_and_format_round_trip() {
-        for (text, ms) in [("250ms", 250), ("2s", 2000), ("5m", 300_000), ("1h", 3_600_000)] {
+        for (text, ms) in [
+            ("250ms", 250),
+            ("2s", 2000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+        ] {
             let d = parse_duration(text).unwrap();
             assert_eq!(d.as_millis(), ms, "{text}");
             assert_eq!(parse_duration(&format_duration(d)).unwrap(), d);

@@ -29,13 +29,22 @@ pub struct SignedOrder {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// First frame of every connection.
-    Hello { protocol: u32, client: String },
+    Hello {
+        protocol: u32,
+        client: String,
+    },
     /// Apply a signed order; answered by `event`s ending in an `outcome` (or a `refused`).
-    Submit { order: SignedOrder },
+    Submit {
+        order: SignedOrder,
+    },
     /// Re-attach to an order: replays its journaled events, then follows it live to the outcome.
-    Watch { order_id: String },
+    Watch {
+        order_id: String,
+    },
     Status {},
-    History { limit: usize },
+    History {
+        limit: usize,
+    },
     Logs {
         #[serde(default)]
         service: Option<String>,
@@ -47,16 +56,35 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Reply {
-    Hello { protocol: u32, agent_version: String, host: String, env: String },
-    Event { event: JobEvent },
-    Outcome { outcome: Outcome },
+    Hello {
+        protocol: u32,
+        agent_version: String,
+        host: String,
+        env: String,
+    },
+    Event {
+        event: JobEvent,
+    },
+    Outcome {
+        outcome: Outcome,
+    },
     /// The order was not accepted; nothing changed.
-    Refused { refusal: Refusal },
-    Status { status: AgentStatus },
-    History { entries: Vec<HistoryEntry> },
-    Logs { logs: Vec<ServiceLogs> },
+    Refused {
+        refusal: Refusal,
+    },
+    Status {
+        status: AgentStatus,
+    },
+    History {
+        entries: Vec<HistoryEntry>,
+    },
+    Logs {
+        logs: Vec<ServiceLogs>,
+    },
     /// A request the agent could not serve (malformed, unknown order id, engine down).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 /// One step of a job, as journaled and streamed.
@@ -90,7 +118,10 @@ pub enum Phase {
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -161,7 +192,10 @@ impl OutcomeKind {
 
 impl fmt::Display for OutcomeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -213,11 +247,16 @@ pub enum RefusalKind {
     Malformed,
     Oversized,
     ProtocolVersion,
+    /// The agent could not complete its checks (e.g. its replay store is not writable); nothing changed.
+    Internal,
 }
 
 impl fmt::Display for RefusalKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }
@@ -282,7 +321,10 @@ pub enum Health {
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         f.write_str(&s)
     }
 }

@@ -1,0 +1,884 @@
+//! Order signatures in the OpenSSH SSHSIG format (DESIGN §5).
+//!
+//! A signature is exactly what `ssh-keygen -Y sign -n deployctl-order` produces over the
+//! payload bytes, and is checked the way `ssh-keygen -Y verify` checks it: against an
+//! OpenSSH `allowed_signers` file whose lines may restrict a key to some namespaces
+//! (`namespaces="deployctl-order"`) and to a validity window (`valid-after`, `valid-before`).
+//! The payload is verified as bytes first and parsed only afterwards, so no JSON parser ever
+//! sees bytes an untrusted party chose.
+//!
+//! Signing works from an OpenSSH private key file or through a running ssh-agent (hardware
+//! keys included); [`generate_key_files`] writes a fresh ed25519 key pair for
+//! `deployctl keys generate`.
+//!
+//! Differences from OpenSSH worth knowing: `cert-authority` lines are ignored (with a note in
+//! [`AllowedSigners::notes`]) because orders are signed by plain keys; `valid-after` /
+//! `valid-before` times without a trailing `Z` are read as UTC, not local time.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use russh::keys::agent::client::AgentClient;
+use russh::keys::ssh_key::private::{Ed25519Keypair, PrivateKey};
+use russh::keys::ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, SshSig};
+
+use crate::order::Order;
+use crate::time::Timestamp;
+use crate::wire::SignedOrder;
+
+/// The SSHSIG namespace of deploy orders; a signature made for any other is refused.
+pub const NAMESPACE: &str = "deployctl-order";
+
+/// Where [`Signer::from_key_file`] reads the passphrase of an encrypted key.
+pub const PASSPHRASE_ENV: &str = "DEPLOYCTL_KEY_PASSPHRASE";
+
+/// The hash `ssh-keygen -Y sign` uses; verification accepts sha256 too.
+const HASH: HashAlg = HashAlg::Sha512;
+
+/// No real SSHSIG comes near this (an RSA-16384 signature is ~5 KiB armored).
+pub const MAX_SIGNATURE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a usable OpenSSH private key: {why}")]
+    KeyFormat { path: PathBuf, why: String },
+    #[error(
+        "{path} is encrypted; load it into ssh-agent (`ssh-add {path}`) or put its passphrase in the \
+         {PASSPHRASE_ENV} environment variable"
+    )]
+    EncryptedKey { path: PathBuf },
+    #[error("cannot decrypt {path} with the passphrase given (from {PASSPHRASE_ENV}): {why}")]
+    Passphrase { path: PathBuf, why: String },
+    #[error("ssh-agent at {socket}: {why}")]
+    Agent { socket: PathBuf, why: String },
+    #[error("ssh-agent at {socket} holds no key that can sign orders (add one with `ssh-add`)")]
+    NoAgentKey { socket: PathBuf },
+    #[error("ssh-agent at {socket} does not hold the key {fingerprint}")]
+    AgentKeyMissing {
+        socket: PathBuf,
+        fingerprint: String,
+    },
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error(
+        "{path} already exists; refusing to overwrite a key (choose another --out or remove it)"
+    )]
+    Exists { path: PathBuf },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Something that can produce SSHSIG signatures.
+pub struct Signer {
+    source: SignerSource,
+}
+
+enum SignerSource {
+    Key(Box<PrivateKey>),
+    /// The agent is reconnected for every signature: a signer may outlive a connection, and
+    /// signing is rare (one per host per rollout).
+    Agent {
+        socket: PathBuf,
+        key: PublicKey,
+    },
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (via, key) = match &self.source {
+            SignerSource::Key(k) => ("key file".to_string(), k.public_key()),
+            SignerSource::Agent { socket, key } => (format!("ssh-agent {}", socket.display()), key),
+        };
+        write!(f, "Signer({via}, {})", key.fingerprint(HashAlg::Sha256))
+    }
+}
+
+impl Signer {
+    /// Loads an OpenSSH private key. An encrypted key is decrypted with the passphrase in
+    /// [`PASSPHRASE_ENV`]; without it the error tells the user what to do.
+    pub fn from_key_file(path: &Path) -> Result<Signer, SignError> {
+        let passphrase = std::env::var(PASSPHRASE_ENV).ok().filter(|p| !p.is_empty());
+        Self::from_key_file_with_passphrase(path, passphrase.as_deref())
+    }
+
+    /// [`Signer::from_key_file`] with the passphrase given directly instead of from the
+    /// environment (`None`: an encrypted key is an error).
+    pub fn from_key_file_with_passphrase(
+        path: &Path,
+        passphrase: Option<&str>,
+    ) -> Result<Signer, SignError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SignError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let format_err = |why: String| SignError::KeyFormat {
+            path: path.to_owned(),
+            why,
+        };
+        if !text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
+            return Err(format_err(if text.contains("PRIVATE KEY-----") {
+                "it is in the old PEM format; convert it with `ssh-keygen -p -f KEY` (which rewrites it as \
+                 OpenSSH)"
+                    .into()
+            } else {
+                "no `-----BEGIN OPENSSH PRIVATE KEY-----` block (is this the .pub file?)".into()
+            }));
+        }
+        let mut key = PrivateKey::from_openssh(&text).map_err(|e| format_err(e.to_string()))?;
+        if key.is_encrypted() {
+            let passphrase = passphrase.ok_or_else(|| SignError::EncryptedKey {
+                path: path.to_owned(),
+            })?;
+            key = key
+                .decrypt(passphrase.as_bytes())
+                .map_err(|e| SignError::Passphrase {
+                    path: path.to_owned(),
+                    why: match e {
+                        russh::keys::ssh_key::Error::Crypto => "wrong passphrase".into(),
+                        other => other.to_string(),
+                    },
+                })?;
+        }
+        check_algorithm(key.public_key()).map_err(format_err)?;
+        Ok(Signer {
+            source: SignerSource::Key(Box::new(key)),
+        })
+    }
+
+    /// Uses a key held by the ssh-agent listening on `socket`: the one matching `want`, else
+    /// the first key that can sign orders.
+    pub async fn from_agent(socket: &Path, want: Option<&PublicKey>) -> Result<Signer, SignError> {
+        let agent_err = |why: String| SignError::Agent {
+            socket: socket.to_owned(),
+            why,
+        };
+        let mut agent = AgentClient::connect_uds(socket)
+            .await
+            .map_err(|e| agent_err(format!("cannot connect: {e}")))?;
+        let identities = agent
+            .request_identities()
+            .await
+            .map_err(|e| agent_err(format!("cannot list keys: {e}")))?;
+        let keys = identities.iter().filter_map(|id| match id {
+            russh::keys::agent::AgentIdentity::PublicKey { key, .. } => Some(key),
+            russh::keys::agent::AgentIdentity::Certificate { .. } => None,
+        });
+        let key = match want {
+            Some(want) => keys
+                .into_iter()
+                .find(|k| k.key_data() == want.key_data())
+                .ok_or_else(|| SignError::AgentKeyMissing {
+                    socket: socket.to_owned(),
+                    fingerprint: want.fingerprint(HashAlg::Sha256).to_string(),
+                })?,
+            None => keys
+                .into_iter()
+                .find(|k| check_algorithm(k).is_ok())
+                .ok_or_else(|| SignError::NoAgentKey {
+                    socket: socket.to_owned(),
+                })?,
+        };
+        check_algorithm(key).map_err(agent_err)?;
+        Ok(Signer {
+            source: SignerSource::Agent {
+                socket: socket.to_owned(),
+                key: key.clone(),
+            },
+        })
+    }
+
+    /// The ssh-agent socket named by `SSH_AUTH_SOCK`, if set.
+    pub fn agent_socket_from_env() -> Option<PathBuf> {
+        std::env::var_os("SSH_AUTH_SOCK")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    }
+
+    pub fn public_key(&self) -> &PublicKey {
+        match &self.source {
+            SignerSource::Key(k) => k.public_key(),
+            SignerSource::Agent { key, .. } => key,
+        }
+    }
+
+    /// `SHA256:…` of the signing key.
+    pub fn fingerprint(&self) -> String {
+        self.public_key().fingerprint(HashAlg::Sha256).to_string()
+    }
+
+    /// An armored SSHSIG (`-----BEGIN SSH SIGNATURE-----`) over exactly `payload`.
+    pub async fn sign(&self, payload: &[u8]) -> Result<String, SignError> {
+        let sig = match &self.source {
+            SignerSource::Key(key) => key
+                .sign(NAMESPACE, HASH, payload)
+                .map_err(|e| SignError::Sign(e.to_string()))?,
+            SignerSource::Agent { socket, key } => {
+                let agent_err = |why: String| SignError::Agent {
+                    socket: socket.to_owned(),
+                    why,
+                };
+                let signed_data = SshSig::signed_data(NAMESPACE, HASH, payload)
+                    .map_err(|e| SignError::Sign(e.to_string()))?;
+                let mut agent = AgentClient::connect_uds(socket)
+                    .await
+                    .map_err(|e| agent_err(format!("cannot connect: {e}")))?;
+                // OpenSSH signs SSHSIG with rsa-sha2-512 and refuses SHA-1 RSA signatures.
+                let rsa_hash = key.algorithm().is_rsa().then_some(HashAlg::Sha512);
+                let raw = agent
+                    .sign_request_signature(key, rsa_hash, &signed_data)
+                    .await
+                    .map_err(|e| agent_err(format!("refused to sign: {e}")))?;
+                let sig = SshSig::new(key.key_data().clone(), NAMESPACE, HASH, raw)
+                    .map_err(|e| SignError::Sign(e.to_string()))?;
+                // An agent is a separate program; a signature it got wrong should fail here, not
+                // as a puzzling refusal on every host.
+                key.verify(NAMESPACE, payload, &sig).map_err(|e| {
+                    agent_err(format!("returned a signature that does not verify: {e}"))
+                })?;
+                sig
+            }
+        };
+        sig.to_pem(LineEnding::LF)
+            .map_err(|e| SignError::Sign(e.to_string()))
+    }
+
+    /// Serializes `order` and signs those exact bytes.
+    pub async fn sign_order(&self, order: &Order) -> Result<SignedOrder, SignError> {
+        let payload = serde_json::to_string(order)
+            .map_err(|e| SignError::Sign(format!("cannot serialize order: {e}")))?;
+        let signature = self.sign(payload.as_bytes()).await?;
+        Ok(SignedOrder { payload, signature })
+    }
+}
+
+/// Key types whose SSHSIG signatures this crate verifies.
+fn check_algorithm(key: &PublicKey) -> Result<(), String> {
+    match key.algorithm() {
+        Algorithm::Ed25519
+        | Algorithm::Ecdsa { .. }
+        | Algorithm::Rsa { .. }
+        | Algorithm::SkEd25519
+        | Algorithm::SkEcdsaSha2NistP256 => Ok(()),
+        other => Err(format!(
+            "{other} keys cannot sign orders (use ed25519, ecdsa or rsa)"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// allowed_signers
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllowedSignersError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}: {why}")]
+    Line {
+        origin: String,
+        line: usize,
+        why: String,
+    },
+}
+
+/// A parsed OpenSSH `allowed_signers` file (see `ssh-keygen(1)`, ALLOWED SIGNERS).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedSigners {
+    entries: Vec<SignerEntry>,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SignerEntry {
+    /// The principals field as written (a comma-separated pattern list).
+    principals: String,
+    /// `namespaces="…"`: a pattern list; `None` allows every namespace.
+    namespaces: Option<String>,
+    valid_after: Option<Timestamp>,
+    valid_before: Option<Timestamp>,
+    key: PublicKey,
+    /// `origin:line`, for messages.
+    source: String,
+}
+
+impl AllowedSigners {
+    /// Parses the text of an allowed_signers file; `origin` names it in errors (`origin:line: why`).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, AllowedSignersError> {
+        let mut out = AllowedSigners::default();
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let err = |why: String| AllowedSignersError::Line {
+                origin: origin.to_string(),
+                line,
+                why,
+            };
+            let trimmed = raw.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            match parse_signer_line(trimmed).map_err(err)? {
+                ParsedLine::Entry(e) => out.entries.push(SignerEntry { source: format!("{origin}:{line}"), ..*e }),
+                ParsedLine::CertAuthority => out.notes.push(format!(
+                    "{origin}:{line}: cert-authority lines are not supported for orders (sign with a plain key); \
+                     line ignored"
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, AllowedSignersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AllowedSignersError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// No usable key: every order would be refused.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of usable key lines.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Lines that were understood but ignored, worth logging at start-up.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+enum ParsedLine {
+    Entry(Box<SignerEntry>),
+    CertAuthority,
+}
+
+/// `principals [options] keytype base64 [comment]`
+fn parse_signer_line(line: &str) -> Result<ParsedLine, String> {
+    let (principals, rest) = next_token(line)?;
+    let principals = unquote(principals);
+    if principals.is_empty() {
+        return Err("empty principals field".into());
+    }
+    let (second, after_second) = next_token(rest)?;
+    if second.is_empty() {
+        return Err("expected options or a key after the principals".into());
+    }
+    let (options, key_type, rest) = if is_key_type(second) {
+        (None, second, after_second)
+    } else {
+        let (key_type, rest) = next_token(after_second)?;
+        (Some(second), key_type, rest)
+    };
+    if key_type.is_empty() {
+        return Err("no public key on the line".into());
+    }
+    if key_type.ends_with("-cert-v01@openssh.com") {
+        return Err(format!(
+            "{key_type}: certificates cannot be allowed signers (use the plain key)"
+        ));
+    }
+    if !is_key_type(key_type) {
+        return Err(format!("unknown key type or option {key_type:?}"));
+    }
+    let (blob, _comment) = next_token(rest)?;
+    if blob.is_empty() {
+        return Err(format!("{key_type} key has no base64 data"));
+    }
+    let key = PublicKey::from_openssh(&format!("{key_type} {blob}"))
+        .map_err(|e| format!("bad {key_type} key: {e}"))?;
+    if key.algorithm().as_str() != key_type {
+        return Err(format!(
+            "key data is {} but the line says {key_type}",
+            key.algorithm()
+        ));
+    }
+
+    let mut entry = SignerEntry {
+        principals: principals.to_string(),
+        namespaces: None,
+        valid_after: None,
+        valid_before: None,
+        key,
+        source: String::new(),
+    };
+    let mut cert_authority = false;
+    for (name, value) in split_options(options.unwrap_or(""))? {
+        let need = |v: Option<String>| {
+            v.ok_or_else(|| format!("option {name} needs a value ({name}=\"…\")"))
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "cert-authority" => cert_authority = true,
+            "namespaces" => entry.namespaces = Some(need(value)?),
+            "valid-after" => entry.valid_after = Some(parse_openssh_time(&need(value)?)?),
+            "valid-before" => entry.valid_before = Some(parse_openssh_time(&need(value)?)?),
+            _ => {
+                return Err(format!(
+                    "unsupported option {name:?} (known: namespaces, valid-after, valid-before)"
+                ));
+            }
+        }
+    }
+    if cert_authority {
+        return Ok(ParsedLine::CertAuthority);
+    }
+    Ok(ParsedLine::Entry(Box::new(entry)))
+}
+
+fn is_key_type(s: &str) -> bool {
+    matches!(
+        s,
+        "ssh-ed25519"
+            | "ssh-rsa"
+            | "ssh-dss"
+            | "ecdsa-sha2-nistp256"
+            | "ecdsa-sha2-nistp384"
+            | "ecdsa-sha2-nistp521"
+            | "sk-ssh-ed25519@openssh.com"
+            | "sk-ecdsa-sha2-nistp256@openssh.com"
+    ) || s.ends_with("-cert-v01@openssh.com")
+}
+
+/// The next whitespace-delimited token, where double quotes may protect spaces; and the rest.
+fn next_token(s: &str) -> Result<(&str, &str), String> {
+    let s = s.trim_start();
+    let mut in_quotes = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            '"' => in_quotes = !in_quotes,
+            c if c.is_whitespace() && !in_quotes => return Ok((&s[..i], &s[i..])),
+            _ => {}
+        }
+    }
+    if in_quotes {
+        return Err(format!("unterminated quote in {s:?}"));
+    }
+    Ok((s, ""))
+}
+
+fn unquote(s: &str) -> &str {
+    s.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s)
+}
+
+/// `a,b="x,y",c` → `[(a, None), (b, Some("x,y")), (c, None)]`
+fn split_options(s: &str) -> Result<Vec<(String, Option<String>)>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let name_end = rest.find(['=', ',']).unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!("malformed option {name:?} in {s:?}"));
+        }
+        rest = &rest[name_end..];
+        let value = if let Some(after_eq) = rest.strip_prefix('=') {
+            let quoted = after_eq
+                .strip_prefix('"')
+                .ok_or_else(|| format!("value of option {name} must be quoted"))?;
+            let close = quoted
+                .find('"')
+                .ok_or_else(|| format!("unterminated quote in option {name}"))?;
+            rest = &quoted[close + 1..];
+            Some(quoted[..close].to_string())
+        } else {
+            None
+        };
+        out.push((name.to_string(), value));
+        if let Some(after_comma) = rest.strip_prefix(',') {
+            if after_comma.is_empty() {
+                return Err(format!("trailing comma in options {s:?}"));
+            }
+            rest = after_comma;
+        } else if !rest.is_empty() {
+            return Err(format!("expected ',' between options in {s:?}"));
+        }
+    }
+    Ok(out)
+}
+
+/// `YYYYMMDD[HHMM[SS]][Z]`, the format of `valid-after` / `valid-before`.
+fn parse_openssh_time(s: &str) -> Result<Timestamp, String> {
+    let bad = || format!("bad time {s:?} (expected YYYYMMDD[HHMM[SS]][Z])");
+    let digits = s.strip_suffix(['Z', 'z']).unwrap_or(s);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![8, 12, 14].contains(&digits.len()) {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| {
+        digits
+            .get(r)
+            .and_then(|d| d.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (year, month, day) = (num(0..4), num(4..6), num(6..8));
+    let (hour, min, sec) = (num(8..10), num(10..12), num(12..14));
+    if !(1970..=9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+    {
+        return Err(bad());
+    }
+    if hour > 23 || min > 59 || sec > 59 {
+        return Err(bad());
+    }
+    let days = days_since_epoch(year, month, day);
+    Ok(Timestamp::from_unix_secs(
+        days * 86_400 + hour * 3600 + min * 60 + sec,
+    ))
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    let leap = matches!((year % 4, year % 100, year % 400), (0, 1.., _) | (_, _, 0));
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date on or after it.
+fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
+    let full_years: u64 = (1970..year)
+        .map(|y| if days_in_month(y, 2) == 29 { 366 } else { 365 })
+        .sum();
+    let full_months: u64 = (1..month).map(|m| days_in_month(year, m)).sum();
+    full_years + full_months + day - 1
+}
+
+/// OpenSSH pattern lists: `*` and `?` wildcards, `!` negates; a negated match wins.
+fn matches_pattern_list(list: &str, value: &str) -> bool {
+    let mut matched = false;
+    for pattern in list.split(',').map(str::trim) {
+        if let Some(negated) = pattern.strip_prefix('!') {
+            if wildcard_match(negated, value) {
+                return false;
+            }
+        } else if wildcard_match(pattern, value) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// `*` matches any run of characters, `?` any one character.
+pub(crate) fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
+    // Iterative matching with single-star backtracking: linear space, no recursion on input.
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
+            pi += 1;
+            vi += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, vi));
+            pi += 1;
+        } else if let Some((sp, sv)) = star {
+            pi = sp + 1;
+            vi = sv + 1;
+            star = Some((sp, sv + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+// ---------------------------------------------------------------------------------------------
+// verification
+
+/// Who signed an accepted payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The principals field of the allowed_signers line that admitted the key.
+    pub principal: String,
+    /// `SHA256:…` of the signing key.
+    pub fingerprint: String,
+}
+
+impl fmt::Display for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.principal, self.fingerprint)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a signature over these bytes in this namespace: corrupt, tampered, or made for
+    /// another purpose.
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    /// A valid signature by a key that is not allowed to sign orders here.
+    #[error("signature by key {fingerprint} is valid but {why}")]
+    UnknownSigner { fingerprint: String, why: String },
+}
+
+/// Verifies `armored_sig` over `payload` against `allowed`, at the current time.
+pub fn verify(
+    payload: &[u8],
+    armored_sig: &str,
+    allowed: &AllowedSigners,
+) -> Result<Verified, VerifyError> {
+    verify_at(payload, armored_sig, allowed, Timestamp::now())
+}
+
+/// [`verify`] at a given time (for `valid-after` / `valid-before`).
+pub fn verify_at(
+    payload: &[u8],
+    armored_sig: &str,
+    allowed: &AllowedSigners,
+    now: Timestamp,
+) -> Result<Verified, VerifyError> {
+    let bad = |why: String| VerifyError::BadSignature(why);
+    if armored_sig.len() > MAX_SIGNATURE {
+        return Err(bad(format!(
+            "signature is {} bytes, more than any SSHSIG",
+            armored_sig.len()
+        )));
+    }
+    // Only the final newline every armored file ends with is optional: accepting any other
+    // slack would let two different strings count as the same signature.
+    let armored = armored_sig
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(armored_sig);
+    let sig = SshSig::from_pem(armored).map_err(|e| bad(format!("not an SSH signature ({e})")))?;
+    if sig.namespace() != NAMESPACE {
+        return Err(bad(format!(
+            "made for namespace {:?}, not {NAMESPACE:?}",
+            sig.namespace()
+        )));
+    }
+    if sig.algorithm() == (Algorithm::Rsa { hash: None }) {
+        return Err(bad(
+            "RSA signature uses SHA-1 (ssh-rsa), which SSHSIG does not allow".into(),
+        ));
+    }
+    // Check the signature with the key it carries first, as `ssh-keygen -Y verify` does: a
+    // tampered key blob is then a bad signature, and "unknown signer" always means a genuine
+    // signature by a key nobody listed.
+    let key = PublicKey::from(sig.public_key().clone());
+    key.verify(NAMESPACE, payload, &sig)
+        .map_err(|_| bad("does not verify over the payload (tampered or corrupt)".into()))?;
+
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let mut why_not = None;
+    for entry in allowed
+        .entries
+        .iter()
+        .filter(|e| e.key.key_data() == key.key_data())
+    {
+        let refusal = if entry
+            .namespaces
+            .as_deref()
+            .is_some_and(|ns| !matches_pattern_list(ns, NAMESPACE))
+        {
+            Some(format!(
+                "{} allows it only for namespaces {:?}",
+                entry.source,
+                entry.namespaces.as_deref().unwrap_or("")
+            ))
+        } else if let Some(after) = entry.valid_after.filter(|after| now < *after) {
+            Some(format!("{} allows it only from {after}", entry.source))
+        } else {
+            entry
+                .valid_before
+                .filter(|before| now >= *before)
+                .map(|before| format!("{} allowed it only until {before}", entry.source))
+        };
+        if let Some(why) = refusal {
+            why_not.get_or_insert(why);
+            continue;
+        }
+        return Ok(Verified {
+            principal: entry.principals.clone(),
+            fingerprint,
+        });
+    }
+    Err(VerifyError::UnknownSigner {
+        fingerprint,
+        why: why_not
+            .unwrap_or_else(|| format!("the key ({}) is not in allowed_signers", key.algorithm())),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// key generation
+
+/// What [`generate_key_files`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedKey {
+    pub private_path: PathBuf,
+    pub public_path: PathBuf,
+    /// The line to append to each host's allowed_signers.
+    pub allowed_signers_line: String,
+}
+
+/// Writes a new ed25519 key pair in OpenSSH format: `out` (mode 0600) and `out.pub`.
+/// Refuses to overwrite either file. `comment` is the key's comment and, when it has no
+/// spaces, quotes or commas, the principal of the allowed_signers line.
+pub fn generate_key_files(out: &Path, comment: &str) -> Result<GeneratedKey, SignError> {
+    let public_path = PathBuf::from(format!("{}.pub", out.display()));
+    for path in [out, public_path.as_path()] {
+        if path.symlink_metadata().is_ok() {
+            return Err(SignError::Exists {
+                path: path.to_owned(),
+            });
+        }
+    }
+    let mut seed = [0u8; 32];
+    // ssh-key's own RNG hook is not enabled in the russh build; the kernel's CSPRNG is what
+    // getrandom would use anyway.
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(|source| SignError::Io {
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    seed.fill(0);
+    key.set_comment(comment);
+    let private_text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| SignError::Sign(e.to_string()))?;
+    let public_text = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| SignError::Sign(e.to_string()))?;
+
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| SignError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    write_new(out, private_text.as_bytes(), 0o600)?;
+    write_new(&public_path, format!("{public_text}\n").as_bytes(), 0o644)?;
+
+    let principal = if !comment.is_empty()
+        && !comment.contains(|c: char| c.is_whitespace() || c == ',' || c == '"')
+    {
+        comment
+    } else {
+        "deployctl"
+    };
+    Ok(GeneratedKey {
+        private_path: out.to_owned(),
+        public_path,
+        allowed_signers_line: format!("{principal} namespaces=\"{NAMESPACE}\" {public_text}"),
+    })
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write_err = |source| SignError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                SignError::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                write_err(e)
+            }
+        })?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openssh_times_parse_as_utc() {
+        assert_eq!(parse_openssh_time("19700101").unwrap().unix_secs(), 0);
+        assert_eq!(
+            parse_openssh_time("20000301Z").unwrap().unix_secs(),
+            951_868_800
+        );
+        assert_eq!(
+            parse_openssh_time("202402291230").unwrap().to_string(),
+            "2024-02-29T12:30:00Z"
+        );
+        assert_eq!(
+            parse_openssh_time("20240229123005").unwrap().to_string(),
+            "2024-02-29T12:30:05Z"
+        );
+        for bad in [
+            "2024",
+            "20230229",
+            "20241301",
+            "202401011260",
+            "yesterday",
+            "2024010112",
+            "",
+        ] {
+            assert!(parse_openssh_time(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pattern_lists_follow_openssh() {
+        assert!(matches_pattern_list("deployctl-order", NAMESPACE));
+        assert!(matches_pattern_list("git,deployctl-*", NAMESPACE));
+        assert!(matches_pattern_list("*", NAMESPACE));
+        assert!(!matches_pattern_list("git,file", NAMESPACE));
+        assert!(!matches_pattern_list("*,!deployctl-order", NAMESPACE));
+        assert!(wildcard_match("a?c*", "abcdef"));
+        assert!(!wildcard_match("a?c", "abcd"));
+        assert!(wildcard_match("*/acme/*", "r.io/acme/web"));
+    }
+
+    #[test]
+    fn options_split_on_commas_outside_quotes() {
+        let opts =
+            split_options(r#"namespaces="a,b",cert-authority,valid-after="20240101""#).unwrap();
+        assert_eq!(
+            opts,
+            vec![
+                ("namespaces".into(), Some("a,b".into())),
+                ("cert-authority".into(), None),
+                ("valid-after".into(), Some("20240101".into()))
+            ]
+        );
+        for bad in [
+            r#"namespaces=a"#,
+            r#"namespaces="a"#,
+            "a,,b",
+            "a,",
+            r#"x="1"y"#,
+        ] {
+            assert!(split_options(bad).is_err(), "{bad}");
+        }
+    }
+}

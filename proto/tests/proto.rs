@@ -1,0 +1,1605 @@
+//! Integration tests for order signing, acceptance and the wire codec, including interop with
+//! the real OpenSSH tools (`ssh-keygen -Y sign/verify`, `ssh-agent`, `ssh-add`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proto::accept::{
+    AcceptPolicy, FileReplayStore, MemoryReplayStore, Rejection, ReplayStore, accept,
+    repository_matches,
+};
+use proto::codec::{self, CodecError, FrameBuffer, FrameReader, MAX_FRAME};
+use proto::order::{ImageRef, MigrationSpec, Order, ServiceSpec};
+use proto::sign::{
+    AllowedSigners, AllowedSignersError, NAMESPACE, SignError, Signer, VerifyError,
+    generate_key_files, verify, verify_at,
+};
+use proto::time::Timestamp;
+use proto::wire::{self, RefusalKind, Reply, Request, SignedOrder};
+use tempfile::TempDir;
+
+// ---------------------------------------------------------------------------------------------
+// fixtures
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const REPO: &str = "127.0.0.1:5000/acme/web";
+const ENV: &str = "staging";
+const HOST: &str = "web-1";
+const PRINCIPAL: &str = "ci@acme";
+/// A fixed "now" so validity windows are exact; 2026-01-01T00:00:00Z.
+const NOW: u64 = 1_767_225_600;
+
+fn now() -> Timestamp {
+    Timestamp::from_unix_secs(NOW)
+}
+
+fn order_at(issued_at: Timestamp) -> Order {
+    let mut services = BTreeMap::new();
+    services.insert(
+        "web".to_string(),
+        serde_json::from_str::<ServiceSpec>(r#"{"ports":["8080:8080"]}"#).unwrap(),
+    );
+    Order {
+        order_id: proto::order::new_id(),
+        rollout_id: proto::order::new_id(),
+        env: ENV.into(),
+        host: HOST.into(),
+        issued_at,
+        not_after: issued_at.plus(proto::order::DEFAULT_VALIDITY),
+        issued_by: "tester@laptop".into(),
+        action: proto::Action::Deploy,
+        image: ImageRef::new(REPO, DIGEST).unwrap(),
+        reference: "v1".into(),
+        run_migration: true,
+        app: "acme".into(),
+        services,
+        migrate: Some(MigrationSpec {
+            command: vec!["/app".into(), "migrate".into()],
+            service: "web".into(),
+            timeout: Duration::from_secs(60),
+        }),
+    }
+}
+
+fn order() -> Order {
+    order_at(now())
+}
+
+fn policy(allowed: AllowedSigners) -> AcceptPolicy {
+    AcceptPolicy::new(HOST, ENV, allowed, vec!["127.0.0.1:5000/acme/*".into()])
+}
+
+/// Fails loudly, with the fix, when a tool the tests need is missing.
+fn need(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; install it with: sudo apt-get install -y openssh-client"
+    );
+}
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `ssh-keygen -t <kind>` without a passphrase; returns the private key path.
+fn keygen(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    need("ssh-keygen");
+    let path = dir.join(name);
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .args(args));
+    path
+}
+
+fn public_text(private: &Path) -> String {
+    std::fs::read_to_string(format!("{}.pub", private.display()))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// An allowed_signers line admitting `private`'s key for deploy orders.
+fn allowed_line(private: &Path) -> String {
+    format!(
+        "{PRINCIPAL} namespaces=\"{NAMESPACE}\" {}",
+        public_text(private)
+    )
+}
+
+fn allowed(private: &Path) -> AllowedSigners {
+    AllowedSigners::parse(&allowed_line(private), "test").unwrap()
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn sign_with_key(key: &Path, order: &Order) -> SignedOrder {
+    let signer = Signer::from_key_file(key).unwrap();
+    block_on(signer.sign_order(order)).unwrap()
+}
+
+/// `ssh-keygen -Y sign` over `payload`; returns the armored signature.
+fn ssh_keygen_sign(dir: &Path, key: &Path, namespace: &str, payload: &[u8]) -> String {
+    let file = dir.join(format!("payload-{}", proto::order::new_id()));
+    std::fs::write(&file, payload).unwrap();
+    run(Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", namespace, "-f"])
+        .arg(key)
+        .arg(&file));
+    std::fs::read_to_string(format!("{}.sig", file.display())).unwrap()
+}
+
+/// `ssh-keygen -Y verify`; returns whether OpenSSH accepts the signature.
+fn ssh_keygen_verify(
+    dir: &Path,
+    allowed_signers: &str,
+    principal: &str,
+    payload: &[u8],
+    sig: &str,
+) -> bool {
+    let id = proto::order::new_id();
+    let (signers, sig_file) = (
+        dir.join(format!("allowed-{id}")),
+        dir.join(format!("sig-{id}")),
+    );
+    std::fs::write(&signers, allowed_signers).unwrap();
+    std::fs::write(&sig_file, sig).unwrap();
+    let mut child = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", NAMESPACE, "-I", principal, "-f"])
+        .arg(&signers)
+        .arg("-s")
+        .arg(&sig_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(payload).unwrap();
+    }
+    child.wait().unwrap().success()
+}
+
+fn refusal(signed: &SignedOrder, policy: &AcceptPolicy, at: Timestamp) -> Rejection {
+    accept(signed, policy, at, &mut MemoryReplayStore::new()).expect_err("order should be refused")
+}
+
+// ---------------------------------------------------------------------------------------------
+// round trip and tampering
+
+#[test]
+fn key_file_signature_round_trips_through_accept() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "id_ed25519", &["-t", "ed25519"]);
+    let order = order();
+    let signed = sign_with_key(&key, &order);
+    assert!(
+        signed
+            .signature
+            .starts_with("-----BEGIN SSH SIGNATURE-----")
+    );
+
+    let accepted = accept(
+        &signed,
+        &policy(allowed(&key)),
+        now(),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+    assert_eq!(accepted.order, order);
+    assert_eq!(accepted.signer.principal, PRINCIPAL);
+    let signer = Signer::from_key_file(&key).unwrap();
+    assert_eq!(accepted.signer.fingerprint, signer.fingerprint());
+    assert!(accepted.signer.fingerprint.starts_with("SHA256:"));
+}
+
+#[test]
+fn flipping_any_byte_of_payload_or_signature_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "id_ed25519", &["-t", "ed25519"]);
+    let signers = allowed(&key);
+    let signed = sign_with_key(&key, &order());
+    verify(signed.payload.as_bytes(), &signed.signature, &signers).unwrap();
+
+    let mut payload = signed.payload.clone().into_bytes();
+    for i in 0..payload.len() {
+        payload[i] ^= 0x01;
+        let err =
+            verify(&payload, &signed.signature, &signers).expect_err("tampered payload verified");
+        assert!(
+            matches!(err, VerifyError::BadSignature(_)),
+            "payload byte {i}: {err}"
+        );
+        payload[i] ^= 0x01;
+    }
+    let mut sig = signed.signature.clone().into_bytes();
+    for i in 0..sig.len() {
+        sig[i] ^= 0x01;
+        let text = String::from_utf8(sig.clone()).unwrap();
+        let err = match verify(signed.payload.as_bytes(), &text, &signers) {
+            Ok(v) => panic!(
+                "signature with byte {i} of {} flipped verified: {v:?}",
+                sig.len()
+            ),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(err, VerifyError::BadSignature(_)),
+            "signature byte {i} ({:?}): {err}",
+            sig[i] as char
+        );
+        sig[i] ^= 0x01;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// one test per refusal kind
+
+#[test]
+fn refused_bad_signature() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let mut signed = sign_with_key(&key, &order());
+    signed.payload = signed.payload.replace("\"v1\"", "\"v2\"");
+    let r = refusal(&signed, &policy(allowed(&key)), now());
+    assert_eq!(r.kind, RefusalKind::BadSignature, "{r}");
+    assert!(r.message.contains("tampered"), "{r}");
+}
+
+#[test]
+fn refused_unknown_signer() {
+    let dir = TempDir::new().unwrap();
+    let (key, other) = (
+        keygen(dir.path(), "k", &["-t", "ed25519"]),
+        keygen(dir.path(), "o", &["-t", "ed25519"]),
+    );
+    let signed = sign_with_key(&other, &order());
+    let r = refusal(&signed, &policy(allowed(&key)), now());
+    assert_eq!(r.kind, RefusalKind::UnknownSigner, "{r}");
+    let fp = Signer::from_key_file(&other).unwrap().fingerprint();
+    assert!(
+        r.message.contains(&fp) && r.message.contains("not in allowed_signers"),
+        "{r}"
+    );
+}
+
+#[test]
+fn refused_unknown_signer_when_key_is_allowed_only_for_other_namespaces() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let signers = AllowedSigners::parse(
+        &format!("{PRINCIPAL} namespaces=\"git,file\" {}", public_text(&key)),
+        "as",
+    )
+    .unwrap();
+    let r = refusal(&sign_with_key(&key, &order()), &policy(signers), now());
+    assert_eq!(r.kind, RefusalKind::UnknownSigner, "{r}");
+    assert!(
+        r.message.contains("as:1") && r.message.contains("git,file"),
+        "{r}"
+    );
+}
+
+#[test]
+fn refused_unknown_signer_outside_valid_window() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let pubkey = public_text(&key);
+    let signed = sign_with_key(&key, &order());
+    let before = AllowedSigners::parse(
+        &format!("{PRINCIPAL} valid-before=\"20251231\" {pubkey}"),
+        "as",
+    )
+    .unwrap();
+    assert_eq!(
+        refusal(&signed, &policy(before), now()).kind,
+        RefusalKind::UnknownSigner
+    );
+    let after = AllowedSigners::parse(
+        &format!("{PRINCIPAL} valid-after=\"20260102Z\" {pubkey}"),
+        "as",
+    )
+    .unwrap();
+    assert_eq!(
+        refusal(&signed, &policy(after), now()).kind,
+        RefusalKind::UnknownSigner
+    );
+    let inside = AllowedSigners::parse(
+        &format!("{PRINCIPAL} valid-after=\"20250101\",valid-before=\"20270101\" {pubkey}"),
+        "as",
+    )
+    .unwrap();
+    accept(
+        &signed,
+        &policy(inside),
+        now(),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn refused_env_mismatch() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let mut o = order();
+    o.env = "prod".into();
+    let r = refusal(&sign_with_key(&key, &o), &policy(allowed(&key)), now());
+    assert_eq!(r.kind, RefusalKind::EnvMismatch);
+    assert!(
+        r.message.contains("\"prod\"") && r.message.contains("\"staging\""),
+        "{r}"
+    );
+}
+
+#[test]
+fn refused_host_mismatch() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let mut o = order();
+    o.host = "web-2".into();
+    let r = refusal(&sign_with_key(&key, &o), &policy(allowed(&key)), now());
+    assert_eq!(r.kind, RefusalKind::HostMismatch);
+    assert!(
+        r.message.contains("\"web-2\"") && r.message.contains("\"web-1\""),
+        "{r}"
+    );
+}
+
+#[test]
+fn refused_expired_after_not_after_plus_skew() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let o = order();
+    let signed = sign_with_key(&key, &o);
+    let p = policy(allowed(&key));
+    // Within the skew: still accepted.
+    accept(
+        &signed,
+        &p,
+        o.not_after.plus(Duration::from_secs(59)),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+    let r = refusal(&signed, &p, o.not_after.plus(Duration::from_secs(61)));
+    assert_eq!(r.kind, RefusalKind::Expired);
+    assert!(r.message.contains(&o.not_after.to_string()), "{r}");
+}
+
+#[test]
+fn refused_not_yet_valid_beyond_skew() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let p = policy(allowed(&key));
+    let near = order_at(now().plus(Duration::from_secs(59)));
+    accept(
+        &sign_with_key(&key, &near),
+        &p,
+        now(),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+    let far = order_at(now().plus(Duration::from_secs(61)));
+    let r = refusal(&sign_with_key(&key, &far), &p, now());
+    assert_eq!(r.kind, RefusalKind::NotYetValid);
+    assert!(
+        r.message.contains(&far.issued_at.to_string()) && r.message.contains(&now().to_string()),
+        "{r}"
+    );
+}
+
+#[test]
+fn refused_replayed() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let signed = sign_with_key(&key, &order());
+    let p = policy(allowed(&key));
+    let mut store = MemoryReplayStore::new();
+    accept(&signed, &p, now(), &mut store).unwrap();
+    let r = accept(&signed, &p, now(), &mut store).unwrap_err();
+    assert_eq!(r.kind, RefusalKind::Replayed);
+}
+
+#[test]
+fn refused_replayed_across_restart_with_file_store() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let store_path = dir.path().join("replay.json");
+    // Real time here: the file store forgets by the wall clock.
+    let o = order_at(Timestamp::now());
+    let signed = sign_with_key(&key, &o);
+    let p = policy(allowed(&key));
+    accept(
+        &signed,
+        &p,
+        Timestamp::now(),
+        &mut FileReplayStore::open(&store_path).unwrap(),
+    )
+    .unwrap();
+    let mut reopened = FileReplayStore::open(&store_path).unwrap();
+    assert_eq!(
+        accept(&signed, &p, Timestamp::now(), &mut reopened)
+            .unwrap_err()
+            .kind,
+        RefusalKind::Replayed
+    );
+}
+
+#[test]
+fn refused_image_not_allowed() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let mut o = order();
+    o.image = ImageRef::new("127.0.0.1:5000/evil/web", DIGEST).unwrap();
+    let r = refusal(&sign_with_key(&key, &o), &policy(allowed(&key)), now());
+    assert_eq!(r.kind, RefusalKind::ImageNotAllowed);
+    assert!(
+        r.message.contains("127.0.0.1:5000/evil/web")
+            && r.message.contains("127.0.0.1:5000/acme/*"),
+        "{r}"
+    );
+}
+
+#[test]
+fn refused_malformed_payload_even_when_signed() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let signer = Signer::from_key_file(&key).unwrap();
+    let p = policy(allowed(&key));
+    let good = serde_json::to_value(order()).unwrap();
+    let mut unknown_field = good.clone();
+    unknown_field["extra"] = serde_json::json!(1);
+    let mut no_services = good.clone();
+    no_services["services"] = serde_json::json!({});
+    let mut backwards = good.clone();
+    backwards["not_after"] = good["issued_at"].clone();
+    let payloads = [
+        "not json".to_string(),
+        "{}".to_string(),
+        unknown_field.to_string(),
+        no_services.to_string(),
+        backwards.to_string(),
+        format!("{good}{good}"),
+    ];
+    for payload in payloads {
+        let signature = block_on(signer.sign(payload.as_bytes())).unwrap();
+        let r = refusal(
+            &SignedOrder {
+                payload: payload.clone(),
+                signature,
+            },
+            &p,
+            now(),
+        );
+        assert_eq!(r.kind, RefusalKind::Malformed, "{payload}: {r}");
+    }
+}
+
+#[test]
+fn refused_oversized_before_anything_else() {
+    let p = policy(AllowedSigners::default());
+    let big = SignedOrder {
+        payload: "x".repeat(p.max_payload + 1),
+        signature: "garbage".into(),
+    };
+    assert_eq!(refusal(&big, &p, now()).kind, RefusalKind::Oversized);
+    let big_sig = SignedOrder {
+        payload: "{}".into(),
+        signature: "x".repeat(1 << 20),
+    };
+    assert_eq!(refusal(&big_sig, &p, now()).kind, RefusalKind::Oversized);
+}
+
+#[test]
+fn refused_order_keeps_its_id_unburnt() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let mut o = order();
+    o.host = "elsewhere".into();
+    let mut store = MemoryReplayStore::new();
+    accept(
+        &sign_with_key(&key, &o),
+        &policy(allowed(&key)),
+        now(),
+        &mut store,
+    )
+    .unwrap_err();
+    assert!(
+        !store.seen(&o.order_id),
+        "a refused order must not be remembered"
+    );
+}
+
+#[test]
+fn rejection_becomes_a_wire_refusal() {
+    let r = refusal(
+        &SignedOrder {
+            payload: "{}".into(),
+            signature: "nope".into(),
+        },
+        &policy(AllowedSigners::default()),
+        now(),
+    );
+    let wire: wire::Refusal = r.clone().into();
+    assert_eq!(
+        (wire.kind, wire.message.as_str(), wire.holder),
+        (r.kind, r.message.as_str(), None)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// interop with OpenSSH
+
+#[test]
+fn our_signatures_verify_with_ssh_keygen() {
+    let dir = TempDir::new().unwrap();
+    for (name, args) in [
+        ("ed", &["-t", "ed25519"][..]),
+        ("ec", &["-t", "ecdsa", "-b", "256"]),
+        ("rsa", &["-t", "rsa", "-b", "2048"]),
+    ] {
+        let key = keygen(dir.path(), name, args);
+        let signed = sign_with_key(&key, &order());
+        let line = allowed_line(&key);
+        assert!(
+            ssh_keygen_verify(
+                dir.path(),
+                &line,
+                PRINCIPAL,
+                signed.payload.as_bytes(),
+                &signed.signature
+            ),
+            "ssh-keygen -Y verify refused our {name} signature"
+        );
+        let tampered = signed.payload.replace("acme", "acmf");
+        assert!(!ssh_keygen_verify(
+            dir.path(),
+            &line,
+            PRINCIPAL,
+            tampered.as_bytes(),
+            &signed.signature
+        ));
+    }
+}
+
+#[test]
+fn ssh_keygen_signatures_are_accepted() {
+    let dir = TempDir::new().unwrap();
+    for (name, args) in [
+        ("ed", &["-t", "ed25519"][..]),
+        ("ec", &["-t", "ecdsa", "-b", "256"]),
+        ("rsa", &["-t", "rsa", "-b", "2048"]),
+    ] {
+        let key = keygen(dir.path(), name, args);
+        let o = order();
+        let payload = serde_json::to_string(&o).unwrap();
+        let signature = ssh_keygen_sign(dir.path(), &key, NAMESPACE, payload.as_bytes());
+        let signed = SignedOrder { payload, signature };
+        let accepted = accept(
+            &signed,
+            &policy(allowed(&key)),
+            now(),
+            &mut MemoryReplayStore::new(),
+        )
+        .unwrap_or_else(|r| panic!("{name}: {r}"));
+        assert_eq!(accepted.order, o);
+    }
+}
+
+#[test]
+fn ssh_keygen_signature_for_another_namespace_is_a_bad_signature() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let payload = serde_json::to_string(&order()).unwrap();
+    let signature = ssh_keygen_sign(dir.path(), &key, "git", payload.as_bytes());
+    let r = refusal(
+        &SignedOrder { payload, signature },
+        &policy(allowed(&key)),
+        now(),
+    );
+    assert_eq!(r.kind, RefusalKind::BadSignature);
+    assert!(r.message.contains("\"git\""), "{r}");
+}
+
+#[test]
+fn generated_keys_interoperate_and_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let out = dir.path().join("keys/deployctl");
+    let generated = generate_key_files(&out, "alice@laptop").unwrap();
+    assert_eq!(generated.private_path, out);
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let line = &generated.allowed_signers_line;
+    assert!(
+        line.starts_with("alice@laptop namespaces=\"deployctl-order\" ssh-ed25519 AAAA"),
+        "{line}"
+    );
+
+    // ssh-keygen reads our private key and derives the same public key.
+    need("ssh-keygen");
+    let derived = run(Command::new("ssh-keygen").arg("-y").arg("-f").arg(&out)).stdout;
+    let ours = std::fs::read_to_string(&generated.public_path).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&derived).split_whitespace().nth(1),
+        ours.split_whitespace().nth(1)
+    );
+
+    // The printed line is a working allowed_signers file for both verifiers.
+    let signed = sign_with_key(&out, &order());
+    let signers = AllowedSigners::parse(line, "printed line").unwrap();
+    assert_eq!(
+        verify_at(
+            signed.payload.as_bytes(),
+            &signed.signature,
+            &signers,
+            now()
+        )
+        .unwrap()
+        .principal,
+        "alice@laptop"
+    );
+    assert!(ssh_keygen_verify(
+        dir.path(),
+        line,
+        "alice@laptop",
+        signed.payload.as_bytes(),
+        &signed.signature
+    ));
+
+    assert!(matches!(
+        generate_key_files(&out, "again"),
+        Err(SignError::Exists { .. })
+    ));
+    std::fs::remove_file(&out).unwrap();
+    assert!(
+        matches!(generate_key_files(&out, "again"), Err(SignError::Exists { path }) if path == generated.public_path)
+    );
+}
+
+#[test]
+fn encrypted_key_needs_a_passphrase() {
+    let dir = TempDir::new().unwrap();
+    let key = dir.path().join("enc");
+    need("ssh-keygen");
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "s3cret", "-C", "enc", "-f"])
+        .arg(&key));
+    match Signer::from_key_file_with_passphrase(&key, None) {
+        Err(e @ SignError::EncryptedKey { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("ssh-add") && msg.contains(proto::sign::PASSPHRASE_ENV),
+                "{msg}"
+            );
+        }
+        other => panic!("expected EncryptedKey, got {other:?}"),
+    }
+    assert!(matches!(
+        Signer::from_key_file_with_passphrase(&key, Some("wrong")),
+        Err(SignError::Passphrase { .. })
+    ));
+    let signer = Signer::from_key_file_with_passphrase(&key, Some("s3cret")).unwrap();
+    let signed = block_on(signer.sign_order(&order())).unwrap();
+    accept(
+        &signed,
+        &policy(allowed(&key)),
+        now(),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn key_file_errors_say_what_is_wrong() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let msg = Signer::from_key_file(&PathBuf::from(format!("{}.pub", key.display())))
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains(".pub"), "{msg}");
+    let pem = keygen(dir.path(), "pem", &["-t", "ecdsa", "-m", "PEM"]);
+    let msg = Signer::from_key_file(&pem).unwrap_err().to_string();
+    assert!(msg.contains("old PEM format"), "{msg}");
+    assert!(matches!(
+        Signer::from_key_file(&dir.path().join("absent")),
+        Err(SignError::Io { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ssh-agent
+
+/// A private `ssh-agent` on a socket in a temp dir, killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        need("ssh-agent");
+        need("ssh-add");
+        let socket = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start ssh-agent");
+        let agent = Agent { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The socket file appears at bind(), before listen(): wait until it accepts connections.
+        while std::os::unix::net::UnixStream::connect(&agent.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ssh-agent did not listen on {}",
+                agent.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        agent
+    }
+
+    fn add(&self, key: &Path) {
+        run(Command::new("ssh-add")
+            .arg("-q")
+            .arg(key)
+            .env("SSH_AUTH_SOCK", &self.socket));
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn signing_through_a_real_ssh_agent_verifies() {
+    let dir = TempDir::new().unwrap();
+    let ed = keygen(dir.path(), "ed", &["-t", "ed25519"]);
+    let rsa = keygen(dir.path(), "rsa", &["-t", "rsa", "-b", "2048"]);
+    let agent = Agent::start(dir.path());
+
+    match Signer::from_agent(&agent.socket, None).await {
+        Err(SignError::NoAgentKey { .. }) => {}
+        other => panic!("an empty agent should give NoAgentKey, got {other:?}"),
+    }
+    agent.add(&ed);
+    agent.add(&rsa);
+
+    // First suitable key.
+    let signer = Signer::from_agent(&agent.socket, None).await.unwrap();
+    let signed = signer.sign_order(&order()).await.unwrap();
+    let line = allowed_line(&ed);
+    let signers = AllowedSigners::parse(&line, "as").unwrap();
+    accept(
+        &signed,
+        &policy(signers),
+        now(),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+    assert!(ssh_keygen_verify(
+        dir.path(),
+        &line,
+        PRINCIPAL,
+        signed.payload.as_bytes(),
+        &signed.signature
+    ));
+
+    // A chosen key, RSA: the agent must be asked for rsa-sha2-512.
+    let rsa_pub = Signer::from_key_file(&rsa).unwrap().public_key().clone();
+    let signer = Signer::from_agent(&agent.socket, Some(&rsa_pub))
+        .await
+        .unwrap();
+    assert_eq!(signer.public_key().key_data(), rsa_pub.key_data());
+    let signed = signer.sign_order(&order()).await.unwrap();
+    let line = allowed_line(&rsa);
+    accept(
+        &signed,
+        &policy(AllowedSigners::parse(&line, "as").unwrap()),
+        now(),
+        &mut MemoryReplayStore::new(),
+    )
+    .unwrap();
+    assert!(ssh_keygen_verify(
+        dir.path(),
+        &line,
+        PRINCIPAL,
+        signed.payload.as_bytes(),
+        &signed.signature
+    ));
+
+    let stranger = keygen(dir.path(), "stranger", &["-t", "ed25519"]);
+    let stranger_pub = Signer::from_key_file(&stranger)
+        .unwrap()
+        .public_key()
+        .clone();
+    assert!(matches!(
+        Signer::from_agent(&agent.socket, Some(&stranger_pub)).await,
+        Err(SignError::AgentKeyMissing { .. })
+    ));
+    assert!(matches!(
+        Signer::from_agent(&dir.path().join("nope.sock"), None).await,
+        Err(SignError::Agent { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// allowed_signers parsing
+
+#[test]
+fn allowed_signers_parsing_table() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (
+        keygen(dir.path(), "a", &["-t", "ed25519"]),
+        keygen(dir.path(), "b", &["-t", "ecdsa"]),
+    );
+    let (ka, kb) = (public_text(&a), public_text(&b));
+    let key_only = |k: &str| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let signed_a = sign_with_key(&a, &order());
+    let signed_b = sign_with_key(&b, &order());
+
+    // (text, principal expected for key a, for key b); None = refused as unknown signer.
+    let ok_cases: Vec<(String, Option<&str>, Option<&str>)> = vec![
+        (format!("alice {ka}"), Some("alice"), None),
+        (
+            format!("# a comment\n\n   \nalice {ka}\n# end"),
+            Some("alice"),
+            None,
+        ),
+        (
+            format!("alice,bob@example.com {}", key_only(&ka)),
+            Some("alice,bob@example.com"),
+            None,
+        ),
+        (format!("\"quoted\" {ka}"), Some("quoted"), None),
+        (
+            format!("alice namespaces=\"deployctl-order\" {ka}"),
+            Some("alice"),
+            None,
+        ),
+        (
+            format!("alice NAMESPACES=\"git,deployctl-*\" {ka}"),
+            Some("alice"),
+            None,
+        ),
+        (
+            format!("alice namespaces=\"git\" {ka}\nbob {kb}"),
+            None,
+            Some("bob"),
+        ),
+        (
+            format!("alice namespaces=\"git\" {ka}\nalice2 {ka}"),
+            Some("alice2"),
+            None,
+        ),
+        (
+            format!("ca cert-authority {ka}\nbob {kb}"),
+            None,
+            Some("bob"),
+        ),
+        (
+            format!("alice namespaces=\"a b,deployctl-order\" {ka} some comment with spaces"),
+            Some("alice"),
+            None,
+        ),
+        ("".into(), None, None),
+    ];
+    for (text, want_a, want_b) in ok_cases {
+        let signers =
+            AllowedSigners::parse(&text, "as").unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        for (signed, want) in [(&signed_a, want_a), (&signed_b, want_b)] {
+            let got = verify_at(
+                signed.payload.as_bytes(),
+                &signed.signature,
+                &signers,
+                now(),
+            );
+            match (want, got) {
+                (Some(p), Ok(v)) => assert_eq!(v.principal, p, "{text:?}"),
+                (None, Err(VerifyError::UnknownSigner { .. })) => {}
+                (want, got) => panic!("{text:?}: wanted {want:?}, got {got:?}"),
+            }
+        }
+    }
+    let ca = AllowedSigners::parse(&format!("ca cert-authority {ka}"), "as").unwrap();
+    assert!(ca.is_empty());
+    assert!(
+        ca.notes()[0].contains("as:1") && ca.notes()[0].contains("cert-authority"),
+        "{:?}",
+        ca.notes()
+    );
+
+    let bad_cases = [
+        ("alice".to_string(), 1, "expected options or a key"),
+        (
+            format!("# c\nalice {}", key_only(&ka).replace("AAAA", "!!!!")),
+            2,
+            "bad ssh-ed25519 key",
+        ),
+        ("\nalice ssh-ed25519".to_string(), 2, "no base64"),
+        (format!("alice unknown-opt {ka}"), 1, "unsupported option"),
+        (
+            format!("alice namespaces=deployctl-order {ka}"),
+            1,
+            "must be quoted",
+        ),
+        (
+            format!("alice namespaces=\"deployctl-order {ka}"),
+            1,
+            "unterminated quote",
+        ),
+        (
+            format!("alice valid-after=\"tomorrow\" {ka}"),
+            1,
+            "bad time",
+        ),
+        (
+            format!("alice ssh-rsa {}", key_only(&ka).split(' ').nth(1).unwrap()),
+            1,
+            "bad ssh-rsa key",
+        ),
+        (
+            "alice ssh-ed25519-cert-v01@openssh.com AAAA".to_string(),
+            1,
+            "certificates",
+        ),
+        (
+            format!("alice {ka}\n\nbob frobnicate {kb}"),
+            3,
+            "unsupported option",
+        ),
+    ];
+    for (text, line, why) in bad_cases {
+        match AllowedSigners::parse(&text, "/etc/deploy-agent/allowed_signers") {
+            Err(e @ AllowedSignersError::Line { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with(&format!("/etc/deploy-agent/allowed_signers:{line}: ")),
+                    "{text:?}: {msg}"
+                );
+                assert!(msg.contains(why), "{text:?}: {msg}");
+            }
+            other => panic!("{text:?} should be refused, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        AllowedSigners::load(&dir.path().join("missing")),
+        Err(AllowedSignersError::Io { .. })
+    ));
+    std::fs::write(dir.path().join("as"), format!("alice {ka}\n")).unwrap();
+    assert_eq!(
+        AllowedSigners::load(&dir.path().join("as")).unwrap().len(),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// replay store
+
+#[test]
+fn file_replay_store_survives_reopen_and_forgets_expired_ids() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("state/replay.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let later = Timestamp::now().plus(Duration::from_secs(600));
+    let past = Timestamp::now().minus(Duration::from_secs(1));
+    {
+        let mut store = FileReplayStore::open(&path).unwrap();
+        assert!(store.is_empty());
+        store.remember("live", later).unwrap();
+        store.remember("stale", past).unwrap();
+        assert!(store.seen("live") && store.seen("stale"));
+    }
+    let store = FileReplayStore::open(&path).unwrap();
+    assert!(store.seen("live"), "a remembered id survives a restart");
+    assert!(!store.seen("stale"), "an id past its time is forgotten");
+    assert_eq!(store.len(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("replay.json")],
+        "no temp file left behind"
+    );
+}
+
+#[test]
+fn corrupt_replay_store_is_a_clear_error() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("replay.json");
+    for garbage in [
+        &b"{\"version\":1,\"ids\":{\"a\":"[..],
+        b"\x00\xff",
+        b"[]",
+        b"{\"version\":9,\"ids\":{}}",
+    ] {
+        std::fs::write(&path, garbage).unwrap();
+        let err = FileReplayStore::open(&path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn unwritable_replay_store_refuses_the_order() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "k", &["-t", "ed25519"]);
+    let path = dir.path().join("gone/replay.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut store = FileReplayStore::open(&path).unwrap();
+    std::fs::remove_dir(path.parent().unwrap()).unwrap();
+    let o = order_at(Timestamp::now());
+    let r = accept(
+        &sign_with_key(&key, &o),
+        &policy(allowed(&key)),
+        Timestamp::now(),
+        &mut store,
+    )
+    .unwrap_err();
+    assert_eq!(r.kind, RefusalKind::Internal, "{r}");
+    assert!(!store.seen(&o.order_id));
+}
+
+#[test]
+fn image_patterns_match_within_segments() {
+    assert!(repository_matches("127.0.0.1:5000/acme/*", REPO));
+    assert!(!repository_matches(
+        "127.0.0.1:5000/acme/*",
+        "127.0.0.1:5000/acme/a/b"
+    ));
+    assert!(repository_matches(
+        "127.0.0.1:5000/**",
+        "127.0.0.1:5000/acme/a/b"
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// codec
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![any::<String>(), "[a-z0-9 \n\"\\\\{}]{0,20}"]
+}
+
+fn ts() -> impl Strategy<Value = Timestamp> {
+    (0u64..4_000_000_000).prop_map(Timestamp::from_unix_secs)
+}
+
+fn image() -> impl Strategy<Value = ImageRef> {
+    ("[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}", "[0-9a-f]{64}")
+        .prop_map(|(repo, hex)| ImageRef::new(&repo, &format!("sha256:{hex}")).unwrap())
+}
+
+fn one_of<T: Clone + std::fmt::Debug + 'static>(values: Vec<T>) -> impl Strategy<Value = T> {
+    proptest::sample::select(values)
+}
+
+fn refusal_kind() -> impl Strategy<Value = RefusalKind> {
+    use RefusalKind::*;
+    one_of(vec![
+        BadSignature,
+        UnknownSigner,
+        EnvMismatch,
+        HostMismatch,
+        Expired,
+        NotYetValid,
+        Replayed,
+        ImageNotAllowed,
+        RolloutInProgress,
+        Malformed,
+        Oversized,
+        ProtocolVersion,
+        Internal,
+    ])
+}
+
+fn outcome_kind() -> impl Strategy<Value = wire::OutcomeKind> {
+    use wire::OutcomeKind::*;
+    one_of(vec![
+        Succeeded,
+        PullFailed,
+        MigrationFailed,
+        RolledBack,
+        RollbackFailed,
+        Failed,
+    ])
+}
+
+fn lock_holder() -> impl Strategy<Value = wire::LockHolder> {
+    (text(), text(), text(), text(), ts()).prop_map(
+        |(order_id, rollout_id, signer, issued_by, since)| wire::LockHolder {
+            order_id,
+            rollout_id,
+            signer,
+            issued_by,
+            since,
+        },
+    )
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<u32>(), text()).prop_map(|(protocol, client)| Request::Hello { protocol, client }),
+        (text(), text()).prop_map(|(payload, signature)| Request::Submit {
+            order: SignedOrder { payload, signature }
+        }),
+        text().prop_map(|order_id| Request::Watch { order_id }),
+        Just(Request::Status {}),
+        any::<usize>().prop_map(|limit| Request::History { limit }),
+        (proptest::option::of(text()), any::<usize>())
+            .prop_map(|(service, lines)| Request::Logs { service, lines }),
+    ]
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    use wire::*;
+    let phase = one_of(vec![
+        Phase::Accepted,
+        Phase::Pull,
+        Phase::Migrate,
+        Phase::Switch,
+        Phase::Health,
+        Phase::Cleanup,
+        Phase::Rollback,
+        Phase::Recover,
+        Phase::Done,
+    ]);
+    let event = (text(), ts(), phase, proptest::option::of(text()), text()).prop_map(
+        |(order_id, at, phase, service, message)| JobEvent {
+            order_id,
+            at,
+            phase,
+            service,
+            message,
+        },
+    );
+    let failure = one_of(vec![
+        FailureClass::ImageNotFound,
+        FailureClass::RegistryUnauthorized,
+        FailureClass::RegistryUnreachable,
+        FailureClass::MigrationFailed,
+        FailureClass::MigrationTimeout,
+        FailureClass::ContainerExited,
+        FailureClass::HealthDeadline,
+        FailureClass::StartFailed,
+        FailureClass::Engine,
+        FailureClass::Interrupted,
+    ]);
+    let service_result = (
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+    )
+        .prop_map(|(digest, previous_digest, container_id)| ServiceResult {
+            digest,
+            previous_digest,
+            container_id,
+        });
+    let outcome = (
+        (
+            text(),
+            text(),
+            outcome_kind(),
+            proptest::option::of(failure),
+            proptest::option::of(text()),
+            any::<bool>(),
+        ),
+        (
+            proptest::collection::vec(text(), 0..4),
+            proptest::collection::btree_map(text(), service_result, 0..3),
+            ts(),
+            ts(),
+            proptest::option::of(any::<u64>()),
+        ),
+    )
+        .prop_map(
+            |(
+                (order_id, rollout_id, kind, failure, reason, changed),
+                (log_tail, services, started_at, finished_at, rollback_ms),
+            )| Outcome {
+                order_id,
+                rollout_id,
+                kind,
+                failure,
+                reason,
+                changed,
+                log_tail,
+                services,
+                started_at,
+                finished_at,
+                rollback_ms,
+            },
+        );
+    let health = one_of(vec![
+        Health::Healthy,
+        Health::Unhealthy,
+        Health::Stopped,
+        Health::Missing,
+        Health::Unknown,
+    ]);
+    let service_status = (
+        (
+            text(),
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(image()),
+            proptest::option::of(text()),
+        ),
+        (
+            health,
+            ts(),
+            proptest::option::of(outcome_kind()),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+        ),
+    )
+        .prop_map(
+            |(
+                (app, service, container_id, image, reference),
+                (health, since, last_outcome, last_order, previous_digest),
+            )| {
+                ServiceStatus {
+                    app,
+                    service,
+                    container_id,
+                    image,
+                    reference,
+                    health,
+                    since,
+                    last_outcome,
+                    last_order,
+                    previous_digest,
+                }
+            },
+        );
+    let status = (
+        (text(), text(), text(), any::<u64>()),
+        proptest::collection::vec(service_status, 0..3),
+        proptest::collection::vec(lock_holder(), 0..2),
+    )
+        .prop_map(
+            |((agent_version, host, env, uptime_secs), services, running)| AgentStatus {
+                agent_version,
+                host,
+                env,
+                uptime_secs,
+                services,
+                running,
+            },
+        );
+    let action = one_of(vec![proto::Action::Deploy, proto::Action::Rollback]);
+    let history_entry = (
+        (text(), text(), action, text(), text(), ts(), text()),
+        (image(), text(), proptest::collection::vec(text(), 0..3)),
+        (
+            proptest::option::of(outcome_kind()),
+            proptest::option::of(text()),
+            proptest::option::of(any::<u64>()),
+            any::<bool>(),
+        ),
+    )
+        .prop_map(
+            |(
+                (order_id, rollout_id, action, signer, issued_by, accepted_at, reference),
+                (image, app, services),
+                (outcome, reason, duration_ms, run_migration),
+            )| HistoryEntry {
+                order_id,
+                rollout_id,
+                action,
+                signer,
+                issued_by,
+                accepted_at,
+                reference,
+                image,
+                app,
+                services,
+                outcome,
+                reason,
+                duration_ms,
+                run_migration,
+            },
+        );
+    let logs = (
+        text(),
+        text(),
+        text(),
+        proptest::collection::vec(text(), 0..4),
+    )
+        .prop_map(|(app, service, container, lines)| ServiceLogs {
+            app,
+            service,
+            container,
+            lines,
+        });
+    prop_oneof![
+        (any::<u32>(), text(), text(), text()).prop_map(|(protocol, agent_version, host, env)| {
+            Reply::Hello {
+                protocol,
+                agent_version,
+                host,
+                env,
+            }
+        }),
+        event.prop_map(|event| Reply::Event { event }),
+        outcome.prop_map(|outcome| Reply::Outcome { outcome }),
+        (refusal_kind(), text(), proptest::option::of(lock_holder())).prop_map(
+            |(kind, message, holder)| Reply::Refused {
+                refusal: Refusal {
+                    kind,
+                    message,
+                    holder
+                }
+            }
+        ),
+        status.prop_map(|status| Reply::Status { status }),
+        proptest::collection::vec(history_entry, 0..3)
+            .prop_map(|entries| Reply::History { entries }),
+        proptest::collection::vec(logs, 0..3).prop_map(|logs| Reply::Logs { logs }),
+        text().prop_map(|message| Reply::Error { message }),
+    ]
+}
+
+/// Feeds `bytes` to a FrameBuffer in chunks of the given sizes (cycled) and collects frames.
+fn split_frames(bytes: &[u8], chunk_sizes: &[usize]) -> Vec<Vec<u8>> {
+    let mut fb = FrameBuffer::new();
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    let mut sizes = chunk_sizes.iter().cycle();
+    while !rest.is_empty() {
+        let n = (*sizes.next().unwrap()).clamp(1, rest.len());
+        fb.push(&rest[..n]);
+        rest = &rest[n..];
+        while let Some(frame) = fb.next_frame().unwrap() {
+            frames.push(frame);
+        }
+    }
+    assert!(!fb.has_partial());
+    frames
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn request_frames_round_trip(msgs in proptest::collection::vec(request(), 1..6),
+                                 chunks in proptest::collection::vec(1usize..200, 1..8)) {
+        let bytes: Vec<u8> = msgs.iter().flat_map(|m| codec::encode(m).unwrap()).collect();
+        let frames = split_frames(&bytes, &chunks);
+        let decoded: Vec<Request> = frames.iter().map(|f| codec::decode(f).unwrap()).collect();
+        prop_assert_eq!(decoded, msgs);
+    }
+
+    #[test]
+    fn reply_frames_round_trip(msgs in proptest::collection::vec(reply(), 1..6),
+                               chunks in proptest::collection::vec(1usize..500, 1..8)) {
+        let bytes: Vec<u8> = msgs.iter().flat_map(|m| codec::encode(m).unwrap()).collect();
+        let frames = split_frames(&bytes, &chunks);
+        prop_assert_eq!(frames.len(), msgs.len());
+        let decoded: Vec<Reply> = frames.iter().map(|f| codec::decode(f).unwrap()).collect();
+        prop_assert_eq!(decoded, msgs);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400),
+                                   chunks in proptest::collection::vec(1usize..50, 1..4)) {
+        let mut fb = FrameBuffer::new();
+        for chunk in bytes.chunks(chunks[0]) {
+            fb.push(chunk);
+            while let Ok(Some(frame)) = fb.next_frame() {
+                let _ = codec::decode::<Request>(&frame);
+                let _ = codec::decode::<Reply>(&frame);
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_frames_are_errors() {
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let oversized = format!(
+        "{{\"type\":\"watch\",\"order_id\":\"{}\"}}",
+        "x".repeat(MAX_FRAME)
+    );
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"hello there".to_vec()),
+        (
+            "truncated",
+            br#"{"type":"hello","protocol":1,"cli"#.to_vec(),
+        ),
+        ("unknown type", br#"{"type":"reboot"}"#.to_vec()),
+        ("missing type", br#"{"protocol":1,"client":"x"}"#.to_vec()),
+        (
+            "unknown field",
+            br#"{"type":"hello","protocol":1,"client":"x","admin":true}"#.to_vec(),
+        ),
+        (
+            "unknown field in unit-like",
+            br#"{"type":"status","verbose":true}"#.to_vec(),
+        ),
+        (
+            "wrong field type",
+            br#"{"type":"history","limit":-1}"#.to_vec(),
+        ),
+        (
+            "not utf-8",
+            b"{\"type\":\"watch\",\"order_id\":\"\xff\xfe\"}".to_vec(),
+        ),
+        ("empty line", b"\n".to_vec()),
+        ("empty", b"".to_vec()),
+        ("whitespace", b"   \r\n".to_vec()),
+        ("json array", b"[]".to_vec()),
+        ("json null", b"null".to_vec()),
+        (
+            "two objects",
+            br#"{"type":"status"}{"type":"status"}"#.to_vec(),
+        ),
+        ("deep nesting", deep.into_bytes()),
+        ("oversized", oversized.into_bytes()),
+        (
+            "submit with unsigned order",
+            br#"{"type":"submit","order":{"payload":"{}"}}"#.to_vec(),
+        ),
+    ];
+    for (name, input) in cases {
+        let err = codec::decode::<Request>(&input).expect_err(name);
+        let msg = err.to_string();
+        match name {
+            "not utf-8" => assert!(matches!(err, CodecError::NotUtf8 { .. }), "{name}: {msg}"),
+            "oversized" => assert!(matches!(err, CodecError::Oversized { .. }), "{name}: {msg}"),
+            _ => assert!(matches!(err, CodecError::Malformed(_)), "{name}: {msg}"),
+        }
+        if name == "unknown type" {
+            assert!(msg.contains("reboot"), "{msg}");
+        }
+        if name == "unknown field" {
+            assert!(msg.contains("admin"), "{msg}");
+        }
+    }
+    // Replies are just as strict.
+    assert!(
+        codec::decode::<Reply>(br#"{"type":"refused","refusal":{"kind":"nope","message":"x"}}"#)
+            .is_err()
+    );
+    assert!(codec::decode::<Reply>(br#"{"type":"error","message":"x","extra":1}"#).is_err());
+}
+
+#[test]
+fn frame_buffer_reports_oversized_frame_without_newline() {
+    let mut fb = FrameBuffer::new();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut err = None;
+    for _ in 0..5 {
+        fb.push(&chunk);
+        if let Err(e) = fb.next_frame() {
+            err = Some(e);
+            break;
+        }
+    }
+    assert!(matches!(err, Some(CodecError::Oversized { .. })), "{err:?}");
+    assert!(fb.buffered() <= MAX_FRAME);
+}
+
+#[test]
+fn encode_refuses_an_oversized_message() {
+    let msg = Reply::Error {
+        message: "x".repeat(MAX_FRAME),
+    };
+    assert!(matches!(
+        codec::encode(&msg),
+        Err(CodecError::Oversized { .. })
+    ));
+    let frame = codec::encode(&codec::hello_request("deployctl/test")).unwrap();
+    assert_eq!(frame.last(), Some(&b'\n'));
+    assert_eq!(frame.iter().filter(|&&b| b == b'\n').count(), 1);
+}
+
+#[tokio::test]
+async fn frame_reader_reads_frames_and_distinguishes_clean_eof_from_truncation() {
+    let (mut client, server) = tokio::io::duplex(64);
+    let writer = tokio::spawn(async move {
+        codec::write_frame(&mut client, &codec::hello_request("test"))
+            .await
+            .unwrap();
+        codec::write_frame(&mut client, &Request::Status {})
+            .await
+            .unwrap();
+    });
+    let mut reader = FrameReader::new(server);
+    let hello: Request = reader.next().await.unwrap().unwrap();
+    match hello {
+        Request::Hello { protocol, client } => {
+            codec::check_peer_protocol(protocol).unwrap();
+            assert_eq!(client, "test");
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+    assert_eq!(
+        reader.next::<Request>().await.unwrap(),
+        Some(Request::Status {})
+    );
+    writer.await.unwrap();
+    assert_eq!(
+        reader.next::<Request>().await.unwrap(),
+        None,
+        "clean EOF between frames"
+    );
+
+    let mut truncated = FrameReader::new(
+        &br#"{"type":"status"}
+{"type":"wat"#[..],
+    );
+    assert_eq!(
+        truncated.next::<Request>().await.unwrap(),
+        Some(Request::Status {})
+    );
+    assert!(matches!(
+        truncated.next::<Request>().await,
+        Err(CodecError::Truncated { .. })
+    ));
+
+    let mut bad_then_good = FrameReader::new(&b"nonsense\n{\"type\":\"status\"}\n"[..]);
+    assert!(matches!(
+        bad_then_good.next::<Request>().await,
+        Err(CodecError::Malformed(_))
+    ));
+    assert_eq!(
+        bad_then_good.next::<Request>().await.unwrap(),
+        Some(Request::Status {})
+    );
+}
+
+#[test]
+fn protocol_version_mismatch_is_refused_with_both_numbers() {
+    let ours = wire::PROTOCOL_VERSION;
+    let msg = codec::check_peer_protocol(ours + 7)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&ours.to_string()) && msg.contains(&(ours + 7).to_string()),
+        "{msg}"
+    );
+    assert_eq!(
+        codec::hello_request("x"),
+        Request::Hello {
+            protocol: ours,
+            client: "x".into()
+        }
+    );
+}
