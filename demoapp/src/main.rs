@@ -1,0 +1,608 @@
+//! The demo app that deployctl's demo and end-to-end tests deploy: a tiny HTTP/1.1 server over
+//! `std::net`, built as a static binary and shipped in `FROM scratch` images.
+//!
+//! Subcommands (the first argument; none means `serve`):
+//! - `serve`: answers `GET /healthz` (200 `ok`, or 500 when unhealthy), `GET /version` (the
+//!   version baked into the image) and `GET /` (a one-line description) on `0.0.0.0:$DEMO_PORT`.
+//! - `worker`: the same server with role `worker`, so a worker service can be probed like a web
+//!   one; only the startup line and `GET /` differ.
+//! - `migrate`: appends `migrated <version> <unix time>` to `$DEMO_MIGRATION_FILE` and exits 0,
+//!   or exits 1 when `DEMO_MIGRATE_FAIL=1`.
+//! - `healthcheck`: GETs `http://127.0.0.1:$DEMO_PORT/healthz`, exit 0 on 200 else 1. Scratch
+//!   images have no shell or curl, so the binary is its own `HEALTHCHECK`.
+//!
+//! Environment, read once at start: `DEMO_VERSION` (default `dev`), `DEMO_MODE`
+//! (`healthy` | `unhealthy` | `crash`; crash prints a line and exits 3 shortly after start),
+//! `DEMO_PORT` (default 8080), `DEMO_MIGRATION_FILE` (default `/data/migrations.log`),
+//! `DEMO_MIGRATE_FAIL` (`1` makes `migrate` fail).
+//!
+//! The server logs a startup line and one line per request to stdout, since tests read log
+//! tails. It exits 0 on SIGTERM/SIGINT after in-flight requests finish (at most 2 s): as PID 1
+//! of a container a process without a handler ignores SIGTERM and `docker stop` would wait for
+//! its full timeout before killing it.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Exit code of `DEMO_MODE=crash`, distinct from usage (2) and failure (1) so tests can tell.
+const CRASH_EXIT: u8 = 3;
+/// Requests larger than this are refused: the app only serves tiny GETs.
+const MAX_REQUEST_HEAD: usize = 8 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Healthy,
+    Unhealthy,
+    Crash,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode, String> {
+        match s {
+            "" | "healthy" => Ok(Mode::Healthy),
+            "unhealthy" => Ok(Mode::Unhealthy),
+            "crash" => Ok(Mode::Crash),
+            other => Err(format!(
+                "DEMO_MODE={other:?}: expected healthy, unhealthy or crash"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Healthy => "healthy",
+            Mode::Unhealthy => "unhealthy",
+            Mode::Crash => "crash",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Web,
+    Worker,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Web => "web",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Config {
+    version: String,
+    mode: Mode,
+    port: u16,
+    migration_file: PathBuf,
+    migrate_fail: bool,
+}
+
+impl Config {
+    /// Builds the configuration from a variable lookup, so tests need not touch the process
+    /// environment.
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let port = match get("DEMO_PORT") {
+            None => 8080,
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| format!("DEMO_PORT={p:?}: expected a port number 1-65535"))?,
+        };
+        let migrate_fail = match get("DEMO_MIGRATE_FAIL").as_deref() {
+            None | Some("") | Some("0") => false,
+            Some("1") => true,
+            Some(other) => return Err(format!("DEMO_MIGRATE_FAIL={other:?}: expected 0 or 1")),
+        };
+        Ok(Config {
+            version: get("DEMO_VERSION")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "dev".into()),
+            mode: Mode::parse(get("DEMO_MODE").as_deref().unwrap_or(""))?,
+            port,
+            migration_file: get("DEMO_MIGRATION_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/data/migrations.log")),
+            migrate_fail,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let config = match Config::from_lookup(|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("demoapp: bad environment: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
+    match command.as_str() {
+        "serve" => serve(&config, Role::Web),
+        "worker" => serve(&config, Role::Worker),
+        "migrate" => migrate(&config),
+        "healthcheck" => healthcheck(config.port),
+        "version" | "--version" => {
+            println!("{}", config.version);
+            ExitCode::SUCCESS
+        }
+        "help" | "--help" | "-h" => {
+            println!("usage: demoapp [serve|worker|migrate|healthcheck|version]");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!(
+                "demoapp: unknown command {other:?}; usage: demoapp [serve|worker|migrate|healthcheck|version]"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn serve(config: &Config, role: Role) -> ExitCode {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
+    if config.mode == Mode::Crash {
+        println!(
+            "demoapp {} role={role} mode=crash: crashing at start as configured (exit {CRASH_EXIT})",
+            config.version
+        );
+        // A moment alive, as a real app that dies during its init would be.
+        thread::sleep(Duration::from_millis(300));
+        return ExitCode::from(CRASH_EXIT);
+    }
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("demoapp: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    if let Err(e) = spawn_signal_watcher(Arc::clone(&in_flight)) {
+        eprintln!("demoapp: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{:.3} demoapp {} role={role} mode={} listening on {addr}",
+        unix_now(),
+        config.version,
+        config.mode
+    );
+    let state = Arc::new(State {
+        version: config.version.clone(),
+        mode: config.mode,
+        role,
+    });
+    for conn in listener.incoming() {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("demoapp: accept failed: {e}");
+                continue;
+            }
+        };
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let state = Arc::clone(&state);
+        let in_flight = Arc::clone(&in_flight);
+        thread::spawn(move || {
+            handle(stream, &state);
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+    ExitCode::SUCCESS
+}
+
+/// On SIGTERM/SIGINT: stop, letting requests already accepted finish first (bounded).
+fn spawn_signal_watcher(in_flight: Arc<AtomicUsize>) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+            println!("{:.3} demoapp received {name}, shutting down", unix_now());
+            let start = Instant::now();
+            while in_flight.load(Ordering::SeqCst) > 0 && start.elapsed() < DRAIN_TIMEOUT {
+                thread::sleep(Duration::from_millis(10));
+            }
+            std::process::exit(0);
+        }
+    });
+    Ok(())
+}
+
+struct State {
+    version: String,
+    mode: Mode,
+    role: Role,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Response {
+    status: u16,
+    body: String,
+}
+
+impl Response {
+    fn new(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            body: body.into(),
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        _ => "Unknown",
+    }
+}
+
+/// Parses `GET /path HTTP/1.1` into method and path (query string dropped).
+fn parse_request_line(line: &str) -> Option<(&str, &str)> {
+    let mut parts = line.split(' ');
+    let method = parts.next().filter(|m| !m.is_empty())?;
+    let target = parts.next().filter(|t| t.starts_with('/'))?;
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/1.") || parts.next().is_some() {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    Some((method, path))
+}
+
+fn route(method: &str, path: &str, state: &State) -> Response {
+    if method != "GET" && method != "HEAD" {
+        return Response::new(405, "only GET and HEAD\n");
+    }
+    match path {
+        "/healthz" => match state.mode {
+            Mode::Unhealthy => Response::new(500, "unhealthy"),
+            _ => Response::new(200, "ok"),
+        },
+        "/version" => Response::new(200, state.version.clone()),
+        "/" => Response::new(
+            200,
+            format!(
+                "demoapp {} role={} mode={}\n",
+                state.version, state.role, state.mode
+            ),
+        ),
+        _ => Response::new(404, "not found\n"),
+    }
+}
+
+/// Reads up to the end of the request head; `Err` carries the status to answer with.
+fn read_head(stream: &mut TcpStream) -> Result<String, u16> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+        if buf.len() > MAX_REQUEST_HEAD {
+            return Err(431);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return Err(400),
+        }
+    }
+    String::from_utf8(buf).map_err(|_| 400)
+}
+
+fn handle(mut stream: TcpStream, state: &State) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let (line, method, response) = match read_head(&mut stream) {
+        Err(status) => (
+            String::new(),
+            String::new(),
+            Response::new(status, "bad request\n"),
+        ),
+        Ok(head) => {
+            let line = head.lines().next().unwrap_or("").trim_end().to_string();
+            match parse_request_line(&line) {
+                Some((method, path)) => {
+                    (line.clone(), method.to_string(), route(method, path, state))
+                }
+                None if line.is_empty() => return, // connection opened and closed: a port probe
+                None => (
+                    line.clone(),
+                    String::new(),
+                    Response::new(400, "bad request\n"),
+                ),
+            }
+        }
+    };
+    println!("{:.3} {peer} \"{line}\" {}", unix_now(), response.status);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.body.len()
+    );
+    if method != "HEAD" {
+        out.push_str(&response.body);
+    }
+    let _ = stream.write_all(out.as_bytes());
+    let _ = stream.flush();
+}
+
+fn migrate(config: &Config) -> ExitCode {
+    if config.migrate_fail {
+        eprintln!(
+            "migrate {}: failing as configured (DEMO_MIGRATE_FAIL=1)",
+            config.version
+        );
+        return ExitCode::FAILURE;
+    }
+    let line = format!("migrated {} {}\n", config.version, unix_now() as u64);
+    let file = &config.migration_file;
+    let result = (|| -> io::Result<()> {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = OpenOptions::new().create(true).append(true).open(file)?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()
+    })();
+    match result {
+        Ok(()) => {
+            println!("migrate {}: appended to {}", config.version, file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "migrate {}: cannot append to {}: {e}",
+                config.version,
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit 0 when the local server answers 200 on `/healthz`.
+fn healthcheck(port: u16) -> ExitCode {
+    match probe(port) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("healthcheck: /healthz answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(port: u16) -> io::Result<u16> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply)?;
+    parse_status(&reply)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an HTTP reply"))
+}
+
+fn parse_status(reply: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(reply.get(..reply.len().min(64))?).ok()?;
+    let mut parts = text.split(' ');
+    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+    parts.next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| {
+            owned
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn config_defaults_and_overrides() {
+        let c = Config::from_lookup(env(&[])).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                version: "dev".into(),
+                mode: Mode::Healthy,
+                port: 8080,
+                migration_file: "/data/migrations.log".into(),
+                migrate_fail: false
+            }
+        );
+        let c = Config::from_lookup(env(&[
+            ("DEMO_VERSION", "v3"),
+            ("DEMO_MODE", "unhealthy"),
+            ("DEMO_PORT", "9000"),
+            ("DEMO_MIGRATION_FILE", "/m/log"),
+            ("DEMO_MIGRATE_FAIL", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.version.as_str(), c.mode, c.port, c.migrate_fail),
+            ("v3", Mode::Unhealthy, 9000, true)
+        );
+        assert_eq!(c.migration_file, PathBuf::from("/m/log"));
+    }
+
+    #[test]
+    fn config_rejects_bad_values() {
+        for (key, value) in [
+            ("DEMO_MODE", "sick"),
+            ("DEMO_PORT", "0"),
+            ("DEMO_PORT", "70000"),
+            ("DEMO_PORT", "http"),
+            ("DEMO_MIGRATE_FAIL", "yes"),
+        ] {
+            let err = Config::from_lookup(env(&[(key, value)])).unwrap_err();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn request_lines() {
+        let cases: &[(&str, Option<(&str, &str)>)] = &[
+            ("GET /healthz HTTP/1.1", Some(("GET", "/healthz"))),
+            ("HEAD /version?x=1 HTTP/1.0", Some(("HEAD", "/version"))),
+            ("GET / HTTP/1.1", Some(("GET", "/"))),
+            ("GET healthz HTTP/1.1", None),
+            ("GET /healthz", None),
+            ("GET /healthz HTTP/2 extra", None),
+            ("GET /healthz SPDY", None),
+            ("", None),
+            (" / HTTP/1.1", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(parse_request_line(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let healthy = State {
+            version: "v1".into(),
+            mode: Mode::Healthy,
+            role: Role::Web,
+        };
+        let sick = State {
+            version: "v3".into(),
+            mode: Mode::Unhealthy,
+            role: Role::Worker,
+        };
+        let cases: &[(&State, &str, &str, u16, &str)] = &[
+            (&healthy, "GET", "/healthz", 200, "ok"),
+            (&sick, "GET", "/healthz", 500, "unhealthy"),
+            (&healthy, "GET", "/version", 200, "v1"),
+            (&sick, "GET", "/version", 200, "v3"),
+            (
+                &sick,
+                "GET",
+                "/",
+                200,
+                "demoapp v3 role=worker mode=unhealthy\n",
+            ),
+            (&healthy, "HEAD", "/healthz", 200, "ok"),
+            (&healthy, "POST", "/healthz", 405, "only GET and HEAD\n"),
+            (&healthy, "GET", "/nope", 404, "not found\n"),
+        ];
+        for (state, method, path, status, body) in cases {
+            assert_eq!(
+                route(method, path, state),
+                Response::new(*status, *body),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 200 OK\r\n\r\nok"), Some(200));
+        assert_eq!(
+            parse_status(b"HTTP/1.0 500 Internal Server Error\r\n"),
+            Some(500)
+        );
+        assert_eq!(parse_status(b"SSH-2.0-OpenSSH"), None);
+        assert_eq!(parse_status(b""), None);
+        assert_eq!(parse_status(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn serves_and_probes_over_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            version: "v9".into(),
+            mode: Mode::Unhealthy,
+            role: Role::Web,
+        });
+        let server = thread::spawn(move || {
+            for _ in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                handle(stream, &state);
+            }
+        });
+        assert_eq!(probe(port).unwrap(), 500);
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nv9"), "{reply}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn migrate_appends_one_line_per_run() {
+        let dir = std::env::temp_dir().join(format!("demoapp-test-{}", std::process::id()));
+        let file = dir.join("sub/migrations.log");
+        let mut config = Config::from_lookup(env(&[("DEMO_VERSION", "v2")])).unwrap();
+        config.migration_file = file.clone();
+        assert_eq!(migrate(&config), ExitCode::SUCCESS);
+        assert_eq!(migrate(&config), ExitCode::SUCCESS);
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines.iter().all(|l| l.starts_with("migrated v2 ")),
+            "{text}"
+        );
+        config.migrate_fail = true;
+        assert_eq!(migrate(&config), ExitCode::FAILURE);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,54 @@
+# Sourced by scripts/test and scripts/demo: installs what deployctl's demo and tests need
+# (Debian packages, cargo-nextest) and checks that the Docker engine answers.
+# shellcheck shell=bash
+
+say() { printf "%s: %s\n" "$(basename "$0")" "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        say "need root (or sudo) to run: $*"
+        exit 1
+    fi
+}
+
+# Debian package -> a check that it is installed.
+missing=()
+need() {
+    local package=$1
+    shift
+    if ! "$@" >/dev/null 2>&1; then
+        case " ${missing[*]-} " in *" $package "*) ;; *) missing+=("$package") ;; esac
+    fi
+}
+need docker.io command -v docker
+need docker-registry command -v docker-registry
+need openssh-server test -x /usr/sbin/sshd
+for tool in ssh ssh-keygen ssh-agent ssh-add; do
+    need openssh-client command -v "$tool"
+done
+need docker-compose command -v docker-compose
+# Static glibc for the demo app's crt-static build.
+need libc6-dev test -f /usr/lib/x86_64-linux-gnu/libc.a
+
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    say "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+if ! answer=$(timeout 30 docker version --format '{{.Server.Version}}' 2>&1); then
+    say "the Docker engine does not answer: ${answer//$'\n'/ }"
+    say "fix: start it (sudo systemctl start docker, or sudo dockerd & where there is no systemd)"
+    say "     and let $(id -un) use /var/run/docker.sock (run as root, or join the docker group)"
+    exit 1
+fi
+say "Docker engine ${answer} answers"

@@ -1,0 +1,47 @@
+//! The shared end-to-end harness (crate `harness`): a private image registry, the demo app's
+//! images, a real OpenSSH server, Docker cleanup guards and polling helpers. Every end-to-end
+//! test builds on it; see `tests/e2e/smoke.rs` for the whole kit in use.
+//!
+//! Everything is blocking (std processes and sockets); [`wait_until_async`] is the one async
+//! helper. From a `#[tokio::test]` that also runs servers on its runtime, call blocking helpers
+//! through `tokio::task::spawn_blocking` or use the `multi_thread` flavor, or a blocking poll
+//! starves the very task it waits for. Each piece stops what it started when dropped, also when
+//! a test panics.
+//!
+//! Typical use:
+//! ```no_run
+//! # fn main() -> harness::Result<()> {
+//! harness::require_prereqs()?;
+//! let registry = harness::Registry::start()?;
+//! let images = harness::DemoImages::publish(&registry, "demo")?;
+//! let host = harness::unique_name("host");
+//! let _cleanup = harness::Cleanup::label("deployctl.host", &host);
+//! let v1 = images.v(1); // v1.image_ref, v1.git_sha, v1.digest …
+//! # let _ = v1; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod docker;
+pub mod error;
+pub mod images;
+pub mod net;
+pub mod prereqs;
+pub mod registry;
+pub mod sshd;
+pub mod wait;
+
+pub use docker::{
+    Cleanup, TEST_LABEL, container_exists, container_health, container_ip, container_logs,
+    container_running, containers_with_label, docker, docker_inspect, published_port, unique_name,
+};
+pub use error::{Error, Result};
+pub use images::{
+    Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, fake_git_sha,
+};
+pub use net::{HttpResponse, free_port, http_get};
+pub use prereqs::require_prereqs;
+pub use registry::Registry;
+pub use sshd::{ClientKey, Sshd, SshdOptions};
+pub use wait::{wait_until, wait_until_async};
+pub mod agents;
