@@ -1,0 +1,800 @@
+//! One order from start to outcome: pull, migrate, switch each service, and either keep the
+//! new versions (retaining old ones) or put every touched service back. Also the recovery of an
+//! order a crash interrupted.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use proto::Order;
+use proto::order::labels;
+use proto::time::Timestamp;
+use proto::wire::{FailureClass, Outcome, OutcomeKind, Phase, ServiceResult};
+use tracing::Instrument;
+
+use crate::plan::{self, LOG_TAIL_LINES};
+use crate::runtime::{ContainerSpec, PullError, RunState};
+use crate::service::{self, Failure, Prepared, ROLE_LABEL, ROLE_MIGRATION};
+use crate::{Engine, EventSink};
+
+/// How often a running migration is looked at.
+const MIGRATION_POLL: Duration = Duration::from_millis(100);
+
+pub(crate) struct Job<'a> {
+    pub e: &'a Engine,
+    pub order: &'a Order,
+    sink: &'a dyn EventSink,
+    started_at: Timestamp,
+}
+
+/// The parts of an outcome that differ between endings.
+struct Ending {
+    kind: OutcomeKind,
+    failure: Option<FailureClass>,
+    reason: String,
+    changed: bool,
+    log_tail: Vec<String>,
+    rollback_ms: Option<u64>,
+}
+
+impl Ending {
+    fn unchanged(kind: OutcomeKind, failure: FailureClass, reason: String) -> Ending {
+        Ending {
+            kind,
+            failure: Some(failure),
+            reason,
+            changed: false,
+            log_tail: Vec::new(),
+            rollback_ms: None,
+        }
+    }
+}
+
+impl<'a> Job<'a> {
+    pub fn new(e: &'a Engine, order: &'a Order, sink: &'a dyn EventSink) -> Self {
+        Job {
+            e,
+            order,
+            sink,
+            started_at: Timestamp::now(),
+        }
+    }
+
+    /// Records a step (before it is taken) to the sink and the log.
+    pub fn emit(&self, phase: Phase, service: Option<&str>, message: &str) {
+        tracing::info!(%phase, service = service.unwrap_or(""), "{message}");
+        self.sink.emit(phase, service, message);
+    }
+
+    fn host(&self) -> &str {
+        &self.e.identity.host
+    }
+
+    /// Labels selecting this engine's containers of this app.
+    pub fn identity_labels(&self) -> Vec<(String, String)> {
+        vec![
+            (labels::HOST.to_string(), self.e.identity.host.clone()),
+            (labels::ENV.to_string(), self.e.identity.env.clone()),
+            (labels::APP.to_string(), self.order.app.clone()),
+        ]
+    }
+
+    /// Labels of every container this order creates for `service`.
+    pub fn container_labels(&self, service: &str) -> BTreeMap<String, String> {
+        let mut l: BTreeMap<String, String> = self.identity_labels().into_iter().collect();
+        l.insert(labels::SERVICE.to_string(), service.to_string());
+        l.insert(
+            labels::DIGEST.to_string(),
+            self.order.image.digest().to_string(),
+        );
+        l.insert(labels::REF.to_string(), self.order.reference.clone());
+        l.insert(labels::ORDER.to_string(), self.order.order_id.clone());
+        l
+    }
+
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!("job", order_id = %self.order.order_id, app = %self.order.app, action = %self.order.action)
+    }
+
+    pub async fn execute(&self) -> Outcome {
+        let span = self.span();
+        self.execute_steps().instrument(span).await
+    }
+
+    pub async fn recover(&self) -> Outcome {
+        let span = self.span();
+        self.recover_steps().instrument(span).await
+    }
+
+    fn prepare(&self, lenient: bool) -> Result<Vec<Prepared<'a>>, String> {
+        let order: &'a Order = self.order;
+        if order.services.is_empty() {
+            return Err("the order names no service".into());
+        }
+        let prepared = order
+            .services
+            .iter()
+            .map(|(name, spec)| Prepared::new(self.e, &order.app, name, spec, lenient))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(m) = &order.migrate
+            && !order.services.contains_key(&m.service)
+        {
+            return Err(format!(
+                "the migration borrows service {:?}, which the order does not name",
+                m.service
+            ));
+        }
+        Ok(prepared)
+    }
+
+    async fn execute_steps(&self) -> Outcome {
+        let h = self.host().to_string();
+        if let Err(e) = self.e.rt.ping().await {
+            let reason =
+                format!("host {h}: the Docker engine does not answer ({e}); nothing changed");
+            return self
+                .finish(
+                    Ending::unchanged(OutcomeKind::Failed, FailureClass::Engine, reason),
+                    &[],
+                    &BTreeMap::new(),
+                )
+                .await;
+        }
+        let services = match self.prepare(false) {
+            Ok(s) => s,
+            Err(why) => {
+                let reason = format!("host {h}: {why}; nothing changed");
+                return self
+                    .finish(
+                        Ending::unchanged(OutcomeKind::Failed, FailureClass::StartFailed, reason),
+                        &[],
+                        &BTreeMap::new(),
+                    )
+                    .await;
+            }
+        };
+        let before = self.digests_now(&services).await;
+
+        if let Err(ending) = self.pull().await {
+            return self.finish(ending, &services, &before).await;
+        }
+        if let Err(ending) = self.migrate(&services).await {
+            return self.finish(ending, &services, &before).await;
+        }
+
+        let mut switched = Vec::new();
+        let mut touched: Vec<&Prepared<'a>> = Vec::new();
+        for svc in &services {
+            touched.push(svc);
+            let span = tracing::info_span!("service", service = svc.name);
+            match service::switch(self, svc).instrument(span).await {
+                Ok(true) => switched.push(svc.name),
+                Ok(false) => {}
+                Err(f) => {
+                    let ending = self.roll_back(&touched, f).await;
+                    return self.finish(ending, &services, &before).await;
+                }
+            }
+        }
+        for svc in &services {
+            if let Err(why) = service::retain(self, svc).await {
+                self.emit(
+                    Phase::Cleanup,
+                    Some(svc.name),
+                    &format!("could not prune old versions: {why}"),
+                );
+            }
+        }
+        let short = self.order.image.short_digest();
+        let reason = if switched.is_empty() {
+            format!(
+                "host {h}: every service already ran {} ({short}) healthy; nothing changed",
+                self.order.reference
+            )
+        } else {
+            let unchanged: Vec<&str> = services
+                .iter()
+                .map(|s| s.name)
+                .filter(|n| !switched.contains(n))
+                .collect();
+            let was: Vec<String> = switched
+                .iter()
+                .map(|name| match before.get(*name).cloned().flatten() {
+                    Some(d) => format!("{name} (was {})", plan::short_label(&d)),
+                    None => format!("{name} (new)"),
+                })
+                .collect();
+            let mut r = format!(
+                "host {h}: {} ({short}) is live and healthy on {}",
+                self.order.reference,
+                was.join(", ")
+            );
+            if !unchanged.is_empty() {
+                r.push_str(&format!("; {} already ran it", unchanged.join(", ")));
+            }
+            r
+        };
+        let ending = Ending {
+            kind: OutcomeKind::Succeeded,
+            failure: None,
+            reason,
+            changed: !switched.is_empty(),
+            log_tail: Vec::new(),
+            rollback_ms: None,
+        };
+        self.finish(ending, &services, &before).await
+    }
+
+    /// Pulls the image unless the engine already has it.
+    async fn pull(&self) -> Result<(), Ending> {
+        let h = self.host();
+        let image = self.order.image.to_string();
+        match self.e.rt.inspect_image(&image).await {
+            Ok(Some(_)) => {
+                self.emit(
+                    Phase::Pull,
+                    None,
+                    &format!("{image} is already present; not pulling"),
+                );
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let reason = format!(
+                    "host {h}: cannot look up {image} in the Docker engine ({e}); nothing changed"
+                );
+                return Err(Ending::unchanged(
+                    OutcomeKind::Failed,
+                    FailureClass::Engine,
+                    reason,
+                ));
+            }
+        }
+        let registry = plan::registry_host(self.order.image.repository());
+        let creds = self.e.registry_credentials(registry);
+        self.emit(
+            Phase::Pull,
+            None,
+            &format!(
+                "pulling {image}{}",
+                if creds.is_some() {
+                    format!(" (with credentials for {registry})")
+                } else {
+                    String::new()
+                }
+            ),
+        );
+        let started = Instant::now();
+        if let Err(e) = self.e.rt.pull_image(&self.order.image, creds).await {
+            let class = match e {
+                PullError::NotFound(_) => FailureClass::ImageNotFound,
+                PullError::Unauthorized(_) => FailureClass::RegistryUnauthorized,
+                PullError::Unreachable(_) => FailureClass::RegistryUnreachable,
+                PullError::Engine(_) => FailureClass::Engine,
+            };
+            let reason = format!("host {h}: cannot pull {image}: {e}; nothing changed");
+            return Err(Ending::unchanged(OutcomeKind::PullFailed, class, reason));
+        }
+        self.emit(
+            Phase::Pull,
+            None,
+            &format!("pulled {image} in {:.1}s", started.elapsed().as_secs_f64()),
+        );
+        Ok(())
+    }
+
+    /// Runs the migration once in the new image, before any switch.
+    async fn migrate(&self, services: &[Prepared<'a>]) -> Result<(), Ending> {
+        let (true, Some(m)) = (self.order.run_migration, &self.order.migrate) else {
+            return Ok(());
+        };
+        let Some(svc) = services.iter().find(|s| s.name == m.service) else {
+            return Ok(());
+        };
+        let h = self.host();
+        let shown = m.command.join(" ");
+        self.emit(
+            Phase::Migrate,
+            Some(svc.name),
+            &format!(
+                "running the migration `{shown}` in {} with {}'s env_file, volumes and network (timeout {})",
+                self.order.image,
+                svc.name,
+                proto::time::format_duration(m.timeout)
+            ),
+        );
+        let started = Instant::now();
+        let result = match &svc.compose {
+            Some(t) => service::migrate_compose(self, svc, t, &m.command, m.timeout).await,
+            None => self.migrate_container(svc, &m.command, m.timeout).await,
+        };
+        match result {
+            Ok(tail) => {
+                let last = tail
+                    .last()
+                    .map(|l| format!("; last output: {l}"))
+                    .unwrap_or_default();
+                self.emit(
+                    Phase::Migrate,
+                    Some(svc.name),
+                    &format!(
+                        "migration succeeded in {:.1}s{last}",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                Ok(())
+            }
+            Err(f) => {
+                let kind = match f.class {
+                    FailureClass::MigrationFailed | FailureClass::MigrationTimeout => {
+                        OutcomeKind::MigrationFailed
+                    }
+                    _ => OutcomeKind::Failed,
+                };
+                Err(Ending {
+                    kind,
+                    failure: Some(f.class),
+                    reason: format!(
+                        "host {h}: migration `{shown}` of {}: {}; nothing else changed",
+                        self.order.image, f.what
+                    ),
+                    changed: false,
+                    log_tail: f.log_tail,
+                    rollback_ms: None,
+                })
+            }
+        }
+    }
+
+    async fn migrate_container(
+        &self,
+        svc: &Prepared<'a>,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<String>, Failure> {
+        let rt = &self.e.rt;
+        let id_ = &self.e.identity;
+        let name = plan::migration_name(
+            &id_.container_prefix,
+            &self.order.app,
+            &id_.env,
+            &self.order.order_id,
+        );
+        let engine = |e: crate::runtime::RuntimeError| Failure {
+            class: FailureClass::Engine,
+            service: svc.name.to_string(),
+            what: format!("the Docker engine failed: {e}"),
+            log_tail: Vec::new(),
+            new_started: None,
+        };
+        if let Some(old) = rt.inspect_container(&name).await.map_err(engine)?
+            && self.e.is_ours(&old)
+        {
+            rt.remove_container(&old.id).await.map_err(engine)?;
+        }
+        if let Some(net) = &svc.spec.network {
+            rt.ensure_network(net).await.map_err(engine)?;
+        }
+        let mut labels = self.container_labels(svc.name);
+        labels.insert(ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string());
+        let spec = ContainerSpec {
+            name: name.clone(),
+            image: self.order.image.to_string(),
+            cmd: Some(command.to_vec()),
+            env: svc.env.clone(),
+            labels,
+            ports: Vec::new(),
+            binds: svc.spec.volumes.clone(),
+            network: svc.spec.network.as_ref().map(|n| (n.clone(), Vec::new())),
+            restart_unless_stopped: false,
+        };
+        let id = rt.create_container(&spec).await.map_err(engine)?;
+        let fail = |class, what: String, log_tail| Failure {
+            class,
+            service: svc.name.to_string(),
+            what,
+            log_tail,
+            new_started: None,
+        };
+        if let Err(e) = rt.start_container(&id).await {
+            let tail = rt.logs_tail(&id, LOG_TAIL_LINES).await.unwrap_or_default();
+            let _ = rt.remove_container(&id).await;
+            return Err(fail(
+                FailureClass::MigrationFailed,
+                format!("could not start: {e}"),
+                tail,
+            ));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        let exit_code = loop {
+            match rt.inspect_container(&id).await {
+                Ok(Some(c)) if matches!(c.state, RunState::Exited | RunState::Dead) => {
+                    break c.exit_code;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break None,
+                Err(e) => {
+                    let _ = rt.remove_container(&id).await;
+                    return Err(engine(e));
+                }
+            }
+            if Instant::now() >= deadline {
+                timed_out = true;
+                let _ = rt.kill_container(&id).await;
+                break None;
+            }
+            tokio::time::sleep(MIGRATION_POLL).await;
+        };
+        let tail = rt.logs_tail(&id, LOG_TAIL_LINES).await.unwrap_or_default();
+        if let Err(e) = rt.remove_container(&id).await {
+            self.emit(
+                Phase::Migrate,
+                Some(svc.name),
+                &format!("could not remove the migration container {name}: {e}"),
+            );
+        }
+        if timed_out {
+            let what = format!(
+                "did not finish within {} and was killed",
+                proto::time::format_duration(timeout)
+            );
+            return Err(fail(FailureClass::MigrationTimeout, what, tail));
+        }
+        match exit_code {
+            Some(0) => Ok(tail),
+            Some(code) => Err(fail(
+                FailureClass::MigrationFailed,
+                format!("exited with code {code}"),
+                tail,
+            )),
+            None => Err(fail(
+                FailureClass::MigrationFailed,
+                "vanished before it finished".into(),
+                tail,
+            )),
+        }
+    }
+
+    /// Puts every service this order touched back, newest first, after `failure`.
+    async fn roll_back(&self, touched: &[&Prepared<'a>], failure: Failure) -> Ending {
+        let h = self.host();
+        let names: Vec<&str> = touched.iter().map(|s| s.name).collect();
+        self.emit(
+            Phase::Rollback,
+            Some(&failure.service),
+            &format!(
+                "{}; putting back the previous version of {}",
+                failure.what,
+                names.join(", ")
+            ),
+        );
+        let mut failed = Vec::new();
+        let mut restored = Vec::new();
+        let mut removed = Vec::new();
+        for svc in touched.iter().rev() {
+            let span = tracing::info_span!("service", service = svc.name);
+            match service::undo(self, svc).instrument(span).await {
+                Ok(u) if u.order_changed_it && u.previous_serving => {
+                    let on = u
+                        .digest
+                        .as_deref()
+                        .map(plan::short_label)
+                        .unwrap_or("its previous version");
+                    restored.push(if u.kept_serving {
+                        format!("{} kept serving {on}", svc.name)
+                    } else {
+                        format!("{} is back on {on}", svc.name)
+                    });
+                }
+                Ok(u) if u.order_changed_it => removed.push(svc.name),
+                Ok(_) => {}
+                Err(why) => failed.push(format!("{}: {why}", svc.name)),
+            }
+        }
+        let rollback_ms = failure
+            .new_started
+            .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let head = format!("host {h}: service {}: {}", failure.service, failure.what);
+        if !failed.is_empty() {
+            return Ending {
+                kind: OutcomeKind::RollbackFailed,
+                failure: Some(failure.class),
+                reason: format!(
+                    "{head}; ROLLBACK FAILED, needs a human: {}",
+                    failed.join("; ")
+                ),
+                changed: true,
+                log_tail: failure.log_tail,
+                rollback_ms: None,
+            };
+        }
+        let mut what = Vec::new();
+        if !restored.is_empty() {
+            let took = rollback_ms.map(|ms| {
+                format!(
+                    " (healthy again {:.1}s after the failed version started)",
+                    ms as f64 / 1000.0
+                )
+            });
+            what.push(format!(
+                "rolled back: {}{}",
+                restored.join(", "),
+                took.unwrap_or_default()
+            ));
+        }
+        if !removed.is_empty() {
+            what.push(format!(
+                "removed the new {} (no previous version)",
+                removed.join(", ")
+            ));
+        }
+        let summary = if what.is_empty() {
+            "nothing had changed".to_string()
+        } else {
+            what.join("; ")
+        };
+        Ending {
+            kind: if restored.is_empty() {
+                OutcomeKind::Failed
+            } else {
+                OutcomeKind::RolledBack
+            },
+            failure: Some(failure.class),
+            reason: format!("{head}; {summary}; the host is as before the order"),
+            changed: false,
+            log_tail: failure.log_tail,
+            rollback_ms: if restored.is_empty() {
+                None
+            } else {
+                rollback_ms
+            },
+        }
+    }
+
+    async fn recover_steps(&self) -> Outcome {
+        let h = self.host().to_string();
+        let interrupted = |kind, reason| Ending::unchanged(kind, FailureClass::Interrupted, reason);
+        if let Err(e) = self.e.rt.ping().await {
+            let reason =
+                format!("host {h}: cannot recover: the Docker engine does not answer ({e})");
+            let mut ending = interrupted(OutcomeKind::RollbackFailed, reason);
+            ending.failure = Some(FailureClass::Engine);
+            ending.changed = true;
+            return self.finish(ending, &[], &BTreeMap::new()).await;
+        }
+        let services = match self.prepare(true) {
+            Ok(s) => s,
+            Err(why) => {
+                let reason = format!("host {h}: cannot recover: {why}");
+                return self
+                    .finish(
+                        interrupted(OutcomeKind::RollbackFailed, reason),
+                        &[],
+                        &BTreeMap::new(),
+                    )
+                    .await;
+            }
+        };
+        let names: Vec<&str> = services.iter().map(|s| s.name).collect();
+        self.emit(
+            Phase::Recover,
+            None,
+            &format!(
+                "looking at the containers of {} to finish or undo order {}",
+                names.join(", "),
+                self.order.order_id
+            ),
+        );
+        self.remove_leftover_migration().await;
+
+        let mut all_settled = true;
+        for svc in &services {
+            match service::is_settled(self, svc).await {
+                Ok(true) => {}
+                Ok(false) => all_settled = false,
+                Err(why) => {
+                    self.emit(
+                        Phase::Recover,
+                        Some(svc.name),
+                        &format!("cannot tell what runs: {why}"),
+                    );
+                    all_settled = false;
+                }
+            }
+        }
+        let mut touched_any = false;
+        for svc in &services {
+            touched_any |= service::order_touched(self, svc).await;
+        }
+        let before = BTreeMap::new();
+
+        if all_settled {
+            self.emit(
+                Phase::Recover,
+                None,
+                &format!(
+                    "every service already runs {}; confirming it is healthy",
+                    self.order.image.short_digest()
+                ),
+            );
+            let mut unhealthy = Vec::new();
+            for svc in &services {
+                if let Err(why) = service::confirm_healthy(self, svc).await {
+                    unhealthy.push(why);
+                }
+            }
+            if unhealthy.is_empty() {
+                for svc in &services {
+                    if let Err(why) = service::retain(self, svc).await {
+                        self.emit(
+                            Phase::Cleanup,
+                            Some(svc.name),
+                            &format!("could not prune old versions: {why}"),
+                        );
+                    }
+                }
+                let ending = Ending {
+                    kind: OutcomeKind::Succeeded,
+                    failure: None,
+                    reason: format!(
+                        "host {h}: recovered after a restart: every service ({}) runs {} ({}) and is healthy; the order is \
+                         complete",
+                        names.join(", "),
+                        self.order.reference,
+                        self.order.image.short_digest()
+                    ),
+                    changed: touched_any,
+                    log_tail: Vec::new(),
+                    rollback_ms: None,
+                };
+                return self.finish(ending, &services, &before).await;
+            }
+            self.emit(
+                Phase::Recover,
+                None,
+                &format!("not healthy ({}); undoing the order", unhealthy.join("; ")),
+            );
+        } else {
+            self.emit(
+                Phase::Recover,
+                None,
+                "the order had not finished switching; undoing it",
+            );
+        }
+
+        let mut failed = Vec::new();
+        let mut restored = Vec::new();
+        for svc in services.iter().rev() {
+            match service::undo(self, svc).await {
+                Ok(u) if u.order_changed_it && u.previous_serving => {
+                    let on = u
+                        .digest
+                        .as_deref()
+                        .map(plan::short_label)
+                        .unwrap_or("its previous version");
+                    restored.push(format!("{} on {on}", svc.name));
+                }
+                Ok(_) => {}
+                Err(why) => failed.push(format!("{}: {why}", svc.name)),
+            }
+        }
+        let ending = if !failed.is_empty() {
+            Ending {
+                kind: OutcomeKind::RollbackFailed,
+                failure: Some(FailureClass::Interrupted),
+                reason: format!(
+                    "host {h}: the agent stopped mid-order and recovery could not restore the previous version: {}; \
+                     needs a human",
+                    failed.join("; ")
+                ),
+                changed: true,
+                log_tail: Vec::new(),
+                rollback_ms: None,
+            }
+        } else if touched_any {
+            let what = if restored.is_empty() {
+                "removed what it had created".to_string()
+            } else {
+                format!("restored the previous version of {}", restored.join(", "))
+            };
+            interrupted(
+                OutcomeKind::RolledBack,
+                format!(
+                    "host {h}: the agent stopped mid-order; recovery undid it and {what}; the host is as before"
+                ),
+            )
+        } else {
+            interrupted(
+                OutcomeKind::Failed,
+                format!(
+                    "host {h}: the agent stopped before the order changed any service; nothing changed"
+                ),
+            )
+        };
+        self.finish(ending, &services, &before).await
+    }
+
+    /// A migration container left by a crash is removed (its run is abandoned with the order).
+    async fn remove_leftover_migration(&self) {
+        let mut wanted = self.identity_labels();
+        wanted.push((ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string()));
+        wanted.push((labels::ORDER.to_string(), self.order.order_id.clone()));
+        let Ok(found) = self.e.rt.list_containers(&wanted).await else {
+            return;
+        };
+        for c in found {
+            self.emit(
+                Phase::Recover,
+                c.label(labels::SERVICE),
+                &format!("removing the interrupted migration container {}", c.name),
+            );
+            if let Err(e) = self.e.rt.remove_container(&c.id).await {
+                self.emit(
+                    Phase::Recover,
+                    None,
+                    &format!("could not remove {}: {e}", c.name),
+                );
+            }
+        }
+    }
+
+    /// The digest each service runs now (for `previous_digest`).
+    async fn digests_now(&self, services: &[Prepared<'a>]) -> BTreeMap<String, Option<String>> {
+        let mut out = BTreeMap::new();
+        for svc in services {
+            let digest = match service::current_container(self, svc).await {
+                Ok(Some(c)) => service::running_digest(self, &c).await,
+                _ => None,
+            };
+            out.insert(svc.name.to_string(), digest);
+        }
+        out
+    }
+
+    async fn finish(
+        &self,
+        ending: Ending,
+        services: &[Prepared<'a>],
+        before: &BTreeMap<String, Option<String>>,
+    ) -> Outcome {
+        let mut results = BTreeMap::new();
+        for svc in services {
+            let now = service::current_container(self, svc).await.ok().flatten();
+            let digest = match &now {
+                Some(c) => service::running_digest(self, c).await,
+                None => None,
+            };
+            results.insert(
+                svc.name.to_string(),
+                ServiceResult {
+                    digest,
+                    previous_digest: before.get(svc.name).cloned().flatten(),
+                    container_id: now.map(|c| c.id),
+                },
+            );
+        }
+        let outcome = Outcome {
+            order_id: self.order.order_id.clone(),
+            rollout_id: self.order.rollout_id.clone(),
+            kind: ending.kind,
+            failure: ending.failure,
+            reason: Some(ending.reason),
+            changed: ending.changed,
+            log_tail: ending.log_tail,
+            services: results,
+            started_at: self.started_at,
+            finished_at: Timestamp::now(),
+            rollback_ms: ending.rollback_ms,
+        };
+        self.emit(
+            Phase::Done,
+            None,
+            &format!(
+                "{}: {}",
+                outcome.kind,
+                outcome.reason.as_deref().unwrap_or("")
+            ),
+        );
+        outcome
+    }
+}

@@ -1,0 +1,302 @@
+//! `deploy` owns the job of one order on one host against the Docker engine (DESIGN §7):
+//! pull by digest, run the migration once in the new image, switch each service's
+//! container health-gated, roll back on failure, retain old versions, and undo a job
+//! interrupted by a crash.
+//!
+//! It knows nothing of signing, sockets or journals: the agent hands it an already
+//! verified [`proto::Order`] and an [`EventSink`] that records every step.
+//!
+//! Layout: [`plan`] holds the decisions as pure functions (health verdict, retention, undo,
+//! error classes); [`runtime`] is the narrow engine interface and [`docker`] its only
+//! implementation (bollard); [`compose`] drives the compose CLI; `job` and `service` sequence
+//! the steps of an order.
+//!
+//! What the engine reads from Docker is the whole truth it acts on: a service's serving
+//! container is named `<prefix><app>-<env>-<service>`; the version an order displaced is kept,
+//! stopped, as `<that name>--<short digest>-<order id>`; a start-first candidate is
+//! `<that name>--next`. Every container it creates carries the `deployctl.*` labels, and it
+//! only touches containers labelled with its own host and env.
+#![forbid(unsafe_code)]
+
+pub mod compose;
+pub mod docker;
+#[cfg(test)]
+mod fake;
+mod job;
+pub mod plan;
+pub mod runtime;
+mod service;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::order::{ServiceKind, labels};
+use proto::wire::{Health, Outcome, Phase, ServiceLogs};
+use proto::{ImageRef, Order, ServiceSpec};
+use tokio::sync::OnceCell;
+
+use crate::compose::ComposeCli;
+use crate::runtime::{Runtime, RuntimeError};
+
+/// Who this engine acts as: only containers labelled with this host and env are its business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub host: String,
+    pub env: String,
+    /// Prepended to container names when several agents share one engine.
+    pub container_prefix: String,
+}
+
+/// Receives every step of a job, before the step is taken.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, phase: Phase, service: Option<&str>, message: &str);
+}
+
+/// What runs now for one service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSnapshot {
+    pub container_id: Option<String>,
+    pub image: Option<ImageRef>,
+    /// The `ref` the running version was deployed as.
+    pub reference: Option<String>,
+    /// The order that created the running container.
+    pub order_id: Option<String>,
+    pub health: Health,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker engine: {0}")]
+    Unreachable(String),
+    #[error("Docker engine error: {0}")]
+    Docker(String),
+    #[error("service {service} has no container on this host")]
+    NoContainer { service: String },
+    #[error("compose: {0}")]
+    Compose(String),
+}
+
+impl From<RuntimeError> for EngineError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Unreachable(m) => EngineError::Unreachable(m),
+            other => EngineError::Docker(other.to_string()),
+        }
+    }
+}
+
+/// Default stop timeout: short, because PID 1 of a scratch image may ignore SIGTERM.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs orders against one container engine. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Engine {
+    rt: Arc<dyn Runtime>,
+    identity: Identity,
+    http: reqwest::Client,
+    stop_timeout: Duration,
+    state_dir: PathBuf,
+    docker_config: Option<PathBuf>,
+    compose: Arc<OnceCell<Result<ComposeCli, String>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("identity", &self.identity)
+            .field("stop_timeout", &self.stop_timeout)
+            .field("state_dir", &self.state_dir)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Connects to the local Docker engine (`DOCKER_HOST` or the default socket) and
+    /// negotiates the API version (engines here may speak only 1.41).
+    pub async fn connect(identity: Identity) -> Result<Engine, EngineError> {
+        let rt = docker::DockerRuntime::connect().await?;
+        rt.ping().await?;
+        Ok(Engine::with_runtime(Arc::new(rt), identity))
+    }
+
+    /// An engine over any [`Runtime`] (tests inject fakes here).
+    pub fn with_runtime(rt: Arc<dyn Runtime>, identity: Identity) -> Engine {
+        let state_dir =
+            std::env::temp_dir().join(format!("deploy-engine-{}-{}", identity.host, identity.env));
+        Engine {
+            rt,
+            identity,
+            // The redirect policy is off so a probe measures the service, not where it points.
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .unwrap_or_default(),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            state_dir,
+            docker_config: None,
+            compose: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Where the engine keeps files that must outlive a restart (compose override files).
+    /// The agent passes a directory under its own `state_dir`; the default is a temp dir.
+    pub fn with_state_dir(mut self, dir: impl Into<PathBuf>) -> Engine {
+        self.state_dir = dir.into();
+        self
+    }
+
+    /// How long `docker stop` waits before SIGKILL (default [`DEFAULT_STOP_TIMEOUT`]).
+    pub fn with_stop_timeout(mut self, timeout: Duration) -> Engine {
+        self.stop_timeout = timeout;
+        self
+    }
+
+    /// The Docker client config holding registry credentials (default
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+    pub fn with_docker_config(mut self, path: impl Into<PathBuf>) -> Engine {
+        self.docker_config = Some(path.into());
+        self
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Runs the order to an outcome; never panics; every step goes to `sink` before it is taken.
+    pub async fn execute(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        job::Job::new(self, order, sink).execute().await
+    }
+
+    /// After a crash: brings every service of `order` back to one healthy version (the new one
+    /// only if every service already runs it healthy, else the previous one), judging from
+    /// what the engine shows.
+    pub async fn recover(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        job::Job::new(self, order, sink).recover().await
+    }
+
+    /// What runs now for one service, with a fresh health probe.
+    pub async fn inspect_service(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> ServiceSnapshot {
+        let found = match spec.kind {
+            ServiceKind::Container => self.find_container(app, service).await,
+            ServiceKind::Compose => self.find_compose_container(app, service, spec).await,
+        };
+        let unknown = ServiceSnapshot {
+            container_id: None,
+            image: None,
+            reference: None,
+            order_id: None,
+            health: Health::Unknown,
+        };
+        let c = match found {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return ServiceSnapshot {
+                    health: Health::Missing,
+                    ..unknown
+                };
+            }
+            Err(_) => return unknown,
+        };
+        let health = service::probe_once(self, &c, spec).await;
+        ServiceSnapshot {
+            container_id: Some(c.id.clone()),
+            image: c.image.parse().ok().or_else(|| {
+                let digest = c.label(labels::DIGEST)?;
+                let repo = c.image.split(['@', ':']).next()?;
+                ImageRef::new(repo, digest).ok()
+            }),
+            reference: c.label(labels::REF).map(str::to_owned),
+            order_id: c.label(labels::ORDER).map(str::to_owned),
+            health,
+        }
+    }
+
+    /// The last `lines` lines of a service's container log.
+    pub async fn logs(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+        lines: usize,
+    ) -> Result<ServiceLogs, EngineError> {
+        let found = match spec.kind {
+            ServiceKind::Container => self.find_container(app, service).await?,
+            ServiceKind::Compose => self.find_compose_container(app, service, spec).await?,
+        };
+        let c = found.ok_or_else(|| EngineError::NoContainer {
+            service: service.to_string(),
+        })?;
+        let lines = self.rt.logs_tail(&c.id, lines).await?;
+        Ok(ServiceLogs {
+            app: app.to_string(),
+            service: service.to_string(),
+            container: c.name,
+            lines,
+        })
+    }
+
+    fn canonical(&self, app: &str, service: &str) -> String {
+        proto::order::container_name(
+            &self.identity.container_prefix,
+            app,
+            &self.identity.env,
+            service,
+        )
+    }
+
+    /// True when the container carries this engine's host and env labels.
+    fn is_ours(&self, c: &runtime::ContainerInfo) -> bool {
+        c.label(labels::HOST) == Some(self.identity.host.as_str())
+            && c.label(labels::ENV) == Some(self.identity.env.as_str())
+    }
+
+    async fn find_container(
+        &self,
+        app: &str,
+        service: &str,
+    ) -> Result<Option<runtime::ContainerInfo>, EngineError> {
+        let c = self
+            .rt
+            .inspect_container(&self.canonical(app, service))
+            .await?;
+        Ok(c.filter(|c| self.is_ours(c)))
+    }
+
+    async fn find_compose_container(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> Result<Option<runtime::ContainerInfo>, EngineError> {
+        let cli = self.compose_cli().await.map_err(EngineError::Compose)?;
+        let target =
+            service::ComposeTarget::new(self, app, service, spec).map_err(EngineError::Compose)?;
+        target.current(self, &cli).await
+    }
+
+    /// Registry credentials for `registry` from the host's Docker client config, if it has any.
+    fn registry_credentials(&self, registry: &str) -> Option<runtime::Credentials> {
+        let path = self.docker_config.clone().or_else(|| {
+            let dir = std::env::var_os("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+            Some(dir.join("config.json"))
+        })?;
+        let text = std::fs::read_to_string(path).ok()?;
+        plan::credentials_from_config(&text, registry)
+    }
+
+    async fn compose_cli(&self) -> Result<ComposeCli, String> {
+        self.compose
+            .get_or_init(|| async { ComposeCli::detect().await.map_err(|e| e.to_string()) })
+            .await
+            .clone()
+    }
+}

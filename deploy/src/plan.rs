@@ -1,0 +1,1322 @@
+//! The engine's decisions as pure functions of what it observed: spec parsing, container
+//! naming, the health verdict, retention, how to undo an interrupted or failed switch, and how
+//! to read registry errors and credentials. No IO here, so every rule has a table test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine as _;
+use proto::order::HealthSpec;
+use proto::wire::Health;
+
+use crate::runtime::{CheckStatus, ContainerInfo, Credentials, PortMapping, RunState};
+
+/// How many stopped versions per service are kept for instant rollback.
+pub const RETAINED_VERSIONS: usize = 3;
+
+/// How many log lines travel with a failure.
+pub const LOG_TAIL_LINES: usize = 20;
+
+// ---------------------------------------------------------------------------------------------
+// Spec parsing
+
+/// `8080`, `8080:80`, `127.0.0.1:8080:80`, each optionally with `/tcp` or `/udp`.
+pub fn parse_port(s: &str) -> Result<PortMapping, String> {
+    let bad = |why: &str| {
+        format!("bad port {s:?}: {why} (expected [host_ip:][host_port:]container_port[/tcp|/udp])")
+    };
+    let (spec, protocol) = match s.rsplit_once('/') {
+        Some((spec, proto @ ("tcp" | "udp" | "sctp"))) => (spec, proto.to_string()),
+        Some(_) => return Err(bad("unknown protocol")),
+        None => (s, "tcp".to_string()),
+    };
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad(&format!("{p:?} is not a port number"))),
+            Ok(n) => Ok(n),
+        }
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host_ip, host_port, container_port) = match parts.as_slice() {
+        [c] => (None, None, port(c)?),
+        [h, c] => (None, Some(port(h)?), port(c)?),
+        [ip, h, c] => {
+            if ip.is_empty() || ip.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(bad(&format!("{ip:?} is not an IPv4 address")));
+            }
+            let host_port = if h.is_empty() { None } else { Some(port(h)?) };
+            (Some(ip.to_string()), host_port, port(c)?)
+        }
+        _ => return Err(bad("too many ':'")),
+    };
+    Ok(PortMapping {
+        host_ip,
+        host_port,
+        container_port,
+        protocol,
+    })
+}
+
+/// A fixed host port cannot be bound by two containers at once, which rules out start-first.
+pub fn binds_fixed_host_port(ports: &[PortMapping]) -> bool {
+    ports.iter().any(|p| p.host_port.is_some())
+}
+
+/// `name:/path[:ro|rw]` or `/host/path:/path[:ro|rw]`.
+pub fn check_volume(s: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        format!("bad volume {s:?}: {why} (expected name:/path or /host/path:/path, optional :ro)")
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    const OPTIONS: &[&str] = &[
+        "ro",
+        "rw",
+        "z",
+        "Z",
+        "nocopy",
+        "consistent",
+        "cached",
+        "delegated",
+        "shared",
+        "slave",
+        "private",
+        "rshared",
+        "rslave",
+        "rprivate",
+    ];
+    let (source, target) = match parts.as_slice() {
+        [src, dst] => (*src, *dst),
+        [src, dst, opts] if opts.split(',').all(|o| OPTIONS.contains(&o)) => (*src, *dst),
+        [_, _, _] => return Err(bad("unknown option (ro, rw, z, Z, nocopy, …)")),
+        _ => return Err(bad("needs a source and a target")),
+    };
+    if source.is_empty() {
+        return Err(bad("empty source"));
+    }
+    if !target.starts_with('/') {
+        return Err(bad("the target must be an absolute path"));
+    }
+    Ok(())
+}
+
+/// Reads an env file the way `docker run --env-file` does: `KEY=VALUE` per line, the value
+/// verbatim (no quote stripping); `#` comments and blank lines skipped.
+pub fn parse_env_file(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE, got {:?}", i + 1, raw));
+        };
+        let key = key.trim();
+        let valid_key = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        if !valid_key {
+            return Err(format!(
+                "line {}: {key:?} is not a valid variable name",
+                i + 1
+            ));
+        }
+        out.push(format!("{key}={}", value.trim_end_matches('\r')));
+    }
+    Ok(out)
+}
+
+/// The last `n` non-empty lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names
+
+/// The short form of a digest read from a label, which anyone could have set to anything.
+pub fn short_label(digest: &str) -> &str {
+    if proto::order::is_digest(digest) {
+        proto::order::short_digest(digest)
+    } else {
+        "unknown"
+    }
+}
+
+/// The first 12 characters of an engine id.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Where a container sits relative to its service's canonical name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NameRole {
+    /// Serving under `<prefix><app>-<env>-<service>`.
+    Canonical,
+    /// A new version being proven next to the running one (start-first).
+    Next,
+    /// Stopped and set aside; `token` is the order that set it aside, or a container id.
+    Aside {
+        token: String,
+    },
+    Other,
+}
+
+/// Set-aside name: `<canonical>--<short digest>-<token>`. The token is the id of the order that
+/// set the container aside, so a restarted agent can find exactly what an order displaced.
+pub fn aside_name(canonical: &str, digest: Option<&str>, token: &str) -> String {
+    let short = digest.map(short_label).unwrap_or("unknown");
+    format!("{canonical}--{short}-{token}")
+}
+
+pub fn next_name(canonical: &str) -> String {
+    format!("{canonical}--next")
+}
+
+/// The one-off migration container of an order.
+pub fn migration_name(prefix: &str, app: &str, env: &str, order_id: &str) -> String {
+    format!("{prefix}{app}-{env}--migrate-{order_id}")
+}
+
+pub fn classify_name(canonical: &str, name: &str) -> NameRole {
+    if name == canonical {
+        return NameRole::Canonical;
+    }
+    let Some(rest) = name
+        .strip_prefix(canonical)
+        .and_then(|r| r.strip_prefix("--"))
+    else {
+        return NameRole::Other;
+    };
+    if rest == "next" {
+        return NameRole::Next;
+    }
+    match rest.split_once('-') {
+        Some((_short, token)) if !token.is_empty() => NameRole::Aside {
+            token: token.to_string(),
+        },
+        _ => NameRole::Other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health
+
+/// How a service proves it is healthy (DESIGN §4 `health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// HTTP GET of `path` on the container's own address.
+    Http,
+    /// The image's HEALTHCHECK, as the engine reports it.
+    ImageCheck,
+    /// Neither: the container must simply keep running.
+    Running,
+}
+
+pub fn probe_mode(spec: &HealthSpec, has_image_check: bool) -> ProbeMode {
+    if spec.path.is_some() {
+        ProbeMode::Http
+    } else if has_image_check {
+        ProbeMode::ImageCheck
+    } else {
+        ProbeMode::Running
+    }
+}
+
+/// The port the HTTP probe targets: the declared one, else the first published container port, else 80.
+pub fn probe_port(spec: &HealthSpec, ports: &[PortMapping]) -> u16 {
+    spec.port
+        .or_else(|| ports.first().map(|p| p.container_port))
+        .unwrap_or(80)
+}
+
+/// The container's address for probing: on the service's network if it has one, else the
+/// default bridge, else any.
+pub fn probe_ip(networks: &BTreeMap<String, String>, preferred: Option<&str>) -> Option<String> {
+    let usable = |n: &str| networks.get(n).filter(|ip| !ip.is_empty()).cloned();
+    preferred
+        .and_then(usable)
+        .or_else(|| usable("bridge"))
+        .or_else(|| networks.values().find(|ip| !ip.is_empty()).cloned())
+}
+
+/// One look at a container during the health wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub state: RunState,
+    pub restart_count: i64,
+    pub check: Option<CheckStatus>,
+    /// The HTTP probe's result, in [`ProbeMode::Http`].
+    pub http_ok: Option<bool>,
+}
+
+impl Observation {
+    pub fn of(c: &ContainerInfo, http_ok: Option<bool>) -> Self {
+        Observation {
+            state: c.state,
+            restart_count: c.restart_count,
+            check: c.check,
+            http_ok,
+        }
+    }
+
+    /// The process died at least once: the version cannot be healthy, however long we wait.
+    pub fn has_exited(&self) -> bool {
+        matches!(
+            self.state,
+            RunState::Exited | RunState::Dead | RunState::Restarting
+        ) || self.restart_count > 0
+    }
+
+    pub fn looks_healthy(&self, mode: ProbeMode) -> bool {
+        self.state == RunState::Running
+            && match mode {
+                ProbeMode::Http => self.http_ok == Some(true),
+                ProbeMode::ImageCheck => self.check == Some(CheckStatus::Healthy),
+                ProbeMode::Running => true,
+            }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not proven yet; look again after `interval`.
+    Wait,
+    Healthy,
+    /// The container stopped or restarted: fail now, not at the deadline.
+    Exited,
+    Deadline,
+}
+
+/// The health gate. `elapsed` is since the container was started; `healthy_since` is when the
+/// current healthy streak began (as elapsed time), which this returns updated.
+pub fn judge(
+    mode: ProbeMode,
+    obs: &Observation,
+    elapsed: Duration,
+    healthy_since: Option<Duration>,
+    spec: &HealthSpec,
+) -> (Verdict, Option<Duration>) {
+    if obs.has_exited() {
+        return (Verdict::Exited, None);
+    }
+    if obs.looks_healthy(mode) {
+        let since = healthy_since.unwrap_or(elapsed);
+        if elapsed.saturating_sub(since) >= spec.healthy_for {
+            return (Verdict::Healthy, Some(since));
+        }
+        // A streak that started before the deadline may finish after it.
+        return (Verdict::Wait, Some(since));
+    }
+    if elapsed >= spec.deadline {
+        return (Verdict::Deadline, None);
+    }
+    (Verdict::Wait, None)
+}
+
+/// Health for `status`: one look, no waiting.
+pub fn snapshot_health(mode: ProbeMode, obs: &Observation) -> Health {
+    match obs.state {
+        RunState::Running => {}
+        RunState::Restarting => return Health::Unhealthy,
+        _ => return Health::Stopped,
+    }
+    match mode {
+        ProbeMode::Http => {
+            if obs.http_ok == Some(true) {
+                Health::Healthy
+            } else {
+                Health::Unhealthy
+            }
+        }
+        ProbeMode::ImageCheck => match obs.check {
+            Some(CheckStatus::Healthy) => Health::Healthy,
+            Some(CheckStatus::Unhealthy) => Health::Unhealthy,
+            Some(CheckStatus::Starting) | None => Health::Unknown,
+        },
+        ProbeMode::Running => Health::Healthy,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+
+/// A stopped, set-aside version of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retained {
+    pub id: String,
+    pub digest: Option<String>,
+    pub finished_at: Option<String>,
+    pub running: bool,
+}
+
+/// Which set-aside containers to remove: keep the `keep` most recently stopped distinct
+/// versions, drop copies of the digest now running and older copies of a kept digest.
+/// Running set-aside containers are not ours to judge and are left alone.
+pub fn retention(aside: &[Retained], running_digest: Option<&str>, keep: usize) -> Vec<String> {
+    let mut stopped: Vec<&Retained> = aside.iter().filter(|r| !r.running).collect();
+    stopped.sort_by_key(|r| std::cmp::Reverse(time_key(r.finished_at.as_deref())));
+    let mut seen = BTreeSet::new();
+    let mut remove = Vec::new();
+    let mut kept = 0;
+    for r in stopped {
+        let digest = r.digest.as_deref().unwrap_or("");
+        let redundant = running_digest == Some(digest) || !seen.insert(digest);
+        if redundant || kept >= keep {
+            remove.push(r.id.clone());
+        } else {
+            kept += 1;
+        }
+    }
+    remove
+}
+
+/// Orders the engine's RFC 3339 timestamps (`2024-05-01T10:00:00.5Z`, variable fraction)
+/// correctly; unknown or zero times sort first.
+pub fn time_key(t: Option<&str>) -> (String, u32) {
+    let Some(t) = t else {
+        return (String::new(), 0);
+    };
+    let t = t.trim_end_matches('Z');
+    let (secs, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits: String = frac
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .take(9)
+        .collect();
+    let nanos = format!("{digits:0<9}").parse().unwrap_or(0);
+    (secs.to_string(), nanos)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Undo and recovery
+
+/// One of a service's containers, as far as undo is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub id: String,
+    pub digest: Option<String>,
+    /// The order that created it.
+    pub order: Option<String>,
+    pub running: bool,
+}
+
+impl Seen {
+    pub fn of(c: &ContainerInfo) -> Self {
+        Seen {
+            id: c.id.clone(),
+            digest: c.label(proto::order::labels::DIGEST).map(str::to_owned),
+            order: c.label(proto::order::labels::ORDER).map(str::to_owned),
+            running: c.is_running(),
+        }
+    }
+
+    fn short_id(&self) -> &str {
+        short_id(&self.id)
+    }
+}
+
+/// A container service's containers, sorted by role, relative to one order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceView {
+    pub canonical: Option<Seen>,
+    pub next: Vec<Seen>,
+    /// What this order set aside (named with its id): the version to put back.
+    pub aside_by_order: Option<Seen>,
+}
+
+/// One step of putting a service back as it was before an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UndoStep {
+    /// Created by the order: stop and delete.
+    Remove { id: String },
+    /// A retained version the order had brought back: return it to the retained set.
+    SetAside { id: String, name: String },
+    /// The previous version: give it the canonical name, reconnect it, start it.
+    Restore { id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndoPlan {
+    pub steps: Vec<UndoStep>,
+    /// The container that must end healthy (none: the service did not exist before).
+    pub verify: Option<String>,
+    /// Whether the order had changed anything for this service.
+    pub order_changed_it: bool,
+}
+
+/// Puts a service back to what it was before `order_id`, judging only from container names and
+/// labels: what the order created is removed, what it set aside is restored.
+pub fn plan_undo(order_id: &str, canonical: &str, view: &ServiceView) -> UndoPlan {
+    let mine = |s: &Seen| s.order.as_deref() == Some(order_id);
+    let set_aside = |s: &Seen| UndoStep::SetAside {
+        id: s.id.clone(),
+        name: aside_name(canonical, s.digest.as_deref(), s.short_id()),
+    };
+    let mut steps = Vec::new();
+    let mut changed = false;
+    for n in &view.next {
+        changed = true;
+        steps.push(if mine(n) {
+            UndoStep::Remove { id: n.id.clone() }
+        } else {
+            set_aside(n)
+        });
+    }
+    let verify = match (&view.aside_by_order, &view.canonical) {
+        (Some(previous), current) => {
+            changed = true;
+            if let Some(c) = current {
+                steps.push(if mine(c) {
+                    UndoStep::Remove { id: c.id.clone() }
+                } else {
+                    set_aside(c)
+                });
+            }
+            steps.push(UndoStep::Restore {
+                id: previous.id.clone(),
+            });
+            Some(previous.id.clone())
+        }
+        // Created by this order with nothing set aside: a first deploy, which leaves nothing.
+        (None, Some(c)) if mine(c) => {
+            changed = true;
+            steps.push(UndoStep::Remove { id: c.id.clone() });
+            None
+        }
+        // Still the version from before the order; stopped only if the order stopped it.
+        (None, Some(c)) => {
+            changed |= !c.running;
+            steps.push(UndoStep::Restore { id: c.id.clone() });
+            Some(c.id.clone())
+        }
+        (None, None) => None,
+    };
+    UndoPlan {
+        steps,
+        verify,
+        order_changed_it: changed,
+    }
+}
+
+/// After a restart: is this service already on the ordered digest, with nothing half-done?
+pub fn is_settled(digest: &str, view: &ServiceView) -> bool {
+    view.next.is_empty()
+        && view
+            .canonical
+            .as_ref()
+            .is_some_and(|c| c.running && c.digest.as_deref() == Some(digest))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+
+/// The classes of DESIGN §2.7 a pull can fail with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    NotFound,
+    Unauthorized,
+    Unreachable,
+    Engine,
+}
+
+/// Reads the engine's pull error (its HTTP status when it answered with one, and its message).
+pub fn classify_pull_failure(status: Option<u16>, message: &str) -> PullFailure {
+    let m = message.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|n| m.contains(n));
+    if any(&[
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+        "forbidden",
+    ]) || matches!(status, Some(401 | 403))
+    {
+        return PullFailure::Unauthorized;
+    }
+    if any(&[
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "timeout exceeded",
+        "tls handshake",
+        "network is unreachable",
+        "no route to host",
+        "connection reset",
+        "server gave http response to https client",
+        "x509:",
+        "dial tcp",
+    ]) || m.trim_end().ends_with(": eof")
+    {
+        return PullFailure::Unreachable;
+    }
+    if any(&[
+        "manifest unknown",
+        "not found",
+        "does not exist",
+        "name unknown",
+        "blob unknown",
+    ]) || status == Some(404)
+    {
+        return PullFailure::NotFound;
+    }
+    PullFailure::Engine
+}
+
+/// The registry host of a repository, as Docker decides it: the first path component when it
+/// looks like a host (has a `.` or `:`, or is `localhost`), else Docker Hub.
+pub fn registry_host(repository: &str) -> &str {
+    match repository.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
+/// Credentials for `host` from a Docker `config.json` (`auths.<host>.auth` = base64 `user:pass`,
+/// or `username`/`password`). Keys may carry a scheme or path (`https://host/v1/`).
+pub fn credentials_from_config(config_json: &str, host: &str) -> Option<Credentials> {
+    let config: serde_json::Value = serde_json::from_str(config_json).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    let normalise = |k: &str| -> String {
+        let k = k
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        let k = k.split('/').next().unwrap_or(k);
+        match k {
+            "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_string(),
+            other => other.to_string(),
+        }
+    };
+    let want = normalise(host);
+    let (key, entry) = auths.iter().find(|(k, _)| normalise(k) == want)?;
+    let (username, password) = if let Some(auth) = entry
+        .get("auth")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .ok()?;
+        let decoded = String::from_utf8(decoded).ok()?;
+        let (u, p) = decoded.split_once(':')?;
+        (u.to_string(), p.to_string())
+    } else {
+        let u = entry.get("username")?.as_str()?;
+        let p = entry.get("password")?.as_str()?;
+        (u.to_string(), p.to_string())
+    };
+    Some(Credentials {
+        username,
+        password,
+        server: key.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(healthy_for_ms: u64, deadline_ms: u64) -> HealthSpec {
+        HealthSpec {
+            path: None,
+            port: None,
+            interval: Duration::from_millis(100),
+            healthy_for: Duration::from_millis(healthy_for_ms),
+            deadline: Duration::from_millis(deadline_ms),
+        }
+    }
+
+    fn obs(
+        state: RunState,
+        restarts: i64,
+        check: Option<CheckStatus>,
+        http_ok: Option<bool>,
+    ) -> Observation {
+        Observation {
+            state,
+            restart_count: restarts,
+            check,
+            http_ok,
+        }
+    }
+
+    #[test]
+    fn ports_parse_or_explain() {
+        let ok = [
+            ("8080", None, None, 8080, "tcp"),
+            ("8080:80", None, Some(8080), 80, "tcp"),
+            (
+                "127.0.0.1:8080:8080",
+                Some("127.0.0.1"),
+                Some(8080),
+                8080,
+                "tcp",
+            ),
+            ("127.0.0.1::8080", Some("127.0.0.1"), None, 8080, "tcp"),
+            ("53:53/udp", None, Some(53), 53, "udp"),
+        ];
+        for (input, ip, host, container, proto) in ok {
+            let p = parse_port(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(p.host_ip.as_deref(), ip, "{input}");
+            assert_eq!(p.host_port, host, "{input}");
+            assert_eq!(p.container_port, container, "{input}");
+            assert_eq!(p.protocol, proto, "{input}");
+        }
+        for bad in [
+            "",
+            "http",
+            "0",
+            "70000",
+            "8080:",
+            "a:b:c:d",
+            "8080/ftp",
+            "localhost:80:80",
+            ":80",
+        ] {
+            assert!(parse_port(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(binds_fixed_host_port(&[parse_port("8080:80").unwrap()]));
+        assert!(!binds_fixed_host_port(&[parse_port("80").unwrap()]));
+    }
+
+    #[test]
+    fn volumes_are_checked() {
+        for ok in [
+            "acme-data:/data",
+            "/srv/x:/x",
+            "/srv/x:/x:ro",
+            "v:/data:rw",
+            "/srv/x:/x:ro,Z",
+        ] {
+            assert!(check_volume(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "data",
+            ":/data",
+            "v:data",
+            "v:/data:rx",
+            "v:/data:ro,",
+            "a:b:c:d",
+        ] {
+            assert!(check_volume(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_files_parse_like_docker() {
+        let text = "# comment\n\nA=1\n  B = two words\nexport C=\"quoted\"\nD=\nE=x=y\r\n";
+        assert_eq!(
+            parse_env_file(text).unwrap(),
+            vec!["A=1", "B= two words", "C=\"quoted\"", "D=", "E=x=y"]
+        );
+        let err = parse_env_file("A=1\nNOEQUALS\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(parse_env_file("1A=x").is_err());
+        assert!(parse_env_file("A B=x").is_err());
+    }
+
+    #[test]
+    fn last_lines_keeps_the_tail() {
+        assert_eq!(last_lines("a\nb\n\nc\n", 2), vec!["b", "c"]);
+        assert_eq!(last_lines("a", 5), vec!["a"]);
+        assert!(last_lines("", 5).is_empty());
+    }
+
+    #[test]
+    fn names_round_trip_through_classification() {
+        let c = "acme-prod-web";
+        let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let cases = [
+            (c.to_string(), NameRole::Canonical),
+            (next_name(c), NameRole::Next),
+            (
+                aside_name(c, Some(d), "01hx"),
+                NameRole::Aside {
+                    token: "01hx".into(),
+                },
+            ),
+            (
+                aside_name(c, None, "abc"),
+                NameRole::Aside {
+                    token: "abc".into(),
+                },
+            ),
+            ("acme-prod-web2".to_string(), NameRole::Other),
+            ("acme-prod-web--".to_string(), NameRole::Other),
+            ("other".to_string(), NameRole::Other),
+        ];
+        for (name, role) in cases {
+            assert_eq!(classify_name(c, &name), role, "{name}");
+        }
+        assert_eq!(
+            aside_name(c, Some(d), "o1"),
+            "acme-prod-web--0123456789ab-o1"
+        );
+        // Labels are untrusted text: never sliced blindly.
+        assert_eq!(
+            aside_name(c, Some("sha256:ééééééééééé"), "o1"),
+            "acme-prod-web--unknown-o1"
+        );
+        assert_eq!(short_label(d), "0123456789ab");
+        assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_id("é"), "é");
+    }
+
+    #[test]
+    fn health_verdicts() {
+        use CheckStatus::*;
+        use RunState::*;
+        let ms = Duration::from_millis;
+        // (mode, observation, elapsed, streak start, healthy_for, deadline) → (verdict, streak)
+        let table = [
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(false)),
+                100,
+                None,
+                500,
+                1000,
+                Verdict::Wait,
+                None,
+            ),
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(true)),
+                100,
+                None,
+                500,
+                1000,
+                Verdict::Wait,
+                Some(100),
+            ),
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(true)),
+                600,
+                Some(100),
+                500,
+                1000,
+                Verdict::Healthy,
+                Some(100),
+            ),
+            // The streak breaks: start over.
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(false)),
+                500,
+                Some(100),
+                500,
+                1000,
+                Verdict::Wait,
+                None,
+            ),
+            // Healthy at once with healthy_for = 0.
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(true)),
+                0,
+                None,
+                0,
+                1000,
+                Verdict::Healthy,
+                Some(0),
+            ),
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(false)),
+                1000,
+                None,
+                500,
+                1000,
+                Verdict::Deadline,
+                None,
+            ),
+            // A streak begun before the deadline may complete after it.
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(true)),
+                1100,
+                Some(900),
+                500,
+                1000,
+                Verdict::Wait,
+                Some(900),
+            ),
+            (
+                ProbeMode::Http,
+                obs(Exited, 0, None, None),
+                50,
+                None,
+                500,
+                1000,
+                Verdict::Exited,
+                None,
+            ),
+            (
+                ProbeMode::Http,
+                obs(Running, 1, None, Some(true)),
+                50,
+                None,
+                500,
+                1000,
+                Verdict::Exited,
+                None,
+            ),
+            (
+                ProbeMode::Running,
+                obs(Restarting, 0, None, None),
+                50,
+                None,
+                500,
+                1000,
+                Verdict::Exited,
+                None,
+            ),
+            (
+                ProbeMode::Running,
+                obs(Dead, 0, None, None),
+                50,
+                None,
+                500,
+                1000,
+                Verdict::Exited,
+                None,
+            ),
+            (
+                ProbeMode::Running,
+                obs(Created, 0, None, None),
+                50,
+                None,
+                500,
+                1000,
+                Verdict::Wait,
+                None,
+            ),
+            (
+                ProbeMode::Running,
+                obs(Running, 0, None, None),
+                500,
+                Some(0),
+                500,
+                1000,
+                Verdict::Healthy,
+                Some(0),
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Starting), None),
+                100,
+                None,
+                0,
+                1000,
+                Verdict::Wait,
+                None,
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Unhealthy), None),
+                100,
+                None,
+                0,
+                1000,
+                Verdict::Wait,
+                None,
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Healthy), None),
+                100,
+                None,
+                0,
+                1000,
+                Verdict::Healthy,
+                Some(100),
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Unhealthy), None),
+                1000,
+                None,
+                0,
+                1000,
+                Verdict::Deadline,
+                None,
+            ),
+        ];
+        for (i, (mode, o, elapsed, since, hf, dl, verdict, streak)) in table.into_iter().enumerate()
+        {
+            let got = judge(mode, &o, ms(elapsed), since.map(ms), &spec(hf, dl));
+            assert_eq!(got, (verdict, streak.map(ms)), "row {i}");
+        }
+    }
+
+    #[test]
+    fn probe_mode_and_target() {
+        let mut s = spec(0, 0);
+        assert_eq!(probe_mode(&s, true), ProbeMode::ImageCheck);
+        assert_eq!(probe_mode(&s, false), ProbeMode::Running);
+        s.path = Some("/healthz".into());
+        assert_eq!(probe_mode(&s, true), ProbeMode::Http);
+        assert_eq!(probe_port(&s, &[]), 80);
+        assert_eq!(probe_port(&s, &[parse_port("9000:8080").unwrap()]), 8080);
+        s.port = Some(7000);
+        assert_eq!(probe_port(&s, &[parse_port("9000:8080").unwrap()]), 7000);
+
+        let nets: BTreeMap<String, String> = [
+            ("bridge", "172.17.0.2"),
+            ("acme", "172.20.0.3"),
+            ("empty", ""),
+        ]
+        .map(|(a, b)| (a.into(), b.into()))
+        .into();
+        assert_eq!(probe_ip(&nets, Some("acme")).as_deref(), Some("172.20.0.3"));
+        assert_eq!(
+            probe_ip(&nets, Some("empty")).as_deref(),
+            Some("172.17.0.2")
+        );
+        assert_eq!(probe_ip(&nets, None).as_deref(), Some("172.17.0.2"));
+        let only: BTreeMap<String, String> = [("x".to_string(), "10.0.0.2".to_string())].into();
+        assert_eq!(probe_ip(&only, None).as_deref(), Some("10.0.0.2"));
+        assert_eq!(probe_ip(&BTreeMap::new(), None), None);
+    }
+
+    #[test]
+    fn snapshot_health_from_one_look() {
+        use CheckStatus::*;
+        use RunState::*;
+        let table = [
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(true)),
+                Health::Healthy,
+            ),
+            (
+                ProbeMode::Http,
+                obs(Running, 0, None, Some(false)),
+                Health::Unhealthy,
+            ),
+            (ProbeMode::Http, obs(Exited, 0, None, None), Health::Stopped),
+            (
+                ProbeMode::Running,
+                obs(Created, 0, None, None),
+                Health::Stopped,
+            ),
+            (
+                ProbeMode::Running,
+                obs(Restarting, 3, None, None),
+                Health::Unhealthy,
+            ),
+            (
+                ProbeMode::Running,
+                obs(Running, 0, None, None),
+                Health::Healthy,
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Starting), None),
+                Health::Unknown,
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Unhealthy), None),
+                Health::Unhealthy,
+            ),
+            (
+                ProbeMode::ImageCheck,
+                obs(Running, 0, Some(Healthy), None),
+                Health::Healthy,
+            ),
+        ];
+        for (i, (mode, o, want)) in table.into_iter().enumerate() {
+            assert_eq!(snapshot_health(mode, &o), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_distinct_versions() {
+        let r = |id: &str, digest: &str, at: &str| Retained {
+            id: id.into(),
+            digest: Some(digest.into()),
+            finished_at: Some(at.into()),
+            running: false,
+        };
+        // (set-aside containers, running digest) → removed ids
+        let table: Vec<(Vec<Retained>, Option<&str>, Vec<&str>)> = vec![
+            (vec![], Some("d9"), vec![]),
+            (
+                vec![r("a", "d1", "2024-01-01T00:00:01Z")],
+                Some("d9"),
+                vec![],
+            ),
+            (
+                vec![
+                    r("a", "d1", "2024-01-01T00:00:01Z"),
+                    r("b", "d2", "2024-01-01T00:00:02Z"),
+                    r("c", "d3", "2024-01-01T00:00:03Z"),
+                    r("d", "d4", "2024-01-01T00:00:04Z"),
+                    r("e", "d5", "2024-01-01T00:00:05Z"),
+                ],
+                Some("d9"),
+                vec!["b", "a"],
+            ),
+            // A copy of what runs now is useless; an older copy of a kept digest too.
+            (
+                vec![
+                    r("a", "d9", "2024-01-01T00:00:09Z"),
+                    r("b", "d2", "2024-01-01T00:00:02Z"),
+                    r("c", "d2", "2024-01-01T00:00:01Z"),
+                ],
+                Some("d9"),
+                vec!["a", "c"],
+            ),
+            // Fractions of seconds of varying length still order correctly.
+            (
+                vec![
+                    r("a", "d1", "2024-01-01T00:00:01Z"),
+                    r("b", "d2", "2024-01-01T00:00:01.5Z"),
+                    r("c", "d3", "2024-01-01T00:00:01.25Z"),
+                    r("d", "d4", "2024-01-01T00:00:01.123456789Z"),
+                ],
+                None,
+                vec!["a"],
+            ),
+        ];
+        for (i, (aside, running, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                retention(&aside, running, RETAINED_VERSIONS),
+                want,
+                "row {i}"
+            );
+        }
+        let mut live = r("x", "d1", "2024-01-01T00:00:01Z");
+        live.running = true;
+        assert!(
+            retention(&[live], None, 0).is_empty(),
+            "running containers are left alone"
+        );
+    }
+
+    #[test]
+    fn undo_puts_back_what_the_order_displaced() {
+        const O: &str = "order-o";
+        const C: &str = "app-env-web";
+        let seen = |id: &str, digest: &str, order: &str, running: bool| Seen {
+            id: id.into(),
+            digest: Some(digest.into()),
+            order: Some(order.into()),
+            running,
+        };
+        let remove = |id: &str| UndoStep::Remove { id: id.into() };
+        let restore = |id: &str| UndoStep::Restore { id: id.into() };
+        let aside = |id: &str, d: &str| UndoStep::SetAside {
+            id: id.into(),
+            name: aside_name(C, Some(d), id),
+        };
+        let view = |canonical: Option<Seen>, next: Vec<Seen>, by_order: Option<Seen>| ServiceView {
+            canonical,
+            next,
+            aside_by_order: by_order,
+        };
+        // (case, view) → (steps, container to verify, whether the order had changed it)
+        type Row<'a> = (&'a str, ServiceView, Vec<UndoStep>, Option<&'a str>, bool);
+        let table: Vec<Row> = vec![
+            (
+                "nothing there",
+                view(None, vec![], None),
+                vec![],
+                None,
+                false,
+            ),
+            (
+                "untouched previous keeps serving",
+                view(Some(seen("old", "d1", "x", true)), vec![], None),
+                vec![restore("old")],
+                Some("old"),
+                false,
+            ),
+            (
+                "stop-first crashed after the stop, before the rename",
+                view(Some(seen("old", "d1", "x", false)), vec![], None),
+                vec![restore("old")],
+                Some("old"),
+                true,
+            ),
+            (
+                "stop-first switched: new removed, previous restored",
+                view(
+                    Some(seen("new", "d2", O, true)),
+                    vec![],
+                    Some(seen("old", "d1", "x", false)),
+                ),
+                vec![remove("new"), restore("old")],
+                Some("old"),
+                true,
+            ),
+            (
+                "crashed between set-aside and create",
+                view(None, vec![], Some(seen("old", "d1", "x", false))),
+                vec![restore("old")],
+                Some("old"),
+                true,
+            ),
+            (
+                "first deploy leaves nothing",
+                view(Some(seen("new", "d2", O, false)), vec![], None),
+                vec![remove("new")],
+                None,
+                true,
+            ),
+            (
+                "start-first failed: candidate removed, old untouched",
+                view(
+                    Some(seen("old", "d1", "x", true)),
+                    vec![seen("new", "d2", O, true)],
+                    None,
+                ),
+                vec![remove("new"), restore("old")],
+                Some("old"),
+                true,
+            ),
+            (
+                "start-first crashed mid-swap",
+                view(
+                    None,
+                    vec![seen("new", "d2", O, true)],
+                    Some(seen("old", "d1", "x", false)),
+                ),
+                vec![remove("new"), restore("old")],
+                Some("old"),
+                true,
+            ),
+            (
+                "reused retained version goes back aside",
+                view(
+                    Some(seen("ret", "d0", "y", true)),
+                    vec![],
+                    Some(seen("old", "d1", "x", false)),
+                ),
+                vec![aside("ret", "d0"), restore("old")],
+                Some("old"),
+                true,
+            ),
+        ];
+        for (name, v, steps, verify, changed) in table {
+            let plan = plan_undo(O, C, &v);
+            assert_eq!(plan.steps, steps, "{name}");
+            assert_eq!(plan.verify.as_deref(), verify, "{name}");
+            assert_eq!(plan.order_changed_it, changed, "{name}");
+        }
+    }
+
+    #[test]
+    fn settled_means_on_the_digest_with_nothing_pending() {
+        let s = |digest: &str, running: bool| Seen {
+            id: "c".into(),
+            digest: Some(digest.into()),
+            order: None,
+            running,
+        };
+        let v = |c: Option<Seen>, next: Vec<Seen>| ServiceView {
+            canonical: c,
+            next,
+            aside_by_order: None,
+        };
+        assert!(is_settled("d2", &v(Some(s("d2", true)), vec![])));
+        assert!(!is_settled("d2", &v(Some(s("d2", false)), vec![])));
+        assert!(!is_settled("d2", &v(Some(s("d1", true)), vec![])));
+        assert!(!is_settled(
+            "d2",
+            &v(Some(s("d2", true)), vec![s("d3", true)])
+        ));
+        assert!(!is_settled("d2", &v(None, vec![])));
+    }
+
+    #[test]
+    fn pull_failures_are_classified() {
+        use PullFailure::*;
+        let table = [
+            (
+                Some(404),
+                "manifest for 127.0.0.1:5000/demo@sha256:00 not found: manifest unknown: manifest unknown",
+                NotFound,
+            ),
+            (None, "manifest unknown: manifest unknown", NotFound),
+            (
+                Some(404),
+                "pull access denied for x, repository does not exist or may require 'docker login'",
+                Unauthorized,
+            ),
+            (
+                Some(500),
+                "Head \"https://r/v2/x/manifests/sha256:1\": unauthorized: authentication required",
+                Unauthorized,
+            ),
+            (None, "no basic auth credentials", Unauthorized),
+            (
+                Some(500),
+                "Get \"http://127.0.0.1:1/v2/\": dial tcp 127.0.0.1:1: connect: connection refused",
+                Unreachable,
+            ),
+            (
+                Some(500),
+                "Get \"https://nope.invalid/v2/\": dial tcp: lookup nope.invalid: no such host",
+                Unreachable,
+            ),
+            (
+                Some(500),
+                "Get \"https://r/v2/\": net/http: TLS handshake timeout",
+                Unreachable,
+            ),
+            (Some(500), "something else entirely", Engine),
+        ];
+        for (status, msg, want) in table {
+            assert_eq!(classify_pull_failure(status, msg), want, "{msg}");
+        }
+    }
+
+    #[test]
+    fn registry_credentials_from_docker_config() {
+        assert_eq!(registry_host("127.0.0.1:5000/acme/web"), "127.0.0.1:5000");
+        assert_eq!(
+            registry_host("registry.example.com/acme/web"),
+            "registry.example.com"
+        );
+        assert_eq!(registry_host("localhost/web"), "localhost");
+        assert_eq!(registry_host("acme/web"), "docker.io");
+        assert_eq!(registry_host("web"), "docker.io");
+
+        let auth = base64::engine::general_purpose::STANDARD.encode("bob:s3:cret");
+        let config = format!(
+            r#"{{"auths": {{"https://registry.example.com/v1/": {{"auth": "{auth}"}},
+                "127.0.0.1:5000": {{"username": "u", "password": "p"}},
+                "https://index.docker.io/v1/": {{"auth": "{auth}"}},
+                "broken": {{"auth": "!!!"}}}}}}"#
+        );
+        let c = credentials_from_config(&config, "registry.example.com").unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("bob", "s3:cret")
+        );
+        assert_eq!(c.server, "https://registry.example.com/v1/");
+        let c = credentials_from_config(&config, "127.0.0.1:5000").unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
+        assert!(credentials_from_config(&config, "docker.io").is_some());
+        assert!(credentials_from_config(&config, "other.example.com").is_none());
+        assert!(credentials_from_config(&config, "broken").is_none());
+        assert!(credentials_from_config("not json", "x").is_none());
+        assert!(credentials_from_config("{}", "x").is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! The narrow view of a container engine the deploy logic needs, as a trait, so the decisions
+//! can be exercised against a fake and the one bollard-backed implementation stays small
+//! ([`crate::docker`]).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use proto::ImageRef;
+
+/// A boxed future, so [`Runtime`] stays object-safe (`Arc<dyn Runtime>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub type RtResult<T> = Result<T, RuntimeError>;
+
+/// An engine call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("no such object: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("cannot reach the Docker engine: {0}")]
+    Unreachable(String),
+    #[error("Docker engine error: {0}")]
+    Api(String),
+}
+
+/// Why an image could not be pulled, already sorted into the classes an operator acts on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PullError {
+    #[error("image not found in the registry: {0}")]
+    NotFound(String),
+    #[error("the registry refused our credentials: {0}")]
+    Unauthorized(String),
+    #[error("the registry is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the Docker engine failed the pull: {0}")]
+    Engine(String),
+}
+
+/// Registry credentials for one pull (from the host's Docker config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    pub server: String,
+}
+
+/// Coarse container state, enough to judge health and recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Created,
+    Running,
+    Restarting,
+    Paused,
+    Exited,
+    Dead,
+    Other,
+}
+
+/// The image's own HEALTHCHECK verdict, when the container has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// What the engine says about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    /// The image as the container was created with it (`repo@sha256:…` for ours).
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: RunState,
+    pub exit_code: Option<i64>,
+    pub restart_count: i64,
+    /// `None` when the container has no HEALTHCHECK.
+    pub check: Option<CheckStatus>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Network name → the container's IPv4 address on it.
+    pub networks: BTreeMap<String, String>,
+    pub oom_killed: bool,
+    /// The engine's own error for the container (e.g. a failed start).
+    pub error: Option<String>,
+}
+
+impl ContainerInfo {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state == RunState::Running
+    }
+
+    pub fn short_id(&self) -> &str {
+        crate::plan::short_id(&self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub repo_digests: Vec<String>,
+}
+
+/// One published port: `[host_ip:][host_port:]container_port[/proto]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_ip: Option<String>,
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Option<Vec<String>>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    /// `volume:/path[:ro]` or `/host/path:/path[:ro]`.
+    pub binds: Vec<String>,
+    /// The user network to join and the aliases to answer to there.
+    pub network: Option<(String, Vec<String>)>,
+    /// Services restart with the host; one-off containers do not.
+    pub restart_unless_stopped: bool,
+}
+
+/// The engine operations the deploy logic uses. Every container-level call takes an id or a name.
+pub trait Runtime: Send + Sync {
+    fn ping(&self) -> BoxFuture<'_, RtResult<()>>;
+    /// `Ok(None)` when no such container exists.
+    fn inspect_container<'a>(
+        &'a self,
+        name_or_id: &'a str,
+    ) -> BoxFuture<'a, RtResult<Option<ContainerInfo>>>;
+    /// Every container (any state) carrying all of `labels` (`key=value`).
+    fn list_containers<'a>(
+        &'a self,
+        labels: &'a [(String, String)],
+    ) -> BoxFuture<'a, RtResult<Vec<ContainerInfo>>>;
+    /// Returns the new container's id.
+    fn create_container<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, RtResult<String>>;
+    fn start_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, RtResult<()>>;
+    /// SIGTERM, then SIGKILL after `timeout`. Stopping a stopped container is not an error.
+    fn stop_container<'a>(&'a self, id: &'a str, timeout: Duration) -> BoxFuture<'a, RtResult<()>>;
+    fn kill_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, RtResult<()>>;
+    fn rename_container<'a>(
+        &'a self,
+        id: &'a str,
+        new_name: &'a str,
+    ) -> BoxFuture<'a, RtResult<()>>;
+    /// Removing a container that no longer exists is not an error.
+    fn remove_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, RtResult<()>>;
+    /// The last `lines` lines of stdout and stderr, interleaved as the engine stored them.
+    fn logs_tail<'a>(&'a self, id: &'a str, lines: usize) -> BoxFuture<'a, RtResult<Vec<String>>>;
+    /// `Ok(None)` when the image is not present.
+    fn inspect_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, RtResult<Option<ImageInfo>>>;
+    fn pull_image<'a>(
+        &'a self,
+        image: &'a ImageRef,
+        creds: Option<Credentials>,
+    ) -> BoxFuture<'a, Result<(), PullError>>;
+    /// Creates the user network unless it exists.
+    fn ensure_network<'a>(&'a self, name: &'a str) -> BoxFuture<'a, RtResult<()>>;
+    fn connect_network<'a>(
+        &'a self,
+        id: &'a str,
+        network: &'a str,
+        aliases: &'a [String],
+    ) -> BoxFuture<'a, RtResult<()>>;
+    fn disconnect_network<'a>(
+        &'a self,
+        id: &'a str,
+        network: &'a str,
+    ) -> BoxFuture<'a, RtResult<()>>;
+}
