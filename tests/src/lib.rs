@@ -45,3 +45,4 @@ pub use registry::Registry;
 pub use sshd::{ClientKey, Sshd, SshdOptions};
 pub use wait::{wait_until, wait_until_async};
 pub mod agents;
+pub mod hosts;

@@ -1,0 +1,630 @@
+//! The agent's shared state and what it does for each request: accept and run orders,
+//! re-attach watchers, answer status, history and logs, recover unfinished orders, and watch
+//! health. The socket side lives in [`crate::server`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::accept::{AcceptPolicy, FileReplayStore, accept};
+use proto::sign::AllowedSigners;
+use proto::time::Timestamp;
+use proto::wire::{
+    AgentStatus, Health, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, Phase, Refusal,
+    RefusalKind, ServiceLogs, ServiceStatus, SignedOrder,
+};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::backend::Backend;
+use crate::config::AgentConfig;
+use crate::health::{HealthBook, HealthFile, Observation};
+use crate::index::Index;
+use crate::job::{Job, blocking, lock};
+use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_order_id};
+use crate::locks::{LockDecision, ServiceKey, decide, keys_of};
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Most history entries one request returns (a frame is at most 4 MiB).
+pub const MAX_HISTORY: usize = 1000;
+/// Most log lines one request returns per service.
+pub const MAX_LOG_LINES: usize = 5000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{0}")]
+    ReplayStore(std::io::Error),
+    #[error("{0}")]
+    AllowedSigners(String),
+}
+
+/// What became of a `submit`.
+#[derive(Debug)]
+pub enum Submitted {
+    /// A job to follow: a new one, or the running job of the same rollout.
+    Job(Arc<Job>),
+    Refused(Refusal),
+    /// The agent could not take the order for a reason of its own (journal unwritable).
+    Error(String),
+}
+
+/// What a `watch` finds.
+#[derive(Debug)]
+pub enum Watched {
+    Running(Arc<Job>),
+    Finished {
+        events: Vec<JobEvent>,
+        outcome: Option<Outcome>,
+    },
+    Unknown(String),
+}
+
+#[derive(Default)]
+struct Running {
+    jobs: BTreeMap<String, Arc<Job>>,
+    held: BTreeMap<ServiceKey, LockHolder>,
+}
+
+pub struct Agent<B: Backend> {
+    config: AgentConfig,
+    backend: B,
+    journal: Journal,
+    /// Lock order: `running` before `index`; `health` alone.
+    index: Mutex<Index>,
+    running: Mutex<Running>,
+    replay: Mutex<FileReplayStore>,
+    next_seq: AtomicU64,
+    health: Mutex<HealthBook>,
+    health_file: HealthFile,
+    /// Orders found without an outcome at start, waiting for [`Agent::recover_unfinished`].
+    unfinished: Mutex<Vec<OrderRecord>>,
+    /// Number of running jobs, so shutdown can wait for zero.
+    job_count: watch::Sender<usize>,
+    /// Number of clients following a job, so shutdown can let them read the outcome.
+    followers: watch::Sender<usize>,
+    started: Instant,
+}
+
+impl<B: Backend> std::fmt::Debug for Agent<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("host", &self.config.host)
+            .field("env", &self.config.env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> Agent<B> {
+    /// Opens the state directory: journal (corrupt files moved aside), replay store, health book.
+    pub fn open(config: AgentConfig, backend: B) -> Result<Arc<Agent<B>>, OpenError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| JournalError::Dir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        // Fail at start rather than at the first order if the trust file is broken.
+        let signers = AllowedSigners::load(&config.allowed_signers)
+            .map_err(|e| OpenError::AllowedSigners(e.to_string()))?;
+        for note in signers.notes() {
+            tracing::warn!("{}: {note}", config.allowed_signers.display());
+        }
+        let journal = Journal::open(&config.state_dir)?;
+        let (records, problems) = journal.load_all();
+        for p in &problems {
+            tracing::error!("{p}; moved aside, the other orders are unaffected");
+        }
+        let index = Index::from_records(&records);
+        let next_seq = AtomicU64::new(index.next_seq());
+        let unfinished: Vec<OrderRecord> = records
+            .into_iter()
+            .filter(|r| r.outcome.is_none())
+            .collect();
+        let replay = FileReplayStore::open(&config.state_dir.join("replay.json"))
+            .map_err(OpenError::ReplayStore)?;
+        let health_file = HealthFile::new(&config.state_dir);
+        let (book, problem) = health_file.load();
+        if let Some(p) = problem {
+            tracing::warn!("{p}");
+        }
+        Ok(Arc::new(Agent {
+            config,
+            backend,
+            journal,
+            index: Mutex::new(index),
+            running: Mutex::new(Running::default()),
+            replay: Mutex::new(replay),
+            next_seq,
+            health: Mutex::new(book),
+            health_file,
+            unfinished: Mutex::new(unfinished),
+            job_count: watch::Sender::new(0),
+            followers: watch::Sender::new(0),
+            started: Instant::now(),
+        }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Finishes or undoes every order the journal shows without an outcome (DESIGN §7.6). Runs
+    /// before the socket is served, one order at a time, oldest first.
+    pub async fn recover_unfinished(self: &Arc<Self>) -> Vec<Outcome> {
+        let unfinished = std::mem::take(&mut *lock(&self.unfinished));
+        let mut outcomes = Vec::new();
+        for record in unfinished {
+            let job = Arc::new(Job::new(record, self.journal.clone()));
+            let span = job_span(&job);
+            let outcome = async {
+                let last = job.record().events.last().map(|e| format!("{} ({})", e.message, e.phase));
+                job.emit_recover(&format!(
+                    "the agent stopped before this order finished (last step: {}); recovering so each service ends on \
+                     one healthy version",
+                    last.unwrap_or_else(|| "none".into())
+                ));
+                let mut outcome = self.backend.recover(&job.order, &*job).await;
+                if outcome.reason.is_none() {
+                    outcome.reason = Some(format!("recovered after an agent restart: {}", outcome.kind));
+                }
+                self.finish(&job, outcome)
+            }
+            .instrument(span)
+            .await;
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// Accepts (or refuses) a signed order and starts its job.
+    pub async fn submit(self: &Arc<Self>, signed: SignedOrder) -> Submitted {
+        let signers = match AllowedSigners::load(&self.config.allowed_signers) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return Submitted::Refused(Refusal {
+                    kind: RefusalKind::UnknownSigner,
+                    message: format!(
+                        "this agent cannot read its allowed_signers, so it trusts no one right now: {e}"
+                    ),
+                    holder: None,
+                });
+            }
+        };
+        let policy = AcceptPolicy::new(
+            &self.config.host,
+            &self.config.env,
+            signers,
+            self.config.allowed_images.clone(),
+        );
+        let accepted =
+            blocking(|| accept(&signed, &policy, Timestamp::now(), &mut *lock(&self.replay)));
+        let accepted = match accepted {
+            Ok(a) => a,
+            Err(rejection) => {
+                tracing::warn!(kind = %rejection.kind, "order refused: {}", rejection.message);
+                return Submitted::Refused(rejection.into());
+            }
+        };
+        let order = accepted.order;
+        if !is_valid_order_id(&order.order_id) {
+            return Submitted::Refused(Refusal {
+                kind: RefusalKind::Malformed,
+                message: format!(
+                    "order_id {:?} may only hold letters, digits, '-' and '_' (it names the journal file)",
+                    order.order_id
+                ),
+                holder: None,
+            });
+        }
+        let signer = SignerInfo {
+            principal: accepted.signer.principal,
+            fingerprint: accepted.signer.fingerprint,
+        };
+
+        let (job, skipped_migration) = {
+            let mut running = lock(&self.running);
+            match decide(&running.held, &order) {
+                LockDecision::Refuse(holder) => {
+                    let message = format!(
+                        "app {} is being deployed by rollout {} (order {}, signed by {}, issued by {}) since {}; wait \
+                         for it to finish or follow it with `watch {}`",
+                        order.app,
+                        holder.rollout_id,
+                        holder.order_id,
+                        holder.signer,
+                        holder.issued_by,
+                        holder.since,
+                        holder.order_id
+                    );
+                    tracing::warn!(order_id = %order.order_id, "order refused: {message}");
+                    return Submitted::Refused(Refusal {
+                        kind: RefusalKind::RolloutInProgress,
+                        message,
+                        holder: Some(holder),
+                    });
+                }
+                LockDecision::Attach { order_id } => {
+                    if let Some(job) = running.jobs.get(&order_id) {
+                        tracing::info!(
+                            order_id = %order.order_id,
+                            "rollout {} already runs here as order {order_id}; following it",
+                            order.rollout_id
+                        );
+                        return Submitted::Job(job.clone());
+                    }
+                    return Submitted::Error(format!(
+                        "order {order_id} holds the service but is not running"
+                    ));
+                }
+                LockDecision::Take => {}
+            }
+            let mut order = order;
+            let mut skipped = None;
+            if order.run_migration
+                && let Some(done) = lock(&self.index).migration_done_for(&order.app, &order.image)
+            {
+                skipped = Some(done.order.order_id.clone());
+                order.run_migration = false;
+            }
+            let record = OrderRecord {
+                seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
+                signed,
+                order,
+                signer,
+                accepted_at: Timestamp::now(),
+                events: Vec::new(),
+                outcome: None,
+                duration_ms: None,
+            };
+            let job = Arc::new(Job::new(record, self.journal.clone()));
+            for key in keys_of(&job.order) {
+                running.held.insert(key, job.holder.clone());
+            }
+            running.jobs.insert(job.order_id().to_string(), job.clone());
+            self.job_count.send_modify(|n| *n += 1);
+            (job, skipped)
+        };
+
+        let o = &job.order;
+        let accepted_message = format!(
+            "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",
+            o.action,
+            o.image,
+            o.reference,
+            o.services.keys().cloned().collect::<Vec<_>>().join(", "),
+            job.holder.signer,
+            o.issued_by,
+            if o.run_migration {
+                "; runs the migration"
+            } else {
+                ""
+            }
+        );
+        tracing::info!(order_id = %job.order_id(), phase = %Phase::Accepted, "{accepted_message}");
+        if let Err(e) = job.record_event(Phase::Accepted, None, &accepted_message) {
+            // Nothing may change a host unless the journal can say so.
+            self.release(&job);
+            tracing::error!(order_id = %job.order_id(), "{e}");
+            return Submitted::Error(format!(
+                "the agent cannot write its journal, so it does not run the order: {e}"
+            ));
+        }
+        if let (Some(previous), Some(m)) = (&skipped_migration, &job.order.migrate) {
+            job.emit_event(
+                Phase::Migrate,
+                Some(&m.service),
+                &format!(
+                    "migration already ran for {} in order {previous}; skipped (a digest's migration runs once)",
+                    job.order.image.short_digest()
+                ),
+            );
+        }
+        lock(&self.index).update(&job.record());
+
+        let agent = self.clone();
+        let running_job = job.clone();
+        tokio::spawn(async move { agent.run_job(running_job).await }.instrument(job_span(&job)));
+        Submitted::Job(job)
+    }
+
+    async fn run_job(self: Arc<Self>, job: Arc<Job>) {
+        let agent = self.clone();
+        let inner = job.clone();
+        // A panic in the engine must not leave the services locked and the order without an
+        // outcome: it is caught here and recovery puts the host back on one version.
+        let result = tokio::spawn(
+            async move { agent.backend.execute(&inner.order, &*inner).await }.in_current_span(),
+        )
+        .await;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                job.emit_recover(&format!("the job failed unexpectedly ({e}); recovering"));
+                self.backend.recover(&job.order, &*job).await
+            }
+        };
+        self.finish(&job, outcome);
+    }
+
+    fn finish(&self, job: &Job, outcome: Outcome) -> Outcome {
+        let (record, saved) = job.finish(outcome.clone());
+        if let Err(e) = saved {
+            tracing::error!(order_id = %job.order_id(), "cannot journal the outcome: {e}");
+        }
+        lock(&self.index).update(&record);
+        // The job just proved what runs healthy: that is the health watch's starting point.
+        if matches!(
+            outcome.kind,
+            OutcomeKind::Succeeded | OutcomeKind::RolledBack
+        ) {
+            for service in job.order.services.keys() {
+                self.observe(
+                    &job.order.app,
+                    service,
+                    Health::Healthy,
+                    outcome.finished_at,
+                );
+            }
+        }
+        self.release(job);
+        job.notify();
+        record.outcome.unwrap_or(outcome)
+    }
+
+    fn release(&self, job: &Job) {
+        let mut running = lock(&self.running);
+        if running.jobs.remove(job.order_id()).is_some() {
+            self.job_count.send_modify(|n| *n = n.saturating_sub(1));
+        }
+        running.held.retain(|_, h| h.order_id != job.order_id());
+    }
+
+    pub fn watch(&self, order_id: &str) -> Watched {
+        if !is_valid_order_id(order_id) {
+            return Watched::Unknown(format!("{order_id:?} is not an order id"));
+        }
+        if let Some(job) = lock(&self.running).jobs.get(order_id) {
+            return Watched::Running(job.clone());
+        }
+        match self.journal.load(order_id) {
+            Ok(Some(record)) => Watched::Finished {
+                events: record.events,
+                outcome: record.outcome,
+            },
+            Ok(None) => Watched::Unknown(format!(
+                "order {order_id} is not in the journal of host {}",
+                self.config.host
+            )),
+            Err(e) => Watched::Unknown(e.to_string()),
+        }
+    }
+
+    pub fn history(&self, limit: usize) -> Vec<HistoryEntry> {
+        lock(&self.index).history(limit.min(MAX_HISTORY))
+    }
+
+    pub fn running(&self) -> Vec<LockHolder> {
+        lock(&self.running)
+            .jobs
+            .values()
+            .map(|j| j.holder.clone())
+            .collect()
+    }
+
+    pub async fn status(&self) -> AgentStatus {
+        let targets = self.deployed();
+        let held: Vec<ServiceKey> = lock(&self.running).held.keys().cloned().collect();
+        let mut services = Vec::new();
+        for t in targets {
+            let snap = self
+                .backend
+                .inspect_service(&t.app, &t.service, &t.spec)
+                .await;
+            let now = Timestamp::now();
+            let key = (t.app.clone(), t.service.clone());
+            let since = if held.contains(&key) {
+                // Mid-deploy states are expected; they are not health transitions.
+                lock(&self.health)
+                    .current(&t.app, &t.service)
+                    .filter(|e| e.health == snap.health)
+                    .map_or(now, |e| e.since)
+            } else {
+                self.observe(&t.app, &t.service, snap.health, now);
+                lock(&self.health)
+                    .current(&t.app, &t.service)
+                    .map_or(now, |e| e.since)
+            };
+            let current = snap.image.as_ref().map(|i| i.digest().to_string());
+            let previous =
+                lock(&self.index).previous_digest(&t.app, &t.service, current.as_deref());
+            services.push(ServiceStatus {
+                app: t.app,
+                service: t.service,
+                container_id: snap.container_id,
+                image: snap.image,
+                reference: snap.reference,
+                health: snap.health,
+                since,
+                last_outcome: t.last_outcome,
+                last_order: Some(t.last_order),
+                previous_digest: previous,
+            });
+        }
+        AgentStatus {
+            agent_version: AGENT_VERSION.to_string(),
+            host: self.config.host.clone(),
+            env: self.config.env.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            services,
+            running: self.running(),
+        }
+    }
+
+    /// Logs of every deployed service, or of the one named.
+    pub async fn logs(
+        &self,
+        service: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<ServiceLogs>, String> {
+        let targets: Vec<Target> = self
+            .deployed()
+            .into_iter()
+            .filter(|t| service.is_none_or(|s| s == t.service))
+            .collect();
+        if targets.is_empty() {
+            return Err(match service {
+                Some(s) => format!("no service named {s:?} was ever deployed by this agent"),
+                None => "this agent has deployed nothing yet".into(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for t in &targets {
+            match self
+                .backend
+                .logs(&t.app, &t.service, &t.spec, lines.min(MAX_LOG_LINES))
+                .await
+            {
+                Ok(l) => out.push(l),
+                Err(e) => errors.push(format!("{}/{}: {e}", t.app, t.service)),
+            }
+        }
+        if out.is_empty() {
+            return Err(errors.join("; "));
+        }
+        for e in errors {
+            tracing::warn!("logs: {e}");
+        }
+        Ok(out)
+    }
+
+    /// One round of the health watch: probes every deployed service no job holds right now.
+    pub async fn probe_health(&self) {
+        for t in self.deployed() {
+            let held = lock(&self.running)
+                .held
+                .contains_key(&(t.app.clone(), t.service.clone()));
+            if held {
+                continue;
+            }
+            let snap = self
+                .backend
+                .inspect_service(&t.app, &t.service, &t.spec)
+                .await;
+            self.observe(&t.app, &t.service, snap.health, Timestamp::now());
+        }
+    }
+
+    /// Runs the health watch until the returned future is dropped.
+    pub async fn health_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.health_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.probe_health().await;
+        }
+    }
+
+    fn observe(&self, app: &str, service: &str, health: Health, at: Timestamp) {
+        let mut book = lock(&self.health);
+        match book.observe(app, service, health, at) {
+            Observation::Unchanged => return,
+            Observation::First => {
+                tracing::info!(app, service, %health, "health watch: first probe")
+            }
+            Observation::Changed(t) if t.to == Health::Healthy => {
+                tracing::info!(app, service, from = %t.from, to = %t.to, "health watch: service recovered")
+            }
+            Observation::Changed(t) => {
+                tracing::warn!(app, service, from = %t.from, to = %t.to, "health watch: service degraded")
+            }
+        }
+        if let Err(e) = blocking(|| self.health_file.save(&book)) {
+            tracing::error!("cannot save the health book: {e}");
+        }
+    }
+
+    fn deployed(&self) -> Vec<Target> {
+        lock(&self.index)
+            .deployed()
+            .into_iter()
+            .map(|d| Target {
+                app: d.app.to_string(),
+                service: d.service.to_string(),
+                spec: d.spec.clone(),
+                last_order: d.last.order.order_id.clone(),
+                last_outcome: d.last.outcome.as_ref().map(|o| o.kind),
+            })
+            .collect()
+    }
+
+    /// Resolves when no job runs, or after `grace`; returns how many still run.
+    pub async fn wait_for_jobs(&self, grace: Duration) -> usize {
+        let mut rx = self.job_count.subscribe();
+        let _ = tokio::time::timeout(grace, rx.wait_for(|n| *n == 0)).await;
+        *self.job_count.borrow()
+    }
+
+    /// Counts a client following a job until the guard drops.
+    pub fn following(&self) -> Following<'_> {
+        self.followers.send_modify(|n| *n += 1);
+        Following(&self.followers)
+    }
+
+    /// Resolves when no client follows a job any more, or after `limit`.
+    pub async fn wait_for_followers(&self, limit: Duration) {
+        let mut rx = self.followers.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+}
+
+/// A client following a job; see [`Agent::following`].
+#[derive(Debug)]
+pub struct Following<'a>(&'a watch::Sender<usize>);
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A deployed service and what the journal says about it.
+struct Target {
+    app: String,
+    service: String,
+    spec: proto::ServiceSpec,
+    last_order: String,
+    last_outcome: Option<OutcomeKind>,
+}
+
+fn job_span(job: &Job) -> tracing::Span {
+    let services = job
+        .order
+        .services
+        .keys()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing::info_span!("job", order_id = %job.order.order_id, app = %job.order.app, service = %services)
+}
+
+impl Job {
+    /// A step of the agent's own (not the engine's): logged and journaled.
+    fn emit_event(&self, phase: Phase, service: Option<&str>, message: &str) {
+        tracing::info!(order_id = %self.order.order_id, service = service.unwrap_or("-"), %phase, "{message}");
+        if let Err(e) = self.record_event(phase, service, message) {
+            tracing::error!(order_id = %self.order.order_id, "journal write failed: {e}");
+        }
+    }
+
+    fn emit_recover(&self, message: &str) {
+        self.emit_event(Phase::Recover, None, message);
+    }
+}

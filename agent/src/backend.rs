@@ -1,0 +1,62 @@
+//! What the agent needs from the deploy engine, as a trait: the real one is
+//! [`deploy::Engine`]; the agent's own tests drive the daemon with a scripted stand-in so the
+//! protocol, locks, journal and recovery are tested without Docker.
+
+use std::future::Future;
+
+use deploy::{EventSink, ServiceSnapshot};
+use proto::wire::{Outcome, ServiceLogs};
+use proto::{Order, ServiceSpec};
+
+pub trait Backend: Send + Sync + 'static {
+    /// Runs an accepted order to its outcome; every step goes to `sink` before it is taken.
+    fn execute(&self, order: &Order, sink: &dyn EventSink) -> impl Future<Output = Outcome> + Send;
+    /// Brings an order interrupted by a crash to one healthy version per service.
+    fn recover(&self, order: &Order, sink: &dyn EventSink) -> impl Future<Output = Outcome> + Send;
+    /// What runs now for one service, with a fresh health probe.
+    fn inspect_service(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> impl Future<Output = ServiceSnapshot> + Send;
+    /// The tail of a service's container log.
+    fn logs(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+        lines: usize,
+    ) -> impl Future<Output = Result<ServiceLogs, String>> + Send;
+}
+
+impl Backend for deploy::Engine {
+    fn execute(&self, order: &Order, sink: &dyn EventSink) -> impl Future<Output = Outcome> + Send {
+        deploy::Engine::execute(self, order, sink)
+    }
+
+    fn recover(&self, order: &Order, sink: &dyn EventSink) -> impl Future<Output = Outcome> + Send {
+        deploy::Engine::recover(self, order, sink)
+    }
+
+    fn inspect_service(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> impl Future<Output = ServiceSnapshot> + Send {
+        deploy::Engine::inspect_service(self, app, service, spec)
+    }
+
+    async fn logs(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+        lines: usize,
+    ) -> Result<ServiceLogs, String> {
+        deploy::Engine::logs(self, app, service, spec, lines)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,291 @@
+//! `agent.toml` (DESIGN §4): what this agent is (host, env), where it keeps its state and socket,
+//! and whom it trusts.
+//!
+//! Loading is strict: unknown keys are errors, and every error names the file, line and column so
+//! an operator can fix it without guessing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where `deploy-agent run` and `check-config` look when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/deploy-agent/agent.toml";
+/// The socket path the controller assumes for a host table without `socket` (DESIGN §4).
+pub const DEFAULT_SOCKET: &str = "/run/deploy-agent/agent.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/deploy-agent";
+
+/// A loaded and validated `agent.toml`. Relative paths in the file are resolved against the
+/// directory of the file, so a config and its `allowed_signers` can travel together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    pub host: String,
+    pub env: String,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub allowed_signers: PathBuf,
+    pub allowed_images: Vec<String>,
+    pub container_prefix: String,
+    /// How often the health watch probes every deployed service.
+    pub health_interval: Duration,
+    /// Group that owns the socket (name or numeric gid), so its members may talk to the agent.
+    pub socket_group: Option<String>,
+    /// How long a SIGTERM waits for running jobs before the agent exits anyway (the next start
+    /// recovers whatever was left unfinished).
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: String,
+    env: String,
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    allowed_signers: PathBuf,
+    allowed_images: Vec<String>,
+    #[serde(default)]
+    container_prefix: String,
+    #[serde(default = "default_health_interval", with = "proto::time::duration")]
+    health_interval: Duration,
+    #[serde(default)]
+    socket_group: Option<String>,
+    #[serde(default = "default_shutdown_grace", with = "proto::time::duration")]
+    shutdown_grace: Duration,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(120)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        AgentConfig::parse(&text, path)
+    }
+
+    /// Parses the text of `path` (the path is only used for messages and relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        for (key, value) in [("host", &raw.host), ("env", &raw.env)] {
+            if let Some(why) = bad_name(value) {
+                return Err(invalid(format!("{key} = {value:?}: {why}")));
+            }
+        }
+        if raw.allowed_images.is_empty() {
+            return Err(invalid(
+                "allowed_images is empty: every order would be refused".into(),
+            ));
+        }
+        if let Some(p) = raw
+            .allowed_images
+            .iter()
+            .find(|p| p.trim().is_empty() || p.contains('@'))
+        {
+            return Err(invalid(format!(
+                "allowed_images entry {p:?} must be a repository or a pattern like \"registry.example.com/acme/*\""
+            )));
+        }
+        if raw
+            .container_prefix
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"_.-".contains(&b)))
+        {
+            return Err(invalid(format!(
+                "container_prefix {:?} may only hold letters, digits, '_', '.' and '-' (it becomes part of container names)",
+                raw.container_prefix
+            )));
+        }
+        if raw.health_interval.is_zero() {
+            return Err(invalid("health_interval must be longer than zero".into()));
+        }
+        if raw
+            .socket_group
+            .as_deref()
+            .is_some_and(|g| g.trim().is_empty())
+        {
+            return Err(invalid(
+                "socket_group is empty; leave it out to keep the agent's own group".into(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        Ok(AgentConfig {
+            host: raw.host,
+            env: raw.env,
+            socket: resolve(raw.socket),
+            state_dir: resolve(raw.state_dir),
+            allowed_signers: resolve(raw.allowed_signers),
+            allowed_images: raw.allowed_images,
+            container_prefix: raw.container_prefix,
+            health_interval: raw.health_interval,
+            socket_group: raw.socket_group,
+            shutdown_grace: raw.shutdown_grace,
+        })
+    }
+}
+
+/// Host and env names end up in container labels and names; keep them to a safe alphabet.
+fn bad_name(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("must not be empty")
+    } else if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        Some("may only hold letters, digits, '_', '.' and '-'")
+    } else {
+        None
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before
+        .get(line_start..)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+host = "prod-1"
+env = "prod"
+socket = "/run/deploy-agent/agent.sock"
+state_dir = "state"
+allowed_signers = "/etc/deploy-agent/allowed_signers"
+allowed_images = ["registry.example.com/acme/*"]
+"#;
+
+    #[test]
+    fn a_good_file_loads_with_defaults_and_resolved_paths() {
+        let c = AgentConfig::parse(GOOD, Path::new("/etc/deploy-agent/agent.toml")).unwrap();
+        assert_eq!(c.host, "prod-1");
+        assert_eq!(c.env, "prod");
+        assert_eq!(c.state_dir, PathBuf::from("/etc/deploy-agent/state"));
+        assert_eq!(
+            c.allowed_signers,
+            PathBuf::from("/etc/deploy-agent/allowed_signers")
+        );
+        assert_eq!(c.health_interval, Duration::from_secs(10));
+        assert_eq!(c.container_prefix, "");
+        assert_eq!(c.socket_group, None);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_location() {
+        // (text appended to GOOD or replacing it, expected line, column, fragment of message)
+        let cases: &[(&str, usize, usize, &str)] = &[
+            ("colour = \"red\"\n", 8, 1, "colour"),
+            ("health_interval = \"soon\"\n", 8, 19, "bad duration"),
+            ("container_prefix = 3\n", 8, 20, "string"),
+        ];
+        for (extra, line, column, fragment) in cases {
+            let text = format!("{GOOD}{extra}");
+            match AgentConfig::parse(&text, Path::new("agent.toml")) {
+                Err(ConfigError::Syntax {
+                    line: l,
+                    column: c,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((l, c), (*line, *column), "{extra}: {message}");
+                    assert!(message.contains(fragment), "{extra}: {message}");
+                }
+                other => panic!("{extra}: expected a syntax error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("host = \"prod-1\"", "host = \"prod 1\"", "host"),
+            ("env = \"prod\"", "env = \"\"", "env"),
+            (
+                "allowed_images = [\"registry.example.com/acme/*\"]",
+                "allowed_images = []",
+                "allowed_images",
+            ),
+            (
+                "allowed_images = [\"registry.example.com/acme/*\"]",
+                "allowed_images = [\"a/b@sha256:00\"]",
+                "allowed_images",
+            ),
+        ];
+        for (from, to, fragment) in cases {
+            let text = GOOD.replace(from, to);
+            let err = AgentConfig::parse(&text, Path::new("agent.toml")).unwrap_err();
+            assert!(err.to_string().contains(fragment), "{to}: {err}");
+        }
+        let err = AgentConfig::parse(
+            &format!("{GOOD}container_prefix = \"a/b\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("container_prefix"), "{err}");
+    }
+
+    #[test]
+    fn line_column_counts_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+}

@@ -1,0 +1,148 @@
+//! `deploy-agent`, the daemon on every host (DESIGN §6, §7).
+//!
+//! It serves a unix socket; the controller reaches it directly (`local`) or over SSH through
+//! `deploy-agent bridge`. A `submit` goes through proto's acceptance checks, takes the lock of
+//! every service it touches, is journaled, and becomes a job — a task owned by the agent that
+//! outlives the connection — run by the [`deploy`] engine; the client follows its events to the
+//! outcome and can re-attach with `watch`. At start the agent recovers every order the journal
+//! shows unfinished before it serves; afterwards it probes the health of what it deployed.
+//!
+//! Module map: [`config`] (agent.toml) · [`journal`] + [`durable`] (the per-order files) ·
+//! [`index`] (in-memory view of the journal) · [`locks`] (one rollout per service) · [`job`]
+//! (a running order) · [`agent`] (shared state, one method per request) · [`server`] (socket,
+//! frames, shutdown) · [`health`] (the health book) · [`bridge`] · [`backend`] (the engine as
+//! the agent sees it) · [`cli`].
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod backend;
+pub mod bridge;
+pub mod cli;
+pub mod config;
+pub mod durable;
+pub mod health;
+pub mod index;
+pub mod job;
+pub mod journal;
+pub mod locks;
+pub mod server;
+
+use std::path::Path;
+
+pub use agent::Agent;
+pub use config::AgentConfig;
+
+/// Why the agent stopped or refused to start; [`Error::exit_code`] maps it for the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{0}")]
+    Trust(String),
+    #[error("cannot reach the Docker engine: {0}")]
+    Engine(String),
+    #[error("cannot open the state directory: {0}")]
+    State(String),
+    #[error(transparent)]
+    Socket(#[from] server::SocketError),
+    #[error(transparent)]
+    Bridge(#[from] bridge::BridgeError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl Error {
+    /// sysexits(3): 78 configuration, 69 a service (Docker, the agent) unavailable, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Trust(_) => 78,
+            Error::Engine(_) | Error::Bridge(bridge::BridgeError::Connect { .. }) => 69,
+            _ => 1,
+        }
+    }
+}
+
+impl From<agent::OpenError> for Error {
+    fn from(e: agent::OpenError) -> Error {
+        match e {
+            agent::OpenError::AllowedSigners(m) => Error::Trust(m),
+            other => Error::State(other.to_string()),
+        }
+    }
+}
+
+/// `deploy-agent run`: load the config, connect to Docker, recover, serve until SIGTERM/SIGINT.
+pub async fn run(config_path: &Path) -> Result<(), Error> {
+    let config = AgentConfig::load(config_path)?;
+    let identity = deploy::Identity {
+        host: config.host.clone(),
+        env: config.env.clone(),
+        container_prefix: config.container_prefix.clone(),
+    };
+    let engine = deploy::Engine::connect(identity)
+        .await
+        .map_err(|e| Error::Engine(e.to_string()))?
+        // Compose override files must survive a restart, so recovery can read them.
+        .with_state_dir(config.state_dir.join("engine"));
+    serve(config, engine).await
+}
+
+/// Everything of `run` after the engine exists; the agent's own tests call it with a stand-in.
+pub async fn serve<B: backend::Backend>(config: AgentConfig, backend: B) -> Result<(), Error> {
+    let socket = config.socket.clone();
+    let group = config.socket_group.clone();
+    let agent = Agent::open(config, backend)?;
+    let recovered = agent.recover_unfinished().await;
+    if !recovered.is_empty() {
+        tracing::info!(orders = recovered.len(), "recovery done");
+    }
+    let listener = server::bind(&socket, group.as_deref())?;
+    let shutdown = shutdown_signal().map_err(Error::Signals)?;
+    server::serve(agent, listener, &socket, shutdown).await;
+    Ok(())
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+/// `deploy-agent check-config`: what `run` would load, reported without starting.
+pub fn check_config(config_path: &Path) -> Result<String, Error> {
+    let config = AgentConfig::load(config_path)?;
+    let signers = proto::sign::AllowedSigners::load(&config.allowed_signers)
+        .map_err(|e| Error::Trust(e.to_string()))?;
+    let mut report = format!(
+        "{}: ok\n  host {} · env {}\n  socket {}{}\n  state_dir {}\n  allowed_signers {} ({} keys)\n  allowed_images {}\n  \
+         health_interval {}",
+        config_path.display(),
+        config.host,
+        config.env,
+        config.socket.display(),
+        config
+            .socket_group
+            .as_deref()
+            .map(|g| format!(" (group {g})"))
+            .unwrap_or_default(),
+        config.state_dir.display(),
+        config.allowed_signers.display(),
+        signers.len(),
+        config.allowed_images.join(", "),
+        proto::time::format_duration(config.health_interval),
+    );
+    if signers.is_empty() {
+        report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
+    }
+    for note in signers.notes() {
+        report.push_str(&format!("\n  note: {note}"));
+    }
+    Ok(report)
+}

@@ -1,0 +1,388 @@
+//! The agent's unix socket (DESIGN §6): one connection is a `hello`, then any number of
+//! requests in turn. A malformed frame gets an `error` reply and the connection is closed;
+//! nothing a client sends can panic the agent.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::codec::{CodecError, FrameReader, MAX_FRAME, check_peer_protocol, encode, write_frame};
+use proto::wire::{PROTOCOL_VERSION, Refusal, RefusalKind, Reply, Request, ServiceLogs};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixListener;
+
+use crate::agent::{AGENT_VERSION, Agent, Submitted, Watched};
+use crate::backend::Backend;
+use crate::job::Job;
+
+/// A client that connects and says nothing is dropped after this long.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for clients to read the outcomes of the jobs that finished.
+const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("another agent is already serving {0}")]
+    InUse(PathBuf),
+    #[error(
+        "{0} exists and is not a socket; refusing to replace it (check `socket` in agent.toml)"
+    )]
+    NotASocket(PathBuf),
+    #[error("socket {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("socket_group {0:?} is not a group on this host (see /etc/group)")]
+    UnknownGroup(String),
+}
+
+/// Binds the socket: mode 0660, owned by `group` when given. A stale socket file left by a
+/// crash is replaced; a live one (another agent) is an error.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, SocketError> {
+    let err = |source| SocketError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(SocketError::NotASocket(path.to_path_buf()));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(SocketError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let gid = match group {
+        Some(group) => Some(
+            resolve_group(
+                group,
+                &std::fs::read_to_string("/etc/group").unwrap_or_default(),
+            )
+            .ok_or_else(|| SocketError::UnknownGroup(group.to_string()))?,
+        ),
+        None => None,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    let restricted = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| {
+            gid.map_or(Ok(()), |gid| {
+                std::os::unix::fs::chown(path, None, Some(gid))
+            })
+        });
+    if let Err(e) = restricted {
+        let _ = std::fs::remove_file(path);
+        return Err(err(e));
+    }
+    Ok(listener)
+}
+
+/// A group name or numeric gid → gid, from the text of `/etc/group`.
+fn resolve_group(group: &str, etc_group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse() {
+        return Some(gid);
+    }
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let gid = fields.nth(1)?;
+        (name == group).then(|| gid.parse().ok()).flatten()
+    })
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting, removes the socket and
+/// waits up to `shutdown_grace` for running jobs (what is left is recovered at the next start).
+pub async fn serve<B: Backend>(
+    agent: Arc<Agent<B>>,
+    listener: UnixListener,
+    socket_path: &Path,
+    shutdown: impl Future<Output = ()>,
+) {
+    let watcher = tokio::spawn(agent.clone().health_watch());
+    tokio::pin!(shutdown);
+    tracing::info!(socket = %socket_path.display(), host = %agent.config().host, env = %agent.config().env, "serving");
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move {
+                        let (rd, wr) = stream.into_split();
+                        serve_connection(&agent, rd, wr).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(socket_path);
+    watcher.abort();
+    let grace = agent.config().shutdown_grace;
+    let running = agent.running();
+    if !running.is_empty() {
+        tracing::info!(
+            jobs = running.len(),
+            "stopped accepting; waiting up to {grace:?} for running jobs"
+        );
+    }
+    let left = agent.wait_for_jobs(grace).await;
+    // Clients following a job that just ended get to read its outcome; a stuck client does
+    // not hold the exit up for long.
+    agent.wait_for_followers(FOLLOWER_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            jobs = left,
+            "exiting with jobs unfinished; the next start recovers them"
+        );
+    } else {
+        tracing::info!("stopped");
+    }
+}
+
+/// One client, from `hello` to close.
+pub async fn serve_connection<B: Backend, R, W>(agent: &Arc<Agent<B>>, rd: R, mut wr: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut reader = FrameReader::new(rd);
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Request>()).await {
+        Ok(Ok(Some(Request::Hello { protocol, client }))) => {
+            if let Err(e) = check_peer_protocol(protocol) {
+                let refusal = Refusal {
+                    kind: RefusalKind::ProtocolVersion,
+                    message: e.to_string(),
+                    holder: None,
+                };
+                let _ = write_frame(&mut wr, &Reply::Refused { refusal }).await;
+                return;
+            }
+            tracing::debug!(client, "hello");
+            let hello = Reply::Hello {
+                protocol: PROTOCOL_VERSION,
+                agent_version: AGENT_VERSION.to_string(),
+                host: agent.config().host.clone(),
+                env: agent.config().env.clone(),
+            };
+            if write_frame(&mut wr, &hello).await.is_err() {
+                return;
+            }
+        }
+        Ok(Ok(Some(_))) => {
+            let _ = send_error(&mut wr, "the first frame must be a hello").await;
+            return;
+        }
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(e)) => {
+            let _ = send_error(&mut wr, &format!("bad hello: {e}")).await;
+            return;
+        }
+    }
+    loop {
+        let request = match reader.next::<Request>().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(CodecError::Io(_)) => return,
+            Err(e) => {
+                tracing::debug!("bad frame: {e}");
+                let _ = send_error(&mut wr, &format!("bad request: {e}")).await;
+                return;
+            }
+        };
+        if handle(agent, request, &mut wr).await.is_err() {
+            // The client went away; any job it started goes on without it.
+            return;
+        }
+    }
+}
+
+async fn handle<B: Backend, W: AsyncWrite + Unpin>(
+    agent: &Arc<Agent<B>>,
+    request: Request,
+    wr: &mut W,
+) -> Result<(), CodecError> {
+    match request {
+        Request::Hello { .. } => {
+            send_error(wr, "hello was already exchanged on this connection").await?;
+            Err(CodecError::Malformed("second hello".into()))
+        }
+        Request::Submit { order } => match agent.submit(order).await {
+            Submitted::Job(job) => {
+                let _following = agent.following();
+                follow(&job, wr).await
+            }
+            Submitted::Refused(refusal) => write_frame(wr, &Reply::Refused { refusal }).await,
+            Submitted::Error(message) => send_error(wr, &message).await,
+        },
+        Request::Watch { order_id } => match agent.watch(&order_id) {
+            Watched::Running(job) => {
+                let _following = agent.following();
+                follow(&job, wr).await
+            }
+            Watched::Finished { events, outcome } => {
+                for event in events {
+                    write_frame(wr, &Reply::Event { event }).await?;
+                }
+                match outcome {
+                    Some(outcome) => write_frame(wr, &Reply::Outcome { outcome }).await,
+                    None => {
+                        send_error(
+                            wr,
+                            &format!("order {order_id} has no outcome in the journal"),
+                        )
+                        .await
+                    }
+                }
+            }
+            Watched::Unknown(message) => send_error(wr, &message).await,
+        },
+        Request::Status {} => {
+            let status = agent.status().await;
+            write_frame(wr, &Reply::Status { status }).await
+        }
+        Request::History { limit } => {
+            let mut entries = agent.history(limit);
+            // Fit one frame: drop the oldest entries rather than fail.
+            while encoded_len(&Reply::History {
+                entries: entries.clone(),
+            }) > MAX_FRAME
+                && !entries.is_empty()
+            {
+                entries.truncate(entries.len() / 2);
+            }
+            write_frame(wr, &Reply::History { entries }).await
+        }
+        Request::Logs { service, lines } => match agent.logs(service.as_deref(), lines).await {
+            Ok(logs) => {
+                let logs = fit_logs(logs);
+                write_frame(wr, &Reply::Logs { logs }).await
+            }
+            Err(message) => send_error(wr, &message).await,
+        },
+    }
+}
+
+/// Streams a job's events from its first, then live, ending with the outcome.
+async fn follow<W: AsyncWrite + Unpin>(job: &Job, wr: &mut W) -> Result<(), CodecError> {
+    let mut changed = job.subscribe();
+    let mut cursor = 0;
+    loop {
+        let (events, outcome) = job.since(cursor);
+        cursor += events.len();
+        for event in events {
+            write_frame(wr, &Reply::Event { event }).await?;
+        }
+        if let Some(outcome) = outcome {
+            return write_frame(wr, &Reply::Outcome { outcome }).await;
+        }
+        if changed.changed().await.is_err() {
+            // The job is gone without an outcome; cannot happen while we hold it, but never hang.
+            return send_error(wr, "the job ended without an outcome").await;
+        }
+    }
+}
+
+async fn send_error<W: AsyncWrite + Unpin>(wr: &mut W, message: &str) -> Result<(), CodecError> {
+    write_frame(
+        wr,
+        &Reply::Error {
+            message: message.to_string(),
+        },
+    )
+    .await
+}
+
+fn encoded_len(reply: &Reply) -> usize {
+    encode(reply).map(|b| b.len()).unwrap_or(usize::MAX)
+}
+
+/// Log lines are the one reply whose size a client cannot predict: keep the newest lines that
+/// fit in a frame.
+fn fit_logs(mut logs: Vec<ServiceLogs>) -> Vec<ServiceLogs> {
+    while encoded_len(&Reply::Logs { logs: logs.clone() }) > MAX_FRAME {
+        let Some(longest) = logs.iter_mut().max_by_key(|l| l.lines.len()) else {
+            break;
+        };
+        if longest.lines.is_empty() {
+            break;
+        }
+        let keep = longest.lines.len() / 2;
+        longest.lines.drain(..longest.lines.len() - keep);
+    }
+    logs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn binding_replaces_a_stale_socket_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("agent.sock");
+        let live = bind(&path, None).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(matches!(bind(&path, None), Err(SocketError::InUse(_))));
+        drop(live);
+        bind(&path, None).expect("a stale socket is replaced");
+        let file = dir.path().join("precious");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(matches!(bind(&file, None), Err(SocketError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+        assert!(matches!(
+            bind(&dir.path().join("x.sock"), Some("no-such-group-here")),
+            Err(SocketError::UnknownGroup(_))
+        ));
+    }
+
+    #[test]
+    fn groups_resolve_by_name_or_number() {
+        let etc = "root:x:0:\ndeploy:x:998:alice,bob\nbroken\n";
+        let cases = [
+            ("deploy", Some(998)),
+            ("root", Some(0)),
+            ("1234", Some(1234)),
+            ("nobody", None),
+            ("broken", None),
+        ];
+        for (group, expected) in cases {
+            assert_eq!(resolve_group(group, etc), expected, "{group}");
+        }
+    }
+
+    #[test]
+    fn logs_are_trimmed_to_one_frame_keeping_the_newest_lines() {
+        let big = ServiceLogs {
+            app: "a".into(),
+            service: "s".into(),
+            container: "c".into(),
+            lines: (0..40_000).map(|i| format!("{i:0>200}")).collect(),
+        };
+        let small = ServiceLogs {
+            lines: vec!["x".into()],
+            ..big.clone()
+        };
+        let fitted = fit_logs(vec![big, small]);
+        assert!(
+            encoded_len(&Reply::Logs {
+                logs: fitted.clone()
+            }) <= MAX_FRAME
+        );
+        assert_eq!(
+            fitted[0].lines.last().map(String::as_str),
+            Some(format!("{:0>200}", 39_999).as_str())
+        );
+        assert_eq!(fitted[1].lines, ["x"]);
+    }
+}

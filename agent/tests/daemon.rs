@@ -1,0 +1,731 @@
+//! The daemon through its socket, with a scripted engine instead of Docker: protocol, locks,
+//! jobs outliving connections, the journal, migration-once, recovery, replay across restarts
+//! and shutdown. (The same behaviours on the real engine are in tests/tests/e2e/agent.rs.)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deploy::{EventSink, ServiceSnapshot};
+use deploy_agent::agent::Agent;
+use deploy_agent::backend::Backend;
+use deploy_agent::config::AgentConfig;
+use deploy_agent::journal::{Journal, OrderRecord, SignerInfo};
+use proto::codec::{FrameReader, hello_request, write_frame};
+use proto::sign::{Signer, generate_key_files};
+use proto::time::Timestamp;
+use proto::wire::{
+    Health, JobEvent, Outcome, OutcomeKind, Phase, RefusalKind, Reply, Request, ServiceLogs,
+    ServiceResult, SignedOrder,
+};
+use proto::{ImageRef, MigrationSpec, Order, ServiceSpec};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{oneshot, watch};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A stand-in engine: emits a few steps, optionally waits at "health" until the test opens
+/// the gate, and succeeds.
+#[derive(Default)]
+struct Script {
+    hold: std::sync::atomic::AtomicBool,
+    gate: watch::Sender<bool>,
+    migrations: AtomicUsize,
+    recovered: Mutex<Vec<String>>,
+    last_image: Mutex<Option<ImageRef>>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Script>);
+
+fn outcome(order: &Order, kind: OutcomeKind, reason: Option<&str>) -> Outcome {
+    let now = Timestamp::now();
+    Outcome {
+        order_id: order.order_id.clone(),
+        rollout_id: order.rollout_id.clone(),
+        kind,
+        failure: None,
+        reason: reason.map(str::to_string),
+        changed: kind == OutcomeKind::Succeeded,
+        log_tail: vec![],
+        services: order
+            .services
+            .keys()
+            .map(|s| {
+                let r = ServiceResult {
+                    digest: Some(order.image.digest().into()),
+                    previous_digest: None,
+                    container_id: None,
+                };
+                (s.clone(), r)
+            })
+            .collect(),
+        started_at: now,
+        finished_at: now,
+        rollback_ms: None,
+    }
+}
+
+impl Backend for Fake {
+    async fn execute(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        sink.emit(Phase::Pull, None, "pulled");
+        if order.run_migration {
+            self.0.migrations.fetch_add(1, Ordering::SeqCst);
+            sink.emit(Phase::Migrate, Some("web"), "migration ran");
+        }
+        sink.emit(Phase::Switch, Some("web"), "new container started");
+        if self.0.hold.load(Ordering::SeqCst) {
+            let mut gate = self.0.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        sink.emit(Phase::Health, Some("web"), "healthy");
+        *self.0.last_image.lock().unwrap() = Some(order.image.clone());
+        outcome(order, OutcomeKind::Succeeded, None)
+    }
+
+    async fn recover(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        self.0
+            .recovered
+            .lock()
+            .unwrap()
+            .push(order.order_id.clone());
+        sink.emit(Phase::Recover, Some("web"), "previous container put back");
+        outcome(
+            order,
+            OutcomeKind::RolledBack,
+            Some("recovery put the previous version back"),
+        )
+    }
+
+    async fn inspect_service(
+        &self,
+        _app: &str,
+        _service: &str,
+        _spec: &ServiceSpec,
+    ) -> ServiceSnapshot {
+        let image = self.0.last_image.lock().unwrap().clone();
+        ServiceSnapshot {
+            container_id: image.as_ref().map(|_| "c0ffee".into()),
+            reference: image.as_ref().map(|_| "v1".into()),
+            order_id: None,
+            health: if image.is_some() {
+                Health::Healthy
+            } else {
+                Health::Missing
+            },
+            image,
+        }
+    }
+
+    async fn logs(
+        &self,
+        app: &str,
+        service: &str,
+        _spec: &ServiceSpec,
+        lines: usize,
+    ) -> Result<ServiceLogs, String> {
+        Ok(ServiceLogs {
+            app: app.into(),
+            service: service.into(),
+            container: "c0ffee".into(),
+            lines: (0..lines.min(3)).map(|i| format!("line {i}")).collect(),
+        })
+    }
+}
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    config: AgentConfig,
+    fake: Fake,
+    signer: Signer,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn digest(c: char) -> String {
+    format!("sha256:{}", std::iter::repeat_n(c, 64).collect::<String>())
+}
+
+impl Daemon {
+    async fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let key = generate_key_files(&dir.path().join("key"), "ci@test").unwrap();
+        std::fs::write(
+            dir.path().join("allowed_signers"),
+            format!("{}\n", key.allowed_signers_line),
+        )
+        .unwrap();
+        let text = r#"
+host = "h1"
+env = "staging"
+socket = "agent.sock"
+state_dir = "state"
+allowed_signers = "allowed_signers"
+allowed_images = ["127.0.0.1:5000/acme/*"]
+health_interval = "1h"
+shutdown_grace = "10s"
+"#;
+        let config = AgentConfig::parse(text, &dir.path().join("agent.toml")).unwrap();
+        let signer = Signer::from_key_file(&key.private_path).unwrap();
+        let mut d = Daemon {
+            socket: config.socket.clone(),
+            dir,
+            config,
+            fake: Fake::default(),
+            signer,
+            stop: None,
+            served: None,
+        };
+        d.serve().await;
+        d
+    }
+
+    /// (Re)starts serving with a fresh agent on the same state directory.
+    async fn serve(&mut self) {
+        let agent = Agent::open(self.config.clone(), self.fake.clone()).unwrap();
+        agent.recover_unfinished().await;
+        let listener = deploy_agent::server::bind(&self.socket, None).unwrap();
+        let (tx, rx) = oneshot::channel();
+        let socket = self.socket.clone();
+        self.served = Some(tokio::spawn(async move {
+            deploy_agent::server::serve(agent, listener, &socket, async {
+                let _ = rx.await;
+            })
+            .await
+        }));
+        self.stop = Some(tx);
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            tokio::time::timeout(LIMIT, served)
+                .await
+                .expect("shutdown in time")
+                .unwrap();
+        }
+    }
+
+    fn order(&self, rollout: &str, digest_char: char) -> Order {
+        let now = Timestamp::now();
+        let web: ServiceSpec = serde_json::from_str("{}").unwrap();
+        Order {
+            order_id: proto::order::new_id(),
+            rollout_id: rollout.into(),
+            env: "staging".into(),
+            host: "h1".into(),
+            issued_at: now,
+            not_after: now.plus(Duration::from_secs(600)),
+            issued_by: "test@laptop".into(),
+            action: proto::Action::Deploy,
+            image: ImageRef::new("127.0.0.1:5000/acme/web", &digest(digest_char)).unwrap(),
+            reference: "v1".into(),
+            run_migration: true,
+            app: "acme".into(),
+            services: BTreeMap::from([("web".to_string(), web)]),
+            migrate: Some(MigrationSpec {
+                command: vec!["/app".into(), "migrate".into()],
+                service: "web".into(),
+                timeout: Duration::from_secs(60),
+            }),
+        }
+    }
+
+    async fn sign(&self, order: &Order) -> SignedOrder {
+        self.signer.sign_order(order).await.unwrap()
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.socket).await
+    }
+
+    fn journal(&self) -> Journal {
+        Journal::open(&self.config.state_dir).unwrap()
+    }
+
+    fn open_gate(&self) {
+        self.fake.0.gate.send_replace(true);
+    }
+}
+
+struct Client {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    async fn connect(socket: &Path) -> Client {
+        let mut c = Client::raw(socket).await;
+        c.send(&hello_request("daemon-test")).await;
+        match c.next().await {
+            Some(Reply::Hello { host, env, .. }) => {
+                assert_eq!((host.as_str(), env.as_str()), ("h1", "staging"))
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
+        c
+    }
+
+    async fn raw(socket: &Path) -> Client {
+        let (r, w) = UnixStream::connect(socket).await.unwrap().into_split();
+        Client {
+            reader: FrameReader::new(r),
+            writer: w,
+        }
+    }
+
+    async fn send(&mut self, req: &Request) {
+        write_frame(&mut self.writer, req).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Option<Reply> {
+        tokio::time::timeout(LIMIT, self.reader.next::<Reply>())
+            .await
+            .expect("reply in time")
+            .unwrap()
+    }
+
+    /// Reads events until the outcome (or any other reply, returned as Err).
+    async fn until_outcome(&mut self) -> (Vec<JobEvent>, Result<Outcome, Option<Reply>>) {
+        let mut events = Vec::new();
+        loop {
+            match self.next().await {
+                Some(Reply::Event { event }) => events.push(event),
+                Some(Reply::Outcome { outcome }) => return (events, Ok(outcome)),
+                other => return (events, Err(other)),
+            }
+        }
+    }
+
+    /// Reads events until one of `phase` arrives.
+    async fn until_phase(&mut self, phase: Phase) -> Vec<JobEvent> {
+        let mut events = Vec::new();
+        loop {
+            match self.next().await {
+                Some(Reply::Event { event }) => {
+                    let done = event.phase == phase;
+                    events.push(event);
+                    if done {
+                        return events;
+                    }
+                }
+                other => panic!("expected events up to {phase}, got {other:?}"),
+            }
+        }
+    }
+}
+
+fn phases(events: &[JobEvent]) -> Vec<Phase> {
+    events.iter().map(|e| e.phase).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_order_runs_is_journaled_and_shows_in_status_and_history() {
+    let mut d = Daemon::start().await;
+    let order = d.order("r1", 'a');
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&order).await,
+    })
+    .await;
+    let (events, outcome) = c.until_outcome().await;
+    let outcome = outcome.unwrap();
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
+    assert_eq!(
+        phases(&events),
+        [
+            Phase::Accepted,
+            Phase::Pull,
+            Phase::Migrate,
+            Phase::Switch,
+            Phase::Health
+        ]
+    );
+    assert!(
+        events[0].message.contains("ci@test"),
+        "{}",
+        events[0].message
+    );
+
+    let record = d
+        .journal()
+        .load(&order.order_id)
+        .unwrap()
+        .expect("journaled");
+    assert_eq!(record.outcome, Some(outcome));
+    assert_eq!(record.events, events);
+    assert_eq!(record.signer.principal, "ci@test");
+
+    c.send(&Request::Status {}).await;
+    let Some(Reply::Status { status }) = c.next().await else {
+        panic!("status")
+    };
+    assert_eq!(
+        (status.host.as_str(), status.env.as_str()),
+        ("h1", "staging")
+    );
+    assert_eq!(status.services.len(), 1);
+    let web = &status.services[0];
+    assert_eq!(
+        (web.app.as_str(), web.service.as_str(), web.health),
+        ("acme", "web", Health::Healthy)
+    );
+    assert_eq!(
+        web.image.as_ref().map(|i| i.digest()),
+        Some(digest('a').as_str())
+    );
+    assert_eq!(web.last_outcome, Some(OutcomeKind::Succeeded));
+    assert_eq!(web.last_order.as_deref(), Some(order.order_id.as_str()));
+    assert!(status.running.is_empty());
+
+    c.send(&Request::History { limit: 10 }).await;
+    let Some(Reply::History { entries }) = c.next().await else {
+        panic!("history")
+    };
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].order_id, order.order_id);
+    assert!(
+        entries[0].signer.starts_with("ci@test (SHA256:"),
+        "{}",
+        entries[0].signer
+    );
+    assert_eq!(entries[0].outcome, Some(OutcomeKind::Succeeded));
+    assert!(entries[0].duration_ms.is_some());
+
+    c.send(&Request::Logs {
+        service: Some("web".into()),
+        lines: 2,
+    })
+    .await;
+    let Some(Reply::Logs { logs }) = c.next().await else {
+        panic!("logs")
+    };
+    assert_eq!(logs[0].lines, ["line 0", "line 1"]);
+    c.send(&Request::Logs {
+        service: Some("nope".into()),
+        lines: 2,
+    })
+    .await;
+    assert!(matches!(c.next().await, Some(Reply::Error { .. })));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rollout_per_service_and_the_same_rollout_attaches() {
+    let mut d = Daemon::start().await;
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let first = d.order("r1", 'a');
+    let mut c1 = d.client().await;
+    c1.send(&Request::Submit {
+        order: d.sign(&first).await,
+    })
+    .await;
+    c1.until_phase(Phase::Switch).await;
+
+    // Another rollout: refused, naming the holder.
+    let mut c2 = d.client().await;
+    c2.send(&Request::Submit {
+        order: d.sign(&d.order("r2", 'b')).await,
+    })
+    .await;
+    match c2.next().await {
+        Some(Reply::Refused { refusal }) => {
+            assert_eq!(refusal.kind, RefusalKind::RolloutInProgress);
+            let holder = refusal.holder.expect("holder");
+            assert_eq!(
+                (holder.order_id.as_str(), holder.rollout_id.as_str()),
+                (first.order_id.as_str(), "r1")
+            );
+            assert!(holder.signer.starts_with("ci@test"));
+            assert_eq!(holder.issued_by, "test@laptop");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Status shows who runs.
+    c2.send(&Request::Status {}).await;
+    let Some(Reply::Status { status }) = c2.next().await else {
+        panic!("status")
+    };
+    assert_eq!(
+        status
+            .running
+            .iter()
+            .map(|h| h.order_id.as_str())
+            .collect::<Vec<_>>(),
+        [first.order_id.as_str()]
+    );
+
+    // The same rollout again (a retrying controller): follows the running job.
+    let mut c3 = d.client().await;
+    c3.send(&Request::Submit {
+        order: d.sign(&d.order("r1", 'a')).await,
+    })
+    .await;
+    let replayed = c3.until_phase(Phase::Switch).await;
+    assert!(replayed.iter().all(|e| e.order_id == first.order_id));
+
+    d.open_gate();
+    let (_, o1) = c1.until_outcome().await;
+    let (_, o3) = c3.until_outcome().await;
+    assert_eq!(o1.unwrap(), o3.unwrap());
+
+    // Released: a new rollout goes through.
+    let mut c4 = d.client().await;
+    c4.send(&Request::Submit {
+        order: d.sign(&d.order("r2", 'b')).await,
+    })
+    .await;
+    assert_eq!(
+        c4.until_outcome().await.1.unwrap().kind,
+        OutcomeKind::Succeeded
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_outlives_its_client_and_watch_replays_it() {
+    let mut d = Daemon::start().await;
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let order = d.order("r1", 'a');
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&order).await,
+    })
+    .await;
+    c.until_phase(Phase::Switch).await;
+    drop(c);
+
+    // Watch while it runs: replay so far, then live to the outcome.
+    let mut live = d.client().await;
+    live.send(&Request::Watch {
+        order_id: order.order_id.clone(),
+    })
+    .await;
+    live.until_phase(Phase::Switch).await;
+    d.open_gate();
+    let (rest, outcome) = live.until_outcome().await;
+    assert_eq!(phases(&rest), [Phase::Health]);
+    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+
+    // Watch after the end: everything from the journal.
+    let mut late = d.client().await;
+    late.send(&Request::Watch {
+        order_id: order.order_id.clone(),
+    })
+    .await;
+    let (events, outcome) = late.until_outcome().await;
+    assert_eq!(
+        phases(&events),
+        [
+            Phase::Accepted,
+            Phase::Pull,
+            Phase::Migrate,
+            Phase::Switch,
+            Phase::Health
+        ]
+    );
+    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+
+    for unknown in ["01unknown", "../../etc/passwd"] {
+        late.send(&Request::Watch {
+            order_id: unknown.into(),
+        })
+        .await;
+        assert!(
+            matches!(late.next().await, Some(Reply::Error { .. })),
+            "{unknown}"
+        );
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_migrates_once() {
+    let mut d = Daemon::start().await;
+    let mut c = d.client().await;
+    for rollout in ["r1", "r2"] {
+        c.send(&Request::Submit {
+            order: d.sign(&d.order(rollout, 'a')).await,
+        })
+        .await;
+        let (events, outcome) = c.until_outcome().await;
+        assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+        if rollout == "r2" {
+            let skip = events
+                .iter()
+                .find(|e| e.phase == Phase::Migrate)
+                .expect("a migrate event");
+            assert!(skip.message.contains("skipped"), "{}", skip.message);
+        }
+    }
+    assert_eq!(d.fake.0.migrations.load(Ordering::SeqCst), 1);
+    c.send(&Request::History { limit: 10 }).await;
+    let Some(Reply::History { entries }) = c.next().await else {
+        panic!("history")
+    };
+    assert_eq!(
+        entries.iter().map(|e| e.run_migration).collect::<Vec<_>>(),
+        [false, true]
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_an_error_and_a_closed_connection() {
+    let mut d = Daemon::start().await;
+    // Not a hello first.
+    let mut c = Client::raw(&d.socket).await;
+    c.send(&Request::Status {}).await;
+    assert!(matches!(c.next().await, Some(Reply::Error { .. })));
+    assert_eq!(c.next().await, None);
+    // Another protocol version.
+    let mut c = Client::raw(&d.socket).await;
+    c.send(&Request::Hello {
+        protocol: 99,
+        client: "future".into(),
+    })
+    .await;
+    match c.next().await {
+        Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::ProtocolVersion),
+        other => panic!("{other:?}"),
+    }
+    // Garbage after hello.
+    for garbage in [
+        &b"{\"type\":\"launch_missiles\"}\n"[..],
+        b"\xff\xfe\n",
+        b"not json\n",
+        b"\n",
+    ] {
+        let mut c = d.client().await;
+        c.writer.write_all(garbage).await.unwrap();
+        assert!(
+            matches!(c.next().await, Some(Reply::Error { .. })),
+            "{garbage:?}"
+        );
+        assert_eq!(c.next().await, None);
+    }
+    // A refused order changes nothing and the agent goes on serving.
+    let mut c = d.client().await;
+    let mut wrong_env = d.order("r1", 'a');
+    wrong_env.env = "prod".into();
+    c.send(&Request::Submit {
+        order: d.sign(&wrong_env).await,
+    })
+    .await;
+    match c.next().await {
+        Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::EnvMismatch),
+        other => panic!("{other:?}"),
+    }
+    assert!(d.journal().load(&wrong_env.order_id).unwrap().is_none());
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_recovers_unfinished_orders_before_serving_and_refuses_replays() {
+    let mut d = Daemon::start().await;
+    let order = d.order("r1", 'a');
+    let signed = d.sign(&order).await;
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: signed.clone(),
+    })
+    .await;
+    c.until_outcome().await.1.unwrap();
+    d.shutdown().await;
+
+    // An order that was mid-flight when the agent died.
+    let interrupted = d.order("r2", 'b');
+    let record = OrderRecord {
+        seq: 99,
+        signed: d.sign(&interrupted).await,
+        order: interrupted.clone(),
+        signer: SignerInfo {
+            principal: "ci@test".into(),
+            fingerprint: "SHA256:x".into(),
+        },
+        accepted_at: Timestamp::now(),
+        events: vec![JobEvent {
+            order_id: interrupted.order_id.clone(),
+            at: Timestamp::now(),
+            phase: Phase::Switch,
+            service: Some("web".into()),
+            message: "old container stopped".into(),
+        }],
+        outcome: None,
+        duration_ms: None,
+    };
+    d.journal().save(&record).unwrap();
+    std::fs::write(d.journal().dir().join("01broken.json"), b"{ not a record").unwrap();
+
+    d.serve().await;
+    assert_eq!(
+        *d.fake.0.recovered.lock().unwrap(),
+        [interrupted.order_id.as_str()]
+    );
+    let recovered = d.journal().load(&interrupted.order_id).unwrap().unwrap();
+    assert_eq!(
+        phases(&recovered.events),
+        [Phase::Switch, Phase::Recover, Phase::Recover]
+    );
+    assert_eq!(
+        recovered.outcome.as_ref().map(|o| o.kind),
+        Some(OutcomeKind::RolledBack)
+    );
+    assert!(d.journal().dir().join("01broken.json.corrupt").exists());
+
+    let mut c = d.client().await;
+    c.send(&Request::Submit { order: signed }).await;
+    match c.next().await {
+        Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::Replayed),
+        other => panic!("{other:?}"),
+    }
+    c.send(&Request::History { limit: 10 }).await;
+    let Some(Reply::History { entries }) = c.next().await else {
+        panic!("history")
+    };
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].order_id, interrupted.order_id);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_a_running_job_finish() {
+    let mut d = Daemon::start().await;
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let order = d.order("r1", 'a');
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&order).await,
+    })
+    .await;
+    c.until_phase(Phase::Switch).await;
+    let stop = d.stop.take().unwrap();
+    let _ = stop.send(());
+    // The socket goes away at once; the job is still allowed to end.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while d.socket.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "socket still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!d.served.as_ref().unwrap().is_finished());
+    d.open_gate();
+    let (_, outcome) = c.until_outcome().await;
+    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+    d.shutdown().await;
+    assert!(
+        d.journal()
+            .load(&order.order_id)
+            .unwrap()
+            .unwrap()
+            .outcome
+            .is_some()
+    );
+    drop(d.dir);
+}
