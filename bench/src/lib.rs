@@ -1,0 +1,2 @@
+//! Benchmarks for deployctl live in `src/bin/`; each prints figures.
+#![forbid(unsafe_code)]

@@ -1,0 +1,146 @@
+//! The command line (DESIGN §3), as clap derive types only; behaviour lives in [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deployctl",
+    version,
+    about = "Push one immutable image digest to your hosts, health-gated, with automatic rollback"
+)]
+pub struct Cli {
+    /// The app's deploy.toml.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "deploy.toml"
+    )]
+    pub config: PathBuf,
+    /// Print one JSON object per event and a final summary object.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy a git SHA (or a ≥7-hex prefix), a tag, or sha256:<digest> to every host of an env.
+    Push {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long)]
+        env: String,
+        /// Do not run [migrate] on the first host.
+        #[arg(long)]
+        skip_migrations: bool,
+    },
+    /// Go back to the previous healthy digest (or --to REF); no migration, no promotion gate.
+    Rollback {
+        #[arg(long)]
+        env: String,
+        #[arg(long, value_name = "REF")]
+        to: Option<String>,
+    },
+    /// Per host: agent, services, digest, health.
+    Status {
+        #[arg(long)]
+        env: String,
+    },
+    /// What ran where, when, signed by whom, with what outcome.
+    History {
+        #[arg(long)]
+        env: String,
+        /// Entries per host.
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+    },
+    /// The last log lines of the app's containers.
+    Logs {
+        #[arg(long)]
+        env: String,
+        /// Only this host (its name in deploy.toml).
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(short = 'n', default_value_t = 100)]
+        n: usize,
+    },
+    /// Signing keys for deploy orders.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run a local end-to-end demo: registry, demo images, an agent, push/rollback.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new ed25519 signing key (OpenSSH format) and print its allowed_signers line.
+    Generate {
+        /// Default: ~/.config/deployctl/key
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        for args in [
+            &[
+                "deployctl",
+                "--json",
+                "--config",
+                "x.toml",
+                "status",
+                "--env",
+                "s",
+            ][..],
+            &[
+                "deployctl",
+                "status",
+                "--env",
+                "s",
+                "--json",
+                "--config",
+                "x.toml",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(cli.json);
+            assert_eq!(cli.config, PathBuf::from("x.toml"));
+        }
+        let cli = Cli::try_parse_from([
+            "deployctl",
+            "push",
+            "abc1234",
+            "--env",
+            "prod",
+            "--skip-migrations",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Push {
+                skip_migrations: true,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["deployctl", "push", "--env", "prod"]).is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! `deployctl push <REF> --env E`: resolve once, check the promotion gate, connect to every
+//! host, then roll out (DESIGN §8).
+
+use futures_util::future::join_all;
+use proto::order::{Action, ImageRef, new_id};
+use proto::wire::OutcomeKind;
+
+use super::{
+    connect_all, connect_options, find_env, issued_by, load_signer, prepare_hosts, print_report,
+};
+use crate::config::DeployConfig;
+use crate::output::{self, Event, Reporter};
+use crate::resolve::Resolver;
+use crate::rollout::{self, RolloutSpec};
+use crate::{Error, ExitClass};
+
+pub async fn push(
+    cfg: &DeployConfig,
+    env_name: &str,
+    reference: &str,
+    skip_migrations: bool,
+    json: bool,
+) -> Result<ExitClass, Error> {
+    let env = find_env(cfg, env_name)?;
+    let out = output::reporter(json);
+    let mut resolver = Resolver::new(&cfg.image).map_err(|e| Error::Refused(e.to_string()))?;
+    let resolved = resolver
+        .resolve(reference)
+        .await
+        .map_err(|e| Error::Refused(e.to_string()))?;
+    out.emit(&Event::Resolved {
+        reference: resolved.reference.clone(),
+        image: resolved.image.to_string(),
+    });
+    if let Some(required) = &env.requires {
+        check_promotion(cfg, &env.name, required, &resolved.image, out.as_ref()).await?;
+    }
+    let signer = load_signer(env).await?;
+    let opts = connect_options(env);
+    out.hosts(&env.hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>());
+    let prepared = prepare_hosts(cfg, env, &opts, out.as_ref()).await;
+    let (mut links, _) = prepared.inspect_err(|_| out.finish())?;
+    let spec = RolloutSpec {
+        rollout_id: new_id(),
+        env: env.name.clone(),
+        action: Action::Deploy,
+        image: resolved.image,
+        reference: resolved.reference,
+        issued_by: issued_by(),
+        migrate_first: cfg.migrate.is_some() && !skip_migrations,
+    };
+    let report = tokio::select! {
+        report = rollout::drive(
+        cfg,
+        spec,
+        env.max_parallel,
+        &mut links,
+        &signer,
+        &opts,
+        out.as_ref(),
+    ) => report,
+        _ = tokio::signal::ctrl_c() => return Ok(super::interrupted(&env.name, out.as_ref())),
+    };
+    out.finish();
+    Ok(print_report("push", &report, json))
+}
+
+/// The promotion gate: `image` must have a succeeded order in the journal of at least one host
+/// of the required env.
+async fn check_promotion(
+    cfg: &DeployConfig,
+    for_env: &str,
+    required: &str,
+    image: &ImageRef,
+    out: &dyn Reporter,
+) -> Result<(), Error> {
+    let req_env = find_env(cfg, required)?;
+    let opts = connect_options(req_env);
+    out.emit(&Event::Note {
+        message: format!(
+            "checking that {} was healthy in {required} first",
+            image.short_digest()
+        ),
+    });
+    let mut results = connect_all(req_env, &opts, out).await;
+    let answers = join_all(results.iter_mut().map(|r| async move {
+        match r {
+            Ok(conn) => conn
+                .history(super::HISTORY_DEPTH * 5)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.clone()),
+        }
+    }))
+    .await;
+    let mut unreachable = Vec::new();
+    for (host, answer) in req_env.hosts.iter().zip(answers) {
+        match answer {
+            Ok(history) => {
+                let proven = history.iter().any(|e| {
+                    e.app == cfg.app
+                        && e.image.digest() == image.digest()
+                        && e.outcome == Some(OutcomeKind::Succeeded)
+                });
+                if proven {
+                    out.emit(&Event::Note {
+                        message: format!(
+                            "{} was healthy on {} ({required})",
+                            image.short_digest(),
+                            host.name
+                        ),
+                    });
+                    return Ok(());
+                }
+            }
+            Err(e) => unreachable.push(format!("{}: {e}", host.name)),
+        }
+    }
+    let asked = req_env.hosts.len() - unreachable.len();
+    let mut msg = format!(
+        "policy: {} has never been healthy in {required} (required by env {}); push it to {required} first. Asked {asked} of {} {required} host(s).",
+        image,
+        for_env,
+        req_env.hosts.len(),
+    );
+    if !unreachable.is_empty() {
+        msg.push_str(&format!(" Unreachable: {}", unreachable.join("; ")));
+    }
+    Err(Error::Refused(msg))
+}

@@ -1,0 +1,97 @@
+//! `deployctl`, the controller: resolves a ref to one digest, checks policy, signs one deploy
+//! order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
+//! first host alone with the migration, then in batches, rolling back every host it changed
+//! when one fails (DESIGN §3, §4, §6, §8).
+//!
+//! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
+//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`rollout`] (the
+//! plan as pure functions, and its driver), [`output`] (progress and results),
+//! [`commands`] (one module per subcommand), [`demo`].
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod known_hosts;
+pub mod output;
+pub mod resolve;
+pub mod rollout;
+pub mod transport;
+
+use serde::Serialize;
+
+/// The process exit codes of DESIGN §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitClass {
+    /// 0: success.
+    Success,
+    /// 1: failed, every host back on its previous version.
+    RolledBack,
+    /// 2: failed and the environment is NOT consistent.
+    Inconsistent,
+    /// 3: refused before anything changed.
+    Refused,
+    /// 64: usage error.
+    Usage,
+}
+
+impl ExitClass {
+    pub fn code(self) -> u8 {
+        match self {
+            ExitClass::Success => 0,
+            ExitClass::RolledBack => 1,
+            ExitClass::Inconsistent => 2,
+            ExitClass::Refused => 3,
+            ExitClass::Usage => 64,
+        }
+    }
+}
+
+/// Why a command stopped without doing its job. Every variant changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A usage mistake clap could not catch (e.g. an unknown `--host`).
+    #[error("{0}")]
+    Usage(String),
+    /// Refused before anything changed: policy, lock, image, host, key.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Error {
+    pub fn exit(&self) -> ExitClass {
+        match self {
+            Error::Usage(_) => ExitClass::Usage,
+            Error::Config(_) | Error::Refused(_) => ExitClass::Refused,
+        }
+    }
+}
+
+/// Runs a parsed command line to its exit class, printing errors (as a JSON object too with
+/// `--json`).
+pub async fn run(cli: cli::Cli) -> ExitClass {
+    let json = cli.json;
+    match commands::dispatch(cli).await {
+        Ok(exit) => exit,
+        Err(e) => {
+            let exit = e.exit();
+            if json {
+                output::print_json(&serde_json::json!({
+                    "event": "summary",
+                    "result": exit,
+                    "exit_code": exit.code(),
+                    "error": e.to_string(),
+                }));
+            }
+            eprintln!("deployctl: {e}");
+            if exit == ExitClass::Refused {
+                eprintln!("deployctl: nothing was changed.");
+            }
+            exit
+        }
+    }
+}

@@ -1,0 +1,833 @@
+//! Turning what the user typed (a tag, a git SHA or its prefix, a digest) into one
+//! `repo@sha256:…` by asking the registry, once, at push time (DESIGN §2.1).
+//!
+//! Speaks the registry HTTP API v2 over reqwest + rustls: `HEAD /v2/<name>/manifests/<ref>`
+//! for the digest and `GET /v2/<name>/tags/list` for prefixes, with the bearer-token
+//! dance and basic credentials from the user's Docker config. Plain HTTP is used for
+//! loopback registries only, mirroring what the Docker engine allows.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use proto::order::{ImageRef, is_digest};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+
+/// Every manifest kind a multi-arch or single image may be published as.
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json";
+
+/// Shortest hex string taken as a git SHA prefix (git's own default abbreviation).
+pub const MIN_PREFIX: usize = 7;
+
+/// What the user typed, classified before any network traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefKind {
+    /// `sha256:<64 hex>`: used as is once the registry confirms it exists.
+    Digest(String),
+    /// 7..39 lowercase hex: the unique tag starting with it.
+    Prefix(String),
+    /// Anything else that is a valid tag, including a full 40-hex git SHA.
+    Tag(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0}")]
+    BadRef(String),
+    #[error("image not found: {0}")]
+    NotFound(String),
+    #[error("ref {prefix:?} is ambiguous in {repository}: it starts {} tags: {}", candidates.len(), candidates.join(", "))]
+    Ambiguous {
+        prefix: String,
+        repository: String,
+        candidates: Vec<String>,
+    },
+    #[error("registry refused access to {repository}: {detail}")]
+    Unauthorized { repository: String, detail: String },
+    #[error("registry unreachable ({registry}): {detail}")]
+    Unreachable { registry: String, detail: String },
+    #[error("unexpected registry answer: {0}")]
+    Protocol(String),
+}
+
+/// Classifies a ref. Only lowercase hex counts as a git SHA prefix: tags are case-sensitive.
+pub fn classify_ref(input: &str) -> Result<RefKind, ResolveError> {
+    let s = input.trim();
+    if let Some(hex) = s.strip_prefix("sha256:") {
+        return if is_digest(s) {
+            Ok(RefKind::Digest(s.to_string()))
+        } else {
+            Err(ResolveError::BadRef(format!(
+                "{input:?} is not a digest: expected sha256: and 64 lowercase hex digits, got {} characters",
+                hex.len()
+            )))
+        };
+    }
+    let is_hex = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if is_hex && (MIN_PREFIX..40).contains(&s.len()) {
+        return Ok(RefKind::Prefix(s.to_string()));
+    }
+    // The registry's tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+    let mut bytes = s.bytes();
+    let valid_tag = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && s.len() <= 128;
+    if !valid_tag {
+        return Err(ResolveError::BadRef(format!(
+            "{input:?} is not a ref: give a tag, a git SHA (or a prefix of at least {MIN_PREFIX} hex digits), or sha256:<64 hex>"
+        )));
+    }
+    if is_hex && s.len() < MIN_PREFIX {
+        return Err(ResolveError::BadRef(format!(
+            "{input:?} is too short to be a git SHA prefix (at least {MIN_PREFIX} hex digits)"
+        )));
+    }
+    Ok(RefKind::Tag(s.to_string()))
+}
+
+/// Where a repository lives and how to address it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// As written in deploy.toml: what orders name.
+    pub full: String,
+    /// `host[:port]` of the registry API.
+    pub registry: String,
+    /// The repository name within the registry (`library/` added for Docker Hub).
+    pub name: String,
+    /// The key of the registry in `~/.docker/config.json` `auths`.
+    pub auth_key: String,
+    pub insecure: bool,
+}
+
+impl Repository {
+    pub fn parse(full: &str) -> Repository {
+        let (first, rest) = full.split_once('/').unwrap_or(("", full));
+        let explicit = !first.is_empty()
+            && (first.contains('.') || first.contains(':') || first == "localhost");
+        if explicit {
+            let insecure = is_loopback(first);
+            Repository {
+                full: full.to_string(),
+                registry: first.to_string(),
+                name: rest.to_string(),
+                auth_key: first.to_string(),
+                insecure,
+            }
+        } else {
+            let name = if full.contains('/') {
+                full.to_string()
+            } else {
+                format!("library/{full}")
+            };
+            Repository {
+                full: full.to_string(),
+                registry: "registry-1.docker.io".into(),
+                name,
+                auth_key: "https://index.docker.io/v1/".into(),
+                insecure: false,
+            }
+        }
+    }
+
+    fn base_url(&self) -> String {
+        let scheme = if self.insecure { "http" } else { "https" };
+        format!("{scheme}://{}/v2/{}", self.registry, self.name)
+    }
+}
+
+/// True for `localhost`, 127.0.0.0/8 and ::1, with or without a port.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(v6) = registry.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        registry.split(':').next().unwrap_or("")
+    };
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// One `WWW-Authenticate` challenge: scheme and parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `Bearer realm="https://x/token",service="reg",scope="repository:a/b:pull,push"`.
+/// Quoted values may contain commas and `\"`; returns None for a header without a scheme.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, mut rest) = match header.split_once(char::is_whitespace) {
+        Some((s, r)) => (s, r.trim_start()),
+        None => (header, ""),
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return None;
+    }
+    let mut params = Vec::new();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().trim_start_matches(',').trim();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(q) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &q[end?..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_string(), &after[end..])
+        };
+        if key.is_empty() {
+            return None;
+        }
+        params.push((key.to_string(), value));
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(Challenge {
+        scheme: scheme.to_string(),
+        params,
+    })
+}
+
+/// Credentials for `auth_key` from a Docker `config.json` (`auths.<key>.auth` = base64 user:pass,
+/// or `username`/`password`). Keys written with a scheme or path (`https://host/v1/`) match too.
+pub fn docker_credentials(config_json: &str, auth_key: &str) -> Option<(String, String)> {
+    let config: serde_json::Value = serde_json::from_str(config_json).ok()?;
+    let auths = config.get("auths")?.as_object()?;
+    let bare = |k: &str| -> String {
+        let k = k
+            .strip_prefix("https://")
+            .or_else(|| k.strip_prefix("http://"))
+            .unwrap_or(k);
+        k.split('/').next().unwrap_or(k).to_string()
+    };
+    let wanted = bare(auth_key);
+    let entry = auths.get(auth_key).or_else(|| {
+        auths
+            .iter()
+            .find(|(k, _)| bare(k) == wanted)
+            .map(|(_, v)| v)
+    })?;
+    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let (user, pass) = text.split_once(':')?;
+        return Some((user.to_string(), pass.to_string()));
+    }
+    let user = entry.get("username")?.as_str()?;
+    let pass = entry.get("password")?.as_str()?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+/// The `next` target of a `Link: <url>; rel="next"` header, if any.
+pub fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+/// Which tags a prefix picks: an exact tag wins, else those starting with the prefix.
+pub fn pick_tags<'a>(prefix: &str, tags: &'a [String]) -> Vec<&'a str> {
+    if let Some(exact) = tags.iter().find(|t| *t == prefix) {
+        return vec![exact.as_str()];
+    }
+    let mut found: Vec<&str> = tags
+        .iter()
+        .filter(|t| t.starts_with(prefix))
+        .map(String::as_str)
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+/// The outcome of resolution: the pinned image and what the user's ref meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub image: ImageRef,
+    /// For display in orders and history: the tag used, or the digest.
+    pub reference: String,
+}
+
+/// A registry client for one repository.
+pub struct Resolver {
+    repo: Repository,
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+    /// Value for the Authorization header once a challenge has been answered.
+    authorization: Option<String>,
+}
+
+impl Resolver {
+    pub fn new(image: &str) -> Result<Self, ResolveError> {
+        let repo = Repository::parse(image);
+        let credentials = docker_config_path()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|text| docker_credentials(&text, &repo.auth_key));
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("deployctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ResolveError::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Resolver {
+            repo,
+            http,
+            credentials,
+            authorization: None,
+        })
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// Resolves `input` to `repo@sha256:…`.
+    pub async fn resolve(&mut self, input: &str) -> Result<Resolved, ResolveError> {
+        match classify_ref(input)? {
+            RefKind::Digest(d) => {
+                self.manifest_digest(&d).await?;
+                Ok(Resolved {
+                    image: self.pin(&d)?,
+                    reference: d,
+                })
+            }
+            RefKind::Tag(tag) => {
+                let digest = self.manifest_digest(&tag).await?;
+                Ok(Resolved {
+                    image: self.pin(&digest)?,
+                    reference: tag,
+                })
+            }
+            RefKind::Prefix(prefix) => {
+                let tags = self.tags().await?;
+                let tag = match pick_tags(&prefix, &tags).as_slice() {
+                    [one] => one.to_string(),
+                    [] => {
+                        return Err(ResolveError::NotFound(format!(
+                            "no tag of {} starts with {prefix:?} ({} tags in the repository)",
+                            self.repo.full,
+                            tags.len()
+                        )));
+                    }
+                    many => {
+                        return Err(ResolveError::Ambiguous {
+                            prefix,
+                            repository: self.repo.full.clone(),
+                            candidates: many.iter().map(|s| s.to_string()).collect(),
+                        });
+                    }
+                };
+                let digest = self.manifest_digest(&tag).await?;
+                Ok(Resolved {
+                    image: self.pin(&digest)?,
+                    reference: tag,
+                })
+            }
+        }
+    }
+
+    fn pin(&self, digest: &str) -> Result<ImageRef, ResolveError> {
+        ImageRef::new(&self.repo.full, digest).map_err(|e| ResolveError::Protocol(e.to_string()))
+    }
+
+    /// The digest of the manifest `reference` names, from `Docker-Content-Digest` or, when a
+    /// registry leaves that header out, from hashing the manifest body.
+    async fn manifest_digest(&mut self, reference: &str) -> Result<String, ResolveError> {
+        let url = format!("{}/manifests/{reference}", self.repo.base_url());
+        let what = format!("{}:{reference}", self.repo.full);
+        let resp = self.send(Method::HEAD, &url).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => {
+                return Err(ResolveError::NotFound(format!(
+                    "{} has no manifest {reference:?}",
+                    self.repo.full
+                )));
+            }
+            s => {
+                return Err(ResolveError::Protocol(format!(
+                    "HEAD manifest {} answered {s}",
+                    what
+                )));
+            }
+        }
+        if let Some(d) = header_digest(resp.headers()) {
+            return if reference.starts_with("sha256:") && d != reference {
+                Err(ResolveError::Protocol(format!(
+                    "registry answered digest {d} for {reference}"
+                )))
+            } else {
+                Ok(d)
+            };
+        }
+        let resp = self.send(Method::GET, &url).await?;
+        if !resp.status().is_success() {
+            return Err(ResolveError::Protocol(format!(
+                "GET manifest {} answered {}",
+                what,
+                resp.status()
+            )));
+        }
+        if let Some(d) = header_digest(resp.headers()) {
+            return Ok(d);
+        }
+        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        Ok(format!("sha256:{:x}", Sha256::digest(&body)))
+    }
+
+    /// Every tag of the repository, following pagination.
+    async fn tags(&mut self) -> Result<Vec<String>, ResolveError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let mut url = format!("{}/tags/list?n=1000", self.repo.base_url());
+        let mut all = Vec::new();
+        // A cap so a misbehaving registry cannot loop us forever.
+        for _ in 0..100 {
+            let resp = self.send(Method::GET, &url).await?;
+            match resp.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(ResolveError::NotFound(format!(
+                        "repository {} does not exist",
+                        self.repo.full
+                    )));
+                }
+                s => {
+                    return Err(ResolveError::Protocol(format!(
+                        "tags/list of {} answered {s}",
+                        self.repo.full
+                    )));
+                }
+            }
+            let next = resp
+                .headers()
+                .get(LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
+            let list: TagList = resp.json().await.map_err(|e| {
+                ResolveError::Protocol(format!("tags/list of {} is not JSON: {e}", self.repo.full))
+            })?;
+            all.extend(list.tags.unwrap_or_default());
+            match next {
+                Some(n) if n.starts_with('/') => {
+                    let scheme = if self.repo.insecure { "http" } else { "https" };
+                    url = format!("{scheme}://{}{n}", self.repo.registry);
+                }
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        Ok(all)
+    }
+
+    /// Sends a request, answering one authentication challenge if the registry asks.
+    async fn send(&mut self, method: Method, url: &str) -> Result<reqwest::Response, ResolveError> {
+        let resp = self.send_once(method.clone(), url).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+            .ok_or_else(|| self.unauthorized("401 without a usable WWW-Authenticate challenge"))?;
+        if challenge.scheme.eq_ignore_ascii_case("bearer") {
+            let token = self.bearer_token(&challenge).await?;
+            self.authorization = Some(format!("Bearer {token}"));
+        } else if challenge.scheme.eq_ignore_ascii_case("basic") {
+            let (user, pass) = self.credentials.clone().ok_or_else(|| {
+                self.unauthorized("basic auth required and no credentials in ~/.docker/config.json")
+            })?;
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            self.authorization = Some(format!("Basic {encoded}"));
+        } else {
+            return Err(
+                self.unauthorized(&format!("unsupported auth scheme {:?}", challenge.scheme))
+            );
+        }
+        let resp = self.send_once(method, url).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            let hint = if self.credentials.is_some() {
+                "credentials refused"
+            } else {
+                "no credentials in ~/.docker/config.json"
+            };
+            return Err(self.unauthorized(hint));
+        }
+        Ok(resp)
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        url: &str,
+    ) -> Result<reqwest::Response, ResolveError> {
+        let mut req = self
+            .http
+            .request(method, url)
+            .header(ACCEPT, MANIFEST_TYPES);
+        if let Some(auth) = &self.authorization {
+            req = req.header(AUTHORIZATION, auth);
+        }
+        req.send().await.map_err(|e| self.unreachable(e))
+    }
+
+    async fn bearer_token(&self, challenge: &Challenge) -> Result<String, ResolveError> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let realm = challenge
+            .param("realm")
+            .ok_or_else(|| self.unauthorized("bearer challenge without realm"))?;
+        let scope = challenge
+            .param("scope")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repo.name));
+        let mut query = vec![("scope", scope)];
+        if let Some(service) = challenge.param("service") {
+            query.push(("service", service.to_string()));
+        }
+        let mut req = self.http.get(realm).query(&query);
+        if let Some((user, pass)) = &self.credentials {
+            req = req.basic_auth(user, Some(pass));
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(self.unauthorized(&format!(
+                "token endpoint {realm} answered {}",
+                resp.status()
+            )));
+        }
+        let token: Token = resp
+            .json()
+            .await
+            .map_err(|e| ResolveError::Protocol(format!("token endpoint {realm}: {e}")))?;
+        token
+            .token
+            .or(token.access_token)
+            .ok_or_else(|| self.unauthorized("token endpoint returned no token"))
+    }
+
+    fn unauthorized(&self, detail: &str) -> ResolveError {
+        ResolveError::Unauthorized {
+            repository: self.repo.full.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ResolveError {
+        let mut detail = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            detail = format!("{detail}: {s}");
+            source = s.source();
+        }
+        ResolveError::Unreachable {
+            registry: self.repo.registry.clone(),
+            detail,
+        }
+    }
+}
+
+fn header_digest(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|d| is_digest(d))
+        .map(str::to_string)
+}
+
+fn docker_config_path() -> Option<PathBuf> {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => Some(PathBuf::from(dir).join("config.json")),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA40: &str = "0123456789abcdef0123456789abcdef01234567";
+    const D64: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn refs_classify() {
+        let cases: &[(&str, Result<RefKind, ()>)] = &[
+            (SHA40, Ok(RefKind::Tag(SHA40.into()))),
+            ("0123456", Ok(RefKind::Prefix("0123456".into()))),
+            (&SHA40[..39], Ok(RefKind::Prefix(SHA40[..39].into()))),
+            (D64, Ok(RefKind::Digest(D64.into()))),
+            ("v1.2.3", Ok(RefKind::Tag("v1.2.3".into()))),
+            ("latest", Ok(RefKind::Tag("latest".into()))),
+            ("ABCDEF0", Ok(RefKind::Tag("ABCDEF0".into()))),
+            (
+                "deadbeefcafe-rc1",
+                Ok(RefKind::Tag("deadbeefcafe-rc1".into())),
+            ),
+            ("abc", Err(())),
+            ("012345", Err(())),
+            ("sha256:0123", Err(())),
+            ("sha256:", Err(())),
+            ("", Err(())),
+            ("-v1", Err(())),
+            ("v1/x", Err(())),
+            ("a b", Err(())),
+        ];
+        for (input, want) in cases {
+            let got = classify_ref(input).map_err(|_| ());
+            assert_eq!(&got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn repositories_split_into_registry_and_name() {
+        let cases = [
+            (
+                "127.0.0.1:5000/acme/web",
+                "127.0.0.1:5000",
+                "acme/web",
+                true,
+            ),
+            ("localhost:5000/web", "localhost:5000", "web", true),
+            ("[::1]:5000/web", "[::1]:5000", "web", true),
+            (
+                "registry.example.com/acme/web",
+                "registry.example.com",
+                "acme/web",
+                false,
+            ),
+            ("ghcr.io/acme/web", "ghcr.io", "acme/web", false),
+            ("10.0.0.1:5000/web", "10.0.0.1:5000", "web", false),
+            ("acme/web", "registry-1.docker.io", "acme/web", false),
+            ("nginx", "registry-1.docker.io", "library/nginx", false),
+        ];
+        for (full, registry, name, insecure) in cases {
+            let r = Repository::parse(full);
+            assert_eq!(
+                (r.registry.as_str(), r.name.as_str(), r.insecure),
+                (registry, name, insecure),
+                "{full}"
+            );
+        }
+        assert!(
+            is_loopback("127.1.2.3:80") && is_loopback("localhost") && !is_loopback("128.0.0.1")
+        );
+    }
+
+    #[test]
+    fn challenges_parse() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "Bearer");
+        assert_eq!(c.param("realm"), Some("https://auth.docker.io/token"));
+        assert_eq!(c.param("service"), Some("registry.docker.io"));
+        assert_eq!(
+            c.param("scope"),
+            Some("repository:samalba/my-app:pull,push")
+        );
+
+        let c = parse_challenge(r#"Basic realm="Registry \"Realm\"""#).unwrap();
+        assert_eq!(
+            (c.scheme.as_str(), c.param("realm")),
+            ("Basic", Some("Registry \"Realm\""))
+        );
+
+        let c = parse_challenge("Bearer realm=https://x/t, service=reg").unwrap();
+        assert_eq!(
+            (c.param("realm"), c.param("SERVICE")),
+            (Some("https://x/t"), Some("reg"))
+        );
+
+        assert_eq!(parse_challenge("Basic").unwrap().params, vec![]);
+        for bad in [
+            "",
+            "Bearer realm=\"unterminated",
+            "Bearer =x",
+            "Be@rer x=1",
+            "Bearer novalue",
+        ] {
+            assert_eq!(parse_challenge(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn docker_credentials_are_found() {
+        let b64 = base64::engine::general_purpose::STANDARD.encode("u:p:w");
+        let config = format!(
+            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "{b64}"}},
+               "https://ghcr.io": {{"auth": "{b64}"}},
+               "reg.example.com:5000": {{"username": "a", "password": "b"}},
+               "broken.example": {{"auth": "%%%"}}}}}}"#
+        );
+        let up = Some(("u".to_string(), "p:w".to_string()));
+        assert_eq!(
+            docker_credentials(&config, "https://index.docker.io/v1/"),
+            up
+        );
+        assert_eq!(docker_credentials(&config, "ghcr.io"), up);
+        assert_eq!(
+            docker_credentials(&config, "reg.example.com:5000"),
+            Some(("a".into(), "b".into()))
+        );
+        assert_eq!(docker_credentials(&config, "broken.example"), None);
+        assert_eq!(docker_credentials(&config, "other.example"), None);
+        assert_eq!(docker_credentials("not json", "ghcr.io"), None);
+    }
+
+    #[test]
+    fn prefixes_pick_tags() {
+        let tags: Vec<String> = ["aaaaaaa1", "aaaaaaa2", "bbbbbbb", "bbbbbbbb", "latest"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(pick_tags("aaaaaaa", &tags), vec!["aaaaaaa1", "aaaaaaa2"]);
+        assert_eq!(pick_tags("aaaaaaa1", &tags), vec!["aaaaaaa1"]);
+        assert_eq!(pick_tags("bbbbbbb", &tags), vec!["bbbbbbb"]);
+        assert_eq!(pick_tags("ccccccc", &tags), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn link_headers_give_the_next_page() {
+        assert_eq!(
+            next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(),
+            Some("/v2/a/tags/list?n=2&last=b")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/p2>; rel="prev", <https://x/p3>; rel = "next""#).as_deref(),
+            Some("https://x/p3")
+        );
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    /// A registry that wants a bearer token, answering just enough of the API.
+    async fn fake_registry() -> (String, tokio::task::JoinHandle<()>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let realm = format!("http://{addr}/token");
+        let server = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = head.lines().next().unwrap_or_default().to_string();
+                let authorized = head
+                    .lines()
+                    .any(|l| l.eq_ignore_ascii_case("authorization: Bearer t0k"));
+                let (status, headers, body) = if line.starts_with("GET /token?") {
+                    assert!(
+                        line.contains("scope=repository%3Aacme%2Fweb%3Apull")
+                            && line.contains("service=reg"),
+                        "{line}"
+                    );
+                    ("200 OK", String::new(), r#"{"token":"t0k"}"#.to_string())
+                } else if !authorized {
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\",scope=\"repository:acme/web:pull\"\r\n"
+                    );
+                    ("401 Unauthorized", challenge, String::new())
+                } else if line.starts_with("HEAD /v2/acme/web/manifests/v1 ") {
+                    (
+                        "200 OK",
+                        format!("Docker-Content-Digest: sha256:{}\r\n", "a".repeat(64)),
+                        String::new(),
+                    )
+                } else if line.starts_with("GET /v2/acme/web/tags/list") {
+                    (
+                        "200 OK",
+                        String::new(),
+                        r#"{"name":"acme/web","tags":["v1","0123456789","0123456abc"]}"#
+                            .to_string(),
+                    )
+                } else {
+                    ("404 Not Found", String::new(), String::new())
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn bearer_challenges_are_answered() {
+        let (addr, server) = fake_registry().await;
+        let mut r = Resolver::new(&format!("{addr}/acme/web")).unwrap();
+        let got = r.resolve("v1").await.unwrap();
+        assert_eq!(got.image.digest(), format!("sha256:{}", "a".repeat(64)));
+        assert_eq!(got.reference, "v1");
+        match r.resolve("0123456").await {
+            Err(ResolveError::Ambiguous { candidates, .. }) => {
+                assert_eq!(candidates, ["0123456789", "0123456abc"])
+            }
+            other => panic!("expected ambiguity, got {other:?}"),
+        }
+        assert!(matches!(
+            r.resolve("v2").await,
+            Err(ResolveError::NotFound(_))
+        ));
+        assert!(matches!(
+            r.resolve("fedcba9").await,
+            Err(ResolveError::NotFound(_))
+        ));
+        server.abort();
+    }
+}

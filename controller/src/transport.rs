@@ -1,0 +1,811 @@
+//! Reaching an agent: its unix socket on this machine, or `deploy-agent bridge` run over SSH
+//! (DESIGN §6). Both give the same [`Connection`], with the `hello` exchange done.
+//!
+//! This is the only module that knows russh. SSH host keys are checked against known_hosts
+//! before anything else is sent ([`crate::known_hosts`]); an unknown or changed key refuses the
+//! connection with the fingerprint and the exact line a human would add after checking it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::codec::{self, CodecError, FrameReader};
+use proto::wire::{
+    AgentStatus, HistoryEntry, JobEvent, Outcome, Refusal, Reply, Request, ServiceLogs, SignedOrder,
+};
+use russh::keys::agent::AgentIdentity;
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, client};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::config::{SshTarget, Target};
+use crate::known_hosts::{self, KnownHosts, Verdict};
+
+/// Environment variable naming the command that starts the agent's bridge on SSH hosts
+/// (default `deploy-agent`; e.g. `sudo -n /usr/local/bin/deploy-agent`).
+pub const REMOTE_AGENT_ENV: &str = "DEPLOYCTL_REMOTE_AGENT";
+/// Environment variable naming an SSH private key to try before the default ones.
+pub const SSH_IDENTITY_ENV: &str = "DEPLOYCTL_SSH_IDENTITY";
+
+/// How long a read-only request (status, history, logs) may take before the agent counts as
+/// not answering; job streams have no such limit (SSH keepalives catch dead peers).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most stderr of a remote bridge kept for error messages.
+const STDERR_KEEP: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error(
+        "host key of {host} is not in {known_hosts}: the server offered {algorithm} {fingerprint}.\n\
+         If that is the right key (check it on the host with `ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub`), add this line to {known_hosts}:\n{line}"
+    )]
+    HostKeyUnknown {
+        host: String,
+        known_hosts: String,
+        algorithm: String,
+        fingerprint: String,
+        line: String,
+    },
+    #[error(
+        "HOST KEY CHANGED for {host}: the server offered {algorithm} {fingerprint}, which differs from {known_hosts} line {recorded_line}. \
+         This may be an attack; if the host was reinstalled, replace that line with:\n{line}"
+    )]
+    HostKeyChanged {
+        host: String,
+        known_hosts: String,
+        algorithm: String,
+        fingerprint: String,
+        recorded_line: usize,
+        line: String,
+    },
+    #[error("host key of {host} ({fingerprint}) is marked @revoked in {known_hosts} line {line}")]
+    HostKeyRevoked {
+        host: String,
+        known_hosts: String,
+        fingerprint: String,
+        line: usize,
+    },
+    #[error("SSH authentication as {user}@{host} failed (tried: {tried})")]
+    AuthFailed {
+        user: String,
+        host: String,
+        tried: String,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("agent error: {0}")]
+    Agent(String),
+    #[error("connection lost: {0}")]
+    Closed(String),
+}
+
+impl TransportError {
+    /// Host key problems need a human; retrying cannot help.
+    pub fn is_host_key(&self) -> bool {
+        matches!(
+            self,
+            Self::HostKeyUnknown { .. } | Self::HostKeyChanged { .. } | Self::HostKeyRevoked { .. }
+        )
+    }
+}
+
+/// How to reach hosts: shared by every connection of one command.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub known_hosts: PathBuf,
+    /// Key files to try, in order, after ssh-agent keys.
+    pub identities: Vec<PathBuf>,
+    pub ssh_auth_sock: Option<PathBuf>,
+    pub remote_agent: String,
+    pub timeout: Duration,
+    /// Sent in `hello`, shown in agent logs.
+    pub client_name: String,
+}
+
+impl ConnectOptions {
+    /// Defaults from the environment: `~/.ssh/known_hosts` unless `known_hosts` is given,
+    /// `$DEPLOYCTL_SSH_IDENTITY` then `~/.ssh/id_{ed25519,ecdsa,rsa}`, `$SSH_AUTH_SOCK`.
+    pub fn from_env(known_hosts: Option<&Path>) -> Self {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let mut identities: Vec<PathBuf> = std::env::var_os(SSH_IDENTITY_ENV)
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        identities.extend(
+            ["id_ed25519", "id_ecdsa", "id_rsa"]
+                .iter()
+                .map(|f| home.join(".ssh").join(f)),
+        );
+        ConnectOptions {
+            known_hosts: known_hosts
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| home.join(".ssh/known_hosts")),
+            identities,
+            ssh_auth_sock: std::env::var_os("SSH_AUTH_SOCK")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            remote_agent: std::env::var(REMOTE_AGENT_ENV)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "deploy-agent".into()),
+            timeout: Duration::from_secs(10),
+            client_name: format!("deployctl/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// Who answered the `hello`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub host: String,
+    pub env: String,
+    pub agent_version: String,
+}
+
+/// How a submitted or watched order ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEnd {
+    Outcome(Outcome),
+    Refused(Refusal),
+}
+
+type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An open, greeted connection to one agent. Requests are sequential.
+pub struct Connection {
+    reader: FrameReader<BoxRead>,
+    writer: BoxWrite,
+    pub peer: Peer,
+    ssh: Option<SshLink>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("ssh", &self.ssh.is_some())
+            .finish()
+    }
+}
+
+/// What keeps an SSH session alive and what it told us on stderr.
+struct SshLink {
+    _handle: client::Handle<HostKeyCheck>,
+    remote: Arc<Mutex<RemoteEnd>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct RemoteEnd {
+    stderr: Vec<u8>,
+    exit_status: Option<u32>,
+}
+
+impl Drop for SshLink {
+    fn drop(&mut self) {
+        self.pump.abort();
+    }
+}
+
+/// Connects to the agent `target` names and exchanges `hello`, within `opts.timeout`.
+pub async fn connect(target: &Target, opts: &ConnectOptions) -> Result<Connection, TransportError> {
+    let attempt = async {
+        match target {
+            Target::Local { socket } => connect_local(socket, opts).await,
+            Target::Ssh(t) => connect_ssh(t, opts).await,
+        }
+    };
+    match tokio::time::timeout(opts.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Unreachable(format!(
+            "{target}: no answer within {}s",
+            opts.timeout.as_secs()
+        ))),
+    }
+}
+
+async fn connect_local(socket: &Path, opts: &ConnectOptions) -> Result<Connection, TransportError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => " (is deploy-agent running?)",
+            std::io::ErrorKind::ConnectionRefused => {
+                " (no agent listening: is deploy-agent running?)"
+            }
+            std::io::ErrorKind::PermissionDenied => " (are you in the agent's socket group?)",
+            _ => "",
+        };
+        TransportError::Unreachable(format!("cannot connect to {}: {e}{hint}", socket.display()))
+    })?;
+    let (r, w) = stream.into_split();
+    greet(Box::new(r), Box::new(w), None, opts).await
+}
+
+async fn greet(
+    reader: BoxRead,
+    writer: BoxWrite,
+    ssh: Option<SshLink>,
+    opts: &ConnectOptions,
+) -> Result<Connection, TransportError> {
+    let mut conn = Connection {
+        reader: FrameReader::new(reader),
+        writer,
+        peer: Peer::default_unknown(),
+        ssh,
+    };
+    conn.send(&codec::hello_request(&opts.client_name)).await?;
+    match conn.recv().await? {
+        Reply::Hello {
+            protocol,
+            agent_version,
+            host,
+            env,
+        } => {
+            codec::check_peer_protocol(protocol)
+                .map_err(|e| TransportError::Protocol(e.to_string()))?;
+            conn.peer = Peer {
+                host,
+                env,
+                agent_version,
+            };
+            Ok(conn)
+        }
+        Reply::Error { message } => Err(TransportError::Agent(message)),
+        other => Err(TransportError::Protocol(format!(
+            "expected hello, got {}",
+            reply_name(&other)
+        ))),
+    }
+}
+
+impl Peer {
+    fn default_unknown() -> Self {
+        Peer {
+            host: String::new(),
+            env: String::new(),
+            agent_version: String::new(),
+        }
+    }
+}
+
+impl Connection {
+    async fn send(&mut self, req: &Request) -> Result<(), TransportError> {
+        match codec::write_frame(&mut self.writer, req).await {
+            Ok(()) => Ok(()),
+            Err(CodecError::Io(e)) => Err(self.closed(&format!("sending: {e}")).await),
+            Err(e) => Err(TransportError::Protocol(e.to_string())),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Reply, TransportError> {
+        match self.reader.next::<Reply>().await {
+            Ok(Some(reply)) => Ok(reply),
+            Ok(None) => Err(self.closed("the agent closed the connection").await),
+            Err(CodecError::Io(e)) => Err(self.closed(&e.to_string()).await),
+            Err(CodecError::Truncated { len }) => Err(self
+                .closed(&format!("closed in the middle of a {len}-byte frame"))
+                .await),
+            Err(e) => Err(TransportError::Protocol(e.to_string())),
+        }
+    }
+
+    /// A "connection lost" error carrying whatever the remote bridge said on stderr.
+    async fn closed(&mut self, what: &str) -> TransportError {
+        let Some(ssh) = &mut self.ssh else {
+            return TransportError::Closed(what.to_string());
+        };
+        // The exit status follows the end of the data stream; give it a moment to arrive.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut ssh.pump).await;
+        let remote = ssh
+            .remote
+            .lock()
+            .map(|r| (r.stderr.clone(), r.exit_status))
+            .unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&remote.0);
+        let stderr = stderr.trim();
+        let mut msg = what.to_string();
+        if let Some(code) = remote.1 {
+            msg.push_str(&format!("; the remote bridge exited with status {code}"));
+            if code == 127 {
+                msg.push_str(&format!(" (command not found: is deploy-agent installed and on PATH? set {REMOTE_AGENT_ENV} to its path)"));
+            }
+        }
+        if !stderr.is_empty() {
+            msg.push_str(&format!("; its stderr: {stderr}"));
+        }
+        TransportError::Closed(msg)
+    }
+
+    /// One read-only request and its single reply, within [`QUERY_TIMEOUT`].
+    async fn query(&mut self, req: Request, what: &str) -> Result<Reply, TransportError> {
+        let exchange = async {
+            self.send(&req).await?;
+            self.recv().await
+        };
+        match tokio::time::timeout(QUERY_TIMEOUT, exchange).await {
+            Ok(reply) => reply,
+            Err(_) => Err(TransportError::Closed(format!(
+                "no answer to {what} within {}s",
+                QUERY_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    pub async fn status(&mut self) -> Result<AgentStatus, TransportError> {
+        match self.query(Request::Status {}, "status").await? {
+            Reply::Status { status } => Ok(status),
+            other => Err(unexpected("status", other)),
+        }
+    }
+
+    pub async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>, TransportError> {
+        match self.query(Request::History { limit }, "history").await? {
+            Reply::History { entries } => Ok(entries),
+            other => Err(unexpected("history", other)),
+        }
+    }
+
+    pub async fn logs(
+        &mut self,
+        service: Option<&str>,
+        lines: usize,
+    ) -> Result<Vec<ServiceLogs>, TransportError> {
+        let req = Request::Logs {
+            service: service.map(str::to_string),
+            lines,
+        };
+        match self.query(req, "logs").await? {
+            Reply::Logs { logs } => Ok(logs),
+            other => Err(unexpected("logs", other)),
+        }
+    }
+
+    /// Submits a signed order and follows it to its outcome, passing each event to `on_event`.
+    pub async fn submit(
+        &mut self,
+        order: SignedOrder,
+        on_event: &mut (dyn FnMut(&JobEvent) + Send),
+    ) -> Result<JobEnd, TransportError> {
+        self.send(&Request::Submit { order }).await?;
+        self.follow(on_event).await
+    }
+
+    /// Re-attaches to an order: its journaled events, then live ones, to the outcome.
+    pub async fn watch(
+        &mut self,
+        order_id: &str,
+        on_event: &mut (dyn FnMut(&JobEvent) + Send),
+    ) -> Result<JobEnd, TransportError> {
+        self.send(&Request::Watch {
+            order_id: order_id.to_string(),
+        })
+        .await?;
+        self.follow(on_event).await
+    }
+
+    async fn follow(
+        &mut self,
+        on_event: &mut (dyn FnMut(&JobEvent) + Send),
+    ) -> Result<JobEnd, TransportError> {
+        loop {
+            match self.recv().await? {
+                Reply::Event { event } => on_event(&event),
+                Reply::Outcome { outcome } => return Ok(JobEnd::Outcome(outcome)),
+                Reply::Refused { refusal } => return Ok(JobEnd::Refused(refusal)),
+                other => return Err(unexpected("job events", other)),
+            }
+        }
+    }
+}
+
+fn reply_name(r: &Reply) -> &'static str {
+    match r {
+        Reply::Hello { .. } => "hello",
+        Reply::Event { .. } => "event",
+        Reply::Outcome { .. } => "outcome",
+        Reply::Refused { .. } => "refused",
+        Reply::Status { .. } => "status",
+        Reply::History { .. } => "history",
+        Reply::Logs { .. } => "logs",
+        Reply::Error { .. } => "error",
+    }
+}
+
+fn unexpected(wanted: &str, got: Reply) -> TransportError {
+    match got {
+        Reply::Error { message } => TransportError::Agent(message),
+        other => TransportError::Protocol(format!("expected {wanted}, got {}", reply_name(&other))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSH
+
+/// Checks the server's host key against known_hosts and remembers why it refused.
+struct HostKeyCheck {
+    host: String,
+    port: u16,
+    known_hosts_path: PathBuf,
+    known: KnownHosts,
+    refusal: Arc<Mutex<Option<TransportError>>>,
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let display = known_hosts::host_pattern(&self.host, self.port);
+        let path = self.known_hosts_path.display().to_string();
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => {
+                self.refuse(TransportError::Protocol(format!(
+                    "{display} presented a host certificate; only plain host keys are supported"
+                )));
+                return Ok(false);
+            }
+        };
+        let openssh = key.to_openssh().unwrap_or_default();
+        let mut fields = openssh.split_whitespace();
+        let (algorithm, blob) = (
+            fields.next().unwrap_or_default(),
+            fields.next().unwrap_or_default(),
+        );
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let line = known_hosts::line_to_add(&self.host, self.port, algorithm, blob);
+        let problem = match self.known.check(&self.host, self.port, algorithm, blob) {
+            Verdict::Known => return Ok(true),
+            Verdict::Unknown => TransportError::HostKeyUnknown {
+                host: display,
+                known_hosts: path,
+                algorithm: algorithm.to_string(),
+                fingerprint,
+                line,
+            },
+            Verdict::Changed {
+                line: recorded_line,
+            } => TransportError::HostKeyChanged {
+                host: display,
+                known_hosts: path,
+                algorithm: algorithm.to_string(),
+                fingerprint,
+                recorded_line,
+                line,
+            },
+            Verdict::Revoked { line } => TransportError::HostKeyRevoked {
+                host: display,
+                known_hosts: path,
+                fingerprint,
+                line,
+            },
+        };
+        self.refuse(problem);
+        Ok(false)
+    }
+}
+
+impl HostKeyCheck {
+    fn refuse(&self, e: TransportError) {
+        if let Ok(mut slot) = self.refusal.lock() {
+            *slot = Some(e);
+        }
+    }
+}
+
+fn local_user() -> Option<String> {
+    ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+}
+
+/// Quotes a word for the remote POSIX shell sshd runs the command with.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The command run on the host: `<remote agent> bridge --socket <path>`.
+pub fn bridge_command(remote_agent: &str, socket: &str) -> String {
+    format!(
+        "{} bridge --socket {}",
+        remote_agent.trim(),
+        shell_quote(socket)
+    )
+}
+
+async fn connect_ssh(t: &SshTarget, opts: &ConnectOptions) -> Result<Connection, TransportError> {
+    let display = known_hosts::host_pattern(&t.addr, t.port);
+    let user = match &t.user {
+        Some(u) => u.clone(),
+        None => local_user().ok_or_else(|| TransportError::AuthFailed {
+            user: "?".into(),
+            host: display.clone(),
+            tried: "nothing: no user in the host entry and $USER is not set".into(),
+        })?,
+    };
+    let known_text = match std::fs::read_to_string(&opts.known_hosts) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(TransportError::Protocol(format!(
+                "cannot read {}: {e}",
+                opts.known_hosts.display()
+            )));
+        }
+    };
+    let refusal = Arc::new(Mutex::new(None));
+    let handler = HostKeyCheck {
+        host: t.addr.clone(),
+        port: t.port,
+        known_hosts_path: opts.known_hosts.clone(),
+        known: KnownHosts::parse(&known_text),
+        refusal: refusal.clone(),
+    };
+    let tcp = tokio::net::TcpStream::connect((t.addr.as_str(), t.port))
+        .await
+        .map_err(|e| TransportError::Unreachable(format!("cannot connect to {display}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let config = Arc::new(client::Config {
+        // A dead peer must not hang a rollout forever: three unanswered keepalives close it.
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut handle = match client::connect_stream(config, tcp, handler).await {
+        Ok(h) => h,
+        Err(e) => {
+            let stored = refusal.lock().ok().and_then(|mut r| r.take());
+            return Err(stored.unwrap_or_else(|| {
+                TransportError::Unreachable(format!("SSH handshake with {display} failed: {e}"))
+            }));
+        }
+    };
+    authenticate(&mut handle, &user, &display, opts).await?;
+
+    let channel = handle.channel_open_session().await.map_err(|e| {
+        TransportError::Unreachable(format!(
+            "{display}: cannot open an SSH session channel: {e}"
+        ))
+    })?;
+    let command = bridge_command(&opts.remote_agent, &t.socket);
+    channel.exec(true, command.as_bytes()).await.map_err(|e| {
+        TransportError::Unreachable(format!("{display}: cannot run `{command}`: {e}"))
+    })?;
+    let (mut read_half, write_half) = channel.split();
+    let writer = write_half.make_writer();
+    let (mut pump_end, conn_end) = tokio::io::duplex(256 * 1024);
+    let remote = Arc::new(Mutex::new(RemoteEnd::default()));
+    let remote_in_pump = remote.clone();
+    // Demultiplexes the channel: stdout feeds the frame reader, stderr is kept for errors.
+    let pump = tokio::spawn(async move {
+        let _keep_open = write_half;
+        let mut stdout_open = true;
+        while let Some(msg) = read_half.wait().await {
+            match msg {
+                // A reader that went away stops wanting stdout; the channel still drains.
+                ChannelMsg::Data { data }
+                    if stdout_open && pump_end.write_all(&data).await.is_err() =>
+                {
+                    stdout_open = false;
+                }
+                ChannelMsg::ExtendedData { data, .. } => {
+                    if let Ok(mut r) = remote_in_pump.lock() {
+                        r.stderr.extend_from_slice(&data);
+                        let excess = r.stderr.len().saturating_sub(STDERR_KEEP);
+                        r.stderr.drain(..excess);
+                    }
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    if let Ok(mut r) = remote_in_pump.lock() {
+                        r.exit_status = Some(exit_status);
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = pump_end.shutdown().await;
+                    stdout_open = false;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = pump_end.shutdown().await;
+    });
+    let (conn_read, _unused_write) = tokio::io::split(conn_end);
+    let link = SshLink {
+        _handle: handle,
+        remote,
+        pump,
+    };
+    greet(Box::new(conn_read), Box::new(writer), Some(link), opts).await
+}
+
+/// Tries ssh-agent keys, then key files, like `ssh` does.
+async fn authenticate(
+    handle: &mut client::Handle<HostKeyCheck>,
+    user: &str,
+    display: &str,
+    opts: &ConnectOptions,
+) -> Result<(), TransportError> {
+    let mut tried: Vec<String> = Vec::new();
+    let lost = |e: &dyn std::fmt::Display| {
+        TransportError::Unreachable(format!(
+            "{display}: SSH connection lost during authentication: {e}"
+        ))
+    };
+    if let Some(sock) = &opts.ssh_auth_sock {
+        match AgentClient::connect_uds(sock).await {
+            Ok(mut agent) => {
+                let identities = agent.request_identities().await.unwrap_or_default();
+                for id in identities {
+                    let AgentIdentity::PublicKey { key, .. } = id else {
+                        continue;
+                    };
+                    let hash = rsa_hash(handle, &key).await;
+                    tried.push(format!(
+                        "ssh-agent key {}",
+                        key.fingerprint(HashAlg::Sha256)
+                    ));
+                    match handle
+                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                        .await
+                    {
+                        Ok(r) if r.success() => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) => tried.push(format!("(ssh-agent failed: {e})")),
+                    }
+                }
+            }
+            Err(e) => tried.push(format!("(ssh-agent at {} unusable: {e})", sock.display())),
+        }
+    }
+    for path in &opts.identities {
+        if !path.exists() {
+            continue;
+        }
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(k) => k,
+            Err(e) => {
+                tried.push(format!(
+                    "({} unusable: {e}; load it into ssh-agent instead)",
+                    path.display()
+                ));
+                continue;
+            }
+        };
+        let hash = rsa_hash(handle, key.public_key()).await;
+        tried.push(path.display().to_string());
+        let result = handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(|e| lost(&e))?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    if tried.is_empty() {
+        tried.push("no keys: none in ssh-agent, no ~/.ssh/id_ed25519, id_ecdsa or id_rsa".into());
+    }
+    Err(TransportError::AuthFailed {
+        user: user.to_string(),
+        host: display.to_string(),
+        tried: tried.join(", "),
+    })
+}
+
+async fn rsa_hash(
+    handle: &client::Handle<HostKeyCheck>,
+    key: &russh::keys::PublicKey,
+) -> Option<HashAlg> {
+    if key.algorithm().is_rsa() {
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_commands_quote_the_socket() {
+        assert_eq!(
+            bridge_command("deploy-agent", "/run/deploy-agent/agent.sock"),
+            "deploy-agent bridge --socket /run/deploy-agent/agent.sock"
+        );
+        assert_eq!(
+            bridge_command("sudo -n deploy-agent ", "/tmp/a b'c"),
+            "sudo -n deploy-agent bridge --socket '/tmp/a b'\\''c'"
+        );
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unreachable() {
+        let opts = ConnectOptions::from_env(None);
+        let err = connect(
+            &Target::Local {
+                socket: "/nonexistent/agent.sock".into(),
+            },
+            &opts,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, TransportError::Unreachable(m) if m.contains("/nonexistent/agent.sock")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_hello_exchange_yields_the_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("a.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            let mut frames = FrameReader::new(r);
+            let hello: Request = frames.next().await.unwrap().unwrap();
+            assert!(matches!(hello, Request::Hello { .. }));
+            let reply = Reply::Hello {
+                protocol: proto::wire::PROTOCOL_VERSION,
+                agent_version: "9.9".into(),
+                host: "h1".into(),
+                env: "staging".into(),
+            };
+            codec::write_frame(&mut w, &reply).await.unwrap();
+            let req: Request = frames.next().await.unwrap().unwrap();
+            assert_eq!(req, Request::History { limit: 3 });
+            codec::write_frame(
+                &mut w,
+                &Reply::Error {
+                    message: "journal unreadable".into(),
+                },
+            )
+            .await
+            .unwrap();
+        });
+        let mut conn = connect(
+            &Target::Local { socket: sock },
+            &ConnectOptions::from_env(None),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            conn.peer,
+            Peer {
+                host: "h1".into(),
+                env: "staging".into(),
+                agent_version: "9.9".into()
+            }
+        );
+        let err = conn.history(3).await.unwrap_err();
+        assert_eq!(err, TransportError::Agent("journal unreadable".into()));
+        server.await.unwrap();
+        let err = conn.status().await.unwrap_err();
+        assert!(matches!(err, TransportError::Closed(_)), "{err}");
+    }
+}
