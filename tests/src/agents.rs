@@ -39,35 +39,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// generous deadline emits nothing for a while.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The built `deploy-agent` binary.
+/// The built `deploy-agent` binary: `$DEPLOY_AGENT_BIN`, else next to the test executable.
 pub fn agent_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("DEPLOY_AGENT_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().ctx(|| "locating the test executable".into())?;
-    // Test executables live in target/<profile>/deps, other binaries in target/<profile>.
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join("deploy-agent"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| Error::Prereq {
-            what: format!(
-                "the deploy-agent binary (looked for {})",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            fix: "cargo build -p deploy-agent   (cargo nextest run --workspace builds it too)"
-                .into(),
-        })
+    crate::command::workspace_binary("deploy-agent", "DEPLOY_AGENT_BIN")
 }
 
 /// An ed25519 signing key trusted by the agents of a test.

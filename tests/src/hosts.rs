@@ -19,35 +19,9 @@ use crate::sshd::{ClientKey, Sshd, SshdOptions};
 /// The longest a single `deployctl` command may take in a test.
 pub const DEPLOYCTL_TIMEOUT: Duration = Duration::from_secs(240);
 
-/// The built `deployctl` binary: `$DEPLOYCTL_BIN`, else next to the test executable
-/// (`cargo nextest run --workspace` or `cargo build -p deployctl` builds it).
+/// The built `deployctl` binary: `$DEPLOYCTL_BIN`, else next to the test executable.
 pub fn deployctl_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("DEPLOYCTL_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().ctx(|| "locating the test executable".into())?;
-    // Test executables live in target/<profile>/deps, other binaries in target/<profile>.
-    let candidates: Vec<PathBuf> = exe
-        .ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("deployctl"))
-        .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| Error::Prereq {
-            what: format!(
-                "the deployctl binary (looked for {})",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            fix: "cargo build -p deployctl   (cargo nextest run --workspace builds it too)".into(),
-        })
+    crate::command::workspace_binary("deployctl", "DEPLOYCTL_BIN")
 }
 
 /// One env of a [`Fleet`] as planned.
