@@ -4,6 +4,7 @@
 //! A job belongs to the agent, not to a connection: clients only hold a reference to follow
 //! it, so one that disconnects changes nothing (DESIGN §2.4).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -39,6 +40,9 @@ pub struct Job {
     started: Instant,
     record: Mutex<OrderRecord>,
     changed: watch::Sender<u64>,
+    /// Set by [`Job::notify`]: until then followers do not see the outcome, even though the
+    /// record holds it, because the agent has not yet updated its index and released the locks.
+    published: AtomicBool,
     journal: Journal,
 }
 
@@ -65,6 +69,7 @@ impl Job {
             started: Instant::now(),
             record: Mutex::new(record),
             changed: watch::Sender::new(0),
+            published: AtomicBool::new(false),
             journal,
         }
     }
@@ -134,6 +139,7 @@ impl Job {
     }
 
     pub fn notify(&self) {
+        self.published.store(true, Ordering::Release);
         self.changed.send_modify(|n| *n += 1);
     }
 
@@ -142,7 +148,10 @@ impl Job {
         let record = lock(&self.record);
         (
             record.events.get(cursor..).unwrap_or_default().to_vec(),
-            record.outcome.clone(),
+            record
+                .outcome
+                .clone()
+                .filter(|_| self.published.load(Ordering::Acquire)),
         )
     }
 
