@@ -698,6 +698,25 @@ async fn switch_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<bool, Fai
             rt.connect_network(&id, net, &[svc.name.to_string()])
                 .await
                 .map_err(fail)?;
+            // The name now resolves to both containers. The candidate rejoined the network at a
+            // new address: prove it there again while the old one still answers. This is also the
+            // drain window in which clients' DNS answers and ARP entries catch up; taking the old
+            // one off at once made a client's first request after the switch fail.
+            job.emit(
+                Phase::Health,
+                s,
+                &format!(
+                    "{candidate_name} answers as {}; re-checking it before the old one leaves",
+                    svc.name
+                ),
+            );
+            match wait_healthy(e, &id, svc.spec, &svc.ports, Instant::now()).await {
+                HealthEnd::Healthy { .. } => {}
+                end => {
+                    let _ = rt.disconnect_network(&id, net).await;
+                    return Err(health_failure(job, svc, &candidate_name, &id, end, started).await);
+                }
+            }
             rt.disconnect_network(&cur.id, net).await.map_err(fail)?;
         }
         set_aside(job, svc, cur).await.map_err(fail)?;
