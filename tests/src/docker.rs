@@ -7,16 +7,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::command::run;
+pub use demokit::docker;
+
 use crate::error::{Error, Result};
 
 /// Label the harness puts on containers it starts itself (its value: the test's unique name).
 pub const TEST_LABEL: &str = "deployctl.test";
-
-/// Runs `docker ARGS…` and returns its stdout.
-pub fn docker(args: &[&str]) -> Result<String> {
-    run(Command::new("docker").args(args))
-}
 
 /// A name no other test (in this or a parallel process, or an earlier run) uses:
 /// `prefix-<pid hex><time hex><counter>`, lowercase, valid for containers, networks, volumes

@@ -27,10 +27,10 @@ pub mod error;
 pub mod images;
 pub mod net;
 pub mod prereqs;
-pub mod registry;
 pub mod sshd;
 pub mod wait;
 
+pub use demokit::Registry;
 pub use docker::{
     Cleanup, TEST_LABEL, container_exists, container_health, container_ip, container_logs,
     container_running, containers_with_label, docker, docker_inspect, published_port, unique_name,
@@ -41,7 +41,6 @@ pub use images::{
 };
 pub use net::{HttpResponse, free_port, http_get};
 pub use prereqs::require_prereqs;
-pub use registry::Registry;
 pub use sshd::{ClientKey, Sshd, SshdOptions};
 pub use wait::{wait_until, wait_until_async};
 pub mod agents;

@@ -2,21 +2,12 @@
 //! the demo app and the registry without pulling an HTTP stack into every assertion.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, IoContext, Result};
+pub use demokit::free_port;
 
-/// A port on 127.0.0.1 that was free a moment ago. Another process may take it before the
-/// caller binds it, so servers started on it are retried on "address in use".
-pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .ctx(|| "binding 127.0.0.1:0 to find a free port".into())?;
-    Ok(listener
-        .local_addr()
-        .ctx(|| "reading the bound address".into())?
-        .port())
-}
+use crate::error::{Error, IoContext, Result};
 
 /// An HTTP reply: status code and body (decoded from chunked encoding if need be).
 #[derive(Debug, Clone, PartialEq, Eq)]

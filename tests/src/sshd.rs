@@ -9,11 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::command::{run, stop_child};
+use crate::command::{await_server, run, stop_child};
 use crate::error::{Error, IoContext, Result};
 use crate::net::free_port;
-use crate::registry::tail;
-use crate::wait::wait_until;
 
 const SSHD: &str = "/usr/sbin/sshd";
 const START_ATTEMPTS: usize = 5;
@@ -286,7 +284,7 @@ fn sshd_config(dir: &Path, port: u16, options: &SshdOptions) -> String {
 fn try_start(dir: &Path, config: &Path, port: u16) -> Result<std::result::Result<Child, String>> {
     let log_path = dir.join("sshd.log");
     let log = File::create(&log_path).ctx(|| format!("creating {}", log_path.display()))?;
-    let mut child = Command::new(SSHD)
+    let child = Command::new(SSHD)
         .arg("-D")
         .arg("-e")
         .arg("-f")
@@ -296,27 +294,19 @@ fn try_start(dir: &Path, config: &Path, port: u16) -> Result<std::result::Result
         .stderr(log)
         .spawn()
         .ctx(|| format!("starting {SSHD} (apt-get install -y openssh-server)"))?;
-    let ready = wait_until("sshd to listen", START_TIMEOUT, || {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Ok(Err(format!("sshd exited ({status})")));
-        }
+    let listening = format!("Server listening on 127.0.0.1 port {port}");
+    Ok(await_server(
+        child,
+        "sshd",
+        &log_path,
+        START_TIMEOUT,
         // The log line proves the listener is ours, not another process's that took the port.
-        let listening = std::fs::read_to_string(&log_path)
-            .is_ok_and(|l| l.contains(&format!("Server listening on 127.0.0.1 port {port}")));
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(_) if listening => Ok(Ok(())),
+        |log| match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) if log.contains(&listening) => Ok(()),
             Ok(_) => Err("port answers, sshd has not logged that it listens".into()),
             Err(e) => Err(e.to_string()),
-        }
-    });
-    let failure = match ready {
-        Ok(Ok(())) => return Ok(Ok(child)),
-        Ok(Err(why)) => why,
-        Err(e) => e.to_string(),
-    };
-    stop_child(&mut child);
-    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
-    Ok(Err(format!("{failure}; log: {}", tail(&log_text, 10))))
+        },
+    ))
 }
 
 #[cfg(test)]

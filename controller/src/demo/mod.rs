@@ -1,7 +1,7 @@
 //! `deployctl demo` (DESIGN §9): the whole product on one machine in about a minute.
 //!
-//! Starts a registry, builds and pushes the demo app (v1, v2 healthy; v3 never healthy), runs
-//! an agent on a local socket, then drives the real commands in-process: push v1 by git SHA,
+//! Starts a registry, builds and pushes the demo app (it uses v1, v2 healthy; v3 never
+//! healthy), runs an agent on a local socket, then drives the real commands in-process: push v1 by git SHA,
 //! push v2 by a 7-character prefix (its migration runs once), push v3 (health fails, the agent
 //! rolls back, exit 1), rollback, status, history. Each step prints its timing; everything it
 //! started is removed at the end, also on failure, and leftovers of an interrupted run are
@@ -18,7 +18,8 @@ use crate::commands;
 use crate::config::DeployConfig;
 use crate::output;
 use crate::{Error, ExitClass};
-use setup::{Agent, Registry, SetupError};
+use demokit::Registry;
+use setup::{Agent, SetupError};
 
 /// The agent's host name; every container of the demo carries it as a label.
 const HOST: &str = "deployctl-demo";
@@ -37,7 +38,7 @@ pub async fn run(json: bool) -> Result<ExitClass, Error> {
     say(
         "deployctl demo: a registry, the demo app, one agent on this machine; every step is a real deployctl command.",
     );
-    setup::remove_traces(HOST, None).await;
+    setup::remove_containers(HOST).await;
     let dir = tempfile::Builder::new()
         .prefix("deployctl-demo-")
         .tempdir()
@@ -51,10 +52,11 @@ pub async fn run(json: bool) -> Result<ExitClass, Error> {
     if let Some(agent) = stage.agent.take() {
         agent.process.stop(Duration::from_secs(10)).await;
     }
-    let addr = stage.registry.as_ref().map(|r| r.addr.clone());
-    setup::remove_traces(HOST, addr.as_deref()).await;
+    // Containers first: the registry forgets its images in the engine when it stops, which
+    // fails for an image a container still uses.
+    setup::remove_containers(HOST).await;
     if let Some(registry) = stage.registry.take() {
-        registry.process.stop(Duration::from_secs(5)).await;
+        setup::stop_registry(registry).await;
     }
     let took = format_secs(started.elapsed());
     match result {
@@ -97,23 +99,13 @@ async fn steps(
     say: &dyn Fn(&str),
 ) -> Result<(), SetupError> {
     let t = Instant::now();
-    say("\n[1/8] setting up: registry, demo images v1 v2 v3, signing key, agent");
+    say("\n[1/8] setting up: registry, demo images, signing key, agent");
     let engine = setup::docker(&["version", "--format", "{{.Server.Version}}"]).await.map_err(|e| {
         SetupError(format!("the Docker engine does not answer ({e}); start it and make sure this user may use /var/run/docker.sock"))
     })?;
     say(&format!("      Docker engine {}", engine.trim()));
-    let registry = stage.registry.insert(Registry::start(dir).await?);
-    let addr = registry.addr.clone();
-    let images = setup::publish_images(
-        &addr,
-        "demo/web",
-        &[
-            ("v1", "healthy", false),
-            ("v2", "healthy", false),
-            ("v3", "unhealthy", false),
-        ],
-    )
-    .await?;
+    let (registry, images) = setup::registry_with_images("demo/web").await?;
+    let addr = stage.registry.insert(registry).addr();
     let agent_bin = setup::agent_binary().await?;
     let key = proto::sign::generate_key_files(&dir.join("signing-key"), "deployctl-demo")
         .map_err(|e| SetupError(format!("cannot make a signing key: {e}")))?;
@@ -134,7 +126,7 @@ async fn steps(
             dir.join("allowed_signers").display()
         ),
     )?;
-    let web_port = setup::free_port()?;
+    let web_port = demokit::free_port()?;
     write(
         "deploy.toml",
         format!(
@@ -180,14 +172,14 @@ signing_key = "{key}"
         "      files: {}/deploy.toml, agent.toml, allowed_signers",
         dir.display()
     ));
-    for image in &images {
+    let (v1, v2, v3) = (images.v(1), images.v(2), images.v(3));
+    for image in [v1, v2, v3] {
         say(&format!(
             "      {addr}/demo/web {}: git sha {} → {}",
             image.version, image.git_sha, image.digest
         ));
     }
 
-    let (v1, v2, v3) = (&images[0], &images[1], &images[2]);
     let app_url = format!("http://127.0.0.1:{web_port}/version");
     let env = ENV;
 

@@ -1,25 +1,25 @@
-//! What the demo stands up on this machine and takes down again: a registry, the demo app's
-//! images, and an agent. Every piece is a guard that stops what it started when dropped.
-//!
-//! The images are built exactly like the test harness builds them (tests/src/images.rs: the
-//! static `demoapp` binary from this workspace, `tests/images/demo.Dockerfile`, the same cache
-//! tags), so a machine that ran the tests already has them and the reverse.
+//! What the demo stands up on this machine and takes down again: a registry and the demo app's
+//! images ([`demokit`], the very code the test harness uses, so a machine that ran the tests
+//! already has the images and the reverse), and an agent. demokit is blocking; it runs here on
+//! tokio's blocking threads. Every piece stops what it started when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use demokit::{DemoImages, Registry};
 use tokio::process::{Child, Command};
-
-const DOCKERFILE_TEMPLATE: &str = include_str!("../../../tests/images/demo.Dockerfile");
-const LOCAL_REPO: &str = "deployctl-demo";
-const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Why the demo could not set up; always says what to install or fix.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SetupError(pub String);
+
+impl From<demokit::Error> for SetupError {
+    fn from(e: demokit::Error) -> SetupError {
+        SetupError(e.to_string())
+    }
+}
 
 type Result<T> = std::result::Result<T, SetupError>;
 
@@ -27,50 +27,47 @@ fn fail<T>(msg: impl Into<String>) -> Result<T> {
     Err(SetupError(msg.into()))
 }
 
-/// Runs a command to completion within `timeout`, returning stdout; errors carry stderr.
-pub async fn run(cmd: &mut Command, timeout: Duration) -> Result<String> {
-    let shown = format!("{:?}", cmd.as_std());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .or_else(|e| fail(format!("cannot run {shown}: {e}")))?;
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(r) => r.or_else(|e| fail(format!("{shown}: {e}")))?,
-        Err(_) => {
-            return fail(format!(
-                "{shown} did not finish within {}s",
-                timeout.as_secs()
-            ));
-        }
-    };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return fail(format!(
-            "{shown} failed ({}): {}",
-            out.status,
-            stderr.trim()
-        ));
+/// Runs blocking demokit work on tokio's blocking threads.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> demokit::Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => Ok(result?),
+        Err(e) => fail(format!("a setup task failed: {e}")),
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `docker ARGS…`'s stdout.
 pub async fn docker(args: &[&str]) -> Result<String> {
-    run(Command::new("docker").args(args), Duration::from_secs(300)).await
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    blocking(move || demokit::docker(&args.iter().map(String::as_str).collect::<Vec<_>>())).await
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the callers retry on a lost race).
-pub fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .or_else(|e| fail(format!("cannot find a free port: {e}")))
+/// A registry on a free loopback port with the demo images pushed as `<registry>/<repo>`.
+pub async fn registry_with_images(repo: &'static str) -> Result<(Registry, DemoImages)> {
+    // On a failed publish the registry is dropped right here, which stops it.
+    blocking(move || {
+        let registry = Registry::start()?;
+        let images = DemoImages::publish(&registry, repo)?;
+        Ok((registry, images))
+    })
+    .await
+}
+
+/// Stops the registry and drops the engine's references to its images (blocking work).
+pub async fn stop_registry(registry: Registry) {
+    if let Err(e) = blocking(move || {
+        drop(registry);
+        Ok(())
+    })
+    .await
+    {
+        eprintln!("deployctl demo: stopping the registry: {e}");
+    }
 }
 
 /// Polls `check` until it returns true or `within` passes.
-pub async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -80,7 +77,7 @@ where
         if check().await {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(demokit::wait::POLL).await;
     }
     fail(format!(
         "timed out after {}s waiting for {what}",
@@ -139,91 +136,6 @@ impl Process {
     }
 }
 
-/// `docker-registry serve` on a free loopback port, storage in `dir`.
-pub struct Registry {
-    pub process: Process,
-    pub addr: String,
-}
-
-impl Registry {
-    pub async fn start(dir: &Path) -> Result<Registry> {
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port()?;
-            let config = dir.join("registry.yml");
-            let text = format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: deployctl-demo\n",
-                dir.join("registry-data").display()
-            );
-            std::fs::write(&config, text)
-                .or_else(|e| fail(format!("cannot write {}: {e}", config.display())))?;
-            let mut process = Process::spawn(
-                Command::new("docker-registry").arg("serve").arg(&config),
-                dir.join("registry.log"),
-            )
-            .map_err(|e| {
-                SetupError(format!(
-                    "{e} (install it: apt-get install -y docker-registry)"
-                ))
-            })?;
-            let url = format!("http://127.0.0.1:{port}/v2/");
-            let client = reqwest::Client::new();
-            let up = wait_for("the registry", Duration::from_secs(20), || {
-                let req = client.get(&url).timeout(Duration::from_secs(1)).send();
-                async move { req.await.is_ok_and(|r| r.status().is_success()) }
-            })
-            .await;
-            match (up, process.exited()) {
-                (Ok(()), None) => {
-                    return Ok(Registry {
-                        process,
-                        addr: format!("127.0.0.1:{port}"),
-                    });
-                }
-                (_, Some(status)) => {
-                    last = format!("docker-registry exited ({status}): {}", process.log_tail(5))
-                }
-                (Err(e), None) => last = format!("{e}: {}", process.log_tail(5)),
-            }
-            process.stop(Duration::from_secs(2)).await;
-        }
-        fail(format!("the registry did not start: {last}"))
-    }
-}
-
-/// The fake git commit a demo version is "built from" (the harness's `fake_git_sha`).
-pub fn fake_git_sha(version: &str) -> String {
-    hex(&Sha256::digest(
-        format!("deployctl demo app {version}").as_bytes(),
-    ))[..40]
-        .to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// One demo version as pushed: its tags and registry digest.
-#[derive(Debug, Clone)]
-pub struct PushedImage {
-    pub version: String,
-    pub git_sha: String,
-    pub digest: String,
-}
-
-/// The workspace this binary was built from, if its sources are still there.
-pub fn workspace_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("DEPLOYCTL_SOURCE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .to_path_buf()
-        });
-    dir.join("demoapp/Cargo.toml").is_file().then_some(dir)
-}
-
 /// The target dir next to the running binary (`…/target/<profile>/deployctl` → `…/target`) and
 /// whether it is a release build.
 fn own_target_dir() -> Option<(PathBuf, bool)> {
@@ -250,19 +162,21 @@ pub async fn agent_binary() -> Result<PathBuf> {
     if let Some(bin) = on_path {
         return Ok(bin);
     }
-    let (Some(ws), Some((target, release))) = (workspace_dir(), own_target_dir()) else {
+    let (Some(ws), Some((target, release))) = (demokit::workspace_dir(), own_target_dir()) else {
         return fail(
             "deploy-agent not found next to deployctl or on PATH (build it: cargo build -p deploy-agent)",
         );
     };
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(&ws)
         .args(["build", "--quiet", "-p", "deploy-agent"])
         .env("CARGO_TARGET_DIR", &target);
     if release {
         cmd.arg("--release");
     }
-    run(&mut cmd, Duration::from_secs(900)).await?;
+    blocking(move || demokit::command::run_with_timeout(&mut cmd, Duration::from_secs(900)))
+        .await?;
     let bin = target
         .join(if release { "release" } else { "debug" })
         .join("deploy-agent");
@@ -271,121 +185,6 @@ pub async fn agent_binary() -> Result<PathBuf> {
     } else {
         fail(format!(
             "cargo built deploy-agent but {} is missing",
-            bin.display()
-        ))
-    }
-}
-
-/// Builds (if their content changed) and pushes the demo images `versions` to `registry_addr`
-/// as `<registry>/<repo>`, tagged with the fake git SHA and the version.
-pub async fn publish_images(
-    registry_addr: &str,
-    repo: &str,
-    versions: &[(&str, &str, bool)],
-) -> Result<Vec<PushedImage>> {
-    let binary = demoapp_binary().await?;
-    let bytes = std::fs::read(&binary)
-        .or_else(|e| fail(format!("cannot read {}: {e}", binary.display())))?;
-    let binary_hash = hex(&Sha256::digest(&bytes));
-    let context =
-        tempfile::tempdir().or_else(|e| fail(format!("cannot make a build context: {e}")))?;
-    let app = context.path().join("demoapp");
-    std::fs::write(&app, &bytes)
-        .or_else(|e| fail(format!("cannot write {}: {e}", app.display())))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755))
-            .or_else(|e| fail(e.to_string()))?;
-    }
-    let repository = format!("{registry_addr}/{repo}");
-    let mut pushed = Vec::new();
-    for (version, mode, migrate_fail) in versions {
-        let sha = fake_git_sha(version);
-        let text = DOCKERFILE_TEMPLATE
-            .replace("@VERSION@", version)
-            .replace("@MODE@", mode)
-            .replace("@MIGRATE_FAIL@", if *migrate_fail { "1" } else { "0" })
-            .replace("@GIT_SHA@", &sha);
-        let content = hex(&Sha256::digest(format!("{binary_hash}\n{text}").as_bytes()));
-        let local = format!("{LOCAL_REPO}:{version}-{}", &content[..16]);
-        if docker(&["image", "inspect", "--format", "{{.Id}}", &local])
-            .await
-            .is_err()
-        {
-            let file = context.path().join(format!("Dockerfile.{version}"));
-            std::fs::write(&file, text)
-                .or_else(|e| fail(format!("cannot write {}: {e}", file.display())))?;
-            let (f, c) = (
-                file.display().to_string(),
-                context.path().display().to_string(),
-            );
-            docker(&["build", "-q", "-f", &f, "-t", &local, &c]).await?;
-        }
-        let mut digest = None;
-        for tag in [sha.as_str(), version] {
-            let name = format!("{repository}:{tag}");
-            docker(&["tag", &local, &name]).await?;
-            let out = docker(&["push", &name]).await?;
-            digest = out
-                .lines()
-                .find_map(|l| l.split_once(": digest: "))
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(String::from));
-            let _ = docker(&["rmi", &name]).await;
-        }
-        let digest = digest
-            .filter(|d| proto::order::is_digest(d))
-            .ok_or_else(|| SetupError(format!("docker push printed no digest for {version}")))?;
-        pushed.push(PushedImage {
-            version: version.to_string(),
-            git_sha: sha,
-            digest,
-        });
-    }
-    Ok(pushed)
-}
-
-/// The static demo app binary, built with cargo from this workspace (into the same directory
-/// the test harness uses, so either build serves both), or `$DEPLOYCTL_DEMOAPP`.
-async fn demoapp_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("DEPLOYCTL_DEMOAPP") {
-        return Ok(PathBuf::from(p));
-    }
-    let ws = workspace_dir().ok_or_else(|| {
-        SetupError("the demo builds its app from deployctl's source tree, which is not here; set DEPLOYCTL_SOURCE_DIR to a checkout or DEPLOYCTL_DEMOAPP to a static demoapp binary".into())
-    })?;
-    let target_dir = own_target_dir()
-        .map(|(t, _)| t)
-        .unwrap_or_else(|| ws.join("target"))
-        .join("demoapp-static");
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.current_dir(&ws)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "demoapp",
-            "--target",
-            STATIC_TARGET,
-        ])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .env(
-            "RUSTFLAGS",
-            "-C target-feature=+crt-static -C strip=symbols",
-        )
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS");
-    run(&mut cmd, Duration::from_secs(900)).await.map_err(|e| {
-        SetupError(format!(
-            "{e} (a static build needs libc6-dev: apt-get install -y libc6-dev)"
-        ))
-    })?;
-    let bin = target_dir.join(STATIC_TARGET).join("release/demoapp");
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        fail(format!(
-            "cargo built demoapp but {} is missing",
             bin.display()
         ))
     }
@@ -423,9 +222,9 @@ impl Agent {
     }
 }
 
-/// Removes every container an agent with host name `host` made, and the engine's references
-/// to images of `registry_addr`.
-pub async fn remove_traces(host: &str, registry_addr: Option<&str>) {
+/// Removes every container an agent with host name `host` made. Best effort: the demo's
+/// outcome does not depend on it.
+pub async fn remove_containers(host: &str) {
     let filter = format!("label={}={host}", proto::order::labels::HOST);
     if let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]).await {
         let ids: Vec<&str> = ids.split_whitespace().collect();
@@ -434,51 +233,5 @@ pub async fn remove_traces(host: &str, registry_addr: Option<&str>) {
             args.extend(ids);
             let _ = docker(&args).await;
         }
-    }
-    let Some(addr) = registry_addr else { return };
-    if let Ok(listing) = docker(&[
-        "images",
-        "--digests",
-        "--format",
-        "{{.Repository}} {{.Tag}} {{.Digest}}",
-    ])
-    .await
-    {
-        let prefix = format!("{addr}/");
-        let mut refs = Vec::new();
-        for line in listing.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if let [repo, tag, digest] = f[..]
-                && repo.starts_with(&prefix)
-            {
-                if tag != "<none>" {
-                    refs.push(format!("{repo}:{tag}"));
-                }
-                if digest != "<none>" {
-                    refs.push(format!("{repo}@{digest}"));
-                }
-            }
-        }
-        if !refs.is_empty() {
-            let mut args = vec!["rmi"];
-            args.extend(refs.iter().map(String::as_str));
-            let _ = docker(&args).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fake_shas_match_the_harness() {
-        let sha = fake_git_sha("v1");
-        assert_eq!(sha.len(), 40);
-        assert_ne!(sha, fake_git_sha("v2"));
-        assert!(
-            DOCKERFILE_TEMPLATE.contains("@VERSION@")
-                && DOCKERFILE_TEMPLATE.contains("FROM scratch")
-        );
     }
 }

@@ -1,5 +1,5 @@
 # The demo app's image, one per version: FROM scratch around the static binary, which is also
-# its own HEALTHCHECK (scratch has no shell or curl). The harness (tests/src/images.rs) fills in
+# its own HEALTHCHECK (scratch has no shell or curl). demokit (src/images.rs) fills in
 # the @…@ placeholders per version and runs `docker build` with the binary beside this file in
 # the build context as `demoapp`. The binary sits at /app so `command = ["/app", "migrate"]`
 # works as in DESIGN.md; SIGTERM (the default stop signal) makes it exit at once.
