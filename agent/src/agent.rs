@@ -268,6 +268,7 @@ impl<B: Backend> Agent<B> {
             let mut order = order;
             let mut skipped = None;
             if order.run_migration
+                && !order.rerun_migration
                 && let Some(done) = lock(&self.index).migration_done_for(&order.app, &order.image)
             {
                 skipped = Some(done.order.order_id.clone());

@@ -237,6 +237,7 @@ pub(crate) mod tests {
             image: proto::ImageRef::new("127.0.0.1:5000/acme/web", &digest).unwrap(),
             reference: "v1".into(),
             run_migration: true,
+            rerun_migration: false,
             app: "acme".into(),
             services,
             migrate: Some(proto::MigrationSpec {

@@ -228,6 +228,7 @@ shutdown_grace = "10s"
             image: ImageRef::new("127.0.0.1:5000/acme/web", &digest(digest_char)).unwrap(),
             reference: "v1".into(),
             run_migration: true,
+            rerun_migration: false,
             app: "acme".into(),
             services: BTreeMap::from([("web".to_string(), web)]),
             migrate: Some(MigrationSpec {
@@ -566,13 +567,25 @@ async fn a_digest_migrates_once() {
         }
     }
     assert_eq!(d.fake.0.migrations.load(Ordering::SeqCst), 1);
+
+    // Asked for explicitly, it runs again.
+    let mut rerun = d.order("r3", 'a');
+    rerun.rerun_migration = true;
+    c.send(&Request::Submit {
+        order: d.sign(&rerun).await,
+    })
+    .await;
+    let (_, outcome) = c.until_outcome().await;
+    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+    assert_eq!(d.fake.0.migrations.load(Ordering::SeqCst), 2);
+
     c.send(&Request::History { limit: 10 }).await;
     let Some(Reply::History { entries }) = c.next().await else {
         panic!("history")
     };
     assert_eq!(
         entries.iter().map(|e| e.run_migration).collect::<Vec<_>>(),
-        [false, true]
+        [true, false, true]
     );
     d.shutdown().await;
 }

@@ -37,6 +37,10 @@ pub enum Command {
         /// Do not run [migrate] on the first host.
         #[arg(long)]
         skip_migrations: bool,
+        /// Run [migrate] even if this digest's migration already succeeded on the first host
+        /// (by default a retried rollout of the same digest does not migrate again).
+        #[arg(long, conflicts_with = "skip_migrations")]
+        rerun_migration: bool,
     },
     /// Go back to the previous healthy digest (or --to REF); no migration, no promotion gate.
     Rollback {

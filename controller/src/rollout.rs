@@ -308,6 +308,8 @@ pub struct RolloutSpec {
     pub issued_by: String,
     /// Whether the first host runs `[migrate]`.
     pub migrate_first: bool,
+    /// Whether it runs even if this digest's migration already succeeded there (`--rerun-migration`).
+    pub rerun_migration: bool,
 }
 
 /// Everything a finished rollout learned.
@@ -346,6 +348,7 @@ pub fn build_order(
         image: image.clone(),
         reference: reference.to_string(),
         run_migration,
+        rerun_migration: run_migration && spec.rerun_migration,
         app: cfg.app.clone(),
         services: cfg.services.clone(),
         migrate: if action == Action::Deploy {
@@ -957,6 +960,7 @@ mod tests {
             reference: "v1".into(),
             issued_by: "test".into(),
             migrate_first: false,
+            rerun_migration: false,
         };
         let report = drive(
             &cfg,

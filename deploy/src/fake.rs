@@ -371,6 +371,7 @@ fn order(n: u8) -> Order {
         image: ImageRef::new("reg/acme", &digest(n)).unwrap_or_else(|e| panic!("{e}")),
         reference: format!("v{n}"),
         run_migration: false,
+        rerun_migration: false,
         app: "acme".into(),
         services: [("web".to_string(), spec)].into(),
         migrate: None,

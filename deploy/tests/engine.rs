@@ -156,6 +156,7 @@ impl World {
             image: image.clone(),
             reference: reference.into(),
             run_migration: migrate,
+            rerun_migration: false,
             app: self.app.clone(),
             services: services
                 .iter()

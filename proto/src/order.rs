@@ -37,6 +37,10 @@ pub struct Order {
     pub reference: String,
     /// True on the env's first host only.
     pub run_migration: bool,
+    /// Run the migration even if this digest's migration already succeeded on the host (DESIGN
+    /// §2.5 "unless asked"); without it a retried rollout of the same digest skips it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rerun_migration: bool,
     /// Names containers `<prefix><app>-<env>-<service>`.
     pub app: String,
     pub services: BTreeMap<String, ServiceSpec>,

@@ -54,6 +54,7 @@ fn order_at(issued_at: Timestamp) -> Order {
         image: ImageRef::new(REPO, DIGEST).unwrap(),
         reference: "v1".into(),
         run_migration: true,
+        rerun_migration: false,
         app: "acme".into(),
         services,
         migrate: Some(MigrationSpec {

@@ -372,6 +372,7 @@ impl AgentProc {
             image: image.clone(),
             reference: reference.to_string(),
             run_migration: false,
+            rerun_migration: false,
             app: app.to_string(),
             services: BTreeMap::from([("web".to_string(), web)]),
             migrate: None,

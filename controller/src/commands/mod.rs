@@ -43,7 +43,12 @@ pub async fn dispatch(cli: Cli) -> Result<ExitClass, Error> {
             reference,
             env,
             skip_migrations,
-        } => push::push(&load()?, &env, &reference, skip_migrations, json).await,
+            rerun_migration,
+        } => {
+            let cfg = load()?;
+            let migrations = push::Migrations::from_flags(skip_migrations, rerun_migration);
+            push::push(&cfg, &env, &reference, migrations, json).await
+        }
         Command::Rollback { env, to } => {
             rollback::rollback(&load()?, &env, to.as_deref(), json).await
         }

@@ -14,11 +14,32 @@ use crate::resolve::Resolver;
 use crate::rollout::{self, RolloutSpec};
 use crate::{Error, ExitClass};
 
+/// What the first host does about `[migrate]` (DESIGN §2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// Run it, unless this digest's migration already succeeded there (a retried rollout).
+    Once,
+    /// `--skip-migrations`.
+    Skip,
+    /// `--rerun-migration`: run it even if it already succeeded for this digest.
+    Rerun,
+}
+
+impl Migrations {
+    pub fn from_flags(skip: bool, rerun: bool) -> Self {
+        match (skip, rerun) {
+            (true, _) => Migrations::Skip,
+            (false, true) => Migrations::Rerun,
+            (false, false) => Migrations::Once,
+        }
+    }
+}
+
 pub async fn push(
     cfg: &DeployConfig,
     env_name: &str,
     reference: &str,
-    skip_migrations: bool,
+    migrations: Migrations,
     json: bool,
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
@@ -47,7 +68,8 @@ pub async fn push(
         image: resolved.image,
         reference: resolved.reference,
         issued_by: issued_by(),
-        migrate_first: cfg.migrate.is_some() && !skip_migrations,
+        migrate_first: cfg.migrate.is_some() && migrations != Migrations::Skip,
+        rerun_migration: migrations == Migrations::Rerun,
     };
     let report = tokio::select! {
         report = rollout::drive(

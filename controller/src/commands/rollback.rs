@@ -73,6 +73,7 @@ pub async fn rollback(
         reference,
         issued_by: issued_by(),
         migrate_first: false,
+        rerun_migration: false,
     };
     let report = tokio::select! {
         report = rollout::drive(

@@ -191,13 +191,19 @@ signing_key = "{key}"
             v1.git_sha
         ),
         ExitClass::Success,
-        commands::push::push(&cfg, env, &v1.git_sha, false, json),
+        commands::push::push(
+            &cfg,
+            env,
+            &v1.git_sha,
+            commands::push::Migrations::Once,
+            json,
+        ),
     )
     .await?;
     expect_version(&app_url, "v1", say).await?;
 
     let prefix = &v2.git_sha[..7];
-    step(say, "[3/8]", &format!("deployctl push {prefix} --env {env}   (v2, by a 7-character prefix; its migration runs once)"), ExitClass::Success, commands::push::push(&cfg, env, prefix, false, json)).await?;
+    step(say, "[3/8]", &format!("deployctl push {prefix} --env {env}   (v2, by a 7-character prefix; its migration runs once)"), ExitClass::Success, commands::push::push(&cfg, env, prefix, commands::push::Migrations::Once, json)).await?;
     expect_version(&app_url, "v2", say).await?;
     let migrations = std::fs::read_to_string(data.join("migrations.log")).unwrap_or_default();
     say(&format!(
@@ -215,7 +221,7 @@ signing_key = "{key}"
         return Err(SetupError("the v2 migration did not run".into()));
     }
 
-    step(say, "[4/8]", &format!("deployctl push {} --env {env}   (v3 never gets healthy: expect an automatic rollback and exit 1)", v3.version), ExitClass::RolledBack, commands::push::push(&cfg, env, &v3.version, false, json)).await?;
+    step(say, "[4/8]", &format!("deployctl push {} --env {env}   (v3 never gets healthy: expect an automatic rollback and exit 1)", v3.version), ExitClass::RolledBack, commands::push::push(&cfg, env, &v3.version, commands::push::Migrations::Once, json)).await?;
     say("      exit 1 means: the push failed and every host is back on its previous version (v2).");
     expect_version(&app_url, "v2", say).await?;
 

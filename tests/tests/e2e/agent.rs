@@ -293,6 +293,14 @@ async fn fresh_v1_then_v2_migrates_once_and_retains_v1() -> anyhow::Result<()> {
     );
     assert_eq!(web.previous_digest.as_deref(), Some(v1.digest.as_str()));
     assert_eq!(web.last_order.as_deref(), Some(again.order_id.as_str()));
+
+    // Asked for (`deployctl push --rerun-migration`), it runs again, in the same image.
+    let mut rerun = w.order_with_migration(v2);
+    rerun.rerun_migration = true;
+    w.deploy(&rerun).await?;
+    let lines = w.migration_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].starts_with("migrated v2 "), "{lines:?}");
     Ok(())
 }
 
