@@ -743,10 +743,14 @@ async fn set_aside(
             short(cur)
         ),
     );
+    // Rename before stopping: a container under this order's aside name is then the sign that
+    // the order had begun stopping it, which recovery needs to know (a stop the engine keeps
+    // executing after the agent died would otherwise take the restored version down later).
+    job.e.rt.rename_container(&cur.id, &aside).await?;
     if cur.is_running() || cur.state == crate::runtime::RunState::Restarting {
         job.e.rt.stop_container(&cur.id, job.e.stop_timeout).await?;
     }
-    job.e.rt.rename_container(&cur.id, &aside).await
+    Ok(())
 }
 
 /// Puts the service back to what it was before the order, from what the engine shows.
@@ -800,6 +804,25 @@ async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, Str
                 };
                 digest = digest_of(&c).map(str::to_owned);
                 kept_serving = c.is_running() && c.name == svc.canonical;
+                let mut running = c.is_running();
+                if running && c.name != svc.canonical {
+                    // Set aside yet running: the order was stopping it when it was cut off, and
+                    // that stop may still be finishing in the engine. Finish it, then start
+                    // afresh, so the version verified below is not one about to exit.
+                    job.emit(
+                        Phase::Rollback,
+                        s,
+                        &format!(
+                            "{} ({}) was being stopped when the order was cut off; restarting it cleanly",
+                            c.name,
+                            short(&c)
+                        ),
+                    );
+                    rt.stop_container(id, job.e.stop_timeout)
+                        .await
+                        .map_err(engine)?;
+                    running = false;
+                }
                 if c.name != svc.canonical {
                     job.emit(
                         Phase::Rollback,
@@ -818,7 +841,7 @@ async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, Str
                 ensure_on_network(job, svc, &c, true)
                     .await
                     .map_err(engine)?;
-                if !c.is_running() {
+                if !running {
                     job.emit(
                         Phase::Rollback,
                         s,
