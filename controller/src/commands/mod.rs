@@ -268,6 +268,41 @@ fn passwd_name(passwd: &str, uid: &str) -> Option<String> {
 
 /// Ctrl-C during a rollout: the agents finish (or undo) what they accepted on their own, but
 /// this run cannot tell the outcome, so the env needs a look (exit 2).
+/// A rollout ready to run: its env, connected and lock-checked hosts, and how to sign and report.
+pub(crate) struct Prepared<'a> {
+    pub env: &'a EnvConfig,
+    pub links: &'a mut [HostLink],
+    pub signer: &'a Signer,
+    pub opts: &'a ConnectOptions,
+    pub out: &'a dyn Reporter,
+}
+
+/// Drives a rollout to its end (or to Ctrl-C, which leaves the agents to finish what they
+/// accepted) and prints the result; shared by `push` and `rollback`.
+pub(crate) async fn drive_and_report(
+    command: &str,
+    cfg: &DeployConfig,
+    spec: rollout::RolloutSpec,
+    run: Prepared<'_>,
+    json: bool,
+) -> ExitClass {
+    let drive = rollout::drive(
+        cfg,
+        spec,
+        run.env.max_parallel,
+        run.links,
+        run.signer,
+        run.opts,
+        run.out,
+    );
+    let report = tokio::select! {
+        report = drive => report,
+        _ = tokio::signal::ctrl_c() => return interrupted(&run.env.name, run.out),
+    };
+    run.out.finish();
+    print_report(command, &report, json)
+}
+
 pub(crate) fn interrupted(env: &str, out: &dyn Reporter) -> ExitClass {
     out.finish();
     eprintln!(

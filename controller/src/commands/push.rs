@@ -5,13 +5,11 @@ use futures_util::future::join_all;
 use proto::order::{Action, ImageRef, new_id};
 use proto::wire::OutcomeKind;
 
-use super::{
-    connect_all, connect_options, find_env, issued_by, load_signer, prepare_hosts, print_report,
-};
+use super::{connect_all, connect_options, find_env, issued_by, load_signer, prepare_hosts};
 use crate::config::DeployConfig;
 use crate::output::{self, Event, Reporter};
 use crate::resolve::Resolver;
-use crate::rollout::{self, RolloutSpec};
+use crate::rollout::RolloutSpec;
 use crate::{Error, ExitClass};
 
 /// What the first host does about `[migrate]` (DESIGN §2.5).
@@ -71,20 +69,14 @@ pub async fn push(
         migrate_first: cfg.migrate.is_some() && migrations != Migrations::Skip,
         rerun_migration: migrations == Migrations::Rerun,
     };
-    let report = tokio::select! {
-        report = rollout::drive(
-        cfg,
-        spec,
-        env.max_parallel,
-        &mut links,
-        &signer,
-        &opts,
-        out.as_ref(),
-    ) => report,
-        _ = tokio::signal::ctrl_c() => return Ok(super::interrupted(&env.name, out.as_ref())),
+    let run = super::Prepared {
+        env,
+        links: &mut links,
+        signer: &signer,
+        opts: &opts,
+        out: out.as_ref(),
     };
-    out.finish();
-    Ok(print_report("push", &report, json))
+    Ok(super::drive_and_report("push", cfg, spec, run, json).await)
 }
 
 /// The promotion gate: `image` must have a succeeded order in the journal of at least one host

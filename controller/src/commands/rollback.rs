@@ -3,7 +3,7 @@
 
 use proto::order::{Action, ImageRef, new_id};
 
-use super::{connect_options, find_env, issued_by, load_signer, prepare_hosts, print_report};
+use super::{connect_options, find_env, issued_by, load_signer, prepare_hosts};
 use crate::config::DeployConfig;
 use crate::output::{self, Event};
 use crate::resolve::Resolver;
@@ -75,20 +75,14 @@ pub async fn rollback(
         migrate_first: false,
         rerun_migration: false,
     };
-    let report = tokio::select! {
-        report = rollout::drive(
-        cfg,
-        spec,
-        env.max_parallel,
-        &mut links,
-        &signer,
-        &opts,
-        out.as_ref(),
-    ) => report,
-        _ = tokio::signal::ctrl_c() => return Ok(super::interrupted(&env.name, out.as_ref())),
+    let run = super::Prepared {
+        env,
+        links: &mut links,
+        signer: &signer,
+        opts: &opts,
+        out: out.as_ref(),
     };
-    out.finish();
-    Ok(print_report("rollback", &report, json))
+    Ok(super::drive_and_report("rollback", cfg, spec, run, json).await)
 }
 
 /// The one previous healthy digest every host agrees on, or why there is none.
