@@ -36,6 +36,8 @@ struct Faults {
     crash_digest: Option<String>,
     /// Starting a container of this digest fails.
     start_fails_digest: Option<String>,
+    /// A container a dead agent was creating lands just before the next rename.
+    lands_before_rename: Option<ContainerInfo>,
 }
 
 #[derive(Default)]
@@ -224,6 +226,9 @@ impl Runtime for Fake {
     ) -> BoxFuture<'a, RtResult<()>> {
         Box::pin(async move {
             self.check(format!("rename {id} {new_name}"))?;
+            if let Some(late) = lock(&self.faults).lands_before_rename.take() {
+                lock(&self.state).containers.insert(late.id.clone(), late);
+            }
             self.with(id, |s, id| {
                 if Self::find(s, new_name).is_some_and(|other| other != id) {
                     return Err(RuntimeError::Conflict(format!("name {new_name} in use")));
@@ -536,5 +541,61 @@ async fn every_step_is_announced_before_it_is_taken() {
             .find(|c| c.starts_with("event"))
             .is_some_and(|e| e.starts_with("event done")),
         "{log:#?}"
+    );
+}
+
+#[tokio::test]
+async fn recovery_survives_a_create_the_dead_agent_sent_landing_mid_undo() {
+    let (fake, engine) = deployed_v1().await;
+    let interrupted = order(2);
+    // The agent set v1 aside, sent "create v2" and died; the engine creates it only once
+    // recovery has looked, so recovery's first plan (rename v1 back) runs into the name.
+    let late = {
+        let mut s = lock(&fake.state);
+        let v1 = s
+            .containers
+            .values_mut()
+            .find(|c| c.name == "acme-prod-web")
+            .expect("v1 serving");
+        v1.state = RunState::Exited;
+        v1.name = crate::plan::aside_name("acme-prod-web", Some(&digest(1)), "order2");
+        let mut late = v1.clone();
+        late.id = format!("{:064x}", 999);
+        late.name = "acme-prod-web".into();
+        late.state = RunState::Created;
+        late.image = interrupted.image.to_string();
+        late.labels.insert(labels::DIGEST.into(), digest(2));
+        late.labels.insert(labels::ORDER.into(), "order2".into());
+        late
+    };
+    lock(&fake.faults).lands_before_rename = Some(late);
+
+    let sink = Sink::default();
+    let o = engine.recover(&interrupted, &sink).await;
+    assert_eq!(
+        o.kind,
+        OutcomeKind::RolledBack,
+        "{o:?}\n{:?}",
+        lock(&sink.0)
+    );
+    let s = lock(&fake.state);
+    let web: Vec<&ContainerInfo> = s
+        .containers
+        .values()
+        .filter(|c| c.name == "acme-prod-web")
+        .collect();
+    assert_eq!(web.len(), 1);
+    assert!(web[0].is_running());
+    assert_eq!(web[0].label(labels::DIGEST), Some(digest(1).as_str()));
+    assert!(
+        !s.containers.contains_key(&format!("{:064x}", 999)),
+        "the late container is removed"
+    );
+    assert!(
+        lock(&sink.0)
+            .iter()
+            .any(|(_, m)| m.contains("looking at the containers again")),
+        "{:?}",
+        lock(&sink.0)
     );
 }

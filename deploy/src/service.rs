@@ -761,10 +761,38 @@ pub(crate) async fn undo(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, St
     }
 }
 
+/// Why one pass of undo stopped: the engine refused a step (worth looking again: after a crash,
+/// a request the dead agent sent may still land, e.g. a container it was creating), or the
+/// previous version itself failed.
+enum UndoError {
+    Engine(String),
+    Final(String),
+}
+
 async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, String> {
+    const PASSES: usize = 3;
+    let mut pass = 1;
+    loop {
+        match undo_container_pass(job, svc).await {
+            Ok(done) => return Ok(done),
+            Err(UndoError::Engine(why)) if pass < PASSES => {
+                job.emit(
+                    Phase::Rollback,
+                    Some(svc.name),
+                    &format!("the engine refused a step ({why}); looking at the containers again"),
+                );
+                pass += 1;
+            }
+            Err(UndoError::Engine(why) | UndoError::Final(why)) => return Err(why),
+        }
+    }
+}
+
+/// One pass of undo: observe, plan, carry the plan out.
+async fn undo_container_pass(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, UndoError> {
     let rt = &job.e.rt;
     let s = Some(svc.name);
-    let engine = |e: RuntimeError| format!("the Docker engine failed: {e}");
+    let engine = |e: RuntimeError| UndoError::Engine(format!("the Docker engine failed: {e}"));
     let obs = observe(job, svc).await.map_err(engine)?;
     let plan = plan::plan_undo(
         &job.order.order_id,
@@ -800,7 +828,9 @@ async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, Str
             }
             plan::UndoStep::Restore { id } => {
                 let Some(c) = rt.inspect_container(id).await.map_err(engine)? else {
-                    return Err(format!("the previous container {id:.12} disappeared"));
+                    return Err(UndoError::Engine(format!(
+                        "the previous container {id:.12} disappeared"
+                    )));
                 };
                 digest = digest_of(&c).map(str::to_owned);
                 kept_serving = c.is_running() && c.name == svc.canonical;
@@ -847,9 +877,9 @@ async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, Str
                         s,
                         &format!("starting {} ({})", svc.canonical, short(&c)),
                     );
-                    rt.start_container(id)
-                        .await
-                        .map_err(|e| format!("cannot start the previous version: {e}"))?;
+                    rt.start_container(id).await.map_err(|e| {
+                        UndoError::Engine(format!("cannot start the previous version: {e}"))
+                    })?;
                 }
             }
         }
@@ -870,9 +900,9 @@ async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, Str
             }
             end => {
                 let tail = rt.logs_tail(id, 5).await.unwrap_or_default().join(" | ");
-                return Err(format!(
+                return Err(UndoError::Final(format!(
                     "the previous version did not become healthy ({end:?}); its last log lines: {tail}"
-                ));
+                )));
             }
         }
     }

@@ -748,7 +748,7 @@ async fn kill9_mid_job_then_restart_leaves_one_healthy_version() -> anyhow::Resu
         assert_eq!(
             up.len(),
             1,
-            "{point:?}: exactly one web container runs: {up:?} (all: {all:?})"
+            "{point:?}: exactly one web container runs: {up:?} (all: {all:?})\njournal: {journal:#}"
         );
         let s = w.serving("web")?;
         assert!(s.running);
