@@ -770,18 +770,29 @@ enum UndoError {
 }
 
 async fn undo_container(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone, String> {
-    const PASSES: usize = 3;
-    let mut pass = 1;
+    // A request the dead agent sent (a create, say) can hold the service's name for a while
+    // before the container shows in a listing; there is nothing to wait on but time, so look
+    // again at a steady pace for a bounded while.
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(20);
+    const PAUSE: Duration = Duration::from_millis(500);
+    let started = Instant::now();
+    let mut told = false;
     loop {
         match undo_container_pass(job, svc).await {
             Ok(done) => return Ok(done),
-            Err(UndoError::Engine(why)) if pass < PASSES => {
-                job.emit(
-                    Phase::Rollback,
-                    Some(svc.name),
-                    &format!("the engine refused a step ({why}); looking at the containers again"),
-                );
-                pass += 1;
+            Err(UndoError::Engine(why)) if started.elapsed() < GIVE_UP_AFTER => {
+                if !told {
+                    job.emit(
+                        Phase::Rollback,
+                        Some(svc.name),
+                        &format!(
+                            "the engine refused a step ({why}); looking at the containers again for up to {}s",
+                            GIVE_UP_AFTER.as_secs()
+                        ),
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(PAUSE).await;
             }
             Err(UndoError::Engine(why) | UndoError::Final(why)) => return Err(why),
         }
@@ -878,7 +889,7 @@ async fn undo_container_pass(job: &Job<'_>, svc: &Prepared<'_>) -> Result<Undone
                         &format!("starting {} ({})", svc.canonical, short(&c)),
                     );
                     rt.start_container(id).await.map_err(|e| {
-                        UndoError::Engine(format!("cannot start the previous version: {e}"))
+                        UndoError::Final(format!("cannot start the previous version: {e}"))
                     })?;
                 }
             }
