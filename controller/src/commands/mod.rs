@@ -268,6 +268,25 @@ fn passwd_name(passwd: &str, uid: &str) -> Option<String> {
 
 /// Ctrl-C during a rollout: the agents finish (or undo) what they accepted on their own, but
 /// this run cannot tell the outcome, so the env needs a look (exit 2).
+/// Resolves what the user typed to one digest, once, and says so (DESIGN §2.1).
+pub(crate) async fn resolve_ref(
+    cfg: &DeployConfig,
+    reference: &str,
+    out: &dyn Reporter,
+) -> Result<crate::resolve::Resolved, Error> {
+    let mut resolver =
+        crate::resolve::Resolver::new(&cfg.image).map_err(|e| Error::Refused(e.to_string()))?;
+    let resolved = resolver
+        .resolve(reference)
+        .await
+        .map_err(|e| Error::Refused(e.to_string()))?;
+    out.emit(&Event::Resolved {
+        reference: resolved.reference.clone(),
+        image: resolved.image.to_string(),
+    });
+    Ok(resolved)
+}
+
 /// A rollout ready to run: its env, connected and lock-checked hosts, and how to sign and report.
 pub(crate) struct Prepared<'a> {
     pub env: &'a EnvConfig,

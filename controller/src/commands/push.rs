@@ -8,7 +8,6 @@ use proto::wire::OutcomeKind;
 use super::{connect_all, connect_options, find_env, issued_by, load_signer, prepare_hosts};
 use crate::config::DeployConfig;
 use crate::output::{self, Event, Reporter};
-use crate::resolve::Resolver;
 use crate::rollout::RolloutSpec;
 use crate::{Error, ExitClass};
 
@@ -42,15 +41,7 @@ pub async fn push(
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
     let out = output::reporter(json);
-    let mut resolver = Resolver::new(&cfg.image).map_err(|e| Error::Refused(e.to_string()))?;
-    let resolved = resolver
-        .resolve(reference)
-        .await
-        .map_err(|e| Error::Refused(e.to_string()))?;
-    out.emit(&Event::Resolved {
-        reference: resolved.reference.clone(),
-        image: resolved.image.to_string(),
-    });
+    let resolved = super::resolve_ref(cfg, reference, out.as_ref()).await?;
     if let Some(required) = &env.requires {
         check_promotion(cfg, &env.name, required, &resolved.image, out.as_ref()).await?;
     }

@@ -6,7 +6,6 @@ use proto::order::{Action, ImageRef, new_id};
 use super::{connect_options, find_env, issued_by, load_signer, prepare_hosts};
 use crate::config::DeployConfig;
 use crate::output::{self, Event};
-use crate::resolve::Resolver;
 use crate::rollout::{self, RolloutSpec};
 use crate::{Error, ExitClass};
 
@@ -19,19 +18,7 @@ pub async fn rollback(
     let env = find_env(cfg, env_name)?;
     let out = output::reporter(json);
     let explicit = match to {
-        Some(reference) => {
-            let mut resolver =
-                Resolver::new(&cfg.image).map_err(|e| Error::Refused(e.to_string()))?;
-            let resolved = resolver
-                .resolve(reference)
-                .await
-                .map_err(|e| Error::Refused(e.to_string()))?;
-            out.emit(&Event::Resolved {
-                reference: resolved.reference.clone(),
-                image: resolved.image.to_string(),
-            });
-            Some(resolved)
-        }
+        Some(reference) => Some(super::resolve_ref(cfg, reference, out.as_ref()).await?),
         None => None,
     };
     let signer = load_signer(env).await?;
