@@ -31,6 +31,8 @@ for tool in ssh ssh-keygen ssh-agent ssh-add; do
     need openssh-client command -v "$tool"
 done
 need docker-compose command -v docker-compose
+# The harness signals the processes it starts with kill(1).
+need procps test -x /usr/bin/kill
 # Static glibc for the demo app's crt-static build.
 need libc6-dev test -f /usr/lib/x86_64-linux-gnu/libc.a
 
