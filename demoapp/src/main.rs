@@ -12,7 +12,9 @@
 //!   images have no shell or curl, so the binary is its own `HEALTHCHECK`.
 //!
 //! Environment, read once at start: `DEMO_VERSION` (default `dev`), `DEMO_MODE`
-//! (`healthy` | `unhealthy` | `crash`; crash prints a line and exits 3 shortly after start),
+//! (`healthy` | `unhealthy` | `crash` | `crash-later`; crash prints a line and exits 3 shortly
+//! after start; crash-later serves healthily for 0.3 s, then exits 1, as a release that turns
+//! bad after it was deployed does),
 //! `DEMO_PORT` (default 8080), `DEMO_MIGRATION_FILE` (default `/data/migrations.log`),
 //! `DEMO_MIGRATE_FAIL` (`1` makes `migrate` fail).
 //!
@@ -35,6 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Exit code of `DEMO_MODE=crash`, distinct from usage (2) and failure (1) so tests can tell.
 const CRASH_EXIT: u8 = 3;
+/// How long `DEMO_MODE=crash-later` serves before it dies: long enough to pass a health check
+/// with `healthy_for = "0s"`, short enough that the engine's restarts become a crash loop.
+const CRASH_LATER_AFTER: Duration = Duration::from_millis(300);
 /// Requests larger than this are refused: the app only serves tiny GETs.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +50,7 @@ enum Mode {
     Healthy,
     Unhealthy,
     Crash,
+    CrashLater,
 }
 
 impl Mode {
@@ -53,8 +59,9 @@ impl Mode {
             "" | "healthy" => Ok(Mode::Healthy),
             "unhealthy" => Ok(Mode::Unhealthy),
             "crash" => Ok(Mode::Crash),
+            "crash-later" => Ok(Mode::CrashLater),
             other => Err(format!(
-                "DEMO_MODE={other:?}: expected healthy, unhealthy or crash"
+                "DEMO_MODE={other:?}: expected healthy, unhealthy, crash or crash-later"
             )),
         }
     }
@@ -66,6 +73,7 @@ impl fmt::Display for Mode {
             Mode::Healthy => "healthy",
             Mode::Unhealthy => "unhealthy",
             Mode::Crash => "crash",
+            Mode::CrashLater => "crash-later",
         })
     }
 }
@@ -194,6 +202,14 @@ fn serve(config: &Config, role: Role) -> ExitCode {
         config.version,
         config.mode
     );
+    if config.mode == Mode::CrashLater {
+        let version = config.version.clone();
+        thread::spawn(move || {
+            thread::sleep(CRASH_LATER_AFTER);
+            println!("demoapp {version} mode=crash-later: dying as configured (exit 1)");
+            std::process::exit(1);
+        });
+    }
     let state = Arc::new(State {
         version: config.version.clone(),
         mode: config.mode,

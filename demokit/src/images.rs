@@ -47,6 +47,9 @@ pub enum Behaviour {
     CrashesAtStart,
     /// Serves healthily, but `/app migrate` exits 1 without writing anything.
     MigrationFails,
+    /// Serves healthily for 0.3 s, then exits 1; the engine restarts it forever (a crash loop
+    /// that a health check with `healthy_for = "0s"` lets through).
+    CrashLoops,
 }
 
 struct Spec {
@@ -56,7 +59,7 @@ struct Spec {
     behaviour: Behaviour,
 }
 
-const SPECS: [Spec; 5] = [
+const SPECS: [Spec; 6] = [
     Spec {
         version: "v1",
         mode: "healthy",
@@ -86,6 +89,12 @@ const SPECS: [Spec; 5] = [
         mode: "healthy",
         migrate_fail: true,
         behaviour: Behaviour::MigrationFails,
+    },
+    Spec {
+        version: "v6",
+        mode: "crash-later",
+        migrate_fail: false,
+        behaviour: Behaviour::CrashLoops,
     },
 ];
 
@@ -415,7 +424,7 @@ impl Drop for BuildLock {
 /// One demo version as pushed to a registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoImage {
-    /// `v1` … `v5`; also what `/version` answers.
+    /// `v1` … `v6`; also what `/version` answers.
     pub version: String,
     pub behaviour: Behaviour,
     /// The fake 40-hex git SHA; also a tag in the registry.
@@ -589,6 +598,7 @@ mod tests {
             ("v3", "DEMO_MODE=unhealthy DEMO_MIGRATE_FAIL=0"),
             ("v4", "DEMO_MODE=crash DEMO_MIGRATE_FAIL=0"),
             ("v5", "DEMO_MODE=healthy DEMO_MIGRATE_FAIL=1"),
+            ("v6", "DEMO_MODE=crash-later DEMO_MIGRATE_FAIL=0"),
         ];
         for (version, switches) in cases {
             let spec = SPECS.iter().find(|s| s.version == version).unwrap();

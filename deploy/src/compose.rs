@@ -180,6 +180,24 @@ impl ComposeCli {
         .await
     }
 
+    /// `up -d --no-deps --no-build --force-recreate <service>`: a new container even though the
+    /// configuration is unchanged (the service runs the right image but is failing).
+    pub async fn recreate(&self, files: &[&Path], service: &str) -> Result<Ran, ComposeError> {
+        self.run(
+            files,
+            &[
+                "up",
+                "-d",
+                "--no-deps",
+                "--no-build",
+                "--force-recreate",
+                service,
+            ],
+            Duration::from_secs(300),
+        )
+        .await
+    }
+
     /// `run --rm -T --no-deps --name <name> <service> <command…>`, bounded by `timeout`.
     pub async fn run_once(
         &self,

@@ -3,7 +3,7 @@
 //! order a crash interrupted.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use proto::Order;
 use proto::order::labels;
@@ -11,18 +11,16 @@ use proto::time::Timestamp;
 use proto::wire::{FailureClass, Outcome, OutcomeKind, Phase, ServiceResult};
 use tracing::Instrument;
 
-use crate::plan::{self, LOG_TAIL_LINES};
-use crate::runtime::{ContainerSpec, PullError, RunState};
-use crate::service::{self, Failure, Prepared, ROLE_LABEL, ROLE_MIGRATION};
+use crate::container::{ROLE_LABEL, ROLE_MIGRATION};
+use crate::context::OrderCtx;
+use crate::driver::{self, Failure, Prepared};
+use crate::plan;
+use crate::runtime::PullError;
 use crate::{Engine, EventSink};
 
-/// How often a running migration is looked at.
-const MIGRATION_POLL: Duration = Duration::from_millis(100);
-
 pub(crate) struct Job<'a> {
-    pub e: &'a Engine,
-    pub order: &'a Order,
-    sink: &'a dyn EventSink,
+    cx: OrderCtx<'a>,
+    order: &'a Order,
     started_at: Timestamp,
 }
 
@@ -52,43 +50,22 @@ impl Ending {
 impl<'a> Job<'a> {
     pub fn new(e: &'a Engine, order: &'a Order, sink: &'a dyn EventSink) -> Self {
         Job {
-            e,
+            cx: OrderCtx::new(e, order, sink),
             order,
-            sink,
             started_at: Timestamp::now(),
         }
     }
 
-    /// Records a step (before it is taken) to the sink and the log.
-    pub fn emit(&self, phase: Phase, service: Option<&str>, message: &str) {
-        tracing::info!(%phase, service = service.unwrap_or(""), "{message}");
-        self.sink.emit(phase, service, message);
+    fn emit(&self, phase: Phase, service: Option<&str>, message: &str) {
+        self.cx.emit(phase, service, message);
     }
 
     fn host(&self) -> &str {
-        &self.e.identity.host
+        self.cx.host()
     }
 
-    /// Labels selecting this engine's containers of this app.
-    pub fn identity_labels(&self) -> Vec<(String, String)> {
-        vec![
-            (labels::HOST.to_string(), self.e.identity.host.clone()),
-            (labels::ENV.to_string(), self.e.identity.env.clone()),
-            (labels::APP.to_string(), self.order.app.clone()),
-        ]
-    }
-
-    /// Labels of every container this order creates for `service`.
-    pub fn container_labels(&self, service: &str) -> BTreeMap<String, String> {
-        let mut l: BTreeMap<String, String> = self.identity_labels().into_iter().collect();
-        l.insert(labels::SERVICE.to_string(), service.to_string());
-        l.insert(
-            labels::DIGEST.to_string(),
-            self.order.image.digest().to_string(),
-        );
-        l.insert(labels::REF.to_string(), self.order.reference.clone());
-        l.insert(labels::ORDER.to_string(), self.order.order_id.clone());
-        l
+    fn engine(&self) -> &'a Engine {
+        self.cx.e
     }
 
     fn span(&self) -> tracing::Span {
@@ -106,29 +83,12 @@ impl<'a> Job<'a> {
     }
 
     fn prepare(&self, lenient: bool) -> Result<Vec<Prepared<'a>>, String> {
-        let order: &'a Order = self.order;
-        if order.services.is_empty() {
-            return Err("the order names no service".into());
-        }
-        let prepared = order
-            .services
-            .iter()
-            .map(|(name, spec)| Prepared::new(self.e, &order.app, name, spec, lenient))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(m) = &order.migrate
-            && !order.services.contains_key(&m.service)
-        {
-            return Err(format!(
-                "the migration borrows service {:?}, which the order does not name",
-                m.service
-            ));
-        }
-        Ok(prepared)
+        driver::prepare(self.engine(), self.order, lenient)
     }
 
     async fn execute_steps(&self) -> Outcome {
         let h = self.host().to_string();
-        if let Err(e) = self.e.rt.ping().await {
+        if let Err(e) = self.engine().rt.ping().await {
             let reason =
                 format!("host {h}: the Docker engine does not answer ({e}); nothing changed");
             return self
@@ -166,7 +126,7 @@ impl<'a> Job<'a> {
         for svc in &services {
             touched.push(svc);
             let span = tracing::info_span!("service", service = svc.name);
-            match service::switch(self, svc).instrument(span).await {
+            match svc.driver.switch(&self.cx).instrument(span).await {
                 Ok(true) => switched.push(svc.name),
                 Ok(false) => {}
                 Err(f) => {
@@ -176,7 +136,7 @@ impl<'a> Job<'a> {
             }
         }
         for svc in &services {
-            if let Err(why) = service::retain(self, svc).await {
+            if let Err(why) = svc.driver.retain(&self.cx).await {
                 self.emit(
                     Phase::Cleanup,
                     Some(svc.name),
@@ -228,7 +188,7 @@ impl<'a> Job<'a> {
     async fn pull(&self) -> Result<(), Ending> {
         let h = self.host();
         let image = self.order.image.to_string();
-        match self.e.rt.inspect_image(&image).await {
+        match self.engine().rt.inspect_image(&image).await {
             Ok(Some(_)) => {
                 self.emit(
                     Phase::Pull,
@@ -250,7 +210,7 @@ impl<'a> Job<'a> {
             }
         }
         let registry = plan::registry_host(self.order.image.repository());
-        let creds = self.e.registry_credentials(registry);
+        let creds = self.engine().registry_credentials(registry);
         self.emit(
             Phase::Pull,
             None,
@@ -264,7 +224,7 @@ impl<'a> Job<'a> {
             ),
         );
         let started = Instant::now();
-        if let Err(e) = self.e.rt.pull_image(&self.order.image, creds).await {
+        if let Err(e) = self.engine().rt.pull_image(&self.order.image, creds).await {
             let class = match e {
                 PullError::NotFound(_) => FailureClass::ImageNotFound,
                 PullError::Unauthorized(_) => FailureClass::RegistryUnauthorized,
@@ -303,10 +263,7 @@ impl<'a> Job<'a> {
             ),
         );
         let started = Instant::now();
-        let result = match &svc.compose {
-            Some(t) => service::migrate_compose(self, svc, t, &m.command, m.timeout).await,
-            None => self.migrate_container(svc, &m.command, m.timeout).await,
-        };
+        let result = svc.driver.migrate(&self.cx, &m.command, m.timeout).await;
         match result {
             Ok(tail) => {
                 let last = tail
@@ -345,116 +302,6 @@ impl<'a> Job<'a> {
         }
     }
 
-    async fn migrate_container(
-        &self,
-        svc: &Prepared<'a>,
-        command: &[String],
-        timeout: Duration,
-    ) -> Result<Vec<String>, Failure> {
-        let rt = &self.e.rt;
-        let id_ = &self.e.identity;
-        let name = plan::migration_name(
-            &id_.container_prefix,
-            &self.order.app,
-            &id_.env,
-            &self.order.order_id,
-        );
-        let engine = |e: crate::runtime::RuntimeError| Failure {
-            class: FailureClass::Engine,
-            service: svc.name.to_string(),
-            what: format!("the Docker engine failed: {e}"),
-            log_tail: Vec::new(),
-            new_started: None,
-        };
-        if let Some(old) = rt.inspect_container(&name).await.map_err(engine)?
-            && self.e.is_ours(&old)
-        {
-            rt.remove_container(&old.id).await.map_err(engine)?;
-        }
-        if let Some(net) = &svc.spec.network {
-            rt.ensure_network(net).await.map_err(engine)?;
-        }
-        let mut labels = self.container_labels(svc.name);
-        labels.insert(ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string());
-        let spec = ContainerSpec {
-            name: name.clone(),
-            image: self.order.image.to_string(),
-            cmd: Some(command.to_vec()),
-            env: svc.env.clone(),
-            labels,
-            ports: Vec::new(),
-            binds: svc.spec.volumes.clone(),
-            network: svc.spec.network.as_ref().map(|n| (n.clone(), Vec::new())),
-            restart_unless_stopped: false,
-        };
-        let id = rt.create_container(&spec).await.map_err(engine)?;
-        let fail = |class, what: String, log_tail| Failure {
-            class,
-            service: svc.name.to_string(),
-            what,
-            log_tail,
-            new_started: None,
-        };
-        if let Err(e) = rt.start_container(&id).await {
-            let tail = rt.logs_tail(&id, LOG_TAIL_LINES).await.unwrap_or_default();
-            let _ = rt.remove_container(&id).await;
-            return Err(fail(
-                FailureClass::MigrationFailed,
-                format!("could not start: {e}"),
-                tail,
-            ));
-        }
-        let deadline = Instant::now() + timeout;
-        let mut timed_out = false;
-        let exit_code = loop {
-            match rt.inspect_container(&id).await {
-                Ok(Some(c)) if matches!(c.state, RunState::Exited | RunState::Dead) => {
-                    break c.exit_code;
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break None,
-                Err(e) => {
-                    let _ = rt.remove_container(&id).await;
-                    return Err(engine(e));
-                }
-            }
-            if Instant::now() >= deadline {
-                timed_out = true;
-                let _ = rt.kill_container(&id).await;
-                break None;
-            }
-            tokio::time::sleep(MIGRATION_POLL).await;
-        };
-        let tail = rt.logs_tail(&id, LOG_TAIL_LINES).await.unwrap_or_default();
-        if let Err(e) = rt.remove_container(&id).await {
-            self.emit(
-                Phase::Migrate,
-                Some(svc.name),
-                &format!("could not remove the migration container {name}: {e}"),
-            );
-        }
-        if timed_out {
-            let what = format!(
-                "did not finish within {} and was killed",
-                proto::time::format_duration(timeout)
-            );
-            return Err(fail(FailureClass::MigrationTimeout, what, tail));
-        }
-        match exit_code {
-            Some(0) => Ok(tail),
-            Some(code) => Err(fail(
-                FailureClass::MigrationFailed,
-                format!("exited with code {code}"),
-                tail,
-            )),
-            None => Err(fail(
-                FailureClass::MigrationFailed,
-                "vanished before it finished".into(),
-                tail,
-            )),
-        }
-    }
-
     /// Puts every service this order touched back, newest first, after `failure`.
     async fn roll_back(&self, touched: &[&Prepared<'a>], failure: Failure) -> Ending {
         let h = self.host();
@@ -471,9 +318,10 @@ impl<'a> Job<'a> {
         let mut failed = Vec::new();
         let mut restored = Vec::new();
         let mut removed = Vec::new();
+        let mut already_failing = Vec::new();
         for svc in touched.iter().rev() {
             let span = tracing::info_span!("service", service = svc.name);
-            match service::undo(self, svc).instrument(span).await {
+            match svc.driver.undo(&self.cx).instrument(span).await {
                 Ok(u) if u.order_changed_it && u.previous_serving => {
                     let on = u
                         .digest
@@ -482,6 +330,9 @@ impl<'a> Job<'a> {
                         .unwrap_or("its previous version");
                     restored.push(if u.kept_serving {
                         format!("{} kept serving {on}", svc.name)
+                    } else if u.previous_failing {
+                        already_failing.push(svc.name);
+                        format!("{} is back on {on} as it was (failing)", svc.name)
                     } else {
                         format!("{} is back on {on}", svc.name)
                     });
@@ -509,7 +360,7 @@ impl<'a> Job<'a> {
             };
         }
         let mut what = Vec::new();
-        if !restored.is_empty() {
+        if !restored.is_empty() && already_failing.is_empty() {
             let took = rollback_ms.map(|ms| {
                 format!(
                     " (healthy again {:.1}s after the failed version started)",
@@ -521,6 +372,8 @@ impl<'a> Job<'a> {
                 restored.join(", "),
                 took.unwrap_or_default()
             ));
+        } else if !restored.is_empty() {
+            what.push(format!("rolled back: {}", restored.join(", ")));
         }
         if !removed.is_empty() {
             what.push(format!(
@@ -533,6 +386,16 @@ impl<'a> Job<'a> {
         } else {
             what.join("; ")
         };
+        // The host is as before the order, which is not the same as healthy: say so, so nobody
+        // reads "rolled back" as "fine".
+        let before = if already_failing.is_empty() {
+            "the host is as before the order".to_string()
+        } else {
+            format!(
+                "the host is as before the order, which was already broken: {} was failing before it and still is",
+                already_failing.join(", ")
+            )
+        };
         Ending {
             kind: if restored.is_empty() {
                 OutcomeKind::Failed
@@ -540,7 +403,7 @@ impl<'a> Job<'a> {
                 OutcomeKind::RolledBack
             },
             failure: Some(failure.class),
-            reason: format!("{head}; {summary}; the host is as before the order"),
+            reason: format!("{head}; {summary}; {before}"),
             changed: false,
             log_tail: failure.log_tail,
             rollback_ms: if restored.is_empty() {
@@ -554,7 +417,7 @@ impl<'a> Job<'a> {
     async fn recover_steps(&self) -> Outcome {
         let h = self.host().to_string();
         let interrupted = |kind, reason| Ending::unchanged(kind, FailureClass::Interrupted, reason);
-        if let Err(e) = self.e.rt.ping().await {
+        if let Err(e) = self.engine().rt.ping().await {
             let reason =
                 format!("host {h}: cannot recover: the Docker engine does not answer ({e})");
             let mut ending = interrupted(OutcomeKind::RollbackFailed, reason);
@@ -589,7 +452,7 @@ impl<'a> Job<'a> {
 
         let mut all_settled = true;
         for svc in &services {
-            match service::is_settled(self, svc).await {
+            match svc.driver.is_settled(&self.cx).await {
                 Ok(true) => {}
                 Ok(false) => all_settled = false,
                 Err(why) => {
@@ -604,7 +467,7 @@ impl<'a> Job<'a> {
         }
         let mut touched_any = false;
         for svc in &services {
-            touched_any |= service::order_touched(self, svc).await;
+            touched_any |= svc.driver.order_touched(&self.cx).await;
         }
         let before = BTreeMap::new();
 
@@ -619,13 +482,13 @@ impl<'a> Job<'a> {
             );
             let mut unhealthy = Vec::new();
             for svc in &services {
-                if let Err(why) = service::confirm_healthy(self, svc).await {
+                if let Err(why) = driver::confirm_healthy(&self.cx, svc.driver.as_ref()).await {
                     unhealthy.push(why);
                 }
             }
             if unhealthy.is_empty() {
                 for svc in &services {
-                    if let Err(why) = service::retain(self, svc).await {
+                    if let Err(why) = svc.driver.retain(&self.cx).await {
                         self.emit(
                             Phase::Cleanup,
                             Some(svc.name),
@@ -665,7 +528,7 @@ impl<'a> Job<'a> {
         let mut failed = Vec::new();
         let mut restored = Vec::new();
         for svc in services.iter().rev() {
-            match service::undo(self, svc).await {
+            match svc.driver.undo(&self.cx).await {
                 Ok(u) if u.order_changed_it && u.previous_serving => {
                     let on = u
                         .digest
@@ -716,10 +579,10 @@ impl<'a> Job<'a> {
 
     /// A migration container left by a crash is removed (its run is abandoned with the order).
     async fn remove_leftover_migration(&self) {
-        let mut wanted = self.identity_labels();
+        let mut wanted = self.cx.identity_labels();
         wanted.push((ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string()));
         wanted.push((labels::ORDER.to_string(), self.order.order_id.clone()));
-        let Ok(found) = self.e.rt.list_containers(&wanted).await else {
+        let Ok(found) = self.engine().rt.list_containers(&wanted).await else {
             return;
         };
         for c in found {
@@ -728,7 +591,7 @@ impl<'a> Job<'a> {
                 c.label(labels::SERVICE),
                 &format!("removing the interrupted migration container {}", c.name),
             );
-            if let Err(e) = self.e.rt.remove_container(&c.id).await {
+            if let Err(e) = self.engine().rt.remove_container(&c.id).await {
                 self.emit(
                     Phase::Recover,
                     None,
@@ -742,8 +605,8 @@ impl<'a> Job<'a> {
     async fn digests_now(&self, services: &[Prepared<'a>]) -> BTreeMap<String, Option<String>> {
         let mut out = BTreeMap::new();
         for svc in services {
-            let digest = match service::current_container(self, svc).await {
-                Ok(Some(c)) => service::running_digest(self, &c).await,
+            let digest = match svc.driver.current(&self.cx).await {
+                Ok(Some(c)) => driver::running_digest(&self.cx, &c).await,
                 _ => None,
             };
             out.insert(svc.name.to_string(), digest);
@@ -759,9 +622,9 @@ impl<'a> Job<'a> {
     ) -> Outcome {
         let mut results = BTreeMap::new();
         for svc in services {
-            let now = service::current_container(self, svc).await.ok().flatten();
+            let now = svc.driver.current(&self.cx).await.ok().flatten();
             let digest = match &now {
-                Some(c) => service::running_digest(self, c).await,
+                Some(c) => driver::running_digest(&self.cx, c).await,
                 None => None,
             };
             results.insert(

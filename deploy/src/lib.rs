@@ -1,15 +1,16 @@
-//! `deploy` owns the job of one order on one host against the Docker engine (DESIGN §7):
-//! pull by digest, run the migration once in the new image, switch each service's
-//! container health-gated, roll back on failure, retain old versions, and undo a job
-//! interrupted by a crash.
+//! `deploy` owns the job of one order on one host against the Docker engine: pull by digest,
+//! run the migration once in the new image, switch each service health-gated, roll back on
+//! failure, retain old versions, and undo a job interrupted by a crash.
 //!
 //! It knows nothing of signing, sockets or journals: the agent hands it an already
 //! verified [`proto::Order`] and an [`EventSink`] that records every step.
 //!
-//! Layout: [`plan`] holds the decisions as pure functions (health verdict, retention, undo,
-//! error classes); [`runtime`] is the narrow engine interface and [`docker`] its only
-//! implementation (bollard); [`compose`] drives the compose CLI; `job` and `service` sequence
-//! the steps of an order.
+//! Layout: decisions are pure functions — [`switch`] plans a service's switch and its undo from
+//! what is observed, [`plan`] holds the smaller ones (health verdict, retention, names, error
+//! classes). `container` is the one executor of those plans for container services and
+//! `compose_service` the compose driver, both behind `driver::ServiceDriver`; `job` sequences
+//! an order over drivers through an `OrderCtx`. [`runtime`] is the narrow engine interface and
+//! [`docker`] its only implementation (bollard); [`compose`] drives the compose CLI.
 //!
 //! What the engine reads from Docker is the whole truth it acts on: a service's serving
 //! container is named `<prefix><app>-<env>-<service>`; the version an order displaced is kept,
@@ -19,13 +20,18 @@
 #![forbid(unsafe_code)]
 
 pub mod compose;
+mod compose_service;
+mod container;
+mod context;
 pub mod docker;
+mod driver;
 #[cfg(test)]
 mod fake;
+mod health;
 mod job;
 pub mod plan;
 pub mod runtime;
-mod service;
+pub mod switch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -204,7 +210,7 @@ impl Engine {
             }
             Err(_) => return unknown,
         };
-        let health = service::probe_once(self, &c, spec).await;
+        let health = health::probe_once(self, &c, spec).await;
         ServiceSnapshot {
             container_id: Some(c.id.clone()),
             image: c.image.parse().ok().or_else(|| {
@@ -276,8 +282,8 @@ impl Engine {
         spec: &ServiceSpec,
     ) -> Result<Option<runtime::ContainerInfo>, EngineError> {
         let cli = self.compose_cli().await.map_err(EngineError::Compose)?;
-        let target =
-            service::ComposeTarget::new(self, app, service, spec).map_err(EngineError::Compose)?;
+        let target = compose_service::ComposeTarget::new(self, app, service, spec)
+            .map_err(EngineError::Compose)?;
         target.current(self, &cli).await
     }
 

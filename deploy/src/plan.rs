@@ -1,6 +1,6 @@
-//! The engine's decisions as pure functions of what it observed: spec parsing, container
-//! naming, the health verdict, retention, how to undo an interrupted or failed switch, and how
-//! to read registry errors and credentials. No IO here, so every rule has a table test.
+//! The engine's small decisions as pure functions of what it observed: spec parsing, container
+//! naming, the health verdict, retention, which engine errors are worth a retry, and how to
+//! read registry errors and credentials (the switch and undo plans are in `switch`). No IO here, so every rule has a table test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -9,7 +9,9 @@ use base64::Engine as _;
 use proto::order::HealthSpec;
 use proto::wire::Health;
 
-use crate::runtime::{CheckStatus, ContainerInfo, Credentials, PortMapping, RunState};
+use crate::runtime::{
+    CheckStatus, ContainerInfo, Credentials, PortMapping, RunState, RuntimeError,
+};
 
 /// How many stopped versions per service are kept for instant rollback.
 pub const RETAINED_VERSIONS: usize = 3;
@@ -213,7 +215,7 @@ pub fn classify_name(canonical: &str, name: &str) -> NameRole {
 // ---------------------------------------------------------------------------------------------
 // Health
 
-/// How a service proves it is healthy (DESIGN §4 `health`).
+/// How a service proves it is healthy (a service's `health` in deploy.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeMode {
     /// HTTP GET of `path` on the container's own address.
@@ -400,129 +402,27 @@ pub fn time_key(t: Option<&str>) -> (String, u32) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Undo and recovery
+// Engine refusals
 
-/// One of a service's containers, as far as undo is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seen {
-    pub id: String,
-    pub digest: Option<String>,
-    /// The order that created it.
-    pub order: Option<String>,
-    pub running: bool,
-}
-
-impl Seen {
-    pub fn of(c: &ContainerInfo) -> Self {
-        Seen {
-            id: c.id.clone(),
-            digest: c.label(proto::order::labels::DIGEST).map(str::to_owned),
-            order: c.label(proto::order::labels::ORDER).map(str::to_owned),
-            running: c.is_running(),
+/// Whether an engine refusal is about a passing state (a container the engine is restarting,
+/// a network sandbox torn down with it, a removal under way) and worth the same call again
+/// shortly, rather than a reason to give up.
+pub fn is_transient(e: &RuntimeError) -> bool {
+    let text = match e {
+        RuntimeError::Unreachable(_) => return false,
+        RuntimeError::NotFound(m) | RuntimeError::Conflict(m) | RuntimeError::Api(m) => {
+            m.to_ascii_lowercase()
         }
-    }
-
-    fn short_id(&self) -> &str {
-        short_id(&self.id)
-    }
-}
-
-/// A container service's containers, sorted by role, relative to one order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceView {
-    pub canonical: Option<Seen>,
-    pub next: Vec<Seen>,
-    /// What this order set aside (named with its id): the version to put back.
-    pub aside_by_order: Option<Seen>,
-}
-
-/// One step of putting a service back as it was before an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UndoStep {
-    /// Created by the order: stop and delete.
-    Remove { id: String },
-    /// A retained version the order had brought back: return it to the retained set.
-    SetAside { id: String, name: String },
-    /// The previous version: give it the canonical name, reconnect it, start it.
-    Restore { id: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UndoPlan {
-    pub steps: Vec<UndoStep>,
-    /// The container that must end healthy (none: the service did not exist before).
-    pub verify: Option<String>,
-    /// Whether the order had changed anything for this service.
-    pub order_changed_it: bool,
-}
-
-/// Puts a service back to what it was before `order_id`, judging only from container names and
-/// labels: what the order created is removed, what it set aside is restored.
-pub fn plan_undo(order_id: &str, canonical: &str, view: &ServiceView) -> UndoPlan {
-    let mine = |s: &Seen| s.order.as_deref() == Some(order_id);
-    let set_aside = |s: &Seen| UndoStep::SetAside {
-        id: s.id.clone(),
-        name: aside_name(canonical, s.digest.as_deref(), s.short_id()),
     };
-    let mut steps = Vec::new();
-    let mut changed = false;
-    for n in &view.next {
-        changed = true;
-        steps.push(if mine(n) {
-            UndoStep::Remove { id: n.id.clone() }
-        } else {
-            set_aside(n)
-        });
-    }
-    let verify = match (&view.aside_by_order, &view.canonical) {
-        (Some(previous), current) => {
-            changed = true;
-            if let Some(c) = current {
-                steps.push(if mine(c) {
-                    UndoStep::Remove { id: c.id.clone() }
-                } else {
-                    set_aside(c)
-                });
-            }
-            steps.push(UndoStep::Restore {
-                id: previous.id.clone(),
-            });
-            Some(previous.id.clone())
-        }
-        // Created by this order with nothing set aside: a first deploy, which leaves nothing.
-        (None, Some(c)) if mine(c) => {
-            changed = true;
-            steps.push(UndoStep::Remove { id: c.id.clone() });
-            None
-        }
-        // Still the version from before the order; stopped only if the order stopped it.
-        (None, Some(c)) => {
-            changed |= !c.running;
-            steps.push(UndoStep::Restore { id: c.id.clone() });
-            Some(c.id.clone())
-        }
-        (None, None) => None,
-    };
-    UndoPlan {
-        steps,
-        verify,
-        order_changed_it: changed,
-    }
-}
-
-/// After a restart: is this service already on the ordered digest, with nothing half-done?
-pub fn is_settled(digest: &str, view: &ServiceView) -> bool {
-    view.next.is_empty()
-        && view
-            .canonical
-            .as_ref()
-            .is_some_and(|c| c.running && c.digest.as_deref() == Some(digest))
+    ["is restarting", "sandbox", "already in progress"]
+        .iter()
+        .any(|marker| text.contains(marker))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Registry
 
-/// The classes of DESIGN §2.7 a pull can fail with.
+/// The classes a pull can fail with, each with its own fix (README, "Exit codes and failures").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullFailure {
     NotFound,
@@ -1110,138 +1010,42 @@ mod tests {
     }
 
     #[test]
-    fn undo_puts_back_what_the_order_displaced() {
-        const O: &str = "order-o";
-        const C: &str = "app-env-web";
-        let seen = |id: &str, digest: &str, order: &str, running: bool| Seen {
-            id: id.into(),
-            digest: Some(digest.into()),
-            order: Some(order.into()),
-            running,
-        };
-        let remove = |id: &str| UndoStep::Remove { id: id.into() };
-        let restore = |id: &str| UndoStep::Restore { id: id.into() };
-        let aside = |id: &str, d: &str| UndoStep::SetAside {
-            id: id.into(),
-            name: aside_name(C, Some(d), id),
-        };
-        let view = |canonical: Option<Seen>, next: Vec<Seen>, by_order: Option<Seen>| ServiceView {
-            canonical,
-            next,
-            aside_by_order: by_order,
-        };
-        // (case, view) → (steps, container to verify, whether the order had changed it)
-        type Row<'a> = (&'a str, ServiceView, Vec<UndoStep>, Option<&'a str>, bool);
-        let table: Vec<Row> = vec![
+    fn refusals_about_a_restarting_container_are_transient() {
+        let table = [
             (
-                "nothing there",
-                view(None, vec![], None),
-                vec![],
-                None,
+                RuntimeError::Conflict(
+                    "Container abc is restarting, wait until the container is running".into(),
+                ),
+                true,
+            ),
+            (
+                RuntimeError::NotFound("sandbox 5f3c not found".into()),
+                true,
+            ),
+            (
+                RuntimeError::Api("Error response from daemon: sandbox 5f3c not found".into()),
+                true,
+            ),
+            (
+                RuntimeError::Conflict("removal of container abc is already in progress".into()),
+                true,
+            ),
+            (
+                RuntimeError::NotFound("no such container: abc".into()),
                 false,
             ),
             (
-                "untouched previous keeps serving",
-                view(Some(seen("old", "d1", "x", true)), vec![], None),
-                vec![restore("old")],
-                Some("old"),
+                RuntimeError::Conflict("the name is already in use".into()),
                 false,
             ),
             (
-                "stop-first crashed after the stop, before the rename",
-                view(Some(seen("old", "d1", "x", false)), vec![], None),
-                vec![restore("old")],
-                Some("old"),
-                true,
-            ),
-            (
-                "stop-first switched: new removed, previous restored",
-                view(
-                    Some(seen("new", "d2", O, true)),
-                    vec![],
-                    Some(seen("old", "d1", "x", false)),
-                ),
-                vec![remove("new"), restore("old")],
-                Some("old"),
-                true,
-            ),
-            (
-                "crashed between set-aside and create",
-                view(None, vec![], Some(seen("old", "d1", "x", false))),
-                vec![restore("old")],
-                Some("old"),
-                true,
-            ),
-            (
-                "first deploy leaves nothing",
-                view(Some(seen("new", "d2", O, false)), vec![], None),
-                vec![remove("new")],
-                None,
-                true,
-            ),
-            (
-                "start-first failed: candidate removed, old untouched",
-                view(
-                    Some(seen("old", "d1", "x", true)),
-                    vec![seen("new", "d2", O, true)],
-                    None,
-                ),
-                vec![remove("new"), restore("old")],
-                Some("old"),
-                true,
-            ),
-            (
-                "start-first crashed mid-swap",
-                view(
-                    None,
-                    vec![seen("new", "d2", O, true)],
-                    Some(seen("old", "d1", "x", false)),
-                ),
-                vec![remove("new"), restore("old")],
-                Some("old"),
-                true,
-            ),
-            (
-                "reused retained version goes back aside",
-                view(
-                    Some(seen("ret", "d0", "y", true)),
-                    vec![],
-                    Some(seen("old", "d1", "x", false)),
-                ),
-                vec![aside("ret", "d0"), restore("old")],
-                Some("old"),
-                true,
+                RuntimeError::Unreachable("connection refused (sandbox)".into()),
+                false,
             ),
         ];
-        for (name, v, steps, verify, changed) in table {
-            let plan = plan_undo(O, C, &v);
-            assert_eq!(plan.steps, steps, "{name}");
-            assert_eq!(plan.verify.as_deref(), verify, "{name}");
-            assert_eq!(plan.order_changed_it, changed, "{name}");
+        for (e, want) in table {
+            assert_eq!(is_transient(&e), want, "{e}");
         }
-    }
-
-    #[test]
-    fn settled_means_on_the_digest_with_nothing_pending() {
-        let s = |digest: &str, running: bool| Seen {
-            id: "c".into(),
-            digest: Some(digest.into()),
-            order: None,
-            running,
-        };
-        let v = |c: Option<Seen>, next: Vec<Seen>| ServiceView {
-            canonical: c,
-            next,
-            aside_by_order: None,
-        };
-        assert!(is_settled("d2", &v(Some(s("d2", true)), vec![])));
-        assert!(!is_settled("d2", &v(Some(s("d2", false)), vec![])));
-        assert!(!is_settled("d2", &v(Some(s("d1", true)), vec![])));
-        assert!(!is_settled(
-            "d2",
-            &v(Some(s("d2", true)), vec![s("d3", true)])
-        ));
-        assert!(!is_settled("d2", &v(None, vec![])));
     }
 
     #[test]

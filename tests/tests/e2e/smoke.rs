@@ -61,7 +61,7 @@ fn every_demo_image_is_pushed_and_pulled_back_by_digest() -> anyhow::Result<()> 
     );
 
     let versions: Vec<&str> = images.all().iter().map(|i| i.version.as_str()).collect();
-    assert_eq!(versions, ["v1", "v2", "v3", "v4", "v5"]);
+    assert_eq!(versions, ["v1", "v2", "v3", "v4", "v5", "v6"]);
     let digests: BTreeSet<&str> = images.all().iter().map(|i| i.digest.as_str()).collect();
     let shas: BTreeSet<&str> = images.all().iter().map(|i| i.git_sha.as_str()).collect();
     assert_eq!(
@@ -180,7 +180,8 @@ fn each_demo_version_behaves_as_its_name_says() -> anyhow::Result<()> {
             Behaviour::Healthy,
             Behaviour::NeverHealthy,
             Behaviour::CrashesAtStart,
-            Behaviour::MigrationFails
+            Behaviour::MigrationFails,
+            Behaviour::CrashLoops
         ]
     );
     let run_id = unique_name("smoke-behave");
@@ -242,6 +243,27 @@ fn each_demo_version_behaves_as_its_name_says() -> anyhow::Result<()> {
         started.elapsed()
     );
     assert!(container_logs(&v4)?.contains("crashing at start"));
+
+    // v6 serves for a moment, then exits 1 (a crash loop under a restart policy).
+    let v6 = format!("{run_id}-v6");
+    run_labelled(
+        &v6,
+        &images.v(6).pinned(),
+        &["--label", &format!("{TEST_LABEL}={run_id}")],
+    )?;
+    let code = wait_until("v6 to exit", Duration::from_secs(20), || {
+        match docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.ExitCode}}",
+            &v6,
+        ]) {
+            Ok(s) if s.starts_with("false") => Ok(s.trim().to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    })?;
+    assert_eq!(code, "false 1");
+    assert!(container_logs(&v6)?.contains("dying as configured"));
 
     // Migrations: v2 appends one line per run to the mounted file; v5 fails and writes nothing.
     let data = tempfile::tempdir()?;
