@@ -230,7 +230,8 @@ impl<B: Backend> Agent<B> {
 
         let (job, skipped_migration) = {
             let mut running = lock(&self.running);
-            match decide(&running.held, &order) {
+            let jobs = &running.jobs;
+            match decide(&running.held, &order, |id| jobs.get(id).map(|j| &j.order)) {
                 LockDecision::Refuse(holder) => {
                     let message = format!(
                         "app {} is being deployed by rollout {} (order {}, signed by {}, issued by {}) since {}; wait \
@@ -254,7 +255,7 @@ impl<B: Backend> Agent<B> {
                     if let Some(job) = running.jobs.get(&order_id) {
                         tracing::info!(
                             order_id = %order.order_id,
-                            "rollout {} already runs here as order {order_id}; following it",
+                            "order {order_id} already does what rollout {} asks; following it",
                             order.rollout_id
                         );
                         return Submitted::Job(job.clone());

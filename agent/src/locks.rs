@@ -1,5 +1,7 @@
-//! One rollout per service at a time (DESIGN §5): the decision a new order gets against the
-//! services that running jobs hold.
+//! One rollout per service at a time: the decision a new order gets against the services that
+//! running jobs hold. A retry converges instead of colliding: an order of the same rollout, or
+//! one asking for exactly what a running job is already doing (a push re-run after its
+//! controller was killed), follows that job.
 
 use std::collections::BTreeMap;
 
@@ -21,24 +23,46 @@ pub fn keys_of(order: &Order) -> Vec<ServiceKey> {
 pub enum LockDecision {
     /// Nothing it touches is held: run it.
     Take,
-    /// The same rollout already runs here (a controller retrying): follow that job instead of
-    /// starting a second one.
+    /// The same rollout, or the same release, already runs here (a controller retrying, or a
+    /// push re-run): follow that job instead of starting a second one.
     Attach { order_id: String },
     /// Another rollout holds one of its services.
     Refuse(LockHolder),
 }
 
-pub fn decide(held: &BTreeMap<ServiceKey, LockHolder>, order: &Order) -> LockDecision {
+/// Whether two orders ask for the same change: the same app's same services to the same image,
+/// by the same action. Following one for the other changes nothing the second asked for.
+pub fn same_release(a: &Order, b: &Order) -> bool {
+    a.app == b.app
+        && a.env == b.env
+        && a.action == b.action
+        && a.image == b.image
+        && a.services.keys().eq(b.services.keys())
+}
+
+/// `running` looks up the order a holder runs (by order id).
+pub fn decide<'o>(
+    held: &BTreeMap<ServiceKey, LockHolder>,
+    order: &Order,
+    running: impl Fn(&str) -> Option<&'o Order>,
+) -> LockDecision {
     let holders: Vec<&LockHolder> = keys_of(order).iter().filter_map(|k| held.get(k)).collect();
-    if let Some(other) = holders.iter().find(|h| h.rollout_id != order.rollout_id) {
-        return LockDecision::Refuse((*other).clone());
+    let Some(first) = holders.first() else {
+        return LockDecision::Take;
+    };
+    let one_job = holders.iter().all(|h| h.order_id == first.order_id);
+    let same_rollout = holders.iter().all(|h| h.rollout_id == order.rollout_id);
+    let same_release = one_job && running(&first.order_id).is_some_and(|o| same_release(o, order));
+    if same_rollout || same_release {
+        return LockDecision::Attach {
+            order_id: first.order_id.clone(),
+        };
     }
-    match holders.first() {
-        Some(same) => LockDecision::Attach {
-            order_id: same.order_id.clone(),
-        },
-        None => LockDecision::Take,
-    }
+    let other = holders
+        .iter()
+        .find(|h| h.rollout_id != order.rollout_id)
+        .unwrap_or(first);
+    LockDecision::Refuse((*other).clone())
 }
 
 #[cfg(test)]
@@ -98,7 +122,50 @@ mod tests {
         ];
         for (i, (held, expected)) in cases.into_iter().enumerate() {
             let held: BTreeMap<_, _> = held.into_iter().collect();
-            assert_eq!(decide(&held, &o), expected, "case {i}");
+            assert_eq!(decide(&held, &o, |_| None), expected, "case {i}");
         }
+    }
+
+    #[test]
+    fn the_same_release_follows_the_running_job() {
+        let mut running = order("x", 'a');
+        running.rollout_id = "r0".into();
+        let held: BTreeMap<_, _> = [(key("acme", "web"), holder("x", "r0"))].into();
+        let lookup = |id: &str| (id == "x").then_some(&running);
+
+        let mut retry = order("new", 'a');
+        retry.rollout_id = "r1".into();
+        assert_eq!(
+            decide(&held, &retry, lookup),
+            LockDecision::Attach {
+                order_id: "x".into()
+            },
+            "a push re-run of the same release"
+        );
+
+        let mut other_image = order("new", 'b');
+        other_image.rollout_id = "r1".into();
+        assert_eq!(
+            decide(&held, &other_image, lookup),
+            LockDecision::Refuse(holder("x", "r0")),
+            "another release"
+        );
+
+        let mut rollback = retry.clone();
+        rollback.action = proto::Action::Rollback;
+        assert_eq!(
+            decide(&held, &rollback, lookup),
+            LockDecision::Refuse(holder("x", "r0")),
+            "the same image by another action"
+        );
+
+        let mut more = retry.clone();
+        more.services
+            .insert("worker".into(), serde_json::from_str("{}").unwrap());
+        assert_eq!(
+            decide(&held, &more, lookup),
+            LockDecision::Refuse(holder("x", "r0")),
+            "more services than the running job changes"
+        );
     }
 }

@@ -25,6 +25,7 @@ mod container;
 mod context;
 pub mod docker;
 mod driver;
+mod execute;
 #[cfg(test)]
 mod fake;
 mod health;

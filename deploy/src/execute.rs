@@ -1,0 +1,491 @@
+//! The one executor of switch and undo plans for container services: it carries out each
+//! `switch::Step` against the engine, recording it before it is taken, and tries an engine call
+//! again while the engine refuses it for a passing reason (a container it is restarting). It
+//! makes no decisions of its own beyond that.
+
+use std::time::{Duration, Instant};
+
+use proto::wire::Phase;
+
+use crate::context::OrderCtx;
+use crate::driver::{Failure, ServiceParts, digest_of, short};
+use crate::health::{self, HealthEnd, Proving, describe_health, secs, wait_healthy};
+use crate::plan::{self, LOG_TAIL_LINES};
+use crate::runtime::{BoxFuture, ContainerInfo, ContainerSpec, RtResult, RunState};
+use crate::switch::Step;
+
+/// How long a refused engine call is tried again: a crash-looping container settles within a
+/// restart or two, and a request a dead agent sent (a create, say) lands within seconds.
+pub(crate) const GIVE_UP_AFTER: Duration = Duration::from_secs(20);
+pub(crate) const PAUSE: Duration = Duration::from_millis(500);
+
+/// Why a step did not complete.
+pub(crate) enum StepError {
+    /// The engine refused a call (after retrying a passing refusal): worth looking again.
+    Engine(String),
+    /// The step itself failed: a version did not start or did not prove healthy.
+    Failed(Failure),
+}
+
+impl StepError {
+    pub fn into_failure(self, service: &str) -> Failure {
+        match self {
+            StepError::Engine(why) => Failure::engine(service, why),
+            StepError::Failed(f) => f,
+        }
+    }
+}
+
+/// What a `Restore` step put back.
+pub(crate) struct Restored {
+    pub digest: Option<String>,
+    pub kept_serving: bool,
+}
+
+/// Carries out plan steps for one service, recording each before it is taken.
+pub(crate) struct Executor<'c, 'a> {
+    cx: &'c OrderCtx<'a>,
+    svc: &'c ServiceParts<'a>,
+    /// What the plan was made from, for naming containers in messages.
+    known: &'c [ContainerInfo],
+    /// The container the order created or brought back, once it exists.
+    candidate: Option<String>,
+    started: Option<Instant>,
+    pub restored: Option<Restored>,
+}
+
+pub(crate) fn describe(c: Option<&ContainerInfo>, id: &str) -> String {
+    match c {
+        Some(c) => format!("{} ({})", c.name, short(c)),
+        None => plan::short_id(id).to_string(),
+    }
+}
+
+impl<'c, 'a> Executor<'c, 'a> {
+    pub fn new(
+        cx: &'c OrderCtx<'a>,
+        svc: &'c ServiceParts<'a>,
+        known: &'c [ContainerInfo],
+    ) -> Self {
+        Executor {
+            cx,
+            svc,
+            known,
+            candidate: None,
+            started: None,
+            restored: None,
+        }
+    }
+
+    fn emit(&self, phase: Phase, message: &str) {
+        self.cx.emit(phase, Some(self.svc.name), message);
+    }
+
+    fn name_of(&self, id: &str) -> String {
+        describe(self.known.iter().find(|c| c.id == id), id)
+    }
+
+    /// One engine call, tried again while the engine refuses it for a passing reason.
+    async fn call<'f, T>(
+        &self,
+        what: &str,
+        f: impl Fn() -> BoxFuture<'f, RtResult<T>>,
+    ) -> Result<T, StepError> {
+        let started = Instant::now();
+        let mut told = false;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if plan::is_transient(&e) && started.elapsed() < GIVE_UP_AFTER => {
+                    if !told {
+                        self.emit(
+                            Phase::Switch,
+                            &format!(
+                                "the engine refused to {what} for now ({e}); trying again for up to {}s",
+                                GIVE_UP_AFTER.as_secs()
+                            ),
+                        );
+                        told = true;
+                    }
+                    tokio::time::sleep(PAUSE).await;
+                }
+                Err(e) => return Err(StepError::Engine(format!("cannot {what}: {e}"))),
+            }
+        }
+    }
+
+    fn candidate(&self) -> Result<String, StepError> {
+        self.candidate
+            .clone()
+            .ok_or_else(|| StepError::Engine("no candidate container to act on".into()))
+    }
+
+    pub async fn run(&mut self, step: &Step) -> Result<(), StepError> {
+        let rt = &self.cx.e.rt;
+        let stop_timeout = self.cx.e.stop_timeout;
+        match step {
+            Step::RemoveLeftover { id } => {
+                self.emit(
+                    Phase::Cleanup,
+                    &format!(
+                        "removing {}, left over from an earlier attempt",
+                        self.name_of(id)
+                    ),
+                );
+                self.call("remove it", || rt.remove_container(id)).await
+            }
+            Step::SetAside { id, name } => self.set_aside(id, name).await,
+            Step::Create { name, alias } => {
+                self.ensure_network().await?;
+                self.emit(
+                    Phase::Switch,
+                    &format!("creating {name} from {}", self.cx.order.image),
+                );
+                let spec = self.container_spec(name, *alias);
+                let id = self
+                    .call(&format!("create {name}"), || rt.create_container(&spec))
+                    .await?;
+                self.candidate = Some(id);
+                Ok(())
+            }
+            Step::Revive { id, name, alias } => {
+                self.emit(
+                    Phase::Switch,
+                    &format!("bringing back the retained {} as {name}", self.name_of(id)),
+                );
+                self.call(&format!("rename it to {name}"), || {
+                    rt.rename_container(id, name)
+                })
+                .await?;
+                if !alias && let Some(net) = &self.svc.spec.network {
+                    // A candidate answers to the service name only once proven.
+                    let c = self.inspect(id).await?;
+                    if c.networks.contains_key(net) {
+                        self.call("take it off the network", || rt.disconnect_network(id, net))
+                            .await?;
+                    }
+                }
+                self.join_network(id, *alias).await?;
+                self.candidate = Some(id.clone());
+                Ok(())
+            }
+            Step::StartAndProve { name } => self.start_and_prove(name).await,
+            Step::TakeOver { old, aside } => self.take_over(old, aside).await,
+            Step::Remove { id } => {
+                self.emit(
+                    Phase::Rollback,
+                    &format!("removing {}, created by this order", self.name_of(id)),
+                );
+                self.call("remove it", || rt.remove_container(id)).await
+            }
+            Step::Retire { id, name } => {
+                self.emit(
+                    Phase::Rollback,
+                    &format!(
+                        "returning {} to the retained versions as {name}",
+                        self.name_of(id)
+                    ),
+                );
+                self.call("stop it", || rt.stop_container(id, stop_timeout))
+                    .await?;
+                self.call(&format!("rename it to {name}"), || {
+                    rt.rename_container(id, name)
+                })
+                .await
+            }
+            Step::Restore { id, prove } => self.restore(id, *prove).await,
+        }
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInfo, StepError> {
+        let rt = &self.cx.e.rt;
+        self.call("inspect it", || rt.inspect_container(id))
+            .await?
+            .ok_or_else(|| {
+                StepError::Engine(format!("container {} disappeared", plan::short_id(id)))
+            })
+    }
+
+    /// Rename first, then stop: a container under this order's aside name is the sign that the
+    /// order had begun stopping it, which recovery needs (a stop the engine keeps executing after
+    /// the agent died would otherwise take a restored version down later). A failing container
+    /// is stopped without waiting for its health, and a stop also ends a restart loop.
+    async fn set_aside(&self, id: &str, name: &str) -> Result<(), StepError> {
+        let rt = &self.cx.e.rt;
+        self.emit(
+            Phase::Switch,
+            &format!("stopping {} and keeping it as {name}", self.name_of(id)),
+        );
+        self.call(&format!("rename it to {name}"), || {
+            rt.rename_container(id, name)
+        })
+        .await?;
+        self.call("stop it", || rt.stop_container(id, self.cx.e.stop_timeout))
+            .await
+    }
+
+    async fn ensure_network(&self) -> Result<(), StepError> {
+        if let Some(net) = &self.svc.spec.network {
+            let rt = &self.cx.e.rt;
+            self.call(&format!("create the network {net}"), || {
+                rt.ensure_network(net)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Joins the service network if the container is not on it (a version set aside by a
+    /// start-first switch was taken off it), answering as the service only when `alias`.
+    async fn join_network(&self, id: &str, alias: bool) -> Result<(), StepError> {
+        let Some(net) = &self.svc.spec.network else {
+            return Ok(());
+        };
+        let c = self.inspect(id).await?;
+        if c.networks.contains_key(net) {
+            return Ok(());
+        }
+        self.ensure_network().await?;
+        let aliases = if alias {
+            vec![self.svc.name.to_string()]
+        } else {
+            Vec::new()
+        };
+        let rt = &self.cx.e.rt;
+        self.call(&format!("connect it to {net}"), || {
+            rt.connect_network(id, net, &aliases)
+        })
+        .await
+    }
+
+    fn container_spec(&self, name: &str, alias: bool) -> ContainerSpec {
+        let s = self.svc;
+        ContainerSpec {
+            name: name.to_string(),
+            image: self.cx.order.image.to_string(),
+            cmd: s.spec.command.clone(),
+            env: s.env.clone(),
+            labels: self.cx.container_labels(s.name),
+            ports: s.ports.clone(),
+            binds: s.spec.volumes.clone(),
+            network: s.spec.network.as_ref().map(|n| {
+                (
+                    n.clone(),
+                    if alias {
+                        vec![s.name.to_string()]
+                    } else {
+                        Vec::new()
+                    },
+                )
+            }),
+            restart_unless_stopped: true,
+        }
+    }
+
+    fn proving<'p>(&'p self, name: &'p str, id: &'p str, started: Instant) -> Proving<'p> {
+        Proving {
+            service: self.svc.name,
+            spec: self.svc.spec,
+            ports: &self.svc.ports,
+            name,
+            id,
+            short: self.cx.order.image.short_digest(),
+            started,
+        }
+    }
+
+    async fn start_and_prove(&mut self, name: &str) -> Result<(), StepError> {
+        let e = self.cx.e;
+        let id = self.candidate()?;
+        self.emit(Phase::Switch, &format!("starting {name}"));
+        if let Err(err) = e.rt.start_container(&id).await {
+            let tail =
+                e.rt.logs_tail(&id, LOG_TAIL_LINES)
+                    .await
+                    .unwrap_or_default();
+            return Err(StepError::Failed(Failure::start(
+                self.svc.name,
+                format!("{name} could not start: {err}"),
+                tail,
+            )));
+        }
+        let started = Instant::now();
+        self.started = Some(started);
+        let has_check =
+            e.rt.inspect_container(&id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|c| c.check.is_some());
+        self.emit(
+            Phase::Health,
+            &format!(
+                "waiting for {name} to be healthy: {}",
+                describe_health(self.svc.spec, &self.svc.ports, has_check)
+            ),
+        );
+        match wait_healthy(e, &id, self.svc.spec, &self.svc.ports, started).await {
+            HealthEnd::Healthy { after } => {
+                self.emit(
+                    Phase::Health,
+                    &format!("{name} is healthy ({} after start)", secs(after)),
+                );
+                Ok(())
+            }
+            end => {
+                let f = health::health_failure(e, &self.proving(name, &id, started), end).await;
+                Err(StepError::Failed(f))
+            }
+        }
+    }
+
+    async fn take_over(&mut self, old: &str, aside: &str) -> Result<(), StepError> {
+        let e = self.cx.e;
+        let rt = &e.rt;
+        let id = self.candidate()?;
+        let canonical = &self.svc.canonical;
+        self.emit(
+            Phase::Switch,
+            &format!(
+                "switching: the new version takes over as {canonical} and {} steps aside",
+                self.name_of(old)
+            ),
+        );
+        if let Some(net) = &self.svc.spec.network {
+            // Answer as the service on the new container first, then take the old one off the
+            // network, so the name always resolves to a healthy container.
+            let alias = [self.svc.name.to_string()];
+            self.call("take the new version off the network", || {
+                rt.disconnect_network(&id, net)
+            })
+            .await?;
+            self.call("connect the new version as the service", || {
+                rt.connect_network(&id, net, &alias)
+            })
+            .await?;
+            // The name now resolves to both containers. The candidate rejoined the network at a
+            // new address: prove it there again while the old one still answers. This is also the
+            // drain window in which clients' DNS answers and ARP entries catch up.
+            self.emit(
+                Phase::Health,
+                &format!(
+                    "the new version answers as {}; re-checking it before the old one leaves",
+                    self.svc.name
+                ),
+            );
+            let started = self.started.unwrap_or_else(Instant::now);
+            match wait_healthy(e, &id, self.svc.spec, &self.svc.ports, Instant::now()).await {
+                HealthEnd::Healthy { .. } => {}
+                end => {
+                    let _ = rt.disconnect_network(&id, net).await;
+                    let name = plan::next_name(canonical);
+                    let f =
+                        health::health_failure(e, &self.proving(&name, &id, started), end).await;
+                    return Err(StepError::Failed(f));
+                }
+            }
+            if let Err(err) = self
+                .call("take the old version off the network", || {
+                    rt.disconnect_network(old, net)
+                })
+                .await
+            {
+                // An old version that died meanwhile has left the network with its sandbox.
+                let gone = matches!(rt.inspect_container(old).await, Ok(None))
+                    || matches!(rt.inspect_container(old).await, Ok(Some(c)) if !c.is_running());
+                if !gone {
+                    return Err(err);
+                }
+            }
+        }
+        self.set_aside(old, aside).await?;
+        self.call(&format!("rename the new version to {canonical}"), || {
+            rt.rename_container(&id, canonical)
+        })
+        .await
+    }
+
+    async fn restore(&mut self, id: &str, prove: bool) -> Result<(), StepError> {
+        let e = self.cx.e;
+        let rt = &e.rt;
+        let canonical = &self.svc.canonical;
+        let c = self.inspect(id).await?;
+        let what = format!("{} ({})", c.name, short(&c));
+        self.restored = Some(Restored {
+            digest: digest_of(&c).map(str::to_owned),
+            kept_serving: c.is_running() && &c.name == canonical,
+        });
+        let mut running = c.is_running() || c.state == RunState::Restarting;
+        if running && &c.name != canonical {
+            // Set aside yet running: the order was stopping it when it was cut off, and that
+            // stop may still be finishing in the engine. Finish it, then start afresh, so the
+            // version verified below is not one about to exit.
+            self.emit(
+                Phase::Rollback,
+                &format!(
+                    "{what} was being stopped when the order was cut off; restarting it cleanly"
+                ),
+            );
+            self.call("stop it", || rt.stop_container(id, e.stop_timeout))
+                .await?;
+            running = false;
+        }
+        if &c.name != canonical {
+            self.emit(
+                Phase::Rollback,
+                &format!("putting {what} back as {canonical}"),
+            );
+            self.call(&format!("rename it to {canonical}"), || {
+                rt.rename_container(id, canonical)
+            })
+            .await?;
+        }
+        self.join_network(id, true).await?;
+        if !running {
+            self.emit(
+                Phase::Rollback,
+                &format!("starting {canonical} ({})", short(&c)),
+            );
+            if let Err(err) = rt.start_container(id).await {
+                return Err(StepError::Failed(Failure::start(
+                    self.svc.name,
+                    format!("cannot start the previous version: {err}"),
+                    Vec::new(),
+                )));
+            }
+        }
+        if !prove {
+            self.emit(
+                Phase::Rollback,
+                &format!(
+                    "not waiting for {canonical} to be healthy: it was already failing before this order"
+                ),
+            );
+            return Ok(());
+        }
+        self.emit(
+            Phase::Health,
+            &format!("waiting for {canonical} to be healthy again"),
+        );
+        match wait_healthy(e, id, self.svc.spec, &self.svc.ports, Instant::now()).await {
+            HealthEnd::Healthy { after } => {
+                self.emit(
+                    Phase::Health,
+                    &format!("{canonical} is healthy again ({})", secs(after)),
+                );
+                Ok(())
+            }
+            end => {
+                let tail = rt.logs_tail(id, 5).await.unwrap_or_default().join(" | ");
+                Err(StepError::Failed(Failure::start(
+                    self.svc.name,
+                    format!(
+                        "the previous version did not become healthy ({}); its last log lines: {tail}",
+                        end.describe()
+                    ),
+                    Vec::new(),
+                )))
+            }
+        }
+    }
+}
