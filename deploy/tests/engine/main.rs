@@ -1,5 +1,6 @@
 //! The deploy engine against the real Docker engine, a real registry and the demo images
-//! (harness): every behaviour of DESIGN §7 the engine owns, observed from Docker itself.
+//! (harness): every behaviour the engine owns (pull, migrate once, health-gated switch,
+//! rollback, retention, recovery, compose), observed from Docker itself.
 //!
 //! Each test uses its own host label, app name, network and data directory, and a cleanup guard
 //! removes every container carrying its host label (and its compose project) even on failure.
@@ -16,6 +17,8 @@ use harness::{
 use proto::order::{HealthSpec, ServiceKind, Strategy};
 use proto::wire::{FailureClass, Health, Outcome, OutcomeKind, Phase};
 use proto::{Action, ImageRef, MigrationSpec, Order, ServiceSpec, Timestamp};
+
+mod failing;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
