@@ -18,6 +18,8 @@ use harness::{
 };
 use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
+mod failing;
+
 const APP: &str = "acme";
 
 /// A registry with the demo versions and a fleet of SSH hosts allowed to run them.
