@@ -7,6 +7,7 @@
 //! cargo run --release -p deployctl-bench --bin agent -- [ROUNDS]
 //! ```
 //! (or the same without `--release`: `deploy-agent` is looked up next to this binary).
+#![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 

@@ -10,6 +10,7 @@
 //! cargo run --release -p deployctl-bench --bin push -- [REPETITIONS]
 //! ```
 //! (or the same without `--release`: the binaries are looked up next to this one).
+#![forbid(unsafe_code)]
 
 use std::path::Path;
 use std::process::Command;
