@@ -104,8 +104,6 @@ pub struct Repository {
     pub registry: String,
     /// The repository name within the registry (`library/` added for Docker Hub).
     pub name: String,
-    /// The key of the registry in `~/.docker/config.json` `auths`.
-    pub auth_key: String,
     pub insecure: bool,
 }
 
@@ -120,7 +118,6 @@ impl Repository {
                 full: full.to_string(),
                 registry: first.to_string(),
                 name: rest.to_string(),
-                auth_key: first.to_string(),
                 insecure,
             }
         } else {
@@ -133,7 +130,6 @@ impl Repository {
                 full: full.to_string(),
                 registry: "registry-1.docker.io".into(),
                 name,
-                auth_key: "https://index.docker.io/v1/".into(),
                 insecure: false,
             }
         }
@@ -222,38 +218,6 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
     })
 }
 
-/// Credentials for `auth_key` from a Docker `config.json` (`auths.<key>.auth` = base64 user:pass,
-/// or `username`/`password`). Keys written with a scheme or path (`https://host/v1/`) match too.
-pub fn docker_credentials(config_json: &str, auth_key: &str) -> Option<(String, String)> {
-    let config: serde_json::Value = serde_json::from_str(config_json).ok()?;
-    let auths = config.get("auths")?.as_object()?;
-    let bare = |k: &str| -> String {
-        let k = k
-            .strip_prefix("https://")
-            .or_else(|| k.strip_prefix("http://"))
-            .unwrap_or(k);
-        k.split('/').next().unwrap_or(k).to_string()
-    };
-    let wanted = bare(auth_key);
-    let entry = auths.get(auth_key).or_else(|| {
-        auths
-            .iter()
-            .find(|(k, _)| bare(k) == wanted)
-            .map(|(_, v)| v)
-    })?;
-    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (user, pass) = text.split_once(':')?;
-        return Some((user.to_string(), pass.to_string()));
-    }
-    let user = entry.get("username")?.as_str()?;
-    let pass = entry.get("password")?.as_str()?;
-    Some((user.to_string(), pass.to_string()))
-}
-
 /// The `next` target of a `Link: <url>; rel="next"` header, if any.
 pub fn next_link(header: &str) -> Option<String> {
     header.split(',').find_map(|part| {
@@ -307,7 +271,8 @@ impl Resolver {
         let repo = Repository::parse(image);
         let credentials = docker_config_path()
             .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|text| docker_credentials(&text, &repo.auth_key));
+            .and_then(|text| proto::registry::docker_credentials(&text, &repo.registry))
+            .map(|c| (c.username, c.password));
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
@@ -704,30 +669,6 @@ mod tests {
         ] {
             assert_eq!(parse_challenge(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn docker_credentials_are_found() {
-        let b64 = base64::engine::general_purpose::STANDARD.encode("u:p:w");
-        let config = format!(
-            r#"{{"auths": {{"https://index.docker.io/v1/": {{"auth": "{b64}"}},
-               "https://ghcr.io": {{"auth": "{b64}"}},
-               "reg.example.com:5000": {{"username": "a", "password": "b"}},
-               "broken.example": {{"auth": "%%%"}}}}}}"#
-        );
-        let up = Some(("u".to_string(), "p:w".to_string()));
-        assert_eq!(
-            docker_credentials(&config, "https://index.docker.io/v1/"),
-            up
-        );
-        assert_eq!(docker_credentials(&config, "ghcr.io"), up);
-        assert_eq!(
-            docker_credentials(&config, "reg.example.com:5000"),
-            Some(("a".into(), "b".into()))
-        );
-        assert_eq!(docker_credentials(&config, "broken.example"), None);
-        assert_eq!(docker_credentials(&config, "other.example"), None);
-        assert_eq!(docker_credentials("not json", "ghcr.io"), None);
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl<'a> Job<'a> {
                 ));
             }
         }
-        let registry = plan::registry_host(self.order.image.repository());
+        let registry = proto::registry::registry_host(self.order.image.repository());
         let creds = self.engine().registry_credentials(registry);
         self.emit(
             Phase::Pull,

@@ -297,7 +297,12 @@ impl Engine {
             Some(dir.join("config.json"))
         })?;
         let text = std::fs::read_to_string(path).ok()?;
-        plan::credentials_from_config(&text, registry)
+        let c = proto::registry::docker_credentials(&text, registry)?;
+        Some(runtime::Credentials {
+            username: c.username,
+            password: c.password,
+            server: c.server,
+        })
     }
 
     async fn compose_cli(&self) -> Result<ComposeCli, String> {

@@ -5,13 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use base64::Engine as _;
 use proto::order::HealthSpec;
 use proto::wire::Health;
 
-use crate::runtime::{
-    CheckStatus, ContainerInfo, Credentials, PortMapping, RunState, RuntimeError,
-};
+use crate::runtime::{CheckStatus, ContainerInfo, PortMapping, RunState, RuntimeError};
 
 /// How many stopped versions per service are kept for instant rollback.
 pub const RETAINED_VERSIONS: usize = 3;
@@ -472,57 +469,6 @@ pub fn classify_pull_failure(status: Option<u16>, message: &str) -> PullFailure 
         return PullFailure::NotFound;
     }
     PullFailure::Engine
-}
-
-/// The registry host of a repository, as Docker decides it: the first path component when it
-/// looks like a host (has a `.` or `:`, or is `localhost`), else Docker Hub.
-pub fn registry_host(repository: &str) -> &str {
-    match repository.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
-
-/// Credentials for `host` from a Docker `config.json` (`auths.<host>.auth` = base64 `user:pass`,
-/// or `username`/`password`). Keys may carry a scheme or path (`https://host/v1/`).
-pub fn credentials_from_config(config_json: &str, host: &str) -> Option<Credentials> {
-    let config: serde_json::Value = serde_json::from_str(config_json).ok()?;
-    let auths = config.get("auths")?.as_object()?;
-    let normalise = |k: &str| -> String {
-        let k = k
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        let k = k.split('/').next().unwrap_or(k);
-        match k {
-            "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_string(),
-            other => other.to_string(),
-        }
-    };
-    let want = normalise(host);
-    let (key, entry) = auths.iter().find(|(k, _)| normalise(k) == want)?;
-    let (username, password) = if let Some(auth) = entry
-        .get("auth")
-        .and_then(|a| a.as_str())
-        .filter(|a| !a.is_empty())
-    {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (u, p) = decoded.split_once(':')?;
-        (u.to_string(), p.to_string())
-    } else {
-        let u = entry.get("username")?.as_str()?;
-        let p = entry.get("password")?.as_str()?;
-        (u.to_string(), p.to_string())
-    };
-    Some(Credentials {
-        username,
-        password,
-        server: key.clone(),
-    })
 }
 
 #[cfg(test)]
@@ -1089,38 +1035,5 @@ mod tests {
         for (status, msg, want) in table {
             assert_eq!(classify_pull_failure(status, msg), want, "{msg}");
         }
-    }
-
-    #[test]
-    fn registry_credentials_from_docker_config() {
-        assert_eq!(registry_host("127.0.0.1:5000/acme/web"), "127.0.0.1:5000");
-        assert_eq!(
-            registry_host("registry.example.com/acme/web"),
-            "registry.example.com"
-        );
-        assert_eq!(registry_host("localhost/web"), "localhost");
-        assert_eq!(registry_host("acme/web"), "docker.io");
-        assert_eq!(registry_host("web"), "docker.io");
-
-        let auth = base64::engine::general_purpose::STANDARD.encode("bob:s3:cret");
-        let config = format!(
-            r#"{{"auths": {{"https://registry.example.com/v1/": {{"auth": "{auth}"}},
-                "127.0.0.1:5000": {{"username": "u", "password": "p"}},
-                "https://index.docker.io/v1/": {{"auth": "{auth}"}},
-                "broken": {{"auth": "!!!"}}}}}}"#
-        );
-        let c = credentials_from_config(&config, "registry.example.com").unwrap();
-        assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
-            ("bob", "s3:cret")
-        );
-        assert_eq!(c.server, "https://registry.example.com/v1/");
-        let c = credentials_from_config(&config, "127.0.0.1:5000").unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p"));
-        assert!(credentials_from_config(&config, "docker.io").is_some());
-        assert!(credentials_from_config(&config, "other.example.com").is_none());
-        assert!(credentials_from_config(&config, "broken").is_none());
-        assert!(credentials_from_config("not json", "x").is_none());
-        assert!(credentials_from_config("{}", "x").is_none());
     }
 }

@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod codec;
 pub mod order;
+pub mod registry;
 pub mod sign;
 pub mod time;
 pub mod wire;
