@@ -13,9 +13,12 @@ fn lenient_web(w: &World, strategy: Strategy) -> ServiceSpec {
     web
 }
 
-/// Deploys v6 and waits until the engine has restarted it a few times.
+/// Deploys v6 and waits until the engine has restarted it a few times. Stop-first, because a
+/// start-first handover re-checks the candidate long enough to see v6 die and roll it back.
 async fn crash_looping(w: &World, web: &ServiceSpec) -> anyhow::Result<String> {
-    let (o, events) = w.run(&w.order_v(6, &[("web", web.clone())], false)).await;
+    let mut web = web.clone();
+    web.strategy = Strategy::StopFirst;
+    let (o, events) = w.run(&w.order_v(6, &[("web", web)], false)).await;
     expect(&o, OutcomeKind::Succeeded, &events)?;
     let id = id_of(&o, "web")?;
     harness::wait_until("v6 to crash-loop", Duration::from_secs(30), || {

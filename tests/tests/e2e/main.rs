@@ -5,3 +5,4 @@
 mod agent;
 mod controller;
 mod smoke;
+mod tidy;
