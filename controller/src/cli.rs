@@ -81,6 +81,8 @@ pub enum Command {
         command: KeysCommand,
     },
     /// Run a local end-to-end demo: registry, demo images, an agent, push/rollback.
+    /// Only in builds with the `demo` cargo feature (scripts/demo).
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo,
 }
 

@@ -7,13 +7,14 @@
 //! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`connector`] (what
 //! commands need from agents, as traits), [`rollout`] (the plan as pure functions, and its
 //! driver), [`output`] (every message and its two renderers), [`commands`] (one module per
-//! subcommand), [`demo`].
+//! subcommand), `demo` (with the `demo` cargo feature).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod connector;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod known_hosts;
 pub mod output;

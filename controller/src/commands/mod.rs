@@ -37,7 +37,7 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
         Command::Keys {
             command: KeysCommand::Generate { out: file },
         } => keys::generate(file, out),
-        Command::Demo => crate::demo::run(out).await,
+        Command::Demo => demo(out).await,
         Command::Push {
             reference,
             env,
@@ -61,6 +61,20 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             n,
         } => logs::logs(&load()?, &env, host.as_deref(), service.as_deref(), n, out).await,
     }
+}
+
+#[cfg(feature = "demo")]
+async fn demo(out: &dyn Output) -> Result<ExitClass, Error> {
+    crate::demo::run(out).await
+}
+
+#[cfg(not(feature = "demo"))]
+async fn demo(_out: &dyn Output) -> Result<ExitClass, Error> {
+    Err(Error::Usage(
+        "this deployctl was built without the demo (cargo feature `demo`); run scripts/demo \
+         from a checkout of deployctl"
+            .into(),
+    ))
 }
 
 /// Says why `command` stopped before doing its job, and returns its exit class.

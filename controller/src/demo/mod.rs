@@ -1,4 +1,6 @@
 //! `deployctl demo` (README "Quick start"): the whole product on one machine in about a minute.
+//! Built only with the `demo` cargo feature, which `scripts/demo` enables: it builds images from
+//! this checkout, so a release `deployctl` leaves it (and its build-machine paths) out.
 //!
 //! Starts a registry, builds and pushes the demo app (it uses v1, v2 healthy; v3 never
 //! healthy), runs an agent on a local socket, then drives the real commands in-process: push v1 by git SHA,
