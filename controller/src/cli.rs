@@ -1,4 +1,5 @@
-//! The command line (DESIGN §3), as clap derive types only; behaviour lives in [`crate::commands`].
+//! The command line (README "Commands"), as clap derive types only; behaviour lives in
+//! [`crate::commands`].
 
 use std::path::PathBuf;
 
@@ -80,7 +81,24 @@ pub enum Command {
         command: KeysCommand,
     },
     /// Run a local end-to-end demo: registry, demo images, an agent, push/rollback.
+    /// Only in builds with the `demo` cargo feature (scripts/demo).
+    #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo,
+}
+
+impl Command {
+    /// The command's name, as its `--json` summary gives it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Push { .. } => "push",
+            Command::Rollback { .. } => "rollback",
+            Command::Status { .. } => "status",
+            Command::History { .. } => "history",
+            Command::Logs { .. } => "logs",
+            Command::Keys { .. } => "keys generate",
+            Command::Demo => "demo",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,17 +1,20 @@
 //! `deployctl`, the controller: resolves a ref to one digest, checks policy, signs one deploy
 //! order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
 //! first host alone with the migration, then in batches, rolling back every host it changed
-//! when one fails (DESIGN §3, §4, §6, §8).
+//! when one fails (README "Using deployctl").
 //!
 //! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
-//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`rollout`] (the
-//! plan as pure functions, and its driver), [`output`] (progress and results),
-//! [`commands`] (one module per subcommand), [`demo`].
+//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`connector`] (what
+//! commands need from agents, as traits), [`rollout`] (the plan as pure functions, and its
+//! driver), [`output`] (every message and its two renderers), [`commands`] (one module per
+//! subcommand), `demo` (with the `demo` cargo feature).
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connector;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod known_hosts;
 pub mod output;
@@ -21,17 +24,18 @@ pub mod transport;
 
 use serde::Serialize;
 
-/// The process exit codes of DESIGN §3.
+/// The process exit codes (README "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitClass {
     /// 0: success.
     Success,
-    /// 1: failed, every host back on its previous version.
-    RolledBack,
+    /// 1: failed. A rollout: every host is back on its previous version. `status`: something
+    /// is unhealthy, or the hosts run different digests.
+    Failed,
     /// 2: failed and the environment is NOT consistent.
     Inconsistent,
-    /// 3: refused before anything changed.
+    /// 3: refused before anything changed (`status`: a host cannot be reached).
     Refused,
     /// 64: usage error.
     Usage,
@@ -41,7 +45,7 @@ impl ExitClass {
     pub fn code(self) -> u8 {
         match self {
             ExitClass::Success => 0,
-            ExitClass::RolledBack => 1,
+            ExitClass::Failed => 1,
             ExitClass::Inconsistent => 2,
             ExitClass::Refused => 3,
             ExitClass::Usage => 64,
@@ -49,17 +53,21 @@ impl ExitClass {
     }
 }
 
-/// Why a command stopped without doing its job. Every variant changed nothing.
+/// Why a command stopped without doing its job.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Nothing changed.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// A usage mistake clap could not catch (e.g. an unknown `--host`).
+    /// A usage mistake clap could not catch (e.g. an unknown `--host`). Nothing changed.
     #[error("{0}")]
     Usage(String),
     /// Refused before anything changed: policy, lock, image, host, key.
     #[error("{0}")]
     Refused(String),
+    /// Ctrl-C during a rollout: orders already accepted finish on the hosts, unseen.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -67,31 +75,13 @@ impl Error {
         match self {
             Error::Usage(_) => ExitClass::Usage,
             Error::Config(_) | Error::Refused(_) => ExitClass::Refused,
+            Error::Interrupted(_) => ExitClass::Inconsistent,
         }
     }
 }
 
-/// Runs a parsed command line to its exit class, printing errors (as a JSON object too with
-/// `--json`).
+/// Runs a parsed command line to its exit class.
 pub async fn run(cli: cli::Cli) -> ExitClass {
-    let json = cli.json;
-    match commands::dispatch(cli).await {
-        Ok(exit) => exit,
-        Err(e) => {
-            let exit = e.exit();
-            if json {
-                output::print_json(&serde_json::json!({
-                    "event": "summary",
-                    "result": exit,
-                    "exit_code": exit.code(),
-                    "error": e.to_string(),
-                }));
-            }
-            eprintln!("deployctl: {e}");
-            if exit == ExitClass::Refused {
-                eprintln!("deployctl: nothing was changed.");
-            }
-            exit
-        }
-    }
+    let out = output::for_run(cli.json);
+    commands::dispatch(cli, out.as_ref()).await
 }

@@ -1,5 +1,5 @@
 //! The `deployctl` binary: parse the command line, set up logging, run, exit with the
-//! code of DESIGN §3 (usage errors are 64).
+//! command's exit code (README "Exit codes"; usage errors are 64).
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;

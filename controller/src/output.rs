@@ -1,390 +1,456 @@
-//! What the user sees: progress events as they happen and the final result.
+//! What the user sees. Everything a command says is a [`Message`], one typed enum; an [`Output`]
+//! renders it in one of two ways:
 //!
-//! With `--json` every [`Event`] is one JSON object on stdout and each command ends with one
-//! summary object (`"event": "summary"`). Otherwise progress goes to stderr, as one live line
-//! per host on a terminal (indicatif) or plain timestamped lines when piped, and results
-//! (summaries, tables) go to stdout.
+//! - `--json`: every message is one JSON object on its own line on stdout, named by its
+//!   `"event"` field; every command ends with exactly one `{"event": "summary", …}`.
+//! - otherwise the human renderer ([`human`]): progress on stderr (one live line per host on a
+//!   terminal, plain timestamped lines when piped), results (tables, summaries) on stdout.
+//!
+//! Commands never print: they gather, summarize (pure), then emit messages here.
 
-use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
-use std::time::Duration;
+pub mod human;
+mod terminal;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use proto::Timestamp;
-use proto::order::Action;
-use proto::wire::{JobEvent, Outcome, OutcomeKind, Refusal};
+use std::io::Write;
+use std::path::PathBuf;
+
+use proto::order::{Action, ImageRef};
+use proto::wire::{
+    AgentStatus, HistoryEntry, JobEvent, LockHolder, Outcome, Refusal, ServiceStatus,
+};
 use serde::Serialize;
 
-/// One thing that happened during a command.
+use crate::ExitClass;
+use crate::rollout::HostState;
+
+/// One thing a command says: progress while it works, then its results and one summary.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub enum Message {
+    /// What the user typed, resolved once to a digest.
     Resolved {
         reference: String,
-        image: String,
+        image: ImageRef,
     },
+    /// An agent answered `hello` and serves the expected env (and host name).
     Connected {
         host: String,
         agent_host: String,
         agent_version: String,
     },
+    /// A host could not be reached, verified or asked; or a job's connection dropped.
     HostError {
         host: String,
         error: String,
     },
+    /// An order was sent to a host.
     Submitted {
         host: String,
         order_id: String,
         action: Action,
-        image: String,
+        image: ImageRef,
         run_migration: bool,
     },
+    /// A host already runs a job for the digest being rolled out: it is followed, not repeated.
+    Following {
+        host: String,
+        order_id: String,
+    },
+    /// A step the agent journaled.
     Job {
         host: String,
         job: JobEvent,
     },
+    /// How a host's order ended.
     Outcome {
         host: String,
         outcome: Outcome,
     },
+    /// The agent refused the order; nothing changed there.
     Refused {
         host: String,
         refusal: Refusal,
     },
+    /// A failure: rollback orders go to the hosts this rollout changed.
     RollbackStarted {
         hosts: Vec<String>,
     },
     Note {
         message: String,
     },
+    /// `status`: one host, reachable or not.
+    HostStatus(HostStatus),
+    /// `history`: one journal entry of one host.
+    History {
+        host: String,
+        entry: HistoryEntry,
+    },
+    /// `logs`: one container's last lines.
+    Logs {
+        host: String,
+        service: String,
+        container: String,
+        lines: Vec<String>,
+    },
+    /// `demo`: a line of its narration.
+    Demo {
+        message: String,
+    },
+    /// The last message of every command.
+    Summary(Summary),
 }
 
-/// Receives events from every host, possibly concurrently.
-pub trait Reporter: Send + Sync {
-    fn emit(&self, ev: &Event);
+/// One host's answer to `status`; `reachable` says which fields follow.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub reachable: bool,
+    #[serde(flatten)]
+    pub answer: HostAnswer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum HostAnswer {
+    Up {
+        agent_host: String,
+        agent_version: String,
+        uptime_secs: u64,
+        /// This app's services only.
+        services: Vec<ServiceStatus>,
+        running: Vec<LockHolder>,
+    },
+    Down {
+        error: String,
+    },
+}
+
+impl HostStatus {
+    /// A reachable host, showing only `app`'s services.
+    pub fn up(host: &str, status: &AgentStatus, app: &str) -> HostStatus {
+        HostStatus {
+            host: host.to_string(),
+            reachable: true,
+            answer: HostAnswer::Up {
+                agent_host: status.host.clone(),
+                agent_version: status.agent_version.clone(),
+                uptime_secs: status.uptime_secs,
+                services: status
+                    .services
+                    .iter()
+                    .filter(|s| s.app == app)
+                    .cloned()
+                    .collect(),
+                running: status.running.clone(),
+            },
+        }
+    }
+
+    pub fn down(host: &str, error: &str) -> HostStatus {
+        HostStatus {
+            host: host.to_string(),
+            reachable: false,
+            answer: HostAnswer::Down {
+                error: error.to_string(),
+            },
+        }
+    }
+}
+
+/// `{"event": "summary", "command": …, "exit_code": …, …}`: how a command ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub command: &'static str,
+    pub exit_code: u8,
+    #[serde(flatten)]
+    pub body: SummaryBody,
+}
+
+impl Summary {
+    pub fn new(command: &'static str, body: SummaryBody) -> Summary {
+        Summary {
+            command,
+            exit_code: body.exit().code(),
+            body,
+        }
+    }
+
+    pub fn exit(&self) -> ExitClass {
+        self.body.exit()
+    }
+}
+
+/// What each command's summary carries besides its name and exit code.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum SummaryBody {
+    /// The command stopped before doing its job (config, usage, a refusal, Ctrl-C).
+    Stopped {
+        result: ExitClass,
+        error: String,
+    },
+    Rollout(RolloutSummary),
+    Status(StatusSummary),
+    History(HistorySummary),
+    Logs(LogsSummary),
+    Keys(KeysSummary),
+    Demo(DemoSummary),
+}
+
+impl SummaryBody {
+    pub fn exit(&self) -> ExitClass {
+        match self {
+            SummaryBody::Stopped { result, .. } => *result,
+            SummaryBody::Rollout(r) => r.result.exit(),
+            SummaryBody::Status(s) => s.exit(),
+            SummaryBody::History(h) => unreachable_exit(h.hosts, h.unreachable.len()),
+            SummaryBody::Logs(l) => unreachable_exit(l.hosts, l.unreachable),
+            SummaryBody::Keys(_) => ExitClass::Success,
+            SummaryBody::Demo(d) => match d.result {
+                DemoResult::Succeeded => ExitClass::Success,
+                DemoResult::Failed => ExitClass::Failed,
+            },
+        }
+    }
+}
+
+/// A read-only command succeeds when at least one host answered.
+fn unreachable_exit(hosts: usize, unreachable: usize) -> ExitClass {
+    if unreachable >= hosts {
+        ExitClass::Refused
+    } else {
+        ExitClass::Success
+    }
+}
+
+/// What a rollout amounts to, for every host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutResult {
+    Succeeded,
+    RolledBack,
+    Inconsistent,
+    Refused,
+}
+
+impl RolloutResult {
+    pub fn exit(self) -> ExitClass {
+        match self {
+            RolloutResult::Succeeded => ExitClass::Success,
+            RolloutResult::RolledBack => ExitClass::Failed,
+            RolloutResult::Inconsistent => ExitClass::Inconsistent,
+            RolloutResult::Refused => ExitClass::Refused,
+        }
+    }
+}
+
+/// The summary of `push` and `rollback`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutSummary {
+    pub env: String,
+    pub rollout_id: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub image: ImageRef,
+    pub result: RolloutResult,
+    pub elapsed_ms: u64,
+    pub hosts: Vec<HostRollout>,
+    /// Hosts not known to be on a good version, with why.
+    pub inconsistent: Vec<Inconsistent>,
+}
+
+/// One host's part of a rollout.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostRollout {
+    pub host: String,
+    pub state: HostState,
+    /// The agent's outcome of this rollout's order (none when refused, unsent or lost).
+    pub outcome: Option<Outcome>,
+    /// Whether its order ran `[migrate]` (the first host's, unless skipped).
+    pub run_migration: bool,
+    /// Where the rollback order sent after a failure left it.
+    pub rollback: Option<HostState>,
+    pub rollback_outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inconsistent {
+    pub host: String,
+    pub why: String,
+}
+
+/// The summary of `status`: the env's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusSummary {
+    pub env: String,
+    pub hosts: usize,
+    pub reachable: usize,
+    /// Every host reachable and every service on one digest.
+    pub consistent: bool,
+    /// Every service of every host healthy.
+    pub healthy: bool,
+    /// The distinct digests running.
+    pub digests: Vec<String>,
+}
+
+impl StatusSummary {
+    /// 3 when a host is unreachable, 1 when unhealthy or mixed, else 0.
+    pub fn exit(&self) -> ExitClass {
+        if self.reachable < self.hosts {
+            ExitClass::Refused
+        } else if self.consistent && self.healthy {
+            ExitClass::Success
+        } else {
+            ExitClass::Failed
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistorySummary {
+    pub env: String,
+    pub hosts: usize,
+    pub entries: usize,
+    pub unreachable: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogsSummary {
+    pub env: String,
+    pub hosts: usize,
+    /// How many of the hosts asked could not be reached.
+    pub unreachable: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysSummary {
+    pub private_key: PathBuf,
+    pub public_key: PathBuf,
+    pub allowed_signers: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoSummary {
+    pub result: DemoResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DemoResult {
+    Succeeded,
+    Failed,
+}
+
+/// Where messages go. Shared by every host's task of a rollout, hence `Sync`.
+pub trait Output: Send + Sync {
+    fn emit(&self, message: &Message);
     /// Announces the hosts about to get live lines, in display order.
     fn hosts(&self, _names: &[String]) {}
-    /// Ends live lines before results are printed.
-    fn finish(&self) {}
 }
 
-/// Picks the reporter for this run.
-pub fn reporter(json: bool) -> Box<dyn Reporter> {
+/// The output for this run: JSON lines, or the human renderer.
+pub fn for_run(json: bool) -> Box<dyn Output> {
     if json {
-        Box::new(JsonReporter)
-    } else if std::io::stderr().is_terminal()
-        && std::env::var("TERM").map(|t| t != "dumb").unwrap_or(false)
-    {
-        Box::new(LiveReporter::new())
+        Box::new(Json)
     } else {
-        Box::new(PlainReporter)
+        Box::new(terminal::Human::new())
     }
 }
 
-/// Prints one JSON object on its own line on stdout.
-pub fn print_json<T: Serialize>(value: &T) {
-    let mut stdout = std::io::stdout().lock();
-    if let Ok(text) = serde_json::to_string(value) {
-        let _ = writeln!(stdout, "{text}");
-        let _ = stdout.flush();
-    }
-}
+/// The JSON renderer: one object per message, one message per line, on stdout.
+struct Json;
 
-/// Drops progress, for commands whose result shows failures itself.
-pub struct Silent;
-
-impl Reporter for Silent {
-    fn emit(&self, _ev: &Event) {}
-}
-
-struct JsonReporter;
-
-impl Reporter for JsonReporter {
-    fn emit(&self, ev: &Event) {
-        print_json(ev);
-    }
-}
-
-struct PlainReporter;
-
-impl Reporter for PlainReporter {
-    fn emit(&self, ev: &Event) {
-        let mut err = std::io::stderr().lock();
-        for line in render(ev) {
-            let _ = writeln!(err, "{} {line}", clock());
+impl Output for Json {
+    fn emit(&self, message: &Message) {
+        let mut stdout = std::io::stdout().lock();
+        if let Ok(text) = serde_json::to_string(message) {
+            let _ = writeln!(stdout, "{text}");
+            let _ = stdout.flush();
         }
     }
 }
 
-/// One spinner line per host showing its current phase; other lines print above them.
-struct LiveReporter {
-    multi: MultiProgress,
-    bars: Mutex<BTreeMap<String, ProgressBar>>,
-}
+/// Keeps every message, for tests.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Recorder(pub std::sync::Mutex<Vec<Message>>);
 
-impl LiveReporter {
-    fn new() -> Self {
-        LiveReporter {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-            bars: Mutex::new(BTreeMap::new()),
+#[cfg(test)]
+impl Output for Recorder {
+    fn emit(&self, message: &Message) {
+        if let Ok(mut all) = self.0.lock() {
+            all.push(message.clone());
         }
     }
-
-    fn bar(&self, host: &str) -> Option<ProgressBar> {
-        let mut bars = self.bars.lock().ok()?;
-        Some(
-            bars.entry(host.to_string())
-                .or_insert_with(|| self.new_bar(host))
-                .clone(),
-        )
-    }
-
-    fn new_bar(&self, host: &str) -> ProgressBar {
-        let style = ProgressStyle::with_template("{spinner} {prefix:<16} {elapsed:>4} {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner());
-        let bar = self.multi.add(
-            ProgressBar::new_spinner()
-                .with_style(style)
-                .with_prefix(host.to_string()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    }
-}
-
-impl Reporter for LiveReporter {
-    fn hosts(&self, names: &[String]) {
-        for n in names {
-            let _ = self.bar(n);
-        }
-    }
-
-    fn emit(&self, ev: &Event) {
-        let host = match ev {
-            Event::Connected { host, .. }
-            | Event::HostError { host, .. }
-            | Event::Submitted { host, .. }
-            | Event::Job { host, .. }
-            | Event::Outcome { host, .. }
-            | Event::Refused { host, .. } => Some(host.as_str()),
-            _ => None,
-        };
-        let lines = render(ev);
-        match host.and_then(|h| self.bar(h)) {
-            Some(bar) => {
-                let mut lines = lines.into_iter();
-                if let Some(first) = lines.next() {
-                    let status = first
-                        .split_once("  ")
-                        .map(|(_, rest)| rest.trim().to_string())
-                        .unwrap_or(first.clone());
-                    match ev {
-                        Event::Outcome { .. } | Event::Refused { .. } => {
-                            bar.finish_with_message(status)
-                        }
-                        _ => bar.set_message(status),
-                    }
-                    // Failures and their log lines stay on screen above the live lines.
-                    if matches!(ev, Event::HostError { .. } | Event::Refused { .. })
-                        || matches!(ev, Event::Outcome { outcome, .. } if outcome.kind != OutcomeKind::Succeeded)
-                    {
-                        let _ = self.multi.println(&first);
-                    }
-                }
-                for line in lines {
-                    let _ = self.multi.println(line);
-                }
-            }
-            None => {
-                for line in lines {
-                    let _ = self.multi.println(line);
-                }
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Ok(bars) = self.bars.lock() {
-            for bar in bars.values() {
-                if !bar.is_finished() {
-                    bar.abandon();
-                }
-            }
-        }
-    }
-}
-
-/// `HH:MM:SS` in UTC, for plain progress lines.
-fn clock() -> String {
-    let text = Timestamp::now().to_string();
-    text.get(11..19).unwrap_or(&text).to_string()
-}
-
-/// Human lines for an event; the first is the headline.
-pub fn render(ev: &Event) -> Vec<String> {
-    match ev {
-        Event::Resolved { reference, image } => vec![format!("resolved {reference} → {image}")],
-        Event::Connected {
-            host,
-            agent_host,
-            agent_version,
-        } => {
-            vec![format!(
-                "{host}  connected (agent {agent_host}, deploy-agent {agent_version})"
-            )]
-        }
-        Event::HostError { host, error } => vec![format!("{host}  error: {error}")],
-        Event::Submitted {
-            host,
-            order_id,
-            action,
-            image,
-            run_migration,
-        } => vec![format!(
-            "{host}  {action} {}{} (order {order_id})",
-            short_image(image),
-            if *run_migration {
-                " with migration"
-            } else {
-                ""
-            }
-        )],
-        Event::Job { host, job: event } => {
-            let service = event
-                .service
-                .as_ref()
-                .map(|s| format!("[{s}] "))
-                .unwrap_or_default();
-            vec![format!(
-                "{host}  {}: {service}{}",
-                event.phase, event.message
-            )]
-        }
-        Event::Outcome { host, outcome } => {
-            let mut lines = vec![format!("{host}  {}", outcome_line(outcome))];
-            if outcome.kind != OutcomeKind::Succeeded && !outcome.log_tail.is_empty() {
-                lines.push(format!("{host}  last log lines of the failing container:"));
-                lines.extend(outcome.log_tail.iter().map(|l| format!("{host}    | {l}")));
-            }
-            lines
-        }
-        Event::Refused { host, refusal } => {
-            let mut line = format!("{host}  refused ({}): {}", refusal.kind, refusal.message);
-            if let Some(h) = &refusal.holder {
-                line.push_str(&format!(
-                    " [held by {}]",
-                    crate::rollout::describe_holder(h)
-                ));
-            }
-            vec![line]
-        }
-        Event::RollbackStarted { hosts } => vec![format!(
-            "rolling back {} host(s) this rollout changed: {}",
-            hosts.len(),
-            hosts.join(", ")
-        )],
-        Event::Note { message } => vec![message.clone()],
-    }
-}
-
-/// `repo@sha256:0123456789ab` — the digest shortened for progress lines.
-pub fn short_image(image: &str) -> String {
-    match image.rsplit_once("@sha256:") {
-        Some((repo, hex)) => format!("{repo}@sha256:{}", &hex[..hex.len().min(12)]),
-        None => image.to_string(),
-    }
-}
-
-pub fn outcome_line(o: &Outcome) -> String {
-    let took = o.finished_at.since(o.started_at);
-    let mut s = format!(
-        "{} in {}",
-        o.kind,
-        proto::time::format_duration(Duration::from_millis(took.as_millis() as u64))
-    );
-    if let Some(f) = o.failure {
-        s.push_str(&format!(
-            " [{}]",
-            serde_json::to_value(f)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        ));
-    }
-    if let Some(r) = &o.reason {
-        s.push_str(&format!(": {r}"));
-    }
-    if let Some(ms) = o.rollback_ms {
-        s.push_str(&format!(" (previous version back in {ms} ms)"));
-    }
-    s
-}
-
-/// Left-aligned text columns.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
-                s.push_str(cell);
-                s.push_str(&" ".repeat(pad));
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let mut out = line(header.to_vec());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn to_json(m: &Message) -> serde_json::Value {
+        serde_json::to_value(m).unwrap()
+    }
 
     #[test]
-    fn tables_align() {
-        let t = table(
-            &["HOST", "HEALTH"],
-            &[
-                vec!["a".into(), "healthy".into()],
-                vec!["longer-host".into(), "-".into()],
-            ],
+    fn messages_serialize_with_their_name() {
+        let note = Message::Note {
+            message: "hi".into(),
+        };
+        assert_eq!(to_json(&note), json!({"event": "note", "message": "hi"}));
+        let down = Message::HostStatus(HostStatus::down("h1", "gone"));
+        assert_eq!(
+            to_json(&down),
+            json!({"event": "host_status", "host": "h1", "reachable": false, "error": "gone"})
+        );
+    }
+
+    #[test]
+    fn summaries_carry_the_command_and_exit_code_beside_their_fields() {
+        let stopped = Summary::new(
+            "push",
+            SummaryBody::Stopped {
+                result: ExitClass::Refused,
+                error: "no".into(),
+            },
         );
         assert_eq!(
-            t,
-            "HOST         HEALTH\na            healthy\nlonger-host  -\n"
+            to_json(&Message::Summary(stopped)),
+            json!({"event": "summary", "command": "push", "exit_code": 3, "result": "refused", "error": "no"})
+        );
+        let status = StatusSummary {
+            env: "staging".into(),
+            hosts: 2,
+            reachable: 2,
+            consistent: true,
+            healthy: true,
+            digests: vec!["sha256:a".into()],
+        };
+        let summary = Summary::new("status", SummaryBody::Status(status));
+        assert_eq!(
+            to_json(&Message::Summary(summary)),
+            json!({"event": "summary", "command": "status", "exit_code": 0, "env": "staging",
+                   "hosts": 2, "reachable": 2, "consistent": true, "healthy": true,
+                   "digests": ["sha256:a"]})
         );
     }
 
     #[test]
-    fn images_shorten() {
-        let img = format!("r/web@sha256:{}", "a".repeat(64));
-        assert_eq!(short_image(&img), "r/web@sha256:aaaaaaaaaaaa");
-        assert_eq!(short_image("x"), "x");
-    }
-
-    #[test]
-    fn events_serialize_with_their_name() {
-        let v = serde_json::to_value(Event::Note {
-            message: "hi".into(),
-        })
-        .unwrap();
-        assert_eq!(v, serde_json::json!({"event": "note", "message": "hi"}));
+    fn read_only_commands_fail_only_when_no_host_answers() {
+        let history = |unreachable: &[&str]| {
+            SummaryBody::History(HistorySummary {
+                env: "e".into(),
+                hosts: 2,
+                entries: 0,
+                unreachable: unreachable.iter().map(|s| s.to_string()).collect(),
+            })
+            .exit()
+        };
+        assert_eq!(history(&[]), ExitClass::Success);
+        assert_eq!(history(&["a"]), ExitClass::Success);
+        assert_eq!(history(&["a", "b"]), ExitClass::Refused);
     }
 }

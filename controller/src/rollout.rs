@@ -1,401 +1,253 @@
-//! Rolling one digest out across an env's hosts (DESIGN §8).
+//! Rolling one digest out across an env's hosts (README "Commands": `push`, `rollback`).
 //!
-//! The decisions are pure functions with table tests: how hosts are batched
-//! ([`plan_batches`]), what an agent's answer means for a host ([`HostState::from_outcome`]),
-//! which hosts must be rolled back after a failure ([`rollback_targets`]) and what the whole
-//! rollout amounts to ([`conclude`]). [`drive`] only runs that plan against connections.
+//! [`prepare`] connects to every host, reads its status and journal and refuses before
+//! anything changes (a host unreachable, a job of another release running, no common previous
+//! version); [`drive`] sends the orders: the first host alone (it runs the migration), then
+//! batches, and after a failure the rollback orders to every host it changed. Both work against
+//! any [`Connector`]: the real agents, or the fake agents of the tests. Every decision is a pure
+//! function of [`decide`]; this module only does the IO.
+
+pub mod decide;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use proto::order::{Action, ImageRef, Order};
-use proto::sign::Signer;
-use proto::wire::{
-    AgentStatus, HistoryEntry, LockHolder, Outcome, OutcomeKind, Refusal, RefusalKind,
+use proto::order::{Action, ImageRef, Order, new_id};
+use proto::wire::{AgentStatus, HistoryEntry, JobEvent, Outcome, SignedOrder};
+
+pub use decide::{
+    Conclusion, HostState, RolloutReport, RolloutSpec, Start, conclude, current_digest, describe,
+    describe_holder, plan_batches, previous_healthy, rollback_target, summarize,
 };
-use proto::{Timestamp, order};
-use serde::Serialize;
 
-use crate::ExitClass;
-use crate::config::{DeployConfig, HostSpec};
-use crate::output::{Event, Reporter};
-use crate::transport::{self, ConnectOptions, Connection, JobEnd, TransportError};
+use crate::Error;
+use crate::config::{DeployConfig, EnvConfig, HostSpec};
+use crate::connector::{AgentConn, Connector, connect_all, report_connections};
+use crate::output::{Message, Output};
+use crate::transport::{JobEnd, TransportError};
 
-/// Where a host stands after its part of a rollout.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum HostState {
-    /// No order was sent to it.
-    Untouched,
-    /// No order reached it because it could not be prepared (e.g. signing failed).
-    NotSent { why: String },
-    /// The agent refused the order; nothing changed.
-    Refused { refusal: Refusal },
-    /// The new version serves. `changed` is false when it was already serving.
-    Succeeded {
-        changed: bool,
-        previous: Option<String>,
-    },
-    /// The order failed and the host is back on (or still on) its previous version.
-    Failed {
-        kind: OutcomeKind,
-        reason: Option<String>,
-    },
-    /// The order failed and the host is not on a known-good version.
-    Broken {
-        kind: OutcomeKind,
-        reason: Option<String>,
-    },
-    /// The connection was lost and the outcome could not be learned.
-    Unknown { why: String },
+/// How many journal entries per host are read to find running jobs and previous versions.
+pub const HISTORY_DEPTH: usize = 200;
+
+/// Signs orders ([`proto::sign::Signer`] in production).
+pub trait OrderSigner: Sync {
+    fn sign(&self, order: &Order) -> impl Future<Output = Result<SignedOrder, String>> + Send;
 }
 
-impl HostState {
-    pub fn from_outcome(o: &Outcome) -> HostState {
-        match o.kind {
-            OutcomeKind::Succeeded => HostState::Succeeded {
-                changed: o.changed,
-                previous: o.services.values().find_map(|s| s.previous_digest.clone()),
-            },
-            kind if !kind.is_consistent() || o.changed => HostState::Broken {
-                kind,
-                reason: o.reason.clone(),
-            },
-            kind => HostState::Failed {
-                kind,
-                reason: o.reason.clone(),
-            },
-        }
-    }
-
-    pub fn from_end(end: &JobEnd) -> HostState {
-        match end {
-            JobEnd::Outcome(o) => HostState::from_outcome(o),
-            JobEnd::Refused(r) => HostState::Refused { refusal: r.clone() },
-        }
-    }
-
-    fn is_success(&self) -> bool {
-        matches!(self, HostState::Succeeded { .. })
-    }
-
-    /// Did this rollout move the host to the new version?
-    fn changed_by_us(&self) -> bool {
-        matches!(self, HostState::Succeeded { changed: true, .. })
-    }
-}
-
-/// Host indexes per batch: the first host alone (it runs the migration), then `max_parallel`
-/// at a time, in deploy.toml order.
-pub fn plan_batches(hosts: usize, max_parallel: usize) -> Vec<Vec<usize>> {
-    if hosts == 0 {
-        return Vec::new();
-    }
-    let mut batches = vec![vec![0]];
-    let rest: Vec<usize> = (1..hosts).collect();
-    batches.extend(rest.chunks(max_parallel.max(1)).map(<[usize]>::to_vec));
-    batches
-}
-
-/// Hosts to send back, each with the digest it ran before: every host this rollout changed.
-/// A changed host whose previous digest is unknown (its first deploy) cannot be sent back.
-pub fn rollback_targets(
-    states: &[HostState],
-    fallback_previous: &[Option<String>],
-) -> Vec<(usize, Option<String>)> {
-    states
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.changed_by_us())
-        .map(|(i, s)| {
-            let previous = match s {
-                HostState::Succeeded {
-                    previous: Some(p), ..
-                } => Some(p.clone()),
-                _ => fallback_previous.get(i).cloned().flatten(),
-            };
-            (i, previous)
-        })
-        .collect()
-}
-
-/// The rollout's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Conclusion {
-    #[serde(skip)]
-    pub exit: ExitClass,
-    pub result: &'static str,
-    /// Hosts not known to be on a good version (new everywhere, or previous), with why.
-    pub inconsistent: Vec<(usize, String)>,
-}
-
-/// Judges a rollout from each host's state and the result of any rollback sent to it.
-pub fn conclude(states: &[HostState], rollbacks: &BTreeMap<usize, HostState>) -> Conclusion {
-    if states.iter().all(HostState::is_success) {
-        return Conclusion {
-            exit: ExitClass::Success,
-            result: "succeeded",
-            inconsistent: Vec::new(),
-        };
-    }
-    let mut inconsistent = Vec::new();
-    for (i, s) in states.iter().enumerate() {
-        let why = match s {
-            HostState::Broken { kind, reason } => Some(format!(
-                "{kind}{}",
-                reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )),
-            HostState::Unknown { why } => Some(format!("outcome unknown: {why}")),
-            HostState::Succeeded { changed: true, .. } => match rollbacks.get(&i) {
-                Some(r) if r.is_success() => None,
-                Some(r) => Some(format!(
-                    "still on the new version: its rollback ended {}",
-                    describe(r)
-                )),
-                None => {
-                    Some("still on the new version: no previous version to roll back to".into())
-                }
-            },
-            _ => None,
-        };
-        if let Some(why) = why {
-            inconsistent.push((i, why));
-        }
-    }
-    let attempted_change =
-        states.iter().any(|s| matches!(s, HostState::Failed { .. })) || !rollbacks.is_empty();
-    match (inconsistent.is_empty(), attempted_change) {
-        (false, _) => Conclusion {
-            exit: ExitClass::Inconsistent,
-            result: "inconsistent",
-            inconsistent,
-        },
-        (true, true) => Conclusion {
-            exit: ExitClass::RolledBack,
-            result: "rolled-back",
-            inconsistent,
-        },
-        (true, false) => Conclusion {
-            exit: ExitClass::Refused,
-            result: "refused",
-            inconsistent,
-        },
-    }
-}
-
-/// A short phrase for a host state, for summaries.
-pub fn describe(s: &HostState) -> String {
-    match s {
-        HostState::Untouched => "untouched".into(),
-        HostState::NotSent { why } => format!("not sent: {why}"),
-        HostState::Refused { refusal } => {
-            let holder = refusal
-                .holder
-                .as_ref()
-                .map(|h| format!(" [held by {}]", describe_holder(h)))
-                .unwrap_or_default();
-            format!("refused ({}): {}{holder}", refusal.kind, refusal.message)
-        }
-        HostState::Succeeded { changed: true, .. } => "succeeded".into(),
-        HostState::Succeeded { changed: false, .. } => "succeeded (already running it)".into(),
-        HostState::Failed { kind, reason } => {
-            format!(
-                "{kind}{}",
-                reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )
-        }
-        HostState::Broken { kind, reason } => {
-            format!(
-                "{kind} (NOT on a good version){}",
-                reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            )
-        }
-        HostState::Unknown { why } => format!("unknown: {why}"),
-    }
-}
-
-/// Jobs running on a host for `app`: holders from status whose order is this app's in the
-/// journal, or not found there (an unknown job is assumed to matter).
-pub fn conflicting_holders<'a>(
-    status: &'a AgentStatus,
-    history: &[HistoryEntry],
-    app: &str,
-) -> Vec<&'a LockHolder> {
-    status
-        .running
-        .iter()
-        .filter(|h| {
-            history
-                .iter()
-                .find(|e| e.order_id == h.order_id)
-                .is_none_or(|e| e.app == app)
-        })
-        .collect()
-}
-
-/// Describes who holds a lock, for refusals.
-pub fn describe_holder(h: &LockHolder) -> String {
-    format!(
-        "rollout {} by {} (signed by {}, order {}, since {})",
-        h.rollout_id, h.issued_by, h.signer, h.order_id, h.since
-    )
-}
-
-/// The digest each service of `app` runs on a host, per its status (the first service found).
-pub fn current_digest(status: &AgentStatus, app: &str) -> Option<String> {
-    status
-        .services
-        .iter()
-        .filter(|s| s.app == app)
-        .find_map(|s| s.image.as_ref().map(|i| i.digest().to_string()))
-}
-
-/// The ref the host's containers of `app` were deployed with, for orders that go back to it.
-pub fn current_reference(status: &AgentStatus, app: &str) -> Option<String> {
-    status
-        .services
-        .iter()
-        .filter(|s| s.app == app)
-        .find_map(|s| s.reference.clone())
-}
-
-/// The previous healthy digest of `app` on one host: the newest succeeded order whose digest
-/// differs from what runs now. `history` is in any order.
-pub fn previous_healthy(
-    history: &[HistoryEntry],
-    app: &str,
-    current: Option<&str>,
-) -> Option<(String, String)> {
-    let mut ok: Vec<&HistoryEntry> = history
-        .iter()
-        .filter(|e| e.app == app && e.outcome == Some(OutcomeKind::Succeeded))
-        .collect();
-    ok.sort_by(|a, b| (b.accepted_at, &b.order_id).cmp(&(a.accepted_at, &a.order_id)));
-    let current = current
-        .map(str::to_string)
-        .or_else(|| ok.first().map(|e| e.image.digest().to_string()));
-    ok.iter()
-        .find(|e| Some(e.image.digest()) != current.as_deref())
-        .map(|e| (e.image.digest().to_string(), e.reference.clone()))
-}
-
-/// One host of the rollout with its open connection.
-pub struct HostLink {
-    pub spec: HostSpec,
-    pub conn: Connection,
-    /// Its status before anything was sent.
-    pub before: AgentStatus,
-}
-
-/// What is being rolled out, shared by every host's order.
+/// What is rolled out.
 #[derive(Debug, Clone)]
-pub struct RolloutSpec {
-    pub rollout_id: String,
-    pub env: String,
+pub enum Target {
+    /// A resolved image: `push REF`, `rollback --to REF`.
+    Image { image: ImageRef, reference: String },
+    /// `rollback`: the previous healthy digest, which every host must agree on.
+    PreviousHealthy,
+}
+
+/// A rollout before its hosts are known: what, how, and by whom.
+#[derive(Debug, Clone)]
+pub struct Plan {
     pub action: Action,
-    pub image: ImageRef,
-    pub reference: String,
-    pub issued_by: String,
+    pub target: Target,
     /// Whether the first host runs `[migrate]`.
     pub migrate_first: bool,
-    /// Whether it runs even if this digest's migration already succeeded there (`--rerun-migration`).
+    /// `--rerun-migration`.
     pub rerun_migration: bool,
+    pub issued_by: String,
 }
 
-/// Everything a finished rollout learned.
-#[derive(Debug, Clone)]
-pub struct RolloutReport {
+/// One host of the rollout with its open connection and what it said before anything was sent.
+pub struct HostLink<K> {
+    pub spec: HostSpec,
+    pub conn: K,
+    pub before: AgentStatus,
+    pub history: Vec<HistoryEntry>,
+    pub start: Start,
+}
+
+/// A rollout ready to drive: every host connected, nothing refused yet.
+pub struct Ready<K> {
     pub spec: RolloutSpec,
-    pub hosts: Vec<String>,
-    pub states: Vec<HostState>,
-    pub outcomes: Vec<Option<Outcome>>,
-    pub rollbacks: BTreeMap<usize, HostState>,
-    pub rollback_outcomes: BTreeMap<usize, Outcome>,
-    pub conclusion: Conclusion,
-    pub elapsed: Duration,
+    pub links: Vec<HostLink<K>>,
 }
 
-/// Builds the order for one host.
-pub fn build_order(
+/// What a rollout runs with.
+pub struct Driver<'a, C, S> {
+    pub cfg: &'a DeployConfig,
+    pub connector: &'a C,
+    pub signer: &'a S,
+    pub out: &'a dyn Output,
+}
+
+/// Connects to every host of `env`, reads its status and journal, decides what is rolled out
+/// and how each host joins; refuses (changing nothing) when a host is unreachable or runs a job
+/// of this app for another digest, or when `rollback` finds no previous version common to all.
+pub async fn prepare<C: Connector>(
     cfg: &DeployConfig,
-    spec: &RolloutSpec,
-    host: &str,
-    action: Action,
-    image: &ImageRef,
-    reference: &str,
-    run_migration: bool,
-) -> Order {
-    let issued_at = Timestamp::now();
-    Order {
-        order_id: order::new_id(),
-        rollout_id: spec.rollout_id.clone(),
-        env: spec.env.clone(),
-        host: host.to_string(),
-        issued_at,
-        not_after: issued_at.plus(order::DEFAULT_VALIDITY),
-        issued_by: spec.issued_by.clone(),
-        action,
-        image: image.clone(),
-        reference: reference.to_string(),
-        run_migration,
-        rerun_migration: run_migration && spec.rerun_migration,
-        app: cfg.app.clone(),
-        services: cfg.services.clone(),
-        migrate: if action == Action::Deploy {
-            cfg.migrate.clone()
-        } else {
-            None
-        },
+    env: &EnvConfig,
+    plan: Plan,
+    connector: &C,
+    out: &dyn Output,
+) -> Result<Ready<C::Conn>, Error> {
+    let names: Vec<String> = env.hosts.iter().map(|h| h.name.clone()).collect();
+    out.hosts(&names);
+    let read = read_hosts(env, connector, out).await?;
+    let (image, reference) = match plan.target {
+        Target::Image { image, reference } => (image, reference),
+        Target::PreviousHealthy => previous_everywhere(cfg, &read, out)?,
+    };
+    let starts: Vec<Result<Start, String>> = read
+        .iter()
+        .map(|(spec, _, status, history)| {
+            decide::start_for(status, history, &cfg.app, image.digest()).map_err(|holders| {
+                let held = holders.iter().map(|h| describe_holder(h));
+                let held: Vec<String> = held.collect();
+                format!(
+                    "  {}: a rollout is in progress: {}",
+                    spec.name,
+                    held.join("; ")
+                )
+            })
+        })
+        .collect();
+    let busy: Vec<String> = starts.iter().filter_map(|s| s.clone().err()).collect();
+    if !busy.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} is busy, so the rollout did not start:\n{}",
+            env.name,
+            busy.join("\n")
+        )));
     }
+    let links = read
+        .into_iter()
+        .zip(starts.into_iter().flatten())
+        .map(|((spec, conn, before, history), start)| HostLink {
+            spec,
+            conn,
+            before,
+            history,
+            start,
+        })
+        .collect();
+    let spec = RolloutSpec {
+        rollout_id: new_id(),
+        env: env.name.clone(),
+        action: plan.action,
+        image,
+        reference,
+        issued_by: plan.issued_by,
+        migrate_first: plan.migrate_first,
+        rerun_migration: plan.rerun_migration,
+    };
+    Ok(Ready { spec, links })
 }
 
-/// Runs a rollout on already connected, lock-checked hosts: first host, batches, and on a
-/// failure the rollback of every host it changed.
-pub async fn drive(
+type ReadHost<K> = (HostSpec, K, AgentStatus, Vec<HistoryEntry>);
+
+/// Every host connected, with its status and journal; or a refusal naming those that are not.
+async fn read_hosts<C: Connector>(
+    env: &EnvConfig,
+    connector: &C,
+    out: &dyn Output,
+) -> Result<Vec<ReadHost<C::Conn>>, Error> {
+    let results = connect_all(connector, &env.name, &env.hosts).await;
+    report_connections(out, &env.hosts, &results);
+    let failures: Vec<String> = env
+        .hosts
+        .iter()
+        .zip(&results)
+        .filter_map(|(h, r)| r.as_ref().err().map(|e| format!("  {}: {e}", h.name)))
+        .collect();
+    if !failures.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} of {} host(s) of {} cannot be reached or verified, so the rollout did not start:\n{}",
+            failures.len(),
+            env.hosts.len(),
+            env.name,
+            failures.join("\n")
+        )));
+    }
+    let mut conns: Vec<C::Conn> = results.into_iter().flatten().collect();
+    let answers = join_all(conns.iter_mut().map(|c| async move {
+        let status = c.status().await?;
+        let history = c.history(HISTORY_DEPTH).await?;
+        Ok::<_, TransportError>((status, history))
+    }))
+    .await;
+    let mut read = Vec::new();
+    let mut problems = Vec::new();
+    for ((spec, conn), answer) in env.hosts.iter().zip(conns).zip(answers) {
+        match answer {
+            Ok((status, history)) => read.push((spec.clone(), conn, status, history)),
+            Err(e) => problems.push(format!("  {}: cannot read its status: {e}", spec.name)),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Refused(format!(
+            "{} is not answering, so the rollout did not start:\n{}",
+            env.name,
+            problems.join("\n")
+        )));
+    }
+    Ok(read)
+}
+
+/// The previous healthy version every host agrees on, said as a note.
+fn previous_everywhere<K>(
     cfg: &DeployConfig,
-    spec: RolloutSpec,
+    read: &[ReadHost<K>],
+    out: &dyn Output,
+) -> Result<(ImageRef, String), Error> {
+    let hosts: Vec<(&str, &AgentStatus, &[HistoryEntry])> = read
+        .iter()
+        .map(|(spec, _, status, history)| (spec.name.as_str(), status, history.as_slice()))
+        .collect();
+    let (digest, reference) = rollback_target(&hosts, &cfg.app).map_err(Error::Refused)?;
+    let image = ImageRef::new(&cfg.image, &digest).map_err(|e| Error::Refused(e.to_string()))?;
+    out.emit(&Message::Note {
+        message: format!(
+            "previous healthy version on every host: {reference} ({})",
+            image.short_digest()
+        ),
+    });
+    Ok((image, reference))
+}
+
+/// What one host is asked to do.
+enum Job {
+    Submit(Box<Order>),
+    Follow(String),
+}
+
+/// Runs a prepared rollout: first host, batches of `max_parallel`, and on a failure the
+/// rollback of every host it changed.
+pub async fn drive<C: Connector, S: OrderSigner>(
+    d: &Driver<'_, C, S>,
+    ready: Ready<C::Conn>,
     max_parallel: usize,
-    links: &mut [HostLink],
-    signer: &Signer,
-    opts: &ConnectOptions,
-    out: &dyn Reporter,
 ) -> RolloutReport {
     let started = Instant::now();
+    let Ready { spec, mut links } = ready;
     let n = links.len();
     let mut states = vec![HostState::Untouched; n];
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut migrated = vec![false; n];
     for batch in plan_batches(n, max_parallel) {
-        let results = join_all(
-            links
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| batch.contains(i))
-                .map(|(i, link)| {
-                    let run_migration = i == 0 && spec.migrate_first;
-                    let order = build_order(
-                        cfg,
-                        &spec,
-                        &link.conn.peer.host,
-                        spec.action,
-                        &spec.image,
-                        &spec.reference,
-                        run_migration,
-                    );
-                    async move { (i, run_order(link, order, signer, opts, out).await) }
-                }),
-        )
-        .await;
-        for (i, (state, outcome)) in results {
+        let runs = links
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| batch.contains(i))
+            .map(|(i, link)| {
+                let (job, migrates) = first_job(d.cfg, &spec, i, link);
+                migrated[i] = migrates;
+                async move { (i, run_job(d, link, job).await) }
+            });
+        for (i, (state, outcome)) in join_all(runs.collect::<Vec<_>>()).await {
             states[i] = state;
             outcomes[i] = outcome;
         }
@@ -403,585 +255,194 @@ pub async fn drive(
             break;
         }
     }
-
-    let mut rollbacks = BTreeMap::new();
-    let mut rollback_outcomes = BTreeMap::new();
-    if !states.iter().all(HostState::is_success) {
-        let fallback: Vec<Option<String>> = links
-            .iter()
-            .map(|l| current_digest(&l.before, &cfg.app))
-            .collect();
-        let targets = rollback_targets(&states, &fallback);
-        if !targets.is_empty() {
-            let names: Vec<String> = targets
-                .iter()
-                .map(|(i, _)| links[*i].spec.name.clone())
-                .collect();
-            out.emit(&Event::RollbackStarted { hosts: names });
-        }
-        let sendable: Vec<(usize, ImageRef, String)> = targets
-            .iter()
-            .filter_map(|(i, prev)| {
-                let prev = prev.as_ref()?;
-                let image = ImageRef::new(spec.image.repository(), prev).ok()?;
-                let reference = current_reference(&links[*i].before, &cfg.app)
-                    .filter(|_| {
-                        current_digest(&links[*i].before, &cfg.app).as_deref()
-                            == Some(prev.as_str())
-                    })
-                    .unwrap_or_else(|| prev.clone());
-                Some((*i, image, reference))
-            })
-            .collect();
-        let results = join_all(links.iter_mut().enumerate().filter_map(|(i, link)| {
-            let (_, image, reference) = sendable.iter().find(|(t, _, _)| *t == i)?;
-            let order = build_order(
-                cfg,
-                &spec,
-                &link.conn.peer.host,
-                Action::Rollback,
-                image,
-                reference,
-                false,
-            );
-            Some(async move { (i, run_order(link, order, signer, opts, out).await) })
-        }))
-        .await;
-        for (i, (state, outcome)) in results {
-            rollbacks.insert(i, state);
-            if let Some(o) = outcome {
-                rollback_outcomes.insert(i, o);
-            }
-        }
-    }
+    let (rollbacks, rollback_outcomes) = if states.iter().all(HostState::is_success) {
+        Default::default()
+    } else {
+        revert(d, &spec, &mut links, &states).await
+    };
     let conclusion = conclude(&states, &rollbacks);
     RolloutReport {
         spec,
         hosts: links.iter().map(|l| l.spec.name.clone()).collect(),
         states,
         outcomes,
+        migrated,
         rollbacks,
         rollback_outcomes,
         conclusion,
-        elapsed: started.elapsed(),
+        elapsed_ms: started.elapsed().as_millis() as u64,
     }
 }
 
-/// Signs and submits one order, follows it to its outcome, and re-attaches if the connection
-/// drops (the agent finishes the job regardless; DESIGN §2.4).
-async fn run_order(
-    link: &mut HostLink,
-    order: Order,
-    signer: &Signer,
-    opts: &ConnectOptions,
-    out: &dyn Reporter,
+/// Host `i`'s job in the rollout, and whether it runs the migration.
+fn first_job<K: AgentConn>(
+    cfg: &DeployConfig,
+    spec: &RolloutSpec,
+    i: usize,
+    link: &HostLink<K>,
+) -> (Job, bool) {
+    match &link.start {
+        Start::Follow {
+            order_id,
+            run_migration,
+        } => (Job::Follow(order_id.clone()), *run_migration),
+        Start::Submit => {
+            let migrate = i == 0 && spec.migrate_first;
+            let target = (&spec.image, spec.reference.as_str());
+            let host = &link.conn.peer().host;
+            let order = decide::build_order(cfg, spec, host, spec.action, target, migrate);
+            (Job::Submit(Box::new(order)), migrate)
+        }
+    }
+}
+
+type Reverted = (BTreeMap<usize, HostState>, BTreeMap<usize, Outcome>);
+
+/// Sends every host this rollout changed back to the version it ran, all at once.
+async fn revert<C: Connector, S: OrderSigner>(
+    d: &Driver<'_, C, S>,
+    spec: &RolloutSpec,
+    links: &mut [HostLink<C::Conn>],
+    states: &[HostState],
+) -> Reverted {
+    let before: Vec<&AgentStatus> = links.iter().map(|l| &l.before).collect();
+    let plan = decide::revert_plan(states, &before, &d.cfg.app, spec.image.repository());
+    if !plan.is_empty() {
+        let hosts = plan.iter().map(|r| links[r.host].spec.name.clone());
+        d.out.emit(&Message::RollbackStarted {
+            hosts: hosts.collect(),
+        });
+    }
+    let runs = links.iter_mut().enumerate().filter_map(|(i, link)| {
+        let r = plan.iter().find(|r| r.host == i)?;
+        let target = (&r.image, r.reference.as_str());
+        let host = &link.conn.peer().host;
+        let order = decide::build_order(d.cfg, spec, host, Action::Rollback, target, false);
+        Some(async move { (i, run_job(d, link, Job::Submit(Box::new(order))).await) })
+    });
+    let mut rollbacks = BTreeMap::new();
+    let mut outcomes = BTreeMap::new();
+    for (i, (state, outcome)) in join_all(runs.collect::<Vec<_>>()).await {
+        rollbacks.insert(i, state);
+        if let Some(o) = outcome {
+            outcomes.insert(i, o);
+        }
+    }
+    (rollbacks, outcomes)
+}
+
+/// Submits (signed) or follows one order to its end, re-attaching when the connection drops:
+/// the agent finishes the job either way.
+async fn run_job<C: Connector, S: OrderSigner>(
+    d: &Driver<'_, C, S>,
+    link: &mut HostLink<C::Conn>,
+    job: Job,
 ) -> (HostState, Option<Outcome>) {
     let host = link.spec.name.clone();
-    let signed = match signer.sign_order(&order).await {
-        Ok(s) => s,
-        Err(e) => {
-            let why = format!("cannot sign the order: {e}");
-            out.emit(&Event::HostError {
-                host: host.clone(),
-                error: why.clone(),
-            });
-            return (HostState::NotSent { why }, None);
-        }
-    };
-    out.emit(&Event::Submitted {
-        host: host.clone(),
-        order_id: order.order_id.clone(),
-        action: order.action,
-        image: order.image.to_string(),
-        run_migration: order.run_migration,
-    });
-    let mut on_event = |ev: &proto::wire::JobEvent| {
-        out.emit(&Event::Job {
+    let out = d.out;
+    let mut on_event = |ev: &JobEvent| {
+        out.emit(&Message::Job {
             host: host.clone(),
             job: ev.clone(),
         })
     };
-    let mut result = link.conn.submit(signed, &mut on_event).await;
-    // Re-attach a few times: a dropped SSH session does not stop the job on the host.
+    let (order_id, result) = match job {
+        Job::Submit(order) => {
+            let signed = match d.signer.sign(&order).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let why = format!("cannot sign the order: {e}");
+                    let error = why.clone();
+                    out.emit(&Message::HostError {
+                        host: host.clone(),
+                        error,
+                    });
+                    return (HostState::NotSent { why }, None);
+                }
+            };
+            out.emit(&Message::Submitted {
+                host: host.clone(),
+                order_id: order.order_id.clone(),
+                action: order.action,
+                image: order.image.clone(),
+                run_migration: order.run_migration,
+            });
+            let result = link.conn.submit(signed, &mut on_event).await;
+            (order.order_id, result)
+        }
+        Job::Follow(order_id) => {
+            out.emit(&Message::Following {
+                host: host.clone(),
+                order_id: order_id.clone(),
+            });
+            let result = link.conn.watch(&order_id, &mut on_event).await;
+            (order_id, result)
+        }
+    };
+    let result = reattach(d, link, &order_id, result, &mut on_event).await;
+    ended(out, host, result)
+}
+
+/// Re-attaches a few times to an order whose connection dropped.
+async fn reattach<C: Connector, S>(
+    d: &Driver<'_, C, S>,
+    link: &mut HostLink<C::Conn>,
+    order_id: &str,
+    mut result: Result<JobEnd, TransportError>,
+    on_event: &mut (dyn FnMut(&JobEvent) + Send),
+) -> Result<JobEnd, TransportError> {
     let mut attempts = 0;
     while let Err(e) = &result {
         if attempts == 3 || matches!(e, TransportError::Agent(_) | TransportError::Protocol(_)) {
             break;
         }
         attempts += 1;
-        out.emit(&Event::HostError {
-            host: host.clone(),
-            error: format!("{e}; re-attaching to order {}", order.order_id),
+        d.out.emit(&Message::HostError {
+            host: link.spec.name.clone(),
+            error: format!("{e}; re-attaching to order {order_id}"),
         });
         tokio::time::sleep(Duration::from_millis(500 * attempts)).await;
-        match transport::connect(&link.spec.target, opts).await {
+        result = match d.connector.connect(&link.spec).await {
             Ok(conn) => {
                 link.conn = conn;
-                result = link.conn.watch(&order.order_id, &mut on_event).await;
+                link.conn.watch(order_id, on_event).await
             }
-            Err(e) => result = Err(e),
-        }
+            Err(e) => Err(e),
+        };
     }
+    result
+}
+
+/// Says how a host's order ended and what that means for the host.
+fn ended(
+    out: &dyn Output,
+    host: String,
+    result: Result<JobEnd, TransportError>,
+) -> (HostState, Option<Outcome>) {
     match result {
         Ok(end) => {
             let state = HostState::from_end(&end);
             match end {
                 JobEnd::Outcome(o) => {
-                    out.emit(&Event::Outcome {
+                    out.emit(&Message::Outcome {
                         host,
                         outcome: o.clone(),
                     });
                     (state, Some(o))
                 }
                 JobEnd::Refused(refusal) => {
-                    out.emit(&Event::Refused { host, refusal });
+                    out.emit(&Message::Refused { host, refusal });
                     (state, None)
                 }
             }
         }
         Err(e) => {
             let why = e.to_string();
-            out.emit(&Event::HostError {
+            out.emit(&Message::HostError {
                 host,
                 error: why.clone(),
             });
             (HostState::Unknown { why }, None)
         }
-    }
-}
-
-/// Whether a refusal means "someone else is rolling out".
-pub fn is_lock_refusal(r: &Refusal) -> bool {
-    r.kind == RefusalKind::RolloutInProgress
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::wire::{Health, ServiceResult, ServiceStatus};
-
-    fn ok(prev: Option<&str>) -> HostState {
-        HostState::Succeeded {
-            changed: true,
-            previous: prev.map(String::from),
-        }
-    }
-    fn failed() -> HostState {
-        HostState::Failed {
-            kind: OutcomeKind::RolledBack,
-            reason: Some("health".into()),
-        }
-    }
-    fn refused() -> HostState {
-        HostState::Refused {
-            refusal: Refusal {
-                kind: RefusalKind::RolloutInProgress,
-                message: "held".into(),
-                holder: None,
-            },
-        }
-    }
-
-    #[test]
-    fn batches_put_the_first_host_alone() {
-        let cases: &[(usize, usize, &[&[usize]])] = &[
-            (0, 1, &[]),
-            (1, 1, &[&[0]]),
-            (2, 1, &[&[0], &[1]]),
-            (3, 2, &[&[0], &[1, 2]]),
-            (4, 2, &[&[0], &[1, 2], &[3]]),
-            (5, 10, &[&[0], &[1, 2, 3, 4]]),
-            (3, 0, &[&[0], &[1], &[2]]),
-        ];
-        for (n, p, want) in cases {
-            let want: Vec<Vec<usize>> = want.iter().map(|b| b.to_vec()).collect();
-            assert_eq!(plan_batches(*n, *p), want, "{n} hosts, max_parallel {p}");
-        }
-    }
-
-    #[test]
-    fn outcomes_map_to_host_states() {
-        let mut o = Outcome {
-            order_id: "o".into(),
-            rollout_id: "r".into(),
-            kind: OutcomeKind::Succeeded,
-            failure: None,
-            reason: None,
-            changed: true,
-            log_tail: vec![],
-            services: BTreeMap::from([(
-                "web".into(),
-                ServiceResult {
-                    digest: Some("sha256:new".into()),
-                    previous_digest: Some("sha256:old".into()),
-                    container_id: None,
-                },
-            )]),
-            started_at: Timestamp::now(),
-            finished_at: Timestamp::now(),
-            rollback_ms: None,
-        };
-        assert_eq!(HostState::from_outcome(&o), ok(Some("sha256:old")));
-        o.kind = OutcomeKind::RolledBack;
-        o.changed = false;
-        assert!(matches!(
-            HostState::from_outcome(&o),
-            HostState::Failed {
-                kind: OutcomeKind::RolledBack,
-                ..
-            }
-        ));
-        o.kind = OutcomeKind::RollbackFailed;
-        assert!(matches!(
-            HostState::from_outcome(&o),
-            HostState::Broken { .. }
-        ));
-        o.kind = OutcomeKind::Failed;
-        o.changed = true;
-        assert!(matches!(
-            HostState::from_outcome(&o),
-            HostState::Broken { .. }
-        ));
-    }
-
-    #[test]
-    fn rollback_targets_are_the_hosts_this_rollout_changed() {
-        let states = vec![
-            ok(Some("sha256:a")),
-            ok(None),
-            HostState::Succeeded {
-                changed: false,
-                previous: None,
-            },
-            failed(),
-            HostState::Untouched,
-        ];
-        let fallback = vec![None, Some("sha256:b".to_string()), None, None, None];
-        assert_eq!(
-            rollback_targets(&states, &fallback),
-            vec![(0, Some("sha256:a".into())), (1, Some("sha256:b".into()))]
-        );
-        assert_eq!(rollback_targets(&[ok(None)], &[None]), vec![(0, None)]);
-    }
-
-    #[test]
-    fn conclusions_follow_the_exit_code_contract() {
-        let rb_ok = |i: usize| (i, ok(Some("x")));
-        type Case = (
-            Vec<HostState>,
-            Vec<(usize, HostState)>,
-            ExitClass,
-            Vec<usize>,
-        );
-        let cases: Vec<Case> = vec![
-            // everything succeeded
-            (vec![ok(None), ok(None)], vec![], ExitClass::Success, vec![]),
-            // first host failed and rolled itself back, second untouched
-            (
-                vec![failed(), HostState::Untouched],
-                vec![],
-                ExitClass::RolledBack,
-                vec![],
-            ),
-            // last batch failed, the changed hosts were rolled back
-            (
-                vec![ok(Some("a")), ok(Some("a")), failed()],
-                vec![rb_ok(0), rb_ok(1)],
-                ExitClass::RolledBack,
-                vec![],
-            ),
-            // refused before anything changed
-            (
-                vec![refused(), HostState::Untouched],
-                vec![],
-                ExitClass::Refused,
-                vec![],
-            ),
-            (
-                vec![HostState::NotSent { why: "sign".into() }],
-                vec![],
-                ExitClass::Refused,
-                vec![],
-            ),
-            // refused on a later host after the first changed: rolled back
-            (
-                vec![ok(Some("a")), refused()],
-                vec![rb_ok(0)],
-                ExitClass::RolledBack,
-                vec![],
-            ),
-            // a rollback that failed leaves that host inconsistent
-            (
-                vec![ok(Some("a")), failed()],
-                vec![(0, failed())],
-                ExitClass::Inconsistent,
-                vec![0],
-            ),
-            // no previous version to go back to
-            (
-                vec![ok(None), failed()],
-                vec![],
-                ExitClass::Inconsistent,
-                vec![0],
-            ),
-            // the agent could not restore
-            (
-                vec![HostState::Broken {
-                    kind: OutcomeKind::RollbackFailed,
-                    reason: None,
-                }],
-                vec![],
-                ExitClass::Inconsistent,
-                vec![0],
-            ),
-            // lost track of a host
-            (
-                vec![ok(Some("a")), HostState::Unknown { why: "gone".into() }],
-                vec![rb_ok(0)],
-                ExitClass::Inconsistent,
-                vec![1],
-            ),
-            // already running the new version elsewhere: nothing to roll back there
-            (
-                vec![
-                    HostState::Succeeded {
-                        changed: false,
-                        previous: None,
-                    },
-                    failed(),
-                ],
-                vec![],
-                ExitClass::RolledBack,
-                vec![],
-            ),
-        ];
-        for (states, rollbacks, exit, bad) in cases {
-            let c = conclude(&states, &rollbacks.clone().into_iter().collect());
-            assert_eq!(c.exit, exit, "{states:?} {rollbacks:?}");
-            assert_eq!(
-                c.inconsistent.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
-                bad,
-                "{states:?}"
-            );
-        }
-    }
-
-    fn entry(
-        order_id: &str,
-        secs: u64,
-        digest_byte: char,
-        outcome: Option<OutcomeKind>,
-        app: &str,
-    ) -> HistoryEntry {
-        HistoryEntry {
-            order_id: order_id.into(),
-            rollout_id: "r".into(),
-            action: Action::Deploy,
-            signer: "s".into(),
-            issued_by: "me".into(),
-            accepted_at: Timestamp::from_unix_secs(secs),
-            reference: format!("ref-{digest_byte}"),
-            image: ImageRef::new(
-                "r/web",
-                &format!("sha256:{}", digest_byte.to_string().repeat(64)),
-            )
-            .unwrap(),
-            app: app.into(),
-            services: vec!["web".into()],
-            outcome,
-            reason: None,
-            duration_ms: None,
-            run_migration: false,
-        }
-    }
-
-    fn d(c: char) -> String {
-        format!("sha256:{}", c.to_string().repeat(64))
-    }
-
-    #[test]
-    fn previous_healthy_skips_failures_other_apps_and_the_current_digest() {
-        let s = Some(OutcomeKind::Succeeded);
-        let history = vec![
-            entry("03", 3, 'c', Some(OutcomeKind::RolledBack), "web"),
-            entry("02", 2, 'b', s, "web"),
-            entry("01", 1, 'a', s, "web"),
-            entry("04", 4, 'e', s, "other"),
-        ];
-        assert_eq!(
-            previous_healthy(&history, "web", Some(&d('b'))),
-            Some((d('a'), "ref-a".into()))
-        );
-        assert_eq!(
-            previous_healthy(&history, "web", None),
-            Some((d('a'), "ref-a".into()))
-        );
-        assert_eq!(
-            previous_healthy(&history, "web", Some(&d('a'))),
-            Some((d('b'), "ref-b".into()))
-        );
-        assert_eq!(previous_healthy(&history[..2], "web", Some(&d('b'))), None);
-        assert_eq!(previous_healthy(&[], "web", None), None);
-    }
-
-    #[test]
-    fn lock_holders_of_other_apps_do_not_conflict() {
-        let holder = |id: &str| LockHolder {
-            order_id: id.into(),
-            rollout_id: "r".into(),
-            signer: "s".into(),
-            issued_by: "ci".into(),
-            since: Timestamp::now(),
-        };
-        let status = AgentStatus {
-            agent_version: "1".into(),
-            host: "h".into(),
-            env: "e".into(),
-            uptime_secs: 1,
-            services: vec![ServiceStatus {
-                app: "web".into(),
-                service: "web".into(),
-                container_id: None,
-                image: Some(ImageRef::new("r/web", &d('a')).unwrap()),
-                reference: Some("v1".into()),
-                health: Health::Healthy,
-                since: Timestamp::now(),
-                last_outcome: None,
-                last_order: None,
-                previous_digest: None,
-            }],
-            running: vec![holder("01"), holder("04"), holder("99")],
-        };
-        let history = vec![
-            entry("01", 1, 'a', None, "web"),
-            entry("04", 4, 'e', None, "other"),
-        ];
-        let ids: Vec<&str> = conflicting_holders(&status, &history, "web")
-            .iter()
-            .map(|h| h.order_id.as_str())
-            .collect();
-        assert_eq!(ids, vec!["01", "99"]);
-        assert_eq!(current_digest(&status, "web"), Some(d('a')));
-        assert_eq!(current_digest(&status, "other"), None);
-        assert_eq!(current_reference(&status, "web").as_deref(), Some("v1"));
-    }
-
-    /// A fake agent that drops the first connection mid-job and answers the re-attach.
-    #[tokio::test]
-    async fn a_dropped_connection_reattaches_to_the_order() {
-        use proto::codec::{FrameReader, write_frame};
-        use proto::wire::{JobEvent, Phase, Reply, Request};
-
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("agent.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        let hello = Reply::Hello {
-            protocol: proto::wire::PROTOCOL_VERSION,
-            agent_version: "test".into(),
-            host: "h1".into(),
-            env: "staging".into(),
-        };
-        let server = tokio::spawn(async move {
-            let mut seen_order = String::new();
-            for round in 0..2 {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (r, mut w) = stream.into_split();
-                let mut frames = FrameReader::new(r);
-                let _: Request = frames.next().await.unwrap().unwrap();
-                write_frame(&mut w, &hello).await.unwrap();
-                match frames.next::<Request>().await.unwrap().unwrap() {
-                    Request::Submit { order } if round == 0 => {
-                        let order: Order = serde_json::from_str(&order.payload).unwrap();
-                        seen_order = order.order_id.clone();
-                        let event = JobEvent {
-                            order_id: order.order_id,
-                            at: Timestamp::now(),
-                            phase: Phase::Accepted,
-                            service: None,
-                            message: "accepted".into(),
-                        };
-                        write_frame(&mut w, &Reply::Event { event }).await.unwrap();
-                        // Drop the connection mid-job.
-                    }
-                    Request::Watch { order_id } if round == 1 => {
-                        assert_eq!(order_id, seen_order);
-                        let outcome = Outcome {
-                            order_id,
-                            rollout_id: "r".into(),
-                            kind: OutcomeKind::Succeeded,
-                            failure: None,
-                            reason: None,
-                            changed: true,
-                            log_tail: vec![],
-                            services: BTreeMap::new(),
-                            started_at: Timestamp::now(),
-                            finished_at: Timestamp::now(),
-                            rollback_ms: None,
-                        };
-                        write_frame(&mut w, &Reply::Outcome { outcome })
-                            .await
-                            .unwrap();
-                    }
-                    other => panic!("round {round}: unexpected {other:?}"),
-                }
-            }
-        });
-
-        let toml = format!(
-            "image = \"127.0.0.1:5000/acme/web\"\n[services.web]\n[env.staging]\nhosts = [{{ name = \"h1\", socket = {:?} }}]\n",
-            sock.display().to_string()
-        );
-        let cfg = DeployConfig::parse(&toml, std::path::Path::new("deploy.toml")).unwrap();
-        let env = cfg.env("staging").unwrap();
-        let opts = ConnectOptions::from_env(None);
-        let conn = transport::connect(&env.hosts[0].target, &opts)
-            .await
-            .unwrap();
-        let before = AgentStatus {
-            agent_version: "test".into(),
-            host: "h1".into(),
-            env: "staging".into(),
-            uptime_secs: 0,
-            services: vec![],
-            running: vec![],
-        };
-        let mut links = vec![HostLink {
-            spec: env.hosts[0].clone(),
-            conn,
-            before,
-        }];
-        let key = proto::sign::generate_key_files(&dir.path().join("key"), "test").unwrap();
-        let signer = Signer::from_key_file(&key.private_path).unwrap();
-        let spec = RolloutSpec {
-            rollout_id: order::new_id(),
-            env: "staging".into(),
-            action: Action::Deploy,
-            image: ImageRef::new("127.0.0.1:5000/acme/web", &d('a')).unwrap(),
-            reference: "v1".into(),
-            issued_by: "test".into(),
-            migrate_first: false,
-            rerun_migration: false,
-        };
-        let report = drive(
-            &cfg,
-            spec,
-            1,
-            &mut links,
-            &signer,
-            &opts,
-            &crate::output::Silent,
-        )
-        .await;
-        server.await.unwrap();
-        assert_eq!(
-            report.conclusion.exit,
-            ExitClass::Success,
-            "{:?}",
-            report.states
-        );
-        assert!(matches!(
-            report.states[0],
-            HostState::Succeeded { changed: true, .. }
-        ));
     }
 }

@@ -33,6 +33,7 @@ pub fn workspace_binary(name: &str, env_var: &str) -> crate::error::Result<std::
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            fix: "cargo build --workspace --bins   (scripts/test does this)".into(),
+            fix: "cargo build --workspace --bins --features deployctl/demo   (scripts/test does this)"
+                .into(),
         })
 }

@@ -2,116 +2,139 @@
 
 use futures_util::future::join_all;
 use proto::wire::HistoryEntry;
-use serde_json::json;
 
-use super::{connect_all, connect_options, find_env};
+use super::find_env;
 use crate::config::DeployConfig;
-use crate::output::{self, table};
+use crate::connector::{Transport, connect_all};
+use crate::output::{HistorySummary, Message, Output, Summary, SummaryBody};
 use crate::{Error, ExitClass};
 
 pub async fn history(
     cfg: &DeployConfig,
     env_name: &str,
     n: usize,
-    json: bool,
+    out: &dyn Output,
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
-    let opts = connect_options(env);
-    let mut results = connect_all(env, &opts, &output::Silent).await;
+    let connector = Transport::for_env(env);
+    let results = connect_all(&connector, &env.name, &env.hosts).await;
     // Other apps may share the hosts; ask for more so `n` of this app's remain.
     let depth = n.saturating_mul(4).max(50);
-    let answers = join_all(results.iter_mut().map(|r| async move {
-        match r {
-            Ok(conn) => conn.history(depth).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.clone()),
-        }
+    let answers = join_all(results.into_iter().map(|r| async move {
+        let mut conn = r?;
+        conn.history(depth).await.map_err(|e| e.to_string())
     }))
     .await;
-    let mut merged: Vec<(&str, HistoryEntry)> = Vec::new();
+    let names: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+    let (entries, unreachable) = merge(&cfg.app, n, &names, answers);
+    for (host, entry) in &entries {
+        out.emit(&Message::History {
+            host: host.clone(),
+            entry: entry.clone(),
+        });
+    }
+    for (host, error) in &unreachable {
+        out.emit(&Message::HostError {
+            host: host.clone(),
+            error: error.clone(),
+        });
+    }
+    let summary = Summary::new(
+        "history",
+        SummaryBody::History(HistorySummary {
+            env: env.name.clone(),
+            hosts: env.hosts.len(),
+            entries: entries.len(),
+            unreachable: unreachable.into_iter().map(|(h, _)| h).collect(),
+        }),
+    );
+    let exit = summary.exit();
+    out.emit(&Message::Summary(summary));
+    Ok(exit)
+}
+
+type Merged = (Vec<(String, HistoryEntry)>, Vec<(String, String)>);
+
+/// The newest `n` entries of `app` per host, all hosts merged newest first; and the hosts that
+/// did not answer, with why.
+pub fn merge(
+    app: &str,
+    n: usize,
+    hosts: &[&str],
+    answers: Vec<Result<Vec<HistoryEntry>, String>>,
+) -> Merged {
+    let mut merged = Vec::new();
     let mut unreachable = Vec::new();
-    for (host, answer) in env.hosts.iter().zip(answers) {
+    for (host, answer) in hosts.iter().zip(answers) {
         match answer {
             Ok(entries) => merged.extend(
                 entries
                     .into_iter()
-                    .filter(|e| e.app == cfg.app)
+                    .filter(|e| e.app == app)
                     .take(n)
-                    .map(|e| (host.name.as_str(), e)),
+                    .map(|e| (host.to_string(), e)),
             ),
-            Err(e) => unreachable.push((host.name.clone(), e)),
+            Err(e) => unreachable.push((host.to_string(), e)),
         }
     }
     merged.sort_by(|(ha, a), (hb, b)| {
         (b.accepted_at, &b.order_id, hb).cmp(&(a.accepted_at, &a.order_id, ha))
     });
-    if json {
-        for (host, entry) in &merged {
-            output::print_json(&json!({"event": "history", "host": host, "entry": entry}));
+    (merged, unreachable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::Timestamp;
+    use proto::order::{Action, ImageRef};
+
+    fn entry(id: &str, secs: u64, app: &str) -> HistoryEntry {
+        HistoryEntry {
+            order_id: id.into(),
+            rollout_id: "r".into(),
+            action: Action::Deploy,
+            signer: "s".into(),
+            issued_by: "me".into(),
+            accepted_at: Timestamp::from_unix_secs(secs),
+            reference: "v1".into(),
+            image: ImageRef::new("r/web", &format!("sha256:{}", "a".repeat(64))).unwrap(),
+            app: app.into(),
+            services: vec!["web".into()],
+            outcome: None,
+            reason: None,
+            duration_ms: None,
+            run_migration: false,
         }
-        for (host, e) in &unreachable {
-            output::print_json(&json!({"event": "host_error", "host": host, "error": e}));
-        }
-        output::print_json(&json!({
-            "event": "summary",
-            "command": "history",
-            "env": env.name,
-            "entries": merged.len(),
-            "unreachable": unreachable.iter().map(|(h, _)| h).collect::<Vec<_>>(),
-            "exit_code": if unreachable.len() == env.hosts.len() { 3 } else { 0 },
-        }));
-    } else {
-        let rows: Vec<Vec<String>> = merged
+    }
+
+    #[test]
+    fn journals_merge_newest_first_n_per_host_this_app_only() {
+        let answers = vec![
+            Ok(vec![
+                entry("a3", 3, "web"),
+                entry("a2", 2, "other"),
+                entry("a1", 1, "web"),
+            ]),
+            Err("gone".to_string()),
+            Ok(vec![entry("c4", 4, "web"), entry("c0", 0, "web")]),
+        ];
+        let (merged, unreachable) = merge("web", 2, &["h1", "h2", "h3"], answers);
+        let got: Vec<(&str, &str)> = merged
             .iter()
-            .map(|(host, e)| {
-                vec![
-                    e.accepted_at.to_string(),
-                    host.to_string(),
-                    e.action.to_string(),
-                    e.reference.clone(),
-                    e.image.short_digest().to_string(),
-                    e.outcome
-                        .map(|o| o.to_string())
-                        .unwrap_or_else(|| "running".into()),
-                    e.duration_ms
-                        .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
-                        .unwrap_or_else(|| "-".into()),
-                    if e.run_migration {
-                        "yes".into()
-                    } else {
-                        "-".into()
-                    },
-                    e.issued_by.clone(),
-                    e.reason.clone().unwrap_or_default(),
-                ]
-            })
+            .map(|(h, e)| (h.as_str(), e.order_id.as_str()))
             .collect();
-        print!(
-            "{}",
-            table(
-                &[
-                    "WHEN",
-                    "HOST",
-                    "ACTION",
-                    "REF",
-                    "DIGEST",
-                    "OUTCOME",
-                    "TOOK",
-                    "MIGRATION",
-                    "BY",
-                    "REASON"
-                ],
-                &rows
-            )
+        assert_eq!(
+            got,
+            vec![("h3", "c4"), ("h1", "a3"), ("h1", "a1"), ("h3", "c0")]
         );
-        for (host, e) in &unreachable {
-            println!("{host}: unreachable: {e}");
-        }
+        assert_eq!(unreachable, vec![("h2".to_string(), "gone".to_string())]);
+        let (merged, _) = merge(
+            "web",
+            1,
+            &["h1"],
+            vec![Ok(vec![entry("a3", 3, "web"), entry("a1", 1, "web")])],
+        );
+        assert_eq!(merged.len(), 1);
     }
-    if unreachable.len() == env.hosts.len() {
-        return Err(Error::Refused(format!(
-            "no host of {} could be reached",
-            env.name
-        )));
-    }
-    Ok(ExitClass::Success)
 }

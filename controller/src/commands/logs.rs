@@ -1,12 +1,11 @@
 //! `deployctl logs --env E [--host H] [--service S] [-n N]`: the containers' last log lines.
 
 use futures_util::future::join_all;
-use serde_json::json;
 
-use super::{connect_options, find_env};
-use crate::config::{DeployConfig, EnvConfig};
-use crate::output;
-use crate::transport;
+use super::find_env;
+use crate::config::{DeployConfig, EnvConfig, HostSpec};
+use crate::connector::{Transport, connect_all};
+use crate::output::{LogsSummary, Message, Output, Summary, SummaryBody};
 use crate::{Error, ExitClass};
 
 pub async fn logs(
@@ -15,9 +14,59 @@ pub async fn logs(
     host: Option<&str>,
     service: Option<&str>,
     n: usize,
-    json: bool,
+    out: &dyn Output,
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
+    let hosts = select(cfg, env, host, service)?;
+    let connector = Transport::for_env(env);
+    let results = connect_all(&connector, &env.name, &hosts).await;
+    let answers = join_all(results.into_iter().map(|r| async move {
+        let mut conn = r?;
+        conn.logs(service, n).await.map_err(|e| e.to_string())
+    }))
+    .await;
+    let mut unreachable = 0;
+    for (h, answer) in hosts.iter().zip(answers) {
+        match answer {
+            Ok(all) => {
+                for l in all.into_iter().filter(|l| l.app == cfg.app) {
+                    out.emit(&Message::Logs {
+                        host: h.name.clone(),
+                        service: l.service,
+                        container: l.container,
+                        lines: l.lines,
+                    });
+                }
+            }
+            Err(error) => {
+                unreachable += 1;
+                out.emit(&Message::HostError {
+                    host: h.name.clone(),
+                    error,
+                });
+            }
+        }
+    }
+    let summary = Summary::new(
+        "logs",
+        SummaryBody::Logs(LogsSummary {
+            env: env.name.clone(),
+            hosts: hosts.len(),
+            unreachable,
+        }),
+    );
+    let exit = summary.exit();
+    out.emit(&Message::Summary(summary));
+    Ok(exit)
+}
+
+/// The hosts asked: all of the env's, or the one `--host` names; `--service` must exist.
+fn select(
+    cfg: &DeployConfig,
+    env: &EnvConfig,
+    host: Option<&str>,
+    service: Option<&str>,
+) -> Result<Vec<HostSpec>, Error> {
     if let Some(s) = service
         && !cfg.services.contains_key(s)
     {
@@ -28,7 +77,7 @@ pub async fn logs(
             known.join(", ")
         )));
     }
-    let hosts: Vec<_> = env
+    let hosts: Vec<HostSpec> = env
         .hosts
         .iter()
         .filter(|h| host.is_none_or(|want| h.name == want))
@@ -43,56 +92,5 @@ pub async fn logs(
             known.join(", ")
         )));
     }
-    let selected = EnvConfig {
-        hosts,
-        ..env.clone()
-    };
-    let opts = connect_options(&selected);
-    let results = super::connect_all(&selected, &opts, &output::Silent).await;
-    let answers = join_all(results.into_iter().map(|r| async move {
-        let mut conn = r?;
-        conn.logs(service, n)
-            .await
-            .map_err(|e: transport::TransportError| e.to_string())
-    }))
-    .await;
-    let mut failures = 0;
-    for (h, answer) in selected.hosts.iter().zip(answers) {
-        match answer {
-            Ok(all) => {
-                for l in all.into_iter().filter(|l| l.app == cfg.app) {
-                    if json {
-                        output::print_json(
-                            &json!({"event": "logs", "host": h.name, "service": l.service, "container": l.container, "lines": l.lines}),
-                        );
-                    } else {
-                        println!("==> {} {} ({}) <==", h.name, l.service, l.container);
-                        for line in &l.lines {
-                            println!("{line}");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                if json {
-                    output::print_json(&json!({"event": "host_error", "host": h.name, "error": e}));
-                } else {
-                    eprintln!("{}: unreachable: {e}", h.name);
-                }
-            }
-        }
-    }
-    if json {
-        output::print_json(
-            &json!({"event": "summary", "command": "logs", "env": env.name, "unreachable": failures, "exit_code": if failures == selected.hosts.len() { 3 } else { 0 }}),
-        );
-    }
-    if failures == selected.hosts.len() {
-        return Err(Error::Refused(format!(
-            "no host of {} could be reached",
-            env.name
-        )));
-    }
-    Ok(ExitClass::Success)
+    Ok(hosts)
 }

@@ -1,4 +1,6 @@
-//! `deployctl demo` (DESIGN §9): the whole product on one machine in about a minute.
+//! `deployctl demo` (README "Quick start"): the whole product on one machine in about a minute.
+//! Built only with the `demo` cargo feature, which `scripts/demo` enables: it builds images from
+//! this checkout, so a release `deployctl` leaves it (and its build-machine paths) out.
 //!
 //! Starts a registry, builds and pushes the demo app (it uses v1, v2 healthy; v3 never
 //! healthy), runs an agent on a local socket, then drives the real commands in-process: push v1 by git SHA,
@@ -9,16 +11,14 @@
 
 mod setup;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::commands;
+use crate::commands::{self, rollout::Migrations, rollout::What};
 use crate::config::DeployConfig;
-use crate::output;
+use crate::output::{DemoResult, DemoSummary, Message, Output, Summary, SummaryBody};
 use crate::{Error, ExitClass};
-use demokit::Registry;
+use demokit::{DemoImages, Registry};
 use setup::{Agent, SetupError};
 
 /// The agent's host name; every container of the demo carries it as a label.
@@ -26,14 +26,12 @@ const HOST: &str = "deployctl-demo";
 const ENV: &str = "demo";
 const APP: &str = "deployctl-demo";
 
-pub async fn run(json: bool) -> Result<ExitClass, Error> {
+pub async fn run(out: &dyn Output) -> Result<ExitClass, Error> {
     let started = Instant::now();
     let say = |text: &str| {
-        if json {
-            output::print_json(&json!({"event": "demo", "message": text}));
-        } else {
-            println!("{text}");
-        }
+        out.emit(&Message::Demo {
+            message: text.to_string(),
+        })
     };
     say(
         "deployctl demo: a registry, the demo app, one agent on this machine; every step is a real deployctl command.",
@@ -47,7 +45,7 @@ pub async fn run(json: bool) -> Result<ExitClass, Error> {
         registry: None,
         agent: None,
     };
-    let result = steps(dir.path(), &mut stage, json, &say).await;
+    let result = steps(dir.path(), &mut stage, out, &say).await;
     say("cleaning up: agent, containers, registry");
     if let Some(agent) = stage.agent.take() {
         agent.process.stop(Duration::from_secs(10)).await;
@@ -59,28 +57,28 @@ pub async fn run(json: bool) -> Result<ExitClass, Error> {
         setup::stop_registry(registry).await;
     }
     let took = format_secs(started.elapsed());
-    match result {
+    let summary = match result {
         Ok(()) => {
             say(&format!(
                 "demo finished in {took}: every step behaved as expected."
             ));
-            if json {
-                output::print_json(
-                    &json!({"event": "summary", "command": "demo", "result": "succeeded", "exit_code": 0}),
-                );
+            DemoSummary {
+                result: DemoResult::Succeeded,
+                error: None,
             }
-            Ok(ExitClass::Success)
         }
         Err(e) => {
             say(&format!("demo FAILED after {took}: {e}"));
-            if json {
-                output::print_json(
-                    &json!({"event": "summary", "command": "demo", "result": "failed", "error": e.to_string(), "exit_code": 1}),
-                );
+            DemoSummary {
+                result: DemoResult::Failed,
+                error: Some(e.to_string()),
             }
-            Ok(ExitClass::RolledBack)
         }
-    }
+    };
+    let summary = Summary::new("demo", SummaryBody::Demo(summary));
+    let exit = summary.exit();
+    out.emit(&Message::Summary(summary));
+    Ok(exit)
 }
 
 struct Stage {
@@ -95,9 +93,25 @@ fn format_secs(d: Duration) -> String {
 async fn steps(
     dir: &Path,
     stage: &mut Stage,
-    json: bool,
+    out: &dyn Output,
     say: &dyn Fn(&str),
 ) -> Result<(), SetupError> {
+    let world = set_up(dir, stage, say).await?;
+    walk(&world, out, say).await
+}
+
+/// What step 1 stood up for the others.
+struct World {
+    cfg: DeployConfig,
+    images: DemoImages,
+    /// The demo app's `/version`, as published on this machine.
+    app_url: String,
+    /// The data volume, where migrations leave their log.
+    data: PathBuf,
+}
+
+/// Step 1: the registry with the demo images, a signing key, the agent and both configs.
+async fn set_up(dir: &Path, stage: &mut Stage, say: &dyn Fn(&str)) -> Result<World, SetupError> {
     let t = Instant::now();
     say("\n[1/8] setting up: registry, demo images, signing key, agent");
     let engine = setup::docker(&["version", "--format", "{{.Server.Version}}"]).await.map_err(|e| {
@@ -109,6 +123,44 @@ async fn steps(
     let agent_bin = setup::agent_binary().await?;
     let key = proto::sign::generate_key_files(&dir.join("signing-key"), "deployctl-demo")
         .map_err(|e| SetupError(format!("cannot make a signing key: {e}")))?;
+    let web_port = demokit::free_port()?;
+    write_files(dir, &addr, &key, web_port)?;
+    let socket = dir.join("agent.sock");
+    let log = dir.join("agent.log");
+    stage.agent = Some(Agent::start(&agent_bin, &dir.join("agent.toml"), &socket, log).await?);
+    let cfg =
+        DeployConfig::load(&dir.join("deploy.toml")).map_err(|e| SetupError(e.to_string()))?;
+    say(&format!(
+        "      registry {addr}, agent on {}, app on http://127.0.0.1:{web_port} ({})",
+        socket.display(),
+        format_secs(t.elapsed())
+    ));
+    say(&format!(
+        "      files: {}/deploy.toml, agent.toml, allowed_signers",
+        dir.display()
+    ));
+    for n in 1..=3 {
+        let image = images.v(n);
+        say(&format!(
+            "      {addr}/demo/web {}: git sha {} → {}",
+            image.version, image.git_sha, image.digest
+        ));
+    }
+    Ok(World {
+        cfg,
+        images,
+        app_url: format!("http://127.0.0.1:{web_port}/version"),
+        data: dir.join("data"),
+    })
+}
+
+/// The agent's `agent.toml` and `allowed_signers`, and the app's `deploy.toml`, in `dir`.
+fn write_files(
+    dir: &Path,
+    addr: &str,
+    key: &proto::sign::GeneratedKey,
+    web_port: u16,
+) -> Result<(), SetupError> {
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text)
             .map_err(|e| SetupError(format!("cannot write {name}: {e}")))
@@ -126,7 +178,6 @@ async fn steps(
             dir.join("allowed_signers").display()
         ),
     )?;
-    let web_port = demokit::free_port()?;
     write(
         "deploy.toml",
         format!(
@@ -151,60 +202,71 @@ signing_key = "{key}"
             socket = socket.display(),
             key = key.private_path.display(),
         ),
-    )?;
-    stage.agent = Some(
-        Agent::start(
-            &agent_bin,
-            &dir.join("agent.toml"),
-            &socket,
-            dir.join("agent.log"),
-        )
-        .await?,
-    );
-    let cfg =
-        DeployConfig::load(&dir.join("deploy.toml")).map_err(|e| SetupError(e.to_string()))?;
-    say(&format!(
-        "      registry {addr}, agent on {}, app on http://127.0.0.1:{web_port} ({})",
-        socket.display(),
-        format_secs(t.elapsed())
-    ));
-    say(&format!(
-        "      files: {}/deploy.toml, agent.toml, allowed_signers",
-        dir.display()
-    ));
-    let (v1, v2, v3) = (images.v(1), images.v(2), images.v(3));
-    for image in [v1, v2, v3] {
-        say(&format!(
-            "      {addr}/demo/web {}: git sha {} → {}",
-            image.version, image.git_sha, image.digest
-        ));
-    }
-
-    let app_url = format!("http://127.0.0.1:{web_port}/version");
-    let env = ENV;
-
-    step(
-        say,
-        "[2/8]",
-        &format!(
-            "deployctl push {} --env {env}   (v1, by its full git SHA)",
-            v1.git_sha
-        ),
-        ExitClass::Success,
-        commands::push::push(
-            &cfg,
-            env,
-            &v1.git_sha,
-            commands::push::Migrations::Once,
-            json,
-        ),
     )
-    .await?;
-    expect_version(&app_url, "v1", say).await?;
+}
+
+/// Steps 2 to 8: the real commands, each checked by its exit code and what the app answers.
+async fn walk(w: &World, out: &dyn Output, say: &dyn Fn(&str)) -> Result<(), SetupError> {
+    let (cfg, env) = (&w.cfg, ENV);
+    let (v1, v2, v3) = (w.images.v(1), w.images.v(2), w.images.v(3));
+    let push = |reference: &str| {
+        let what = What::push(reference, Migrations::Once);
+        commands::rollout::rollout(cfg, env, what, out)
+    };
+    let args = format!("{} --env {env}   (v1, by its full git SHA)", v1.git_sha);
+    let run = push(&v1.git_sha);
+    step(out, "[2/8]", ("push", &args), ExitClass::Success, run).await?;
+    expect_version(&w.app_url, "v1", say).await?;
 
     let prefix = &v2.git_sha[..7];
-    step(say, "[3/8]", &format!("deployctl push {prefix} --env {env}   (v2, by a 7-character prefix; its migration runs once)"), ExitClass::Success, commands::push::push(&cfg, env, prefix, commands::push::Migrations::Once, json)).await?;
-    expect_version(&app_url, "v2", say).await?;
+    let args =
+        format!("{prefix} --env {env}   (v2, by a 7-character prefix; its migration runs once)");
+    step(
+        out,
+        "[3/8]",
+        ("push", &args),
+        ExitClass::Success,
+        push(prefix),
+    )
+    .await?;
+    expect_version(&w.app_url, "v2", say).await?;
+    show_migrations(&w.data, say)?;
+
+    let args = format!(
+        "{} --env {env}   (v3 never gets healthy: expect an automatic rollback and exit 1)",
+        v3.version
+    );
+    let run = push(&v3.version);
+    step(out, "[4/8]", ("push", &args), ExitClass::Failed, run).await?;
+    say("      exit 1 means: the push failed and every host is back on its previous version (v2).");
+    expect_version(&w.app_url, "v2", say).await?;
+
+    let rollback = |to: Option<&str>| commands::rollout::rollout(cfg, env, What::rollback(to), out);
+    let args = format!("--env {env}   (back to the previous healthy digest, v1)");
+    step(
+        out,
+        "[5/8]",
+        ("rollback", &args),
+        ExitClass::Success,
+        rollback(None),
+    )
+    .await?;
+    expect_version(&w.app_url, "v1", say).await?;
+
+    let args = format!("--env {env} --to {}   (forward again, to v2)", v2.version);
+    let run = rollback(Some(&v2.version));
+    step(out, "[6/8]", ("rollback", &args), ExitClass::Success, run).await?;
+    expect_version(&w.app_url, "v2", say).await?;
+
+    let args = format!("--env {env}");
+    let run = commands::status::status(cfg, env, out);
+    step(out, "[7/8]", ("status", &args), ExitClass::Success, run).await?;
+    let run = commands::history::history(cfg, env, 20, out);
+    step(out, "[8/8]", ("history", &args), ExitClass::Success, run).await
+}
+
+/// Shows the migrations log; the last line must be v2's.
+fn show_migrations(data: &Path, say: &dyn Fn(&str)) -> Result<(), SetupError> {
     let migrations = std::fs::read_to_string(data.join("migrations.log")).unwrap_or_default();
     say(&format!(
         "      migrations.log on the data volume ({} lines, one per rollout):",
@@ -220,71 +282,25 @@ signing_key = "{key}"
     {
         return Err(SetupError("the v2 migration did not run".into()));
     }
-
-    step(say, "[4/8]", &format!("deployctl push {} --env {env}   (v3 never gets healthy: expect an automatic rollback and exit 1)", v3.version), ExitClass::RolledBack, commands::push::push(&cfg, env, &v3.version, commands::push::Migrations::Once, json)).await?;
-    say("      exit 1 means: the push failed and every host is back on its previous version (v2).");
-    expect_version(&app_url, "v2", say).await?;
-
-    step(
-        say,
-        "[5/8]",
-        &format!("deployctl rollback --env {env}   (back to the previous healthy digest, v1)"),
-        ExitClass::Success,
-        commands::rollback::rollback(&cfg, env, None, json),
-    )
-    .await?;
-    expect_version(&app_url, "v1", say).await?;
-
-    step(
-        say,
-        "[6/8]",
-        &format!(
-            "deployctl rollback --env {env} --to {}   (forward again, to v2)",
-            v2.version
-        ),
-        ExitClass::Success,
-        commands::rollback::rollback(&cfg, env, Some(&v2.version), json),
-    )
-    .await?;
-    expect_version(&app_url, "v2", say).await?;
-
-    step(
-        say,
-        "[7/8]",
-        &format!("deployctl status --env {env}"),
-        ExitClass::Success,
-        commands::status::status(&cfg, env, json),
-    )
-    .await?;
-    step(
-        say,
-        "[8/8]",
-        &format!("deployctl history --env {env}"),
-        ExitClass::Success,
-        commands::history::history(&cfg, env, 20, json),
-    )
-    .await?;
     Ok(())
 }
 
-/// Runs one command, prints its timing, and checks its exit code.
+/// Runs one command (`deployctl <name> <args>`), shows its timing, and checks its exit code.
 async fn step(
-    say: &dyn Fn(&str),
+    out: &dyn Output,
     n: &str,
-    title: &str,
+    (name, args): (&'static str, &str),
     want: ExitClass,
     command: impl std::future::Future<Output = Result<ExitClass, Error>>,
 ) -> Result<(), SetupError> {
-    say(&format!("\n{n} {title}"));
+    let say = |text: String| out.emit(&Message::Demo { message: text });
+    say(format!("\n{n} deployctl {name} {args}"));
     let t = Instant::now();
     let exit = match command.await {
         Ok(exit) => exit,
-        Err(e) => {
-            eprintln!("deployctl: {e}");
-            e.exit()
-        }
+        Err(e) => commands::stopped(out, name, &e),
     };
-    say(&format!(
+    say(format!(
         "      → exit {} in {}",
         exit.code(),
         format_secs(t.elapsed())

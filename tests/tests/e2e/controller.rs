@@ -497,8 +497,9 @@ fn refusals_happen_before_anything_changes() -> anyhow::Result<()> {
         &known_hosts,
         format!("{without_first}[127.0.0.1]:{} {other}\n", first.sshd.port()),
     )?;
+    // A host that cannot be verified is unreachable: status shows it and exits 3.
     let run = w.run(&["status", "--env", "staging", "--json"])?;
-    run.expect(0)?;
+    run.expect(3)?;
     let line = run
         .json_lines()
         .into_iter()
@@ -518,11 +519,18 @@ fn refusals_happen_before_anything_changes() -> anyhow::Result<()> {
         .agent
         .terminate(Duration::from_secs(30))?;
     let run = w.run(&["status", "--env", "staging", "--json"])?;
-    run.expect(0)?;
+    run.expect(3)?;
     let summary = run.summary()?;
     ensure!(
-        summary["reachable"] == 1 && summary["consistent"] == false,
+        summary["reachable"] == 1 && summary["consistent"] == false && summary["exit_code"] == 3,
         "{summary}"
+    );
+    let run = w.run(&["status", "--env", "staging"])?;
+    run.expect(3)?;
+    ensure!(
+        run.stdout.contains("staging: 1 of 2 host(s) unreachable"),
+        "{}",
+        run.output()
     );
     let run = w.run(&["push", "v2", "--env", "staging"])?;
     run.expect(3)?;
@@ -609,19 +617,19 @@ fn a_second_push_while_one_runs_is_refused_naming_the_holder() -> anyhow::Result
     Ok(())
 }
 
-#[test]
-fn killing_the_controller_mid_push_leaves_the_agents_to_finish() -> anyhow::Result<()> {
+/// Two staging hosts on v1, and a `push v2` killed while the second host's job runs (the first
+/// host is done by then).
+fn world_with_a_killed_push() -> anyhow::Result<World> {
     let w = world(&[EnvPlan::new("staging", 2)], |_, _, _| {})?;
     w.run(&["push", "v1", "--env", "staging"])?.expect(0)?;
     w.write_config("3s", "30s")?;
-    let staging = w.fleet.hosts("staging");
+    let second = &w.fleet.hosts("staging")[1];
     let mut push = w.fleet.command(&["push", "v2", "--env", "staging"]);
     let mut child = push.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    // Kill it while the second host's job runs (the first host is done by then).
     let reached = wait_until(
         "the push to reach the second host",
         Duration::from_secs(60),
-        || match status(&staging[1]) {
+        || match status(second) {
             Ok(s) if !s.running.is_empty() => Ok(()),
             Ok(_) => Err("nothing running yet".into()),
             Err(e) => Err(e.to_string()),
@@ -630,6 +638,13 @@ fn killing_the_controller_mid_push_leaves_the_agents_to_finish() -> anyhow::Resu
     child.kill()?;
     child.wait()?;
     reached?;
+    Ok(w)
+}
+
+#[test]
+fn killing_the_controller_mid_push_leaves_the_agents_to_finish() -> anyhow::Result<()> {
+    let w = world_with_a_killed_push()?;
+    let staging = w.fleet.hosts("staging");
     let consistent = wait_until("the env to settle", Duration::from_secs(60), || {
         let run = w
             .fleet
@@ -658,6 +673,38 @@ fn killing_the_controller_mid_push_leaves_the_agents_to_finish() -> anyhow::Resu
             h.name()
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_push_rerun_while_its_killed_predecessor_runs_follows_it() -> anyhow::Result<()> {
+    let w = world_with_a_killed_push()?;
+    let staging = w.fleet.hosts("staging");
+    // The same release again, at once.
+    let run = w.run(&["--json", "push", "v2", "--env", "staging"])?;
+    run.expect(0)?;
+    let followed: Vec<_> = run
+        .json_lines()
+        .into_iter()
+        .filter(|v| v["event"] == "following")
+        .collect();
+    ensure!(
+        followed.len() == 1 && followed[0]["host"] == staging[1].name(),
+        "the second host's running job is followed:\n{}",
+        run.stdout
+    );
+    w.expect_versions("staging", "v2")?;
+    let migrated: Vec<_> = w
+        .migrations()
+        .into_iter()
+        .filter(|l| l.starts_with("migrated v2 "))
+        .collect();
+    ensure!(migrated.len() == 1, "one v2 migration: {migrated:?}");
+    let v2_orders = history(&staging[1])?
+        .iter()
+        .filter(|e| e.reference == "v2")
+        .count();
+    ensure!(v2_orders == 1, "no second order on the second host");
     Ok(())
 }
 

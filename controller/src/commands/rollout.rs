@@ -1,0 +1,197 @@
+//! `deployctl push <REF>` and `deployctl rollback [--to REF]`: one rollout command, told what to
+//! roll out. Push: the ref resolved once, the promotion gate (`requires`), the migration on the
+//! first host. Rollback: `--to REF` or the previous healthy digest every host agrees on; no
+//! migration, no gate. Then both: connect and check every host ([`crate::rollout::prepare`]),
+//! drive ([`crate::rollout::drive`]), summarize, emit.
+
+use futures_util::future::join_all;
+use proto::order::{Action, ImageRef};
+use proto::wire::OutcomeKind;
+
+use super::{find_env, issued_by, load_signer, resolve_ref};
+use crate::config::DeployConfig;
+use crate::connector::{Transport, connect_all, report_connections};
+use crate::output::{Message, Output, Summary, SummaryBody};
+use crate::rollout::{self, Driver, Plan, Target};
+use crate::{Error, ExitClass};
+
+/// What the first host does about `[migrate]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// Run it, unless this digest's migration already succeeded there (a retried rollout).
+    Once,
+    /// `--skip-migrations` (and every rollback).
+    Skip,
+    /// `--rerun-migration`: run it even if it already succeeded for this digest.
+    Rerun,
+}
+
+impl Migrations {
+    pub fn from_flags(skip: bool, rerun: bool) -> Self {
+        match (skip, rerun) {
+            (true, _) => Migrations::Skip,
+            (false, true) => Migrations::Rerun,
+            (false, false) => Migrations::Once,
+        }
+    }
+}
+
+/// What a rollout rolls out, as typed on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct What {
+    pub action: Action,
+    /// The ref to resolve; `None`: the previous healthy digest.
+    pub reference: Option<String>,
+    pub migrations: Migrations,
+}
+
+impl What {
+    /// `push REF`.
+    pub fn push(reference: &str, migrations: Migrations) -> What {
+        What {
+            action: Action::Deploy,
+            reference: Some(reference.to_string()),
+            migrations,
+        }
+    }
+
+    /// `rollback [--to REF]`.
+    pub fn rollback(to: Option<&str>) -> What {
+        What {
+            action: Action::Rollback,
+            reference: to.map(str::to_string),
+            migrations: Migrations::Skip,
+        }
+    }
+
+    fn command(&self) -> &'static str {
+        match self.action {
+            Action::Deploy => "push",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
+pub async fn rollout(
+    cfg: &DeployConfig,
+    env_name: &str,
+    what: What,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
+    let env = find_env(cfg, env_name)?;
+    let target = match &what.reference {
+        Some(reference) => {
+            let resolved = resolve_ref(cfg, reference, out).await?;
+            Target::Image {
+                image: resolved.image,
+                reference: resolved.reference,
+            }
+        }
+        None => Target::PreviousHealthy,
+    };
+    if let (Action::Deploy, Some(required), Target::Image { image, .. }) =
+        (what.action, &env.requires, &target)
+    {
+        check_promotion(cfg, &env.name, required, image, out).await?;
+    }
+    let signer = load_signer(env).await?;
+    let connector = Transport::for_env(env);
+    let plan = Plan {
+        action: what.action,
+        target,
+        migrate_first: cfg.migrate.is_some() && what.migrations != Migrations::Skip,
+        rerun_migration: what.migrations == Migrations::Rerun,
+        issued_by: issued_by(),
+    };
+    let ready = rollout::prepare(cfg, env, plan, &connector, out).await?;
+    let driver = Driver {
+        cfg,
+        connector: &connector,
+        signer: &signer,
+        out,
+    };
+    let report = tokio::select! {
+        report = rollout::drive(&driver, ready, env.max_parallel) => report,
+        _ = tokio::signal::ctrl_c() => return Err(interrupted(&env.name)),
+    };
+    let summary = Summary::new(
+        what.command(),
+        SummaryBody::Rollout(rollout::summarize(&report)),
+    );
+    let exit = summary.exit();
+    out.emit(&Message::Summary(summary));
+    Ok(exit)
+}
+
+/// Ctrl-C during a rollout: the agents finish (or undo) what they accepted on their own, but
+/// this run cannot tell the outcome, so the env needs a look (exit 2).
+fn interrupted(env: &str) -> Error {
+    Error::Interrupted(format!(
+        "interrupted. Orders already accepted run to their end on the hosts (success or \
+         rollback); hosts not reached yet were not changed. See where {env} stands with \
+         `deployctl status --env {env}`."
+    ))
+}
+
+/// The promotion gate: `image` must have a succeeded order in the journal of at least one host
+/// of the required env.
+async fn check_promotion(
+    cfg: &DeployConfig,
+    for_env: &str,
+    required: &str,
+    image: &ImageRef,
+    out: &dyn Output,
+) -> Result<(), Error> {
+    let req_env = find_env(cfg, required)?;
+    out.emit(&Message::Note {
+        message: format!(
+            "checking that {} was healthy in {required} first",
+            image.short_digest()
+        ),
+    });
+    let connector = Transport::for_env(req_env);
+    let mut results = connect_all(&connector, &req_env.name, &req_env.hosts).await;
+    report_connections(out, &req_env.hosts, &results);
+    let answers = join_all(results.iter_mut().map(|r| async move {
+        match r {
+            Ok(conn) => {
+                let history = conn.history(rollout::HISTORY_DEPTH * 5).await;
+                history.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.clone()),
+        }
+    }))
+    .await;
+    let mut unreachable = Vec::new();
+    for (host, answer) in req_env.hosts.iter().zip(answers) {
+        match answer {
+            Ok(history) => {
+                let proven = history.iter().any(|e| {
+                    e.app == cfg.app
+                        && e.image.digest() == image.digest()
+                        && e.outcome == Some(OutcomeKind::Succeeded)
+                });
+                if proven {
+                    out.emit(&Message::Note {
+                        message: format!(
+                            "{} was healthy on {} ({required})",
+                            image.short_digest(),
+                            host.name
+                        ),
+                    });
+                    return Ok(());
+                }
+            }
+            Err(e) => unreachable.push(format!("{}: {e}", host.name)),
+        }
+    }
+    let asked = req_env.hosts.len() - unreachable.len();
+    let mut msg = format!(
+        "policy: {image} has never been healthy in {required} (required by env {for_env}); push it to {required} first. Asked {asked} of {} {required} host(s).",
+        req_env.hosts.len(),
+    );
+    if !unreachable.is_empty() {
+        msg.push_str(&format!(" Unreachable: {}", unreachable.join("; ")));
+    }
+    Err(Error::Refused(msg))
+}

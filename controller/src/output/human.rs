@@ -1,0 +1,476 @@
+//! The human renderer: what each [`Message`] looks like as text, and where it goes. Pure; the
+//! terminal printer ([`super::terminal`]) only writes what this returns.
+
+use std::time::Duration;
+
+use proto::order::short_digest;
+use proto::wire::{HistoryEntry, Outcome, OutcomeKind};
+
+use super::{
+    HostAnswer, HostRollout, HostStatus, Message, RolloutResult, RolloutSummary, Summary,
+    SummaryBody,
+};
+use crate::ExitClass;
+use crate::rollout::{HostState, describe, describe_holder};
+
+/// A message as text, with where it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shown {
+    /// Progress, for stderr (or a host's live line).
+    Progress(Progress),
+    /// Rows of a result table, printed aligned before the command's summary.
+    Rows(Table, Vec<Vec<String>>),
+    /// Result lines, for stdout.
+    Out(Vec<String>),
+    /// Why a command stopped, for stderr.
+    Err(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// The host it is about, when it is about one.
+    pub host: Option<String>,
+    /// The first is the headline (`host  what happened`); the others are details.
+    pub lines: Vec<String>,
+    /// The host's part is over: its live line stops.
+    pub ends: bool,
+    /// Something went wrong: the headline stays on screen, not only in the live line.
+    pub failure: bool,
+}
+
+/// The result tables, one per read-only command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Status,
+    History,
+}
+
+impl Table {
+    pub fn header(self) -> &'static [&'static str] {
+        match self {
+            Table::Status => &[
+                "HOST",
+                "REACHABLE",
+                "AGENT",
+                "SERVICE",
+                "REF",
+                "DIGEST",
+                "HEALTH",
+                "SINCE",
+                "LAST OUTCOME",
+            ],
+            Table::History => &[
+                "WHEN",
+                "HOST",
+                "ACTION",
+                "REF",
+                "DIGEST",
+                "OUTCOME",
+                "TOOK",
+                "MIGRATION",
+                "BY",
+                "REASON",
+            ],
+        }
+    }
+}
+
+/// How `message` reads.
+pub fn render(message: &Message) -> Shown {
+    let shown = match message {
+        Message::Resolved { reference, image } => {
+            general(format!("resolved {reference} → {image}"))
+        }
+        Message::Connected {
+            host,
+            agent_host,
+            agent_version,
+        } => about(
+            host,
+            format!("connected (agent {agent_host}, deploy-agent {agent_version})"),
+        ),
+        Message::HostError { host, error } => about(host, format!("error: {error}")).failed(),
+        Message::Submitted {
+            host,
+            order_id,
+            action,
+            image,
+            run_migration,
+        } => about(
+            host,
+            format!(
+                "{action} {}{} (order {order_id})",
+                short_image(&image.to_string()),
+                if *run_migration {
+                    " with migration"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Message::Following { host, order_id } => about(
+            host,
+            format!("following order {order_id}, already running this digest"),
+        ),
+        Message::Job { host, job } => {
+            let service = job.service.as_ref().map(|s| format!("[{s}] "));
+            let service = service.unwrap_or_default();
+            about(host, format!("{}: {service}{}", job.phase, job.message))
+        }
+        Message::Outcome { host, outcome } => {
+            let mut shown = about(host, outcome_line(outcome)).ends();
+            shown.failure = outcome.kind != OutcomeKind::Succeeded;
+            let (heading, indent) = (format!("{host}  "), format!("{host}    "));
+            shown.lines.extend(log_tail(outcome, &heading, &indent));
+            shown
+        }
+        Message::Refused { host, refusal } => {
+            let state = HostState::Refused {
+                refusal: refusal.clone(),
+            };
+            about(host, describe(&state)).ends().failed()
+        }
+        Message::RollbackStarted { hosts } => general(format!(
+            "rolling back {} host(s) this rollout changed: {}",
+            hosts.len(),
+            hosts.join(", ")
+        )),
+        Message::Note { message } => general(message.clone()),
+        Message::HostStatus(s) => return Shown::Rows(Table::Status, status_rows(s)),
+        Message::History { host, entry } => {
+            return Shown::Rows(Table::History, vec![history_row(host, entry)]);
+        }
+        Message::Logs {
+            host,
+            service,
+            container,
+            lines,
+        } => {
+            let mut out = vec![format!("==> {host} {service} ({container}) <==")];
+            out.extend(lines.iter().cloned());
+            return Shown::Out(out);
+        }
+        Message::Demo { message } => return Shown::Out(vec![message.clone()]),
+        Message::Summary(s) => return summary(s),
+    };
+    Shown::Progress(shown)
+}
+
+/// Progress about one host: `host  what`.
+fn about(host: &str, what: String) -> Progress {
+    Progress {
+        host: Some(host.to_string()),
+        lines: vec![format!("{host}  {what}")],
+        ends: false,
+        failure: false,
+    }
+}
+
+/// Progress about no host in particular.
+fn general(line: String) -> Progress {
+    Progress {
+        host: None,
+        lines: vec![line],
+        ends: false,
+        failure: false,
+    }
+}
+
+impl Progress {
+    fn ends(self) -> Progress {
+        Progress { ends: true, ..self }
+    }
+
+    fn failed(self) -> Progress {
+        Progress {
+            failure: true,
+            ..self
+        }
+    }
+}
+
+/// The failing container's last lines, under a heading.
+fn log_tail(o: &Outcome, heading: &str, indent: &str) -> Vec<String> {
+    if o.kind == OutcomeKind::Succeeded || o.log_tail.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![format!("{heading}last log lines of the failing container:")];
+    lines.extend(o.log_tail.iter().map(|l| format!("{indent}| {l}")));
+    lines
+}
+
+fn summary(s: &Summary) -> Shown {
+    match &s.body {
+        SummaryBody::Stopped { result, error } => {
+            let mut lines = vec![format!("deployctl: {error}")];
+            if *result == ExitClass::Refused {
+                lines.push("deployctl: nothing was changed.".into());
+            }
+            Shown::Err(lines)
+        }
+        SummaryBody::Rollout(r) => Shown::Out(rollout_lines(s.command, r)),
+        SummaryBody::Status(v) => {
+            let verdict = match (v.consistent, v.healthy) {
+                _ if v.reachable < v.hosts => {
+                    format!(
+                        "{} of {} host(s) unreachable",
+                        v.hosts - v.reachable,
+                        v.hosts
+                    )
+                }
+                (true, true) => "one digest everywhere, all healthy".to_string(),
+                (true, false) => "one digest everywhere, NOT all healthy".to_string(),
+                (false, _) => format!("NOT consistent: {} different digests", v.digests.len()),
+            };
+            Shown::Out(vec![format!("{}: {verdict}", v.env)])
+        }
+        SummaryBody::History(h) if s.exit() == ExitClass::Refused => Shown::Err(vec![format!(
+            "deployctl: no host of {} could be reached",
+            h.env
+        )]),
+        SummaryBody::History(h) if h.entries == 0 => Shown::Out(vec![format!(
+            "{}: no orders for this app in the journals",
+            h.env
+        )]),
+        SummaryBody::Logs(l) if s.exit() == ExitClass::Refused => Shown::Err(vec![format!(
+            "deployctl: no host of {} could be reached",
+            l.env
+        )]),
+        SummaryBody::Keys(k) => Shown::Out(vec![
+            format!(
+                "wrote {} (private, mode 0600) and {}",
+                k.private_key.display(),
+                k.public_key.display()
+            ),
+            "add this line to /etc/deploy-agent/allowed_signers on every host that should trust it:"
+                .into(),
+            k.allowed_signers.clone(),
+        ]),
+        SummaryBody::History(_) | SummaryBody::Logs(_) | SummaryBody::Demo(_) => {
+            Shown::Out(Vec::new())
+        }
+    }
+}
+
+/// A rollout's result: a headline with the exit code's meaning, then one line per host.
+fn rollout_lines(command: &str, r: &RolloutSummary) -> Vec<String> {
+    let what = format!(
+        "{command} {} ({}) to {}",
+        r.reference,
+        short_image(&r.image.to_string()),
+        r.env
+    );
+    let took = proto::time::format_duration(Duration::from_millis(r.elapsed_ms));
+    let mut lines = vec![match r.result {
+        RolloutResult::Succeeded => {
+            format!("{what}: succeeded on {} host(s) in {took}", r.hosts.len())
+        }
+        RolloutResult::RolledBack => format!(
+            "{what}: FAILED after {took}; every host is back on its previous version (exit 1)"
+        ),
+        RolloutResult::Inconsistent => format!(
+            "{what}: FAILED after {took}; the env is NOT consistent and needs a human (exit 2)"
+        ),
+        RolloutResult::Refused => format!("{what}: refused; nothing was changed (exit 3)"),
+    }];
+    for h in &r.hosts {
+        lines.push(format!("  {}: {}", h.host, host_line(r, h)));
+        if let Some(o) = &h.outcome {
+            lines.extend(log_tail(o, "    ", "    "));
+        }
+    }
+    for bad in &r.inconsistent {
+        lines.push(format!("  NOT CONSISTENT: {}: {}", bad.host, bad.why));
+    }
+    lines
+}
+
+/// What changed on one host, in words.
+fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
+    let now = |o: &Outcome| o.services.values().find_map(|s| s.digest.clone());
+    let mut text = match (&h.state, &h.outcome) {
+        (
+            HostState::Succeeded {
+                changed: true,
+                previous,
+            },
+            Some(o),
+        ) => format!(
+            "changed to {}{}{}",
+            now(o)
+                .map(|d| short_digest(&d).to_string())
+                .unwrap_or_else(|| r.image.short_digest().to_string()),
+            previous
+                .as_ref()
+                .map(|p| format!(" (was {})", short_digest(p)))
+                .unwrap_or_else(|| " (first deploy)".into()),
+            if h.run_migration {
+                ", migration ran here"
+            } else {
+                ""
+            }
+        ),
+        (state, Some(o)) if !matches!(state, HostState::Succeeded { .. }) => {
+            let serving = now(o)
+                .map(|d| format!("; serving {}", short_digest(&d)))
+                .unwrap_or_default();
+            format!("{}{serving}", outcome_line(o))
+        }
+        (state, _) => describe(state),
+    };
+    if let Some(rb) = &h.rollback {
+        let back = h
+            .rollback_outcome
+            .as_ref()
+            .and_then(now)
+            .map(|d| format!(" to {}", short_digest(&d)))
+            .unwrap_or_default();
+        text.push_str(&format!("; rolled back{back}: {}", describe(rb)));
+    }
+    text
+}
+
+/// The status table's rows for one host: one per service, one per running job.
+fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
+    let row = |cells: [&str; 9]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let (version, services, running) = match &s.answer {
+        HostAnswer::Down { error } => {
+            return vec![row([&s.host, "NO", "-", "-", "-", "-", "-", "-", error])];
+        }
+        HostAnswer::Up {
+            agent_version,
+            services,
+            running,
+            ..
+        } => (agent_version.as_str(), services, running),
+    };
+    let mut rows = Vec::new();
+    if services.is_empty() {
+        rows.push(row([
+            &s.host,
+            "yes",
+            version,
+            "-",
+            "-",
+            "-",
+            "missing",
+            "-",
+            "nothing deployed",
+        ]));
+    }
+    for svc in services {
+        rows.push(row([
+            &s.host,
+            "yes",
+            version,
+            &svc.service,
+            svc.reference.as_deref().unwrap_or("-"),
+            svc.image.as_ref().map(|i| i.short_digest()).unwrap_or("-"),
+            &svc.health.to_string(),
+            &svc.since.to_string(),
+            &svc.last_outcome
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "-".into()),
+        ]));
+    }
+    for job in running {
+        rows.push(row([
+            &s.host,
+            "yes",
+            version,
+            "*",
+            "-",
+            "-",
+            "busy",
+            &job.since.to_string(),
+            &format!("running {}", describe_holder(job)),
+        ]));
+    }
+    rows
+}
+
+fn history_row(host: &str, e: &HistoryEntry) -> Vec<String> {
+    vec![
+        e.accepted_at.to_string(),
+        host.to_string(),
+        e.action.to_string(),
+        e.reference.clone(),
+        e.image.short_digest().to_string(),
+        e.outcome
+            .map(|o| o.to_string())
+            .unwrap_or_else(|| "running".into()),
+        e.duration_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into()),
+        if e.run_migration { "yes" } else { "-" }.into(),
+        e.issued_by.clone(),
+        e.reason.clone().unwrap_or_default(),
+    ]
+}
+
+/// `repo@sha256:0123456789ab` — the digest shortened for progress lines.
+pub fn short_image(image: &str) -> String {
+    match image.rsplit_once("@sha256:") {
+        Some((repo, hex)) => format!("{repo}@sha256:{}", &hex[..hex.len().min(12)]),
+        None => image.to_string(),
+    }
+}
+
+/// `rolled-back in 9.2s [health-deadline]: not healthy … (previous version back in 812 ms)`.
+pub fn outcome_line(o: &Outcome) -> String {
+    let took = o.finished_at.since(o.started_at);
+    let mut s = format!(
+        "{} in {}",
+        o.kind,
+        proto::time::format_duration(Duration::from_millis(took.as_millis() as u64))
+    );
+    if let Some(f) = o.failure {
+        s.push_str(&format!(
+            " [{}]",
+            serde_json::to_value(f)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        ));
+    }
+    if let Some(r) = &o.reason {
+        s.push_str(&format!(": {r}"));
+    }
+    if let Some(ms) = o.rollback_ms {
+        s.push_str(&format!(" (previous version back in {ms} ms)"));
+    }
+    s
+}
+
+/// Left-aligned text columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            s.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count()) + 2;
+                s.push_str(&" ".repeat(pad));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let mut out = line(header.to_vec());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+//! What messages look like to a person, and where they go.
+
+use std::collections::BTreeMap;
+
+use proto::Timestamp;
+use proto::order::ImageRef;
+use proto::wire::{Outcome, OutcomeKind, ServiceResult};
+
+use super::*;
+use crate::output::{HostRollout, Inconsistent, RolloutSummary, StatusSummary};
+
+fn image(c: char) -> ImageRef {
+    ImageRef::new("r/web", &format!("sha256:{}", c.to_string().repeat(64))).unwrap()
+}
+
+fn outcome(kind: OutcomeKind, now: char, log_tail: &[&str]) -> Outcome {
+    Outcome {
+        order_id: "o".into(),
+        rollout_id: "r".into(),
+        kind,
+        failure: None,
+        reason: (kind != OutcomeKind::Succeeded).then(|| "not healthy".into()),
+        changed: kind == OutcomeKind::Succeeded,
+        log_tail: log_tail.iter().map(|l| l.to_string()).collect(),
+        services: BTreeMap::from([(
+            "web".into(),
+            ServiceResult {
+                digest: Some(image(now).digest().to_string()),
+                previous_digest: None,
+                container_id: None,
+            },
+        )]),
+        started_at: Timestamp::from_unix_secs(100),
+        finished_at: Timestamp::from_unix_secs(102),
+        rollback_ms: None,
+    }
+}
+
+fn out_lines(m: &Message) -> Vec<String> {
+    match render(m) {
+        Shown::Out(lines) => lines,
+        other => panic!("not stdout: {other:?}"),
+    }
+}
+
+#[test]
+fn tables_align() {
+    let t = table(
+        &["HOST", "HEALTH"],
+        &[
+            vec!["a".into(), "healthy".into()],
+            vec!["longer-host".into(), "-".into()],
+        ],
+    );
+    assert_eq!(
+        t,
+        "HOST         HEALTH\na            healthy\nlonger-host  -\n"
+    );
+}
+
+#[test]
+fn images_shorten() {
+    let img = format!("r/web@sha256:{}", "a".repeat(64));
+    assert_eq!(short_image(&img), "r/web@sha256:aaaaaaaaaaaa");
+    assert_eq!(short_image("x"), "x");
+}
+
+#[test]
+fn progress_names_its_host_and_failures_stay_on_screen() {
+    let failed = Message::Outcome {
+        host: "h1".into(),
+        outcome: outcome(OutcomeKind::RolledBack, 'a', &["GET /healthz 500"]),
+    };
+    let Shown::Progress(p) = render(&failed) else {
+        panic!("an outcome is progress")
+    };
+    assert_eq!(p.host.as_deref(), Some("h1"));
+    assert!(p.ends && p.failure);
+    assert_eq!(
+        p.lines,
+        vec![
+            "h1  rolled-back in 2s: not healthy",
+            "h1  last log lines of the failing container:",
+            "h1    | GET /healthz 500",
+        ]
+    );
+    let note = render(&Message::Note {
+        message: "checking".into(),
+    });
+    assert!(matches!(note, Shown::Progress(Progress { host: None, .. })));
+}
+
+#[test]
+fn status_rows_wait_for_the_verdict() {
+    let down = Message::HostStatus(HostStatus::down("h2", "unreachable: refused"));
+    assert_eq!(
+        render(&down),
+        Shown::Rows(
+            Table::Status,
+            vec![
+                vec![
+                    "h2",
+                    "NO",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "unreachable: refused"
+                ]
+                .into_iter()
+                .map(String::from)
+                .collect()
+            ]
+        )
+    );
+    let verdict = |reachable, consistent, healthy, digests: usize| {
+        let s = StatusSummary {
+            env: "staging".into(),
+            hosts: 2,
+            reachable,
+            consistent,
+            healthy,
+            digests: (0..digests).map(|i| i.to_string()).collect(),
+        };
+        out_lines(&Message::Summary(Summary::new(
+            "status",
+            SummaryBody::Status(s),
+        )))
+    };
+    assert_eq!(
+        verdict(2, true, true, 1),
+        ["staging: one digest everywhere, all healthy"]
+    );
+    assert_eq!(
+        verdict(2, true, false, 1),
+        ["staging: one digest everywhere, NOT all healthy"]
+    );
+    assert_eq!(
+        verdict(2, false, true, 2),
+        ["staging: NOT consistent: 2 different digests"]
+    );
+    assert_eq!(
+        verdict(1, false, false, 1),
+        ["staging: 1 of 2 host(s) unreachable"]
+    );
+}
+
+#[test]
+fn a_rollout_summary_says_what_changed_where() {
+    let mut first = HostRollout {
+        host: "h1".into(),
+        state: HostState::Succeeded {
+            changed: true,
+            previous: Some(image('a').digest().to_string()),
+        },
+        outcome: Some(outcome(OutcomeKind::Succeeded, 'b', &[])),
+        run_migration: true,
+        rollback: None,
+        rollback_outcome: None,
+    };
+    let second = HostRollout {
+        host: "h2".into(),
+        state: HostState::Failed {
+            kind: OutcomeKind::RolledBack,
+            reason: Some("not healthy".into()),
+        },
+        outcome: Some(outcome(OutcomeKind::RolledBack, 'a', &["boom"])),
+        run_migration: false,
+        rollback: None,
+        rollback_outcome: None,
+    };
+    let summary = |hosts: Vec<HostRollout>, result, inconsistent| RolloutSummary {
+        env: "staging".into(),
+        rollout_id: "r".into(),
+        reference: "v2".into(),
+        image: image('b'),
+        result,
+        elapsed_ms: 4200,
+        hosts,
+        inconsistent,
+    };
+    let lines = |s| {
+        out_lines(&Message::Summary(Summary::new(
+            "push",
+            SummaryBody::Rollout(s),
+        )))
+    };
+    assert_eq!(
+        lines(summary(
+            vec![first.clone()],
+            RolloutResult::Succeeded,
+            vec![]
+        )),
+        [
+            "push v2 (r/web@sha256:bbbbbbbbbbbb) to staging: succeeded on 1 host(s) in 4s200ms",
+            "  h1: changed to bbbbbbbbbbbb (was aaaaaaaaaaaa), migration ran here",
+        ]
+    );
+    first.rollback = Some(HostState::Succeeded {
+        changed: true,
+        previous: None,
+    });
+    first.rollback_outcome = Some(outcome(OutcomeKind::Succeeded, 'a', &[]));
+    assert_eq!(
+        lines(summary(
+            vec![first.clone(), second.clone()],
+            RolloutResult::RolledBack,
+            vec![]
+        )),
+        [
+            "push v2 (r/web@sha256:bbbbbbbbbbbb) to staging: FAILED after 4s200ms; every host is back on its previous version (exit 1)",
+            "  h1: changed to bbbbbbbbbbbb (was aaaaaaaaaaaa), migration ran here; rolled back to aaaaaaaaaaaa: succeeded",
+            "  h2: rolled-back in 2s: not healthy; serving aaaaaaaaaaaa",
+            "    last log lines of the failing container:",
+            "    | boom",
+        ]
+    );
+    let bad = vec![Inconsistent {
+        host: "h1".into(),
+        why: "outcome unknown: gone".into(),
+    }];
+    let text = lines(summary(vec![second], RolloutResult::Inconsistent, bad));
+    assert!(text[0].ends_with("needs a human (exit 2)"), "{text:?}");
+    assert_eq!(
+        text.last().unwrap(),
+        "  NOT CONSISTENT: h1: outcome unknown: gone"
+    );
+}
+
+#[test]
+fn a_stopped_command_explains_itself_on_stderr() {
+    let stopped = |result| {
+        render(&Message::Summary(Summary::new(
+            "push",
+            SummaryBody::Stopped {
+                result,
+                error: "no signing key".into(),
+            },
+        )))
+    };
+    assert_eq!(
+        stopped(ExitClass::Refused),
+        Shown::Err(vec![
+            "deployctl: no signing key".into(),
+            "deployctl: nothing was changed.".into()
+        ])
+    );
+    assert_eq!(
+        stopped(ExitClass::Usage),
+        Shown::Err(vec!["deployctl: no signing key".into()])
+    );
+}

@@ -1,0 +1,372 @@
+//! In-process fake agents for the rollout's tests: each host keeps the digest it runs, its
+//! journal and any job running, answers status and history from them, and runs orders as told
+//! (succeed, fail and restore the previous version, or refuse). Every step is written to one
+//! shared log, so a test can check the order in which hosts were worked on. They check no
+//! signature: the real agents' tests do.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::Timestamp;
+use proto::order::{Action, ImageRef, Order};
+use proto::wire::{
+    AgentStatus, Health, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, Phase, Refusal,
+    RefusalKind, ServiceLogs, ServiceResult, ServiceStatus, SignedOrder,
+};
+
+use crate::config::HostSpec;
+use crate::connector::{AgentConn, Connector};
+use crate::rollout::OrderSigner;
+use crate::transport::{JobEnd, Peer, TransportError};
+
+pub const APP: &str = "acme";
+pub const REPO: &str = "registry.test/acme/web";
+
+/// `sha256:` and 64 times `c`.
+pub fn digest(c: char) -> String {
+    format!("sha256:{}", c.to_string().repeat(64))
+}
+
+pub fn image(c: char) -> ImageRef {
+    ImageRef::new(REPO, &digest(c)).unwrap()
+}
+
+/// What happened, in order, across every fake host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// An order started on a host.
+    Start(String, Action),
+    /// It ended.
+    End(String),
+    /// A client followed a running job.
+    Watch(String),
+}
+
+/// One fake agent's state.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub reachable: bool,
+    /// What `web` runs: digest and ref.
+    pub running: Option<(String, String)>,
+    pub history: Vec<HistoryEntry>,
+    /// A job in progress (its journal entry is in `history` without an outcome).
+    pub job: Option<LockHolder>,
+    /// Deploys of this digest fail and the previous version is put back.
+    pub fails: Option<String>,
+    /// Every order is refused with this kind.
+    pub refuses: Option<RefusalKind>,
+    /// The next order is accepted, then the connection drops while its job runs.
+    pub drops: bool,
+    /// Orders received, in order.
+    pub orders: Vec<Order>,
+}
+
+impl Host {
+    /// A host running `c`'s digest (as `ref-c`), deployed by one succeeded order.
+    pub fn on(name: &str, c: char) -> Host {
+        let mut host = Host {
+            name: name.into(),
+            reachable: true,
+            running: Some((digest(c), format!("ref-{c}"))),
+            history: Vec::new(),
+            job: None,
+            fails: None,
+            refuses: None,
+            drops: false,
+            orders: Vec::new(),
+        };
+        host.journal(
+            &format!("{name}-first"),
+            c,
+            Some(OutcomeKind::Succeeded),
+            false,
+        );
+        host
+    }
+
+    /// Appends a journal entry for digest `c`.
+    pub fn journal(
+        &mut self,
+        order_id: &str,
+        c: char,
+        outcome: Option<OutcomeKind>,
+        migrated: bool,
+    ) {
+        self.history.push(HistoryEntry {
+            order_id: order_id.into(),
+            rollout_id: "earlier".into(),
+            action: Action::Deploy,
+            signer: "ci".into(),
+            issued_by: "ci@test".into(),
+            accepted_at: Timestamp::from_unix_secs(1_000 + self.history.len() as u64),
+            reference: format!("ref-{c}"),
+            image: image(c),
+            app: APP.into(),
+            services: vec!["web".into()],
+            outcome,
+            reason: None,
+            duration_ms: None,
+            run_migration: migrated,
+        });
+    }
+
+    /// A job of another controller's rollout, to digest `c`, still running.
+    pub fn running_job(&mut self, order_id: &str, c: char, migrated: bool) {
+        self.journal(order_id, c, None, migrated);
+        self.job = Some(LockHolder {
+            order_id: order_id.into(),
+            rollout_id: "killed".into(),
+            signer: "ci".into(),
+            issued_by: "ci@test".into(),
+            since: Timestamp::now(),
+        });
+    }
+
+    fn status(&self) -> AgentStatus {
+        AgentStatus {
+            agent_version: "fake".into(),
+            host: self.name.clone(),
+            env: "staging".into(),
+            uptime_secs: 1,
+            services: self
+                .running
+                .iter()
+                .map(|(d, r)| ServiceStatus {
+                    app: APP.into(),
+                    service: "web".into(),
+                    container_id: None,
+                    image: Some(ImageRef::new(REPO, d).unwrap()),
+                    reference: Some(r.clone()),
+                    health: Health::Healthy,
+                    since: Timestamp::now(),
+                    last_outcome: None,
+                    last_order: None,
+                    previous_digest: None,
+                })
+                .collect(),
+            running: self.job.iter().cloned().collect(),
+        }
+    }
+
+    /// Runs `order` to its end, as an agent whose engine behaves as configured; `None` when
+    /// the connection drops while the job goes on.
+    fn run(&mut self, order: &Order) -> Option<JobEnd> {
+        self.orders.push(order.clone());
+        if std::mem::take(&mut self.drops) {
+            let c = order.image.digest().chars().last().unwrap_or('?');
+            self.running_job(&order.order_id, c, order.run_migration);
+            return None;
+        }
+        if let Some(kind) = self.refuses {
+            return Some(JobEnd::Refused(Refusal {
+                kind,
+                message: "told to refuse".into(),
+                holder: None,
+            }));
+        }
+        let previous = self.running.as_ref().map(|(d, _)| d.clone());
+        let new = order.image.digest().to_string();
+        let failed = self.fails.as_deref() == Some(new.as_str()) && order.action == Action::Deploy;
+        if !failed {
+            self.running = Some((new.clone(), order.reference.clone()));
+        }
+        let kind = if failed {
+            OutcomeKind::RolledBack
+        } else {
+            OutcomeKind::Succeeded
+        };
+        let c = new.chars().last().unwrap_or('?');
+        self.journal(&order.order_id, c, Some(kind), order.run_migration);
+        Some(JobEnd::Outcome(outcome(
+            &order.order_id,
+            kind,
+            !failed && previous.as_deref() != Some(new.as_str()),
+            self.running.as_ref().map(|(d, _)| d.clone()),
+            previous,
+        )))
+    }
+
+    /// The running job `order_id` ends: it succeeds.
+    fn finish_job(&mut self, order_id: &str) -> Option<JobEnd> {
+        self.job.take_if(|j| j.order_id == order_id)?;
+        let entry = self.history.iter_mut().find(|e| e.order_id == order_id)?;
+        entry.outcome = Some(OutcomeKind::Succeeded);
+        let new = entry.image.digest().to_string();
+        let previous = self.running.replace((new.clone(), entry.reference.clone()));
+        let previous = previous.map(|(d, _)| d);
+        let changed = previous.as_deref() != Some(new.as_str());
+        Some(JobEnd::Outcome(outcome(
+            order_id,
+            OutcomeKind::Succeeded,
+            changed,
+            Some(new),
+            previous,
+        )))
+    }
+}
+
+fn outcome(
+    order_id: &str,
+    kind: OutcomeKind,
+    changed: bool,
+    now: Option<String>,
+    previous: Option<String>,
+) -> Outcome {
+    Outcome {
+        order_id: order_id.into(),
+        rollout_id: "r".into(),
+        kind,
+        failure: None,
+        reason: (kind != OutcomeKind::Succeeded).then(|| "not healthy".into()),
+        changed,
+        log_tail: Vec::new(),
+        services: BTreeMap::from([(
+            "web".into(),
+            ServiceResult {
+                digest: now,
+                previous_digest: previous,
+                container_id: None,
+            },
+        )]),
+        started_at: Timestamp::now(),
+        finished_at: Timestamp::now(),
+        rollback_ms: None,
+    }
+}
+
+/// The fake agents of one env, reached by host name.
+#[derive(Clone)]
+pub struct Fleet {
+    hosts: Arc<Mutex<Vec<Host>>>,
+    log: Arc<Mutex<Vec<Step>>>,
+}
+
+impl Fleet {
+    pub fn new(hosts: Vec<Host>) -> Fleet {
+        Fleet {
+            hosts: Arc::new(Mutex::new(hosts)),
+            log: Arc::default(),
+        }
+    }
+
+    pub fn host(&self, name: &str) -> Host {
+        let hosts = self.hosts.lock().unwrap();
+        hosts.iter().find(|h| h.name == name).cloned().unwrap()
+    }
+
+    pub fn log(&self) -> Vec<Step> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn with<T>(&self, name: &str, f: impl FnOnce(&mut Host) -> T) -> T {
+        let mut hosts = self.hosts.lock().unwrap();
+        f(hosts.iter_mut().find(|h| h.name == name).unwrap())
+    }
+
+    fn step(&self, step: Step) {
+        self.log.lock().unwrap().push(step);
+    }
+}
+
+impl Connector for Fleet {
+    type Conn = FakeConn;
+
+    async fn connect(&self, host: &HostSpec) -> Result<FakeConn, TransportError> {
+        if !self.with(&host.name, |h| h.reachable) {
+            return Err(TransportError::Unreachable(format!(
+                "{}: connection refused",
+                host.name
+            )));
+        }
+        Ok(FakeConn {
+            fleet: self.clone(),
+            peer: Peer {
+                host: host.name.clone(),
+                env: "staging".into(),
+                agent_version: "fake".into(),
+            },
+        })
+    }
+}
+
+pub struct FakeConn {
+    fleet: Fleet,
+    peer: Peer,
+}
+
+/// Long enough for hosts of one batch to overlap visibly in the log.
+const JOB_TIME: Duration = Duration::from_millis(30);
+
+impl AgentConn for FakeConn {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    async fn status(&mut self) -> Result<AgentStatus, TransportError> {
+        Ok(self.fleet.with(&self.peer.host, |h| h.status()))
+    }
+
+    async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>, TransportError> {
+        let mut all = self.fleet.with(&self.peer.host, |h| h.history.clone());
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    async fn logs(
+        &mut self,
+        _service: Option<&str>,
+        _lines: usize,
+    ) -> Result<Vec<ServiceLogs>, TransportError> {
+        Ok(Vec::new())
+    }
+
+    async fn submit(
+        &mut self,
+        order: SignedOrder,
+        on_event: &mut (dyn FnMut(&JobEvent) + Send),
+    ) -> Result<JobEnd, TransportError> {
+        let order: Order = serde_json::from_str(&order.payload)
+            .map_err(|e| TransportError::Protocol(e.to_string()))?;
+        let host = self.peer.host.clone();
+        self.fleet.step(Step::Start(host.clone(), order.action));
+        on_event(&JobEvent {
+            order_id: order.order_id.clone(),
+            at: Timestamp::now(),
+            phase: Phase::Accepted,
+            service: None,
+            message: "accepted".into(),
+        });
+        tokio::time::sleep(JOB_TIME).await;
+        let end = self.fleet.with(&host, |h| h.run(&order));
+        self.fleet.step(Step::End(host));
+        end.ok_or_else(|| TransportError::Closed("the SSH session dropped".into()))
+    }
+
+    async fn watch(
+        &mut self,
+        order_id: &str,
+        _on_event: &mut (dyn FnMut(&JobEvent) + Send),
+    ) -> Result<JobEnd, TransportError> {
+        let host = self.peer.host.clone();
+        self.fleet.step(Step::Watch(host.clone()));
+        tokio::time::sleep(JOB_TIME).await;
+        self.fleet
+            .with(&host, |h| h.finish_job(order_id))
+            .ok_or_else(|| TransportError::Agent(format!("no running order {order_id}")))
+    }
+}
+
+/// Signs nothing: the payload is the order's JSON, as the real signer makes it.
+pub struct FakeSigner;
+
+impl OrderSigner for FakeSigner {
+    async fn sign(&self, order: &Order) -> Result<SignedOrder, String> {
+        Ok(SignedOrder {
+            payload: serde_json::to_string(order).map_err(|e| e.to_string())?,
+            signature: "unsigned".into(),
+        })
+    }
+}
