@@ -1,4 +1,4 @@
-//! `deploy.toml` (DESIGN §4): the app, its image repository, its services and its environments.
+//! `deploy.toml` (README, "deploy.toml"): the app, its image repository, its services and its environments.
 //!
 //! Loading is strict: unknown keys, bad durations, malformed hosts and dangling references
 //! (`requires` naming no env, `[migrate] service` naming no service) are errors that carry

@@ -1,5 +1,5 @@
 //! Turning what the user typed (a tag, a git SHA or its prefix, a digest) into one
-//! `repo@sha256:…` by asking the registry, once, at push time (DESIGN §2.1).
+//! `repo@sha256:…` by asking the registry, once, at push time (README, Guarantees 1).
 //!
 //! Speaks the registry HTTP API v2 over reqwest + rustls: `HEAD /v2/<name>/manifests/<ref>`
 //! for the digest and `GET /v2/<name>/tags/list` for prefixes, with the bearer-token
