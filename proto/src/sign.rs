@@ -24,6 +24,7 @@ use russh::keys::ssh_key::private::{Ed25519Keypair, PrivateKey};
 use russh::keys::ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, SshSig};
 
 use crate::order::Order;
+use crate::pattern::{self, Case};
 use crate::time::Timestamp;
 use crate::wire::SignedOrder;
 
@@ -566,45 +567,6 @@ fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
     full_years + full_months + day - 1
 }
 
-/// OpenSSH pattern lists: `*` and `?` wildcards, `!` negates; a negated match wins.
-fn matches_pattern_list(list: &str, value: &str) -> bool {
-    let mut matched = false;
-    for pattern in list.split(',').map(str::trim) {
-        if let Some(negated) = pattern.strip_prefix('!') {
-            if wildcard_match(negated, value) {
-                return false;
-            }
-        } else if wildcard_match(pattern, value) {
-            matched = true;
-        }
-    }
-    matched
-}
-
-/// `*` matches any run of characters, `?` any one character.
-pub(crate) fn wildcard_match(pattern: &str, value: &str) -> bool {
-    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
-    // Iterative matching with single-star backtracking: linear space, no recursion on input.
-    let (mut pi, mut vi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 // ---------------------------------------------------------------------------------------------
 // verification
 
@@ -692,7 +654,7 @@ pub fn verify_at(
         let refusal = if entry
             .namespaces
             .as_deref()
-            .is_some_and(|ns| !matches_pattern_list(ns, NAMESPACE))
+            .is_some_and(|ns| !pattern::matches_list(ns, NAMESPACE, Case::Sensitive))
         {
             Some(format!(
                 "{} allows it only for namespaces {:?}",
@@ -845,18 +807,6 @@ mod tests {
         ] {
             assert!(parse_openssh_time(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn pattern_lists_follow_openssh() {
-        assert!(matches_pattern_list("deployctl-order", NAMESPACE));
-        assert!(matches_pattern_list("git,deployctl-*", NAMESPACE));
-        assert!(matches_pattern_list("*", NAMESPACE));
-        assert!(!matches_pattern_list("git,file", NAMESPACE));
-        assert!(!matches_pattern_list("*,!deployctl-order", NAMESPACE));
-        assert!(wildcard_match("a?c*", "abcdef"));
-        assert!(!wildcard_match("a?c", "abcd"));
-        assert!(wildcard_match("*/acme/*", "r.io/acme/web"));
     }
 
     #[test]
