@@ -1,4 +1,4 @@
-//! `deploy-agent`, the daemon on every host (DESIGN §6, §7).
+//! `deploy-agent`, the daemon on every host.
 //!
 //! It serves a unix socket; the controller reaches it directly (`local`) or over SSH through
 //! `deploy-agent bridge`. A `submit` goes through proto's acceptance checks, takes the lock of
@@ -7,7 +7,8 @@
 //! outcome and can re-attach with `watch`. At start the agent recovers every order the journal
 //! shows unfinished before it serves; afterwards it probes the health of what it deployed.
 //!
-//! Module map: [`config`] (agent.toml) · [`journal`] + [`durable`] (the per-order files) ·
+//! Module map: [`config`] (agent.toml) · [`journal`] (the per-order files, written through
+//! [`deploy::durable`]) ·
 //! [`index`] (in-memory view of the journal) · [`locks`] (one rollout per service) · [`job`]
 //! (a running order) · [`agent`] (shared state, one method per request) · [`server`] (socket,
 //! frames, shutdown) · [`health`] (the health book) · [`bridge`] · [`backend`] (the engine as
@@ -19,7 +20,6 @@ pub mod backend;
 pub mod bridge;
 pub mod cli;
 pub mod config;
-pub mod durable;
 pub mod health;
 pub mod index;
 pub mod job;

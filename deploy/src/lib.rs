@@ -1,4 +1,4 @@
-//! `deploy` owns the job of one order on one host against the Docker engine (DESIGN §7):
+//! `deploy` owns the job of one order on one host against the Docker engine:
 //! pull by digest, run the migration once in the new image, switch each service's
 //! container health-gated, roll back on failure, retain old versions, and undo a job
 //! interrupted by a crash.
@@ -9,7 +9,7 @@
 //! Layout: [`plan`] holds the decisions as pure functions (health verdict, retention, undo,
 //! error classes); [`runtime`] is the narrow engine interface and [`docker`] its only
 //! implementation (bollard); [`compose`] drives the compose CLI; `job` and `service` sequence
-//! the steps of an order.
+//! the steps of an order; [`durable`] is the workspace's one atomic, durable file write.
 //!
 //! What the engine reads from Docker is the whole truth it acts on: a service's serving
 //! container is named `<prefix><app>-<env>-<service>`; the version an order displaced is kept,
@@ -20,6 +20,7 @@
 
 pub mod compose;
 pub mod docker;
+pub mod durable;
 #[cfg(test)]
 mod fake;
 mod job;
