@@ -13,7 +13,8 @@ use deploy_agent::agent::Agent;
 use deploy_agent::backend::Backend;
 use deploy_agent::config::AgentConfig;
 use deploy_agent::journal::{Journal, OrderRecord, SignerInfo};
-use proto::codec::{FrameReader, hello_request, write_frame};
+use frame_io::{FrameReader, write_frame};
+use proto::codec::hello_request;
 use proto::sign::{Signer, generate_key_files};
 use proto::time::Timestamp;
 use proto::wire::{

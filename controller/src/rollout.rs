@@ -869,7 +869,7 @@ mod tests {
     /// A fake agent that drops the first connection mid-job and answers the re-attach.
     #[tokio::test]
     async fn a_dropped_connection_reattaches_to_the_order() {
-        use proto::codec::{FrameReader, write_frame};
+        use frame_io::{FrameReader, write_frame};
         use proto::wire::{JobEvent, Phase, Reply, Request};
 
         let dir = tempfile::tempdir().unwrap();

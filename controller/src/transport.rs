@@ -1,5 +1,5 @@
 //! Reaching an agent: its unix socket on this machine, or `deploy-agent bridge` run over SSH
-//! (DESIGN §6). Both give the same [`Connection`], with the `hello` exchange done.
+//! (README, "SSH"). Both give the same [`Connection`], with the `hello` exchange done.
 //!
 //! This is the only module that knows russh. SSH host keys are checked against known_hosts
 //! before anything else is sent ([`crate::known_hosts`]); an unknown or changed key refuses the
@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::codec::{self, CodecError, FrameReader};
+use frame_io::{FrameReader, write_frame};
+use proto::codec::{self, CodecError};
 use proto::wire::{
     AgentStatus, HistoryEntry, JobEvent, Outcome, Refusal, Reply, Request, ServiceLogs, SignedOrder,
 };
@@ -276,7 +277,7 @@ impl Peer {
 
 impl Connection {
     async fn send(&mut self, req: &Request) -> Result<(), TransportError> {
-        match codec::write_frame(&mut self.writer, req).await {
+        match write_frame(&mut self.writer, req).await {
             Ok(()) => Ok(()),
             Err(CodecError::Io(e)) => Err(self.closed(&format!("sending: {e}")).await),
             Err(e) => Err(TransportError::Protocol(e.to_string())),
@@ -776,10 +777,10 @@ mod tests {
                 host: "h1".into(),
                 env: "staging".into(),
             };
-            codec::write_frame(&mut w, &reply).await.unwrap();
+            write_frame(&mut w, &reply).await.unwrap();
             let req: Request = frames.next().await.unwrap().unwrap();
             assert_eq!(req, Request::History { limit: 3 });
-            codec::write_frame(
+            write_frame(
                 &mut w,
                 &Reply::Error {
                     message: "journal unreadable".into(),

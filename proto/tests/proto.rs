@@ -11,7 +11,7 @@ use proto::accept::{
     AcceptPolicy, FileReplayStore, MemoryReplayStore, Rejection, ReplayStore, accept,
     repository_matches,
 };
-use proto::codec::{self, CodecError, FrameBuffer, FrameReader, MAX_FRAME};
+use proto::codec::{self, CodecError, FrameBuffer, MAX_FRAME};
 use proto::order::{ImageRef, MigrationSpec, Order, ServiceSpec};
 use proto::sign::{
     AllowedSigners, AllowedSignersError, NAMESPACE, SignError, Signer, VerifyError,
@@ -1529,61 +1529,6 @@ fn encode_refuses_an_oversized_message() {
     let frame = codec::encode(&codec::hello_request("deployctl/test")).unwrap();
     assert_eq!(frame.last(), Some(&b'\n'));
     assert_eq!(frame.iter().filter(|&&b| b == b'\n').count(), 1);
-}
-
-#[tokio::test]
-async fn frame_reader_reads_frames_and_distinguishes_clean_eof_from_truncation() {
-    let (mut client, server) = tokio::io::duplex(64);
-    let writer = tokio::spawn(async move {
-        codec::write_frame(&mut client, &codec::hello_request("test"))
-            .await
-            .unwrap();
-        codec::write_frame(&mut client, &Request::Status {})
-            .await
-            .unwrap();
-    });
-    let mut reader = FrameReader::new(server);
-    let hello: Request = reader.next().await.unwrap().unwrap();
-    match hello {
-        Request::Hello { protocol, client } => {
-            codec::check_peer_protocol(protocol).unwrap();
-            assert_eq!(client, "test");
-        }
-        other => panic!("expected hello, got {other:?}"),
-    }
-    assert_eq!(
-        reader.next::<Request>().await.unwrap(),
-        Some(Request::Status {})
-    );
-    writer.await.unwrap();
-    assert_eq!(
-        reader.next::<Request>().await.unwrap(),
-        None,
-        "clean EOF between frames"
-    );
-
-    let mut truncated = FrameReader::new(
-        &br#"{"type":"status"}
-{"type":"wat"#[..],
-    );
-    assert_eq!(
-        truncated.next::<Request>().await.unwrap(),
-        Some(Request::Status {})
-    );
-    assert!(matches!(
-        truncated.next::<Request>().await,
-        Err(CodecError::Truncated { .. })
-    ));
-
-    let mut bad_then_good = FrameReader::new(&b"nonsense\n{\"type\":\"status\"}\n"[..]);
-    assert!(matches!(
-        bad_then_good.next::<Request>().await,
-        Err(CodecError::Malformed(_))
-    ));
-    assert_eq!(
-        bad_then_good.next::<Request>().await.unwrap(),
-        Some(Request::Status {})
-    );
 }
 
 #[test]

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::codec::{FrameReader, hello_request, write_frame};
+use frame_io::{FrameReader, write_frame};
+use proto::codec::hello_request;
 use proto::sign::Signer;
 use proto::time::Timestamp;
 use proto::wire::{
