@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::accept::{AcceptPolicy, FileReplayStore, accept};
-use proto::sign::AllowedSigners;
 use proto::time::Timestamp;
 use proto::wire::{
     AgentStatus, Health, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, Phase, Refusal,
@@ -106,7 +105,8 @@ impl<B: Backend> Agent<B> {
             source,
         })?;
         // Fail at start rather than at the first order if the trust file is broken.
-        let signers = AllowedSigners::load(&config.allowed_signers)
+        let signers = config
+            .load_allowed_signers()
             .map_err(|e| OpenError::AllowedSigners(e.to_string()))?;
         for note in signers.notes() {
             tracing::warn!("{}: {note}", config.allowed_signers.display());
@@ -184,7 +184,7 @@ impl<B: Backend> Agent<B> {
 
     /// Accepts (or refuses) a signed order and starts its job.
     pub async fn submit(self: &Arc<Self>, signed: SignedOrder) -> Submitted {
-        let signers = match AllowedSigners::load(&self.config.allowed_signers) {
+        let signers = match self.config.load_allowed_signers() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");

@@ -118,7 +118,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// `deploy-agent check-config`: what `run` would load, reported without starting.
 pub fn check_config(config_path: &Path) -> Result<String, Error> {
     let config = AgentConfig::load(config_path)?;
-    let signers = proto::sign::AllowedSigners::load(&config.allowed_signers)
+    let signers = config
+        .load_allowed_signers()
         .map_err(|e| Error::Trust(e.to_string()))?;
     let mut report = format!(
         "{}: ok\n  host {} · env {}\n  socket {}{}\n  state_dir {}\n  allowed_signers {} ({} keys)\n  allowed_images {}\n  \

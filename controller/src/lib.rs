@@ -4,9 +4,10 @@
 //! when one fails (DESIGN §3, §4, §6, §8).
 //!
 //! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
-//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`rollout`] (the
-//! plan as pure functions, and its driver), [`output`] (progress and results),
-//! [`commands`] (one module per subcommand), [`demo`].
+//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`signer`] (key
+//! files and ssh-agent keys that sign orders), [`rollout`] (the plan as pure functions, and
+//! its driver), [`output`] (progress and results), [`commands`] (one module per subcommand),
+//! [`demo`].
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod known_hosts;
 pub mod output;
 pub mod resolve;
 pub mod rollout;
+pub mod signer;
 pub mod transport;
 
 use serde::Serialize;

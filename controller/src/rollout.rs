@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use proto::order::{Action, ImageRef, Order};
-use proto::sign::Signer;
 use proto::wire::{
     AgentStatus, HistoryEntry, LockHolder, Outcome, OutcomeKind, Refusal, RefusalKind,
 };
@@ -20,6 +19,7 @@ use serde::Serialize;
 use crate::ExitClass;
 use crate::config::{DeployConfig, HostSpec};
 use crate::output::{Event, Reporter};
+use crate::signer::Signer;
 use crate::transport::{self, ConnectOptions, Connection, JobEnd, TransportError};
 
 /// Where a host stands after its part of a rollout.
@@ -950,7 +950,7 @@ mod tests {
             conn,
             before,
         }];
-        let key = proto::sign::generate_key_files(&dir.path().join("key"), "test").unwrap();
+        let key = crate::signer::generate_key_files(&dir.path().join("key"), "test").unwrap();
         let signer = Signer::from_key_file(&key.private_path).unwrap();
         let spec = RolloutSpec {
             rollout_id: order::new_id(),

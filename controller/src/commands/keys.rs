@@ -12,7 +12,7 @@ pub fn generate(out: Option<PathBuf>, json: bool) -> Result<ExitClass, Error> {
     let path = out.unwrap_or_else(default_key_path);
     // The comment doubles as the allowed_signers principal: who holds this key.
     let comment = issued_by();
-    let key = proto::sign::generate_key_files(&path, &comment)
+    let key = crate::signer::generate_key_files(&path, &comment)
         .map_err(|e| Error::Refused(e.to_string()))?;
     if json {
         output::print_json(&json!({

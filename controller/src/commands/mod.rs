@@ -11,7 +11,6 @@ pub mod status;
 use std::path::PathBuf;
 
 use futures_util::future::join_all;
-use proto::sign::Signer;
 use proto::wire::{AgentStatus, HistoryEntry};
 use serde_json::json;
 
@@ -19,6 +18,7 @@ use crate::cli::{Cli, Command, KeysCommand};
 use crate::config::{DeployConfig, EnvConfig, HostSpec};
 use crate::output::{self, Event, Reporter};
 use crate::rollout::{self, HostLink, RolloutReport};
+use crate::signer::Signer;
 use crate::transport::{self, ConnectOptions, Connection};
 use crate::{Error, ExitClass};
 

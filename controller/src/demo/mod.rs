@@ -107,7 +107,7 @@ async fn steps(
     let (registry, images) = setup::registry_with_images("demo/web").await?;
     let addr = stage.registry.insert(registry).addr();
     let agent_bin = setup::agent_binary().await?;
-    let key = proto::sign::generate_key_files(&dir.join("signing-key"), "deployctl-demo")
+    let key = crate::signer::generate_key_files(&dir.join("signing-key"), "deployctl-demo")
         .map_err(|e| SetupError(format!("cannot make a signing key: {e}")))?;
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text)
