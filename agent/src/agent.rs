@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proto::accept::{AcceptPolicy, FileReplayStore, accept};
+use proto::accept::AcceptPolicy;
 use proto::time::Timestamp;
 use proto::wire::{
     AgentStatus, Health, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, Phase, Refusal,
@@ -23,6 +23,7 @@ use crate::index::Index;
 use crate::job::{Job, blocking, lock};
 use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_order_id};
 use crate::locks::{LockDecision, ServiceKey, decide, keys_of};
+use crate::replay::{self, ReplayStore};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -75,7 +76,8 @@ pub struct Agent<B: Backend> {
     /// Lock order: `running` before `index`; `health` alone.
     index: Mutex<Index>,
     running: Mutex<Running>,
-    replay: Mutex<FileReplayStore>,
+    /// Held across the acceptance check and the remembering of the id ([`replay::admit`]).
+    replay: Mutex<ReplayStore>,
     next_seq: AtomicU64,
     health: Mutex<HealthBook>,
     health_file: HealthFile,
@@ -122,7 +124,7 @@ impl<B: Backend> Agent<B> {
             .into_iter()
             .filter(|r| r.outcome.is_none())
             .collect();
-        let replay = FileReplayStore::open(&config.state_dir.join("replay.json"))
+        let replay = ReplayStore::open(&config.state_dir.join("replay.json"), Timestamp::now())
             .map_err(OpenError::ReplayStore)?;
         let health_file = HealthFile::new(&config.state_dir);
         let (book, problem) = health_file.load();
@@ -154,7 +156,7 @@ impl<B: Backend> Agent<B> {
         &self.journal
     }
 
-    /// Finishes or undoes every order the journal shows without an outcome (DESIGN §7.6). Runs
+    /// Finishes or undoes every order the journal shows without an outcome. Runs
     /// before the socket is served, one order at a time, oldest first.
     pub async fn recover_unfinished(self: &Arc<Self>) -> Vec<Outcome> {
         let unfinished = std::mem::take(&mut *lock(&self.unfinished));
@@ -204,7 +206,7 @@ impl<B: Backend> Agent<B> {
             self.config.allowed_images.clone(),
         );
         let accepted =
-            blocking(|| accept(&signed, &policy, Timestamp::now(), &mut *lock(&self.replay)));
+            blocking(|| replay::admit(&signed, &policy, Timestamp::now(), &mut lock(&self.replay)));
         let accepted = match accepted {
             Ok(a) => a,
             Err(rejection) => {

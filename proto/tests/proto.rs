@@ -3,14 +3,11 @@
 //! sign/verify`, `ssh-agent`) is tested with the controller's signer, in
 //! `controller/tests/openssh.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proto::accept::{
-    AcceptPolicy, FileReplayStore, MemoryReplayStore, Rejection, ReplayStore, accept,
-    repository_matches,
-};
+use proto::accept::{AcceptPolicy, DEFAULT_MAX_SKEW, Rejection, accept, repository_matches};
 use proto::codec::{self, CodecError, FrameBuffer, MAX_FRAME};
 use proto::order::{ImageRef, MigrationSpec, Order, ServiceSpec};
 use proto::sign::{
@@ -19,7 +16,6 @@ use proto::sign::{
 };
 use proto::time::Timestamp;
 use proto::wire::{self, RefusalKind, Reply, Request, SignedOrder};
-use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------------------------
 // fixtures
@@ -98,8 +94,13 @@ fn sign_with_key(key: &PrivateKey, order: &Order) -> SignedOrder {
     sign_order(key, order).unwrap()
 }
 
+/// No order accepted before.
+fn none_seen() -> BTreeSet<String> {
+    BTreeSet::new()
+}
+
 fn refusal(signed: &SignedOrder, policy: &AcceptPolicy, at: Timestamp) -> Rejection {
-    accept(signed, policy, at, &mut MemoryReplayStore::new()).expect_err("order should be refused")
+    accept(signed, policy, at, &none_seen()).expect_err("order should be refused")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,13 +117,7 @@ fn signature_round_trips_through_accept() {
             .starts_with("-----BEGIN SSH SIGNATURE-----")
     );
 
-    let accepted = accept(
-        &signed,
-        &policy(allowed(&key)),
-        now(),
-        &mut MemoryReplayStore::new(),
-    )
-    .unwrap();
+    let accepted = accept(&signed, &policy(allowed(&key)), now(), &none_seen()).unwrap();
     assert_eq!(accepted.order, order);
     assert_eq!(accepted.signer.principal, PRINCIPAL);
     assert_eq!(
@@ -240,13 +235,7 @@ fn refused_unknown_signer_outside_valid_window() {
         "as",
     )
     .unwrap();
-    accept(
-        &signed,
-        &policy(inside),
-        now(),
-        &mut MemoryReplayStore::new(),
-    )
-    .unwrap();
+    accept(&signed, &policy(inside), now(), &none_seen()).unwrap();
 }
 
 #[test]
@@ -286,7 +275,7 @@ fn refused_expired_after_not_after_plus_skew() {
         &signed,
         &p,
         o.not_after.plus(Duration::from_secs(59)),
-        &mut MemoryReplayStore::new(),
+        &none_seen(),
     )
     .unwrap();
     let r = refusal(&signed, &p, o.not_after.plus(Duration::from_secs(61)));
@@ -299,13 +288,7 @@ fn refused_not_yet_valid_beyond_skew() {
     let key = test_key(1);
     let p = policy(allowed(&key));
     let near = order_at(now().plus(Duration::from_secs(59)));
-    accept(
-        &sign_with_key(&key, &near),
-        &p,
-        now(),
-        &mut MemoryReplayStore::new(),
-    )
-    .unwrap();
+    accept(&sign_with_key(&key, &near), &p, now(), &none_seen()).unwrap();
     let far = order_at(now().plus(Duration::from_secs(61)));
     let r = refusal(&sign_with_key(&key, &far), &p, now());
     assert_eq!(r.kind, RefusalKind::NotYetValid);
@@ -320,34 +303,35 @@ fn refused_replayed() {
     let key = test_key(1);
     let signed = sign_with_key(&key, &order());
     let p = policy(allowed(&key));
-    let mut store = MemoryReplayStore::new();
-    accept(&signed, &p, now(), &mut store).unwrap();
-    let r = accept(&signed, &p, now(), &mut store).unwrap_err();
+    let accepted = accept(&signed, &p, now(), &none_seen()).unwrap();
+    // accept only reads what was seen: remembering the id is the agent's step.
+    let seen = BTreeSet::from([accepted.order.order_id.clone()]);
+    let r = accept(&signed, &p, now(), &seen).unwrap_err();
     assert_eq!(r.kind, RefusalKind::Replayed);
+    assert!(r.message.contains("already accepted once"), "{r}");
 }
 
 #[test]
-fn refused_replayed_across_restart_with_file_store() {
-    let dir = TempDir::new().unwrap();
+fn an_accepted_id_is_to_be_remembered_until_it_would_expire_anyway() {
     let key = test_key(1);
-    let store_path = dir.path().join("replay.json");
-    // Real time here: the file store forgets by the wall clock.
-    let o = order_at(Timestamp::now());
-    let signed = sign_with_key(&key, &o);
-    let p = policy(allowed(&key));
-    accept(
-        &signed,
-        &p,
-        Timestamp::now(),
-        &mut FileReplayStore::open(&store_path).unwrap(),
+    let o = order();
+    let accepted = accept(
+        &sign_with_key(&key, &o),
+        &policy(allowed(&key)),
+        now(),
+        &none_seen(),
     )
     .unwrap();
-    let mut reopened = FileReplayStore::open(&store_path).unwrap();
+    assert_eq!(accepted.remember_until, o.not_after.plus(DEFAULT_MAX_SKEW));
+}
+
+#[test]
+fn an_unrecorded_order_is_an_internal_refusal_naming_it() {
+    let r = Rejection::not_recorded("o1", &"disk full");
+    assert_eq!(r.kind, RefusalKind::Internal);
     assert_eq!(
-        accept(&signed, &p, Timestamp::now(), &mut reopened)
-            .unwrap_err()
-            .kind,
-        RefusalKind::Replayed
+        r.message,
+        "cannot record order o1 against replay, so it is not applied: disk full"
     );
 }
 
@@ -411,25 +395,6 @@ fn refused_oversized_before_anything_else() {
         signature: "x".repeat(1 << 20),
     };
     assert_eq!(refusal(&big_sig, &p, now()).kind, RefusalKind::Oversized);
-}
-
-#[test]
-fn refused_order_keeps_its_id_unburnt() {
-    let key = test_key(1);
-    let mut o = order();
-    o.host = "elsewhere".into();
-    let mut store = MemoryReplayStore::new();
-    accept(
-        &sign_with_key(&key, &o),
-        &policy(allowed(&key)),
-        now(),
-        &mut store,
-    )
-    .unwrap_err();
-    assert!(
-        !store.seen(&o.order_id),
-        "a refused order must not be remembered"
-    );
 }
 
 #[test]
@@ -590,78 +555,6 @@ fn allowed_signers_parsing_table() {
             .len(),
         1
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// replay store
-
-#[test]
-fn file_replay_store_survives_reopen_and_forgets_expired_ids() {
-    let dir = TempDir::new().unwrap();
-    let path = dir.path().join("state/replay.json");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let later = Timestamp::now().plus(Duration::from_secs(600));
-    let past = Timestamp::now().minus(Duration::from_secs(1));
-    {
-        let mut store = FileReplayStore::open(&path).unwrap();
-        assert!(store.is_empty());
-        store.remember("live", later).unwrap();
-        store.remember("stale", past).unwrap();
-        assert!(store.seen("live") && store.seen("stale"));
-    }
-    let store = FileReplayStore::open(&path).unwrap();
-    assert!(store.seen("live"), "a remembered id survives a restart");
-    assert!(!store.seen("stale"), "an id past its time is forgotten");
-    assert_eq!(store.len(), 1);
-    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        leftovers,
-        vec![std::ffi::OsString::from("replay.json")],
-        "no temp file left behind"
-    );
-}
-
-#[test]
-fn corrupt_replay_store_is_a_clear_error() {
-    let dir = TempDir::new().unwrap();
-    let path = dir.path().join("replay.json");
-    for garbage in [
-        &b"{\"version\":1,\"ids\":{\"a\":"[..],
-        b"\x00\xff",
-        b"[]",
-        b"{\"version\":9,\"ids\":{}}",
-    ] {
-        std::fs::write(&path, garbage).unwrap();
-        let err = FileReplayStore::open(&path).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-        assert!(
-            err.to_string().contains(&path.display().to_string()),
-            "{err}"
-        );
-    }
-}
-
-#[test]
-fn unwritable_replay_store_refuses_the_order() {
-    let dir = TempDir::new().unwrap();
-    let key = test_key(1);
-    let path = dir.path().join("gone/replay.json");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut store = FileReplayStore::open(&path).unwrap();
-    std::fs::remove_dir(path.parent().unwrap()).unwrap();
-    let o = order_at(Timestamp::now());
-    let r = accept(
-        &sign_with_key(&key, &o),
-        &policy(allowed(&key)),
-        Timestamp::now(),
-        &mut store,
-    )
-    .unwrap_err();
-    assert_eq!(r.kind, RefusalKind::Internal, "{r}");
-    assert!(!store.seen(&o.order_id));
 }
 
 #[test]
