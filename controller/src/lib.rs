@@ -1,7 +1,7 @@
 //! `deployctl`, the controller: resolves a ref to one digest, checks policy, signs one deploy
 //! order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
 //! first host alone with the migration, then in batches, rolling back every host it changed
-//! when one fails (DESIGN §3, §4, §6, §8).
+//! when one fails (README: "Commands", "deploy.toml", "SSH", "Locks and interruptions").
 //!
 //! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
 //! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`signer`] (key
@@ -23,7 +23,7 @@ pub mod transport;
 
 use serde::Serialize;
 
-/// The process exit codes of DESIGN §3.
+/// The process exit codes (README, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitClass {
