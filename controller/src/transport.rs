@@ -1,7 +1,7 @@
 //! Reaching an agent: its unix socket on this machine, or `deploy-agent bridge` run over SSH
 //! (README, "SSH"). Both give the same [`Connection`], with the `hello` exchange done.
 //!
-//! This is the only module that knows russh (with its [`ssh_agent`] client, which the order
+//! This is the only module that knows russh (with its `ssh_agent` client, which the order
 //! signer uses too). SSH host keys are checked against known_hosts before anything else is
 //! sent ([`crate::known_hosts`]); an unknown or changed key refuses the connection with the
 //! fingerprint and the exact line a human would add after checking it.

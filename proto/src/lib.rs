@@ -3,8 +3,11 @@
 //! ([`codec`]), and order signing and acceptance in the OpenSSH SSHSIG format ([`sign`],
 //! [`accept`], with OpenSSH's wildcard patterns in [`pattern`]).
 //!
-//! No other crate knows the byte format of a frame or a signature. Decoding works on byte
-//! slices with no IO so it can be fuzzed; the async adapters in [`codec`] only move bytes.
+//! No other crate knows the byte format of a frame or a signature. `proto` does no IO, so all
+//! of it can be tested and fuzzed as functions over bytes: no files, sockets, tokio or russh
+//! (streams are the `frame-io` crate's, key files and ssh-agent the controller's, the replay
+//! store the agent's). Its only contact with the system is the clock (`Timestamp::now`) and
+//! [`order::new_id`] (a ULID: clock and OS randomness).
 #![forbid(unsafe_code)]
 
 pub mod accept;
