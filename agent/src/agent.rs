@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use proto::accept::{AcceptPolicy, FileReplayStore, accept};
-use proto::sign::AllowedSigners;
+use proto::accept::AcceptPolicy;
 use proto::time::Timestamp;
 use proto::wire::{
     AgentStatus, Health, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, Phase, Refusal,
@@ -24,6 +23,7 @@ use crate::index::Index;
 use crate::job::{Job, blocking, lock};
 use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_order_id};
 use crate::locks::{LockDecision, ServiceKey, decide, keys_of};
+use crate::replay::{self, ReplayStore};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -76,7 +76,8 @@ pub struct Agent<B: Backend> {
     /// Lock order: `running` before `index`; `health` alone.
     index: Mutex<Index>,
     running: Mutex<Running>,
-    replay: Mutex<FileReplayStore>,
+    /// Held across the acceptance check and the remembering of the id ([`replay::admit`]).
+    replay: Mutex<ReplayStore>,
     next_seq: AtomicU64,
     health: Mutex<HealthBook>,
     health_file: HealthFile,
@@ -106,7 +107,8 @@ impl<B: Backend> Agent<B> {
             source,
         })?;
         // Fail at start rather than at the first order if the trust file is broken.
-        let signers = AllowedSigners::load(&config.allowed_signers)
+        let signers = config
+            .load_allowed_signers()
             .map_err(|e| OpenError::AllowedSigners(e.to_string()))?;
         for note in signers.notes() {
             tracing::warn!("{}: {note}", config.allowed_signers.display());
@@ -122,7 +124,7 @@ impl<B: Backend> Agent<B> {
             .into_iter()
             .filter(|r| r.outcome.is_none())
             .collect();
-        let replay = FileReplayStore::open(&config.state_dir.join("replay.json"))
+        let replay = ReplayStore::open(&config.state_dir.join("replay.json"), Timestamp::now())
             .map_err(OpenError::ReplayStore)?;
         let health_file = HealthFile::new(&config.state_dir);
         let (book, problem) = health_file.load();
@@ -154,7 +156,7 @@ impl<B: Backend> Agent<B> {
         &self.journal
     }
 
-    /// Finishes or undoes every order the journal shows without an outcome (DESIGN §7.6). Runs
+    /// Finishes or undoes every order the journal shows without an outcome. Runs
     /// before the socket is served, one order at a time, oldest first.
     pub async fn recover_unfinished(self: &Arc<Self>) -> Vec<Outcome> {
         let unfinished = std::mem::take(&mut *lock(&self.unfinished));
@@ -184,7 +186,7 @@ impl<B: Backend> Agent<B> {
 
     /// Accepts (or refuses) a signed order and starts its job.
     pub async fn submit(self: &Arc<Self>, signed: SignedOrder) -> Submitted {
-        let signers = match AllowedSigners::load(&self.config.allowed_signers) {
+        let signers = match self.config.load_allowed_signers() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("{e}");
@@ -204,7 +206,7 @@ impl<B: Backend> Agent<B> {
             self.config.allowed_images.clone(),
         );
         let accepted =
-            blocking(|| accept(&signed, &policy, Timestamp::now(), &mut *lock(&self.replay)));
+            blocking(|| replay::admit(&signed, &policy, Timestamp::now(), &mut lock(&self.replay)));
         let accepted = match accepted {
             Ok(a) => a,
             Err(rejection) => {

@@ -1,4 +1,4 @@
-//! `agent.toml` (DESIGN §4): what this agent is (host, env), where it keeps its state and socket,
+//! `agent.toml`: what this agent is (host, env), where it keeps its state and socket,
 //! and whom it trusts.
 //!
 //! Loading is strict: unknown keys are errors, and every error names the file, line and column so
@@ -7,11 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proto::sign::{AllowedSigners, AllowedSignersError};
 use serde::Deserialize;
 
 /// Where `deploy-agent run` and `check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/deploy-agent/agent.toml";
-/// The socket path the controller assumes for a host table without `socket` (DESIGN §4).
+/// The socket path the controller assumes for a host table without `socket` (README,
+/// "deploy.toml").
 pub const DEFAULT_SOCKET: &str = "/run/deploy-agent/agent.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/deploy-agent";
 
@@ -186,6 +188,31 @@ fn bad_name(s: &str) -> Option<&'static str> {
     }
 }
 
+/// Why `allowed_signers` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] AllowedSignersError),
+}
+
+impl AgentConfig {
+    /// Reads and parses `allowed_signers`. The agent does so at start and again for every
+    /// order, so a key added or removed takes effect without a restart.
+    pub fn load_allowed_signers(&self) -> Result<AllowedSigners, TrustFileError> {
+        let path = &self.allowed_signers;
+        let text = std::fs::read_to_string(path).map_err(|source| TrustFileError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(AllowedSigners::parse(&text, &path.display().to_string())?)
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -226,6 +253,32 @@ allowed_images = ["registry.example.com/acme/*"]
         assert_eq!(c.health_interval, Duration::from_secs(10));
         assert_eq!(c.container_prefix, "");
         assert_eq!(c.socket_group, None);
+    }
+
+    #[test]
+    fn allowed_signers_are_read_from_the_configured_file_with_its_name_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = AgentConfig::parse(GOOD, &dir.path().join("agent.toml")).unwrap();
+        let missing = c.load_allowed_signers().unwrap_err().to_string();
+        assert!(
+            missing.starts_with("cannot read /etc/deploy-agent/allowed_signers"),
+            "{missing}"
+        );
+
+        let text = GOOD.replace("/etc/deploy-agent/allowed_signers", "allowed_signers");
+        let c = AgentConfig::parse(&text, &dir.path().join("agent.toml")).unwrap();
+        let key = proto::sign::ed25519_key(&[1; 32], "ci");
+        let line = proto::sign::allowed_signers_line("ci", key.public_key()).unwrap();
+        std::fs::write(&c.allowed_signers, format!("# ci\n{line}\n")).unwrap();
+        assert_eq!(c.load_allowed_signers().unwrap().len(), 1);
+        std::fs::write(
+            &c.allowed_signers,
+            format!("{line}\nbob frobnicate {line}\n"),
+        )
+        .unwrap();
+        let bad = c.load_allowed_signers().unwrap_err().to_string();
+        let origin = format!("{}:2: ", c.allowed_signers.display());
+        assert!(bad.starts_with(&origin), "{bad}");
     }
 
     #[test]

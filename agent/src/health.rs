@@ -5,11 +5,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
+use deploy::durable;
 use proto::time::Timestamp;
 use proto::wire::Health;
 use serde::{Deserialize, Serialize};
-
-use crate::durable;
 
 /// Transitions kept on disk; older ones are in the agent's log.
 const KEEP_TRANSITIONS: usize = 200;

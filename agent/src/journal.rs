@@ -1,6 +1,6 @@
 //! The agent's journal: one small JSON file per accepted order under `<state_dir>/orders/`,
 //! rewritten atomically on every event, so the file on disk is always the latest whole truth
-//! about that order (DESIGN §2.6, §7.6).
+//! about that order, and an order found without an outcome at start is one a crash interrupted.
 //!
 //! A corrupt file (a disk error, a hand edit) is moved aside to `*.corrupt` and reported; it never
 //! stops the agent and never costs the other orders.
@@ -9,12 +9,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use deploy::durable;
 use proto::Order;
 use proto::time::Timestamp;
 use proto::wire::{JobEvent, Outcome, Phase, SignedOrder};
 use serde::{Deserialize, Serialize};
-
-use crate::durable;
 
 /// Who signed an order, as `allowed_signers` and the key say.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,9 +57,9 @@ impl OrderRecord {
     }
 
     /// Did this order run its migration to a successful end? Only then may a later order of the
-    /// same digest skip it (DESIGN §2.5). A switch happens only after the migration succeeded, so
-    /// any switch-or-later step proves it; when in doubt (a crash between migration and switch)
-    /// the answer is no, and the migration runs again.
+    /// same digest skip it (a migration runs once per digest and host). A switch happens only
+    /// after the migration succeeded, so any switch-or-later step proves it; when in doubt (a
+    /// crash between migration and switch) the answer is no, and the migration runs again.
     pub fn migration_succeeded(&self) -> bool {
         use proto::wire::OutcomeKind::*;
         self.order.run_migration

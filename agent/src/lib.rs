@@ -1,17 +1,19 @@
-//! `deploy-agent`, the daemon on every host (DESIGN §6, §7).
+//! `deploy-agent`, the daemon on every host.
 //!
 //! It serves a unix socket; the controller reaches it directly (`local`) or over SSH through
-//! `deploy-agent bridge`. A `submit` goes through proto's acceptance checks, takes the lock of
-//! every service it touches, is journaled, and becomes a job — a task owned by the agent that
-//! outlives the connection — run by the [`deploy`] engine; the client follows its events to the
-//! outcome and can re-attach with `watch`. At start the agent recovers every order the journal
-//! shows unfinished before it serves; afterwards it probes the health of what it deployed.
+//! `deploy-agent bridge`. A `submit` goes through proto's acceptance checks, has its id
+//! remembered durably against replay, takes the lock of every service it touches, is journaled,
+//! and becomes a job — a task owned by the agent that outlives the connection — run by the
+//! [`deploy`] engine; the client follows its events to the outcome and can re-attach with
+//! `watch`. At start the agent recovers every order the journal shows unfinished before it
+//! serves; afterwards it probes the health of what it deployed.
 //!
-//! Module map: [`config`] (agent.toml) · [`journal`] + [`durable`] (the per-order files) ·
-//! [`index`] (in-memory view of the journal) · [`locks`] (one rollout per service) · [`job`]
-//! (a running order) · [`agent`] (shared state, one method per request) · [`server`] (socket,
-//! frames, shutdown) · [`health`] (the health book) · [`bridge`] · [`backend`] (the engine as
-//! the agent sees it) · [`cli`].
+//! Module map: [`config`] (agent.toml, allowed_signers) · [`replay`] (accepted order ids) ·
+//! [`journal`] (the per-order files) · [`index`] (in-memory view of the journal) · [`locks`]
+//! (one rollout per service) · [`job`] (a running order) · [`agent`] (shared state, one method
+//! per request) · [`server`] (socket, frames, shutdown) · [`health`] (the health book) ·
+//! [`bridge`] · [`backend`] (the engine as the agent sees it) · [`cli`]. Every file the agent
+//! keeps is written through [`deploy::durable`].
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -19,12 +21,12 @@ pub mod backend;
 pub mod bridge;
 pub mod cli;
 pub mod config;
-pub mod durable;
 pub mod health;
 pub mod index;
 pub mod job;
 pub mod journal;
 pub mod locks;
+pub mod replay;
 pub mod server;
 
 use std::path::Path;
@@ -118,7 +120,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// `deploy-agent check-config`: what `run` would load, reported without starting.
 pub fn check_config(config_path: &Path) -> Result<String, Error> {
     let config = AgentConfig::load(config_path)?;
-    let signers = proto::sign::AllowedSigners::load(&config.allowed_signers)
+    let signers = config
+        .load_allowed_signers()
         .map_err(|e| Error::Trust(e.to_string()))?;
     let mut report = format!(
         "{}: ok\n  host {} · env {}\n  socket {}{}\n  state_dir {}\n  allowed_signers {} ({} keys)\n  allowed_images {}\n  \

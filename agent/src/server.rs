@@ -1,4 +1,4 @@
-//! The agent's unix socket (DESIGN §6): one connection is a `hello`, then any number of
+//! The agent's unix socket: one connection is a `hello`, then any number of
 //! requests in turn. A malformed frame gets an `error` reply and the connection is closed;
 //! nothing a client sends can panic the agent.
 
@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::codec::{CodecError, FrameReader, MAX_FRAME, check_peer_protocol, encode, write_frame};
+use frame_io::{FrameReader, write_frame};
+use proto::codec::{CodecError, MAX_FRAME, check_peer_protocol, encode};
 use proto::wire::{PROTOCOL_VERSION, Refusal, RefusalKind, Reply, Request, ServiceLogs};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;

@@ -13,8 +13,9 @@ use deploy_agent::agent::Agent;
 use deploy_agent::backend::Backend;
 use deploy_agent::config::AgentConfig;
 use deploy_agent::journal::{Journal, OrderRecord, SignerInfo};
-use proto::codec::{FrameReader, hello_request, write_frame};
-use proto::sign::{Signer, generate_key_files};
+use frame_io::{FrameReader, write_frame};
+use proto::codec::hello_request;
+use proto::sign::PrivateKey;
 use proto::time::Timestamp;
 use proto::wire::{
     Health, JobEvent, Outcome, OutcomeKind, Phase, RefusalKind, Reply, Request, ServiceLogs,
@@ -142,7 +143,8 @@ struct Daemon {
     socket: PathBuf,
     config: AgentConfig,
     fake: Fake,
-    signer: Signer,
+    /// The key the daemon's allowed_signers trusts (a fixed one: tests need no secret).
+    key: PrivateKey,
     stop: Option<oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
 }
@@ -154,12 +156,9 @@ fn digest(c: char) -> String {
 impl Daemon {
     async fn start() -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let key = generate_key_files(&dir.path().join("key"), "ci@test").unwrap();
-        std::fs::write(
-            dir.path().join("allowed_signers"),
-            format!("{}\n", key.allowed_signers_line),
-        )
-        .unwrap();
+        let key = proto::sign::ed25519_key(&[7; 32], "ci@test");
+        let line = proto::sign::allowed_signers_line("ci@test", key.public_key()).unwrap();
+        std::fs::write(dir.path().join("allowed_signers"), format!("{line}\n")).unwrap();
         let text = r#"
 host = "h1"
 env = "staging"
@@ -171,13 +170,12 @@ health_interval = "1h"
 shutdown_grace = "10s"
 "#;
         let config = AgentConfig::parse(text, &dir.path().join("agent.toml")).unwrap();
-        let signer = Signer::from_key_file(&key.private_path).unwrap();
         let mut d = Daemon {
             socket: config.socket.clone(),
             dir,
             config,
             fake: Fake::default(),
-            signer,
+            key,
             stop: None,
             served: None,
         };
@@ -240,7 +238,7 @@ shutdown_grace = "10s"
     }
 
     async fn sign(&self, order: &Order) -> SignedOrder {
-        self.signer.sign_order(order).await.unwrap()
+        proto::sign::sign_order(&self.key, order).unwrap()
     }
 
     async fn client(&self) -> Client {

@@ -114,7 +114,7 @@ impl AgentConn for Connection {
 }
 
 /// Orders are signed with the env's key (chosen by `commands::load_signer`).
-impl OrderSigner for proto::sign::Signer {
+impl OrderSigner for crate::signer::Signer {
     async fn sign(&self, order: &Order) -> Result<SignedOrder, String> {
         self.sign_order(order).await.map_err(|e| e.to_string())
     }

@@ -1,13 +1,14 @@
 //! `deployctl`, the controller: resolves a ref to one digest, checks policy, signs one deploy
 //! order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
 //! first host alone with the migration, then in batches, rolling back every host it changed
-//! when one fails (README "Using deployctl").
+//! when one fails (README: "Commands", "deploy.toml", "SSH", "Locks and interruptions").
 //!
 //! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
-//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`connector`] (what
-//! commands need from agents, as traits), [`rollout`] (the plan as pure functions, and its
-//! driver), [`output`] (every message and its two renderers), [`commands`] (one module per
-//! subcommand), `demo` (with the `demo` cargo feature).
+//! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`signer`] (key
+//! files and ssh-agent keys that sign orders), [`connector`] (what commands need from agents,
+//! as traits), [`rollout`] (the plan as pure functions, and its driver), [`output`] (every
+//! message and its two renderers), [`commands`] (one module per subcommand), `demo` (with the
+//! `demo` cargo feature).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -20,11 +21,12 @@ pub mod known_hosts;
 pub mod output;
 pub mod resolve;
 pub mod rollout;
+pub mod signer;
 pub mod transport;
 
 use serde::Serialize;
 
-/// The process exit codes (README "Exit codes").
+/// The process exit codes (README, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitClass {

@@ -1,26 +1,29 @@
 //! Reaching an agent: its unix socket on this machine, or `deploy-agent bridge` run over SSH
-//! (DESIGN §6). Both give the same [`Connection`], with the `hello` exchange done.
+//! (README, "SSH"). Both give the same [`Connection`], with the `hello` exchange done.
 //!
-//! This is the only module that knows russh. SSH host keys are checked against known_hosts
-//! before anything else is sent ([`crate::known_hosts`]); an unknown or changed key refuses the
-//! connection with the fingerprint and the exact line a human would add after checking it.
+//! This is the only module that knows russh (with its `ssh_agent` client, which the order
+//! signer uses too). SSH host keys are checked against known_hosts before anything else is
+//! sent ([`crate::known_hosts`]); an unknown or changed key refuses the connection with the
+//! fingerprint and the exact line a human would add after checking it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use proto::codec::{self, CodecError, FrameReader};
+use frame_io::{FrameReader, write_frame};
+use proto::codec::{self, CodecError};
 use proto::wire::{
     AgentStatus, HistoryEntry, JobEvent, Outcome, Refusal, Reply, Request, ServiceLogs, SignedOrder,
 };
-use russh::keys::agent::AgentIdentity;
-use russh::keys::agent::client::AgentClient;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{SshTarget, Target};
 use crate::known_hosts::{self, KnownHosts, Verdict};
+
+pub(crate) mod ssh_agent;
+use ssh_agent::SshAgent;
 
 /// Environment variable naming the command that starts the agent's bridge on SSH hosts
 /// (default `deploy-agent`; e.g. `sudo -n /usr/local/bin/deploy-agent`).
@@ -276,7 +279,7 @@ impl Peer {
 
 impl Connection {
     async fn send(&mut self, req: &Request) -> Result<(), TransportError> {
-        match codec::write_frame(&mut self.writer, req).await {
+        match write_frame(&mut self.writer, req).await {
             Ok(()) => Ok(()),
             Err(CodecError::Io(e)) => Err(self.closed(&format!("sending: {e}")).await),
             Err(e) => Err(TransportError::Protocol(e.to_string())),
@@ -649,20 +652,16 @@ async fn authenticate(
         ))
     };
     if let Some(sock) = &opts.ssh_auth_sock {
-        match AgentClient::connect_uds(sock).await {
+        match SshAgent::connect(sock).await {
             Ok(mut agent) => {
-                let identities = agent.request_identities().await.unwrap_or_default();
-                for id in identities {
-                    let AgentIdentity::PublicKey { key, .. } = id else {
-                        continue;
-                    };
+                for key in agent.public_keys().await.unwrap_or_default() {
                     let hash = rsa_hash(handle, &key).await;
                     tried.push(format!(
                         "ssh-agent key {}",
                         key.fingerprint(HashAlg::Sha256)
                     ));
                     match handle
-                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                        .authenticate_publickey_with(user, key, hash, agent.client())
                         .await
                     {
                         Ok(r) if r.success() => return Ok(()),
@@ -776,10 +775,10 @@ mod tests {
                 host: "h1".into(),
                 env: "staging".into(),
             };
-            codec::write_frame(&mut w, &reply).await.unwrap();
+            write_frame(&mut w, &reply).await.unwrap();
             let req: Request = frames.next().await.unwrap().unwrap();
             assert_eq!(req, Request::History { limit: 3 });
-            codec::write_frame(
+            write_frame(
                 &mut w,
                 &Reply::Error {
                     message: "journal unreadable".into(),

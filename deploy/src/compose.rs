@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use crate::durable;
+
 /// Which compose CLI runs the commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Flavor {
@@ -296,33 +298,25 @@ impl OverridePaths {
     }
 }
 
-/// Writes a file so a crash leaves either the old or the new content, never a torn one.
+/// Writes a file so a crash leaves either the old or the new content, never a torn one, and
+/// the new content is on disk when this returns ([`durable::write_atomic`]).
 pub fn write_atomically(path: &Path, content: &str) -> Result<(), ComposeError> {
-    use std::io::Write;
     let err = |source| ComposeError::Override {
         path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        durable::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(content.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(())
+    durable::write_atomic(path, content.as_bytes()).map_err(err)
 }
 
+/// Removes an override file (absent is fine), durably: it does not come back after a crash.
 pub fn remove_file(path: &Path) -> Result<(), ComposeError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ComposeError::Override {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    durable::remove(path).map_err(|source| ComposeError::Override {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@
 //! classes). `container` is the one executor of those plans for container services and
 //! `compose_service` the compose driver, both behind `driver::ServiceDriver`; `job` sequences
 //! an order over drivers through an `OrderCtx`. [`runtime`] is the narrow engine interface and
-//! [`docker`] its only implementation (bollard); [`compose`] drives the compose CLI.
+//! [`docker`] its only implementation (bollard); [`compose`] drives the compose CLI; [`durable`] is the
+//! workspace's one atomic, durable file write.
 //!
 //! What the engine reads from Docker is the whole truth it acts on: a service's serving
 //! container is named `<prefix><app>-<env>-<service>`; the version an order displaced is kept,
@@ -25,6 +26,7 @@ mod container;
 mod context;
 pub mod docker;
 mod driver;
+pub mod durable;
 mod execute;
 #[cfg(test)]
 mod fake;

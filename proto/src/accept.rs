@@ -1,28 +1,26 @@
-//! The agent's acceptance checks for a signed order (DESIGN §5), as one function: [`accept`].
+//! The agent's acceptance checks for a signed order, as one pure function: [`accept`] takes the
+//! signed bytes, the agent's policy, the time and a read-only view of the order ids already
+//! accepted, and returns a verdict. It does no IO and takes no lock.
 //!
 //! The checks run in a fixed order so that nothing is parsed before it is authenticated and
 //! the cheapest refusal wins: size → signature over the payload bytes → strict JSON → env →
-//! host → validity window (with skew) → replay → image repository. Only an order that passes
-//! all of them has its id remembered, so a refused order can be fixed and resent with the
-//! same id. Whether a rollout already holds the service is the agent's call, not this module's.
+//! host → validity window (with skew) → replay → image repository. Whether a rollout already
+//! holds the service is the agent's call, not this module's.
 //!
-//! Replay protection needs memory that survives restarts: [`FileReplayStore`] keeps every
-//! accepted `order_id` until its order could no longer be accepted anyway (`not_after` plus
-//! the allowed skew), then forgets it, so the file stays small.
+//! Replay protection needs memory that survives restarts, which is the agent's: it remembers
+//! the id of an accepted order durably, until [`Accepted::remember_until`], before the order
+//! runs, and only then — so a refused order can be fixed and resent with the same id.
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::fmt;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::order::Order;
 use crate::sign::{AllowedSigners, Verified, VerifyError, verify_at};
 use crate::time::Timestamp;
 use crate::wire::{Refusal, RefusalKind, SignedOrder};
 
-/// How far the issuer's clock may be from the agent's (DESIGN §5).
+/// How far the issuer's clock may be from the agent's.
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(60);
 
 /// Orders carry a handful of service specs; anything near this is not an order.
@@ -62,157 +60,16 @@ impl AcceptPolicy {
     }
 }
 
-/// Remembers accepted order ids so none is applied twice.
-pub trait ReplayStore: Send {
+/// What acceptance needs to know of the orders accepted before: only whether an id was one of
+/// them. A read-only view, so [`accept`] stays a pure check; remembering an accepted id
+/// (durably, before the order runs) is the caller's step.
+pub trait SeenOrders {
     fn seen(&self, order_id: &str) -> bool;
-    /// Remembers `order_id` until `not_after`, after which it may be forgotten (callers pass a
-    /// time after which the order would be refused as expired anyway). Must be durable when
-    /// it returns `Ok`.
-    fn remember(&mut self, order_id: &str, not_after: Timestamp) -> std::io::Result<()>;
 }
 
-/// A replay store that forgets everything on restart; for tests.
-#[derive(Debug, Default)]
-pub struct MemoryReplayStore {
-    ids: BTreeMap<String, Timestamp>,
-}
-
-impl MemoryReplayStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl ReplayStore for MemoryReplayStore {
+impl SeenOrders for BTreeSet<String> {
     fn seen(&self, order_id: &str) -> bool {
-        self.ids.contains_key(order_id)
-    }
-
-    fn remember(&mut self, order_id: &str, not_after: Timestamp) -> std::io::Result<()> {
-        self.ids.insert(order_id.to_string(), not_after);
-        Ok(())
-    }
-}
-
-/// A replay store in one JSON file, rewritten atomically (temp file, fsync, rename, fsync of
-/// the directory) on every change.
-#[derive(Debug)]
-pub struct FileReplayStore {
-    path: PathBuf,
-    ids: BTreeMap<String, Timestamp>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReplayFile {
-    version: u32,
-    /// order_id → the time after which it may be forgotten.
-    ids: BTreeMap<String, Timestamp>,
-}
-
-const REPLAY_FILE_VERSION: u32 = 1;
-
-impl FileReplayStore {
-    /// Opens (or starts) the store at `path`, dropping ids whose time has passed. A file that
-    /// cannot be parsed is an error naming the file: silently starting empty would reopen
-    /// the door to replays.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let ids = match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: ReplayFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "replay store {} is corrupt ({e}); it protects against replayed orders, so it is not \
-                             reset automatically: restore it, or remove it once every order issued so far has \
-                             expired",
-                            path.display()
-                        ),
-                    )
-                })?;
-                if file.version != REPLAY_FILE_VERSION {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "replay store {} has version {}, expected {REPLAY_FILE_VERSION}",
-                            path.display(),
-                            file.version
-                        ),
-                    ));
-                }
-                file.ids
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => {
-                return Err(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot read replay store {}: {e}", path.display()),
-                ));
-            }
-        };
-        let mut store = FileReplayStore {
-            path: path.to_owned(),
-            ids,
-        };
-        store.forget_expired(Timestamp::now());
-        Ok(store)
-    }
-
-    /// Ids currently remembered.
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    fn forget_expired(&mut self, now: Timestamp) {
-        self.ids.retain(|_, until| *until >= now);
-    }
-
-    fn save(&self) -> std::io::Result<()> {
-        let file = ReplayFile {
-            version: REPLAY_FILE_VERSION,
-            ids: self.ids.clone(),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &self.path)?;
-        // The rename is durable only once the directory entry is.
-        std::fs::File::open(dir)?.sync_all()
-    }
-}
-
-impl ReplayStore for FileReplayStore {
-    fn seen(&self, order_id: &str) -> bool {
-        self.ids.contains_key(order_id)
-    }
-
-    fn remember(&mut self, order_id: &str, not_after: Timestamp) -> std::io::Result<()> {
-        let before = self.ids.clone();
-        self.forget_expired(Timestamp::now());
-        self.ids.insert(order_id.to_string(), not_after);
-        self.save().inspect_err(|_| self.ids = before).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot save replay store {}: {e}", self.path.display()),
-            )
-        })
+        self.contains(order_id)
     }
 }
 
@@ -221,6 +78,9 @@ impl ReplayStore for FileReplayStore {
 pub struct Accepted {
     pub order: Order,
     pub signer: Verified,
+    /// Until when the order's id must be remembered against replay: past it, the order would
+    /// be refused as expired anyway (`not_after` plus the allowed skew).
+    pub remember_until: Timestamp,
 }
 
 /// Why an order was refused, in words a human can act on.
@@ -240,6 +100,17 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// The order passed every check but its id could not be remembered against replay, so it
+    /// must not run: an order is never applied twice, so it is not applied at all.
+    pub fn not_recorded(order_id: &str, why: &dyn fmt::Display) -> Self {
+        Rejection::new(
+            RefusalKind::Internal,
+            format!("cannot record order {order_id} against replay, so it is not applied: {why}"),
+        )
+    }
+}
+
 impl From<Rejection> for Refusal {
     fn from(r: Rejection) -> Self {
         Refusal {
@@ -250,12 +121,13 @@ impl From<Rejection> for Refusal {
     }
 }
 
-/// Runs every acceptance check of DESIGN §5 and, if all pass, remembers the order id.
+/// Runs every acceptance check against `signed` at `now`; `seen` answers whether an order id
+/// was accepted before. Remembering the id of an accepted order is the caller's next step.
 pub fn accept(
     signed: &SignedOrder,
     policy: &AcceptPolicy,
     now: Timestamp,
-    replay: &mut dyn ReplayStore,
+    seen: &dyn SeenOrders,
 ) -> Result<Accepted, Rejection> {
     use RefusalKind as K;
 
@@ -337,7 +209,7 @@ pub fn accept(
             ),
         ));
     }
-    if replay.seen(&order.order_id) {
+    if seen.seen(&order.order_id) {
         return Err(Rejection::new(
             K::Replayed,
             format!(
@@ -367,19 +239,12 @@ pub fn accept(
         ));
     }
 
-    // Not applied twice means not applied at all unless the id is safely on disk.
-    replay
-        .remember(&order.order_id, order.not_after.plus(policy.max_skew))
-        .map_err(|e| {
-            Rejection::new(
-                K::Internal,
-                format!(
-                    "cannot record order {} against replay, so it is not applied: {e}",
-                    order.order_id
-                ),
-            )
-        })?;
-    Ok(Accepted { order, signer })
+    let remember_until = order.not_after.plus(policy.max_skew);
+    Ok(Accepted {
+        order,
+        signer,
+        remember_until,
+    })
 }
 
 /// What serde cannot express about an order.

@@ -1,4 +1,4 @@
-//! Newline-delimited JSON frames (DESIGN §6).
+//! Newline-delimited JSON frames, the wire format between the controller and an agent.
 //!
 //! A frame is one JSON object followed by `\n`, at most [`MAX_FRAME`] bytes without the
 //! newline. JSON escapes every newline inside strings, so `\n` can only ever end a frame.
@@ -6,20 +6,16 @@
 //! that speaks another [`PROTOCOL_VERSION`] ([`check_peer_protocol`]).
 //!
 //! Everything that interprets bytes ([`decode`], [`FrameBuffer`]) is pure and works on
-//! slices, so the fuzz target in `proto/fuzz` exercises exactly what a peer can reach.
-//! [`FrameReader`] and [`write_frame`] only move bytes between those and a tokio stream.
+//! slices, so the fuzz target in `proto/fuzz` exercises exactly what a peer can reach. Moving
+//! bytes to and from streams is the `frame-io` crate's job; `proto` does no IO.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::wire::{PROTOCOL_VERSION, Request};
 
 /// The largest frame either side sends or accepts, newline excluded.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
-
-/// How much a [`FrameReader`] asks its stream for at a time.
-const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -37,6 +33,7 @@ pub enum CodecError {
     ProtocolVersion { ours: u32, theirs: u32 },
     #[error("cannot encode frame: {0}")]
     Encode(String),
+    /// Raised by the stream adapters (`frame-io`), never by this module.
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -137,6 +134,18 @@ impl FrameBuffer {
         }
     }
 
+    /// The peer closed the stream: fine between frames, [`CodecError::Truncated`] when it cut
+    /// a frame short.
+    pub fn finish(&self) -> Result<(), CodecError> {
+        if self.has_partial() {
+            Err(CodecError::Truncated {
+                len: self.buffered(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// Bytes of an unfinished frame are waiting (EOF now would cut a frame short).
     pub fn has_partial(&self) -> bool {
         !self.buf.is_empty()
@@ -146,62 +155,6 @@ impl FrameBuffer {
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
-}
-
-/// Reads typed frames from a tokio stream.
-///
-/// [`FrameReader::next`] is cancel-safe: bytes already read stay buffered, so it can sit in a
-/// `tokio::select!` arm.
-#[derive(Debug)]
-pub struct FrameReader<R> {
-    inner: R,
-    frames: FrameBuffer,
-    chunk: Vec<u8>,
-}
-
-impl<R: AsyncRead + Unpin> FrameReader<R> {
-    pub fn new(r: R) -> Self {
-        FrameReader {
-            inner: r,
-            frames: FrameBuffer::new(),
-            chunk: vec![0; READ_CHUNK],
-        }
-    }
-
-    /// The next message; `None` when the peer closed the stream cleanly between frames.
-    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, CodecError> {
-        loop {
-            if let Some(frame) = self.frames.next_frame()? {
-                return decode(&frame).map(Some);
-            }
-            let n = self.inner.read(&mut self.chunk).await?;
-            if n == 0 {
-                if self.frames.has_partial() {
-                    return Err(CodecError::Truncated {
-                        len: self.frames.buffered(),
-                    });
-                }
-                return Ok(None);
-            }
-            self.frames.push(&self.chunk[..n]);
-        }
-    }
-
-    /// The stream back; bytes read past the last returned frame are lost.
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-}
-
-/// Writes one frame and flushes it, so the peer sees it now rather than at the next write.
-pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
-    w: &mut W,
-    msg: &T,
-) -> Result<(), CodecError> {
-    let bytes = encode(msg)?;
-    w.write_all(&bytes).await?;
-    w.flush().await?;
-    Ok(())
 }
 
 /// The first frame a client sends.
@@ -235,9 +188,11 @@ mod tests {
         assert_eq!(fb.next_frame().unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
         assert_eq!(fb.next_frame().unwrap(), None);
         assert!(fb.has_partial());
+        assert!(matches!(fb.finish(), Err(CodecError::Truncated { len: 4 })));
         fb.push(b":2}\n");
         assert_eq!(fb.next_frame().unwrap().as_deref(), Some(&b"{\"b\":2}"[..]));
         assert!(!fb.has_partial());
+        assert!(fb.finish().is_ok(), "EOF between frames is clean");
     }
 
     #[test]

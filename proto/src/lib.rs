@@ -1,15 +1,19 @@
 //! `proto` owns everything two deployctl processes must agree on: the deploy order and the
 //! service spec it carries ([`order`]), the messages on the wire ([`wire`]), the frame codec
 //! ([`codec`]), and order signing and acceptance in the OpenSSH SSHSIG format ([`sign`],
-//! [`accept`]).
+//! [`accept`], with OpenSSH's wildcard patterns in [`pattern`]).
 //!
-//! No other crate knows the byte format of a frame or a signature. Decoding works on byte
-//! slices with no IO so it can be fuzzed; the async adapters in [`codec`] only move bytes.
+//! No other crate knows the byte format of a frame or a signature. `proto` does no IO, so all
+//! of it can be tested and fuzzed as functions over bytes: no files, sockets, tokio or russh
+//! (streams are the `frame-io` crate's, key files and ssh-agent the controller's, the replay
+//! store the agent's). Its only contact with the system is the clock (`Timestamp::now`) and
+//! [`order::new_id`] (a ULID: clock and OS randomness).
 #![forbid(unsafe_code)]
 
 pub mod accept;
 pub mod codec;
 pub mod order;
+pub mod pattern;
 pub mod registry;
 pub mod sign;
 pub mod time;

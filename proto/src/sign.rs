@@ -1,4 +1,6 @@
-//! Order signatures in the OpenSSH SSHSIG format (DESIGN §5).
+//! Order signatures in the OpenSSH SSHSIG format, as pure functions over bytes and keys in
+//! memory: no key files, no ssh-agent, no randomness from the system (those are the
+//! controller's, in `deployctl::signer`).
 //!
 //! A signature is exactly what `ssh-keygen -Y sign -n deployctl-order` produces over the
 //! payload bytes, and is checked the way `ssh-keygen -Y verify` checks it: against an
@@ -7,31 +9,29 @@
 //! The payload is verified as bytes first and parsed only afterwards, so no JSON parser ever
 //! sees bytes an untrusted party chose.
 //!
-//! Signing works from an OpenSSH private key file or through a running ssh-agent (hardware
-//! keys included); [`generate_key_files`] writes a fresh ed25519 key pair for
-//! `deployctl keys generate`.
+//! Signing: [`sign`] with a private key in memory, or, for a key held elsewhere (an
+//! ssh-agent), [`signed_data`] to have signed and [`armor`] to turn the raw signature into
+//! an SSHSIG.
 //!
 //! Differences from OpenSSH worth knowing: `cert-authority` lines are ignored (with a note in
 //! [`AllowedSigners::notes`]) because orders are signed by plain keys; `valid-after` /
 //! `valid-before` times without a trailing `Z` are read as UTC, not local time.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 
-use russh::keys::agent::client::AgentClient;
-use russh::keys::ssh_key::private::{Ed25519Keypair, PrivateKey};
-use russh::keys::ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, SshSig};
+use ssh_key::private::Ed25519Keypair;
+use ssh_key::{Algorithm, HashAlg, Signature, SshSig};
+/// The key types of this module's signatures, from the `ssh-key` version russh pins, so the
+/// controller's SSH keys and these are the same types.
+pub use ssh_key::{PrivateKey, PublicKey};
 
 use crate::order::Order;
+use crate::pattern::{self, Case};
 use crate::time::Timestamp;
 use crate::wire::SignedOrder;
 
 /// The SSHSIG namespace of deploy orders; a signature made for any other is refused.
 pub const NAMESPACE: &str = "deployctl-order";
-
-/// Where [`Signer::from_key_file`] reads the passphrase of an encrypted key.
-pub const PASSPHRASE_ENV: &str = "DEPLOYCTL_KEY_PASSPHRASE";
 
 /// The hash `ssh-keygen -Y sign` uses; verification accepts sha256 too.
 const HASH: HashAlg = HashAlg::Sha512;
@@ -39,229 +39,18 @@ const HASH: HashAlg = HashAlg::Sha512;
 /// No real SSHSIG comes near this (an RSA-16384 signature is ~5 KiB armored).
 pub const MAX_SIGNATURE: usize = 64 * 1024;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a usable OpenSSH private key: {why}")]
-    KeyFormat { path: PathBuf, why: String },
-    #[error(
-        "{path} is encrypted; load it into ssh-agent (`ssh-add {path}`) or put its passphrase in the \
-         {PASSPHRASE_ENV} environment variable"
-    )]
-    EncryptedKey { path: PathBuf },
-    #[error("cannot decrypt {path} with the passphrase given (from {PASSPHRASE_ENV}): {why}")]
-    Passphrase { path: PathBuf, why: String },
-    #[error("ssh-agent at {socket}: {why}")]
-    Agent { socket: PathBuf, why: String },
-    #[error("ssh-agent at {socket} holds no key that can sign orders (add one with `ssh-add`)")]
-    NoAgentKey { socket: PathBuf },
-    #[error("ssh-agent at {socket} does not hold the key {fingerprint}")]
-    AgentKeyMissing {
-        socket: PathBuf,
-        fingerprint: String,
-    },
     #[error("signing failed: {0}")]
     Sign(String),
-    #[error(
-        "{path} already exists; refusing to overwrite a key (choose another --out or remove it)"
-    )]
-    Exists { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// A signature made outside this crate (by an ssh-agent) that does not verify over the
+    /// payload: the signer is broken, and every host would refuse the order.
+    #[error("the signature does not verify: {0}")]
+    DoesNotVerify(String),
 }
 
-/// Something that can produce SSHSIG signatures.
-pub struct Signer {
-    source: SignerSource,
-}
-
-enum SignerSource {
-    Key(Box<PrivateKey>),
-    /// The agent is reconnected for every signature: a signer may outlive a connection, and
-    /// signing is rare (one per host per rollout).
-    Agent {
-        socket: PathBuf,
-        key: PublicKey,
-    },
-}
-
-impl fmt::Debug for Signer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (via, key) = match &self.source {
-            SignerSource::Key(k) => ("key file".to_string(), k.public_key()),
-            SignerSource::Agent { socket, key } => (format!("ssh-agent {}", socket.display()), key),
-        };
-        write!(f, "Signer({via}, {})", key.fingerprint(HashAlg::Sha256))
-    }
-}
-
-impl Signer {
-    /// Loads an OpenSSH private key. An encrypted key is decrypted with the passphrase in
-    /// [`PASSPHRASE_ENV`]; without it the error tells the user what to do.
-    pub fn from_key_file(path: &Path) -> Result<Signer, SignError> {
-        let passphrase = std::env::var(PASSPHRASE_ENV).ok().filter(|p| !p.is_empty());
-        Self::from_key_file_with_passphrase(path, passphrase.as_deref())
-    }
-
-    /// [`Signer::from_key_file`] with the passphrase given directly instead of from the
-    /// environment (`None`: an encrypted key is an error).
-    pub fn from_key_file_with_passphrase(
-        path: &Path,
-        passphrase: Option<&str>,
-    ) -> Result<Signer, SignError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SignError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let format_err = |why: String| SignError::KeyFormat {
-            path: path.to_owned(),
-            why,
-        };
-        if !text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
-            return Err(format_err(if text.contains("PRIVATE KEY-----") {
-                "it is in the old PEM format; convert it with `ssh-keygen -p -f KEY` (which rewrites it as \
-                 OpenSSH)"
-                    .into()
-            } else {
-                "no `-----BEGIN OPENSSH PRIVATE KEY-----` block (is this the .pub file?)".into()
-            }));
-        }
-        let mut key = PrivateKey::from_openssh(&text).map_err(|e| format_err(e.to_string()))?;
-        if key.is_encrypted() {
-            let passphrase = passphrase.ok_or_else(|| SignError::EncryptedKey {
-                path: path.to_owned(),
-            })?;
-            key = key
-                .decrypt(passphrase.as_bytes())
-                .map_err(|e| SignError::Passphrase {
-                    path: path.to_owned(),
-                    why: match e {
-                        russh::keys::ssh_key::Error::Crypto => "wrong passphrase".into(),
-                        other => other.to_string(),
-                    },
-                })?;
-        }
-        check_algorithm(key.public_key()).map_err(format_err)?;
-        Ok(Signer {
-            source: SignerSource::Key(Box::new(key)),
-        })
-    }
-
-    /// Uses a key held by the ssh-agent listening on `socket`: the one matching `want`, else
-    /// the first key that can sign orders.
-    pub async fn from_agent(socket: &Path, want: Option<&PublicKey>) -> Result<Signer, SignError> {
-        let agent_err = |why: String| SignError::Agent {
-            socket: socket.to_owned(),
-            why,
-        };
-        let mut agent = AgentClient::connect_uds(socket)
-            .await
-            .map_err(|e| agent_err(format!("cannot connect: {e}")))?;
-        let identities = agent
-            .request_identities()
-            .await
-            .map_err(|e| agent_err(format!("cannot list keys: {e}")))?;
-        let keys = identities.iter().filter_map(|id| match id {
-            russh::keys::agent::AgentIdentity::PublicKey { key, .. } => Some(key),
-            russh::keys::agent::AgentIdentity::Certificate { .. } => None,
-        });
-        let key = match want {
-            Some(want) => keys
-                .into_iter()
-                .find(|k| k.key_data() == want.key_data())
-                .ok_or_else(|| SignError::AgentKeyMissing {
-                    socket: socket.to_owned(),
-                    fingerprint: want.fingerprint(HashAlg::Sha256).to_string(),
-                })?,
-            None => keys
-                .into_iter()
-                .find(|k| check_algorithm(k).is_ok())
-                .ok_or_else(|| SignError::NoAgentKey {
-                    socket: socket.to_owned(),
-                })?,
-        };
-        check_algorithm(key).map_err(agent_err)?;
-        Ok(Signer {
-            source: SignerSource::Agent {
-                socket: socket.to_owned(),
-                key: key.clone(),
-            },
-        })
-    }
-
-    /// The ssh-agent socket named by `SSH_AUTH_SOCK`, if set.
-    pub fn agent_socket_from_env() -> Option<PathBuf> {
-        std::env::var_os("SSH_AUTH_SOCK")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    }
-
-    pub fn public_key(&self) -> &PublicKey {
-        match &self.source {
-            SignerSource::Key(k) => k.public_key(),
-            SignerSource::Agent { key, .. } => key,
-        }
-    }
-
-    /// `SHA256:…` of the signing key.
-    pub fn fingerprint(&self) -> String {
-        self.public_key().fingerprint(HashAlg::Sha256).to_string()
-    }
-
-    /// An armored SSHSIG (`-----BEGIN SSH SIGNATURE-----`) over exactly `payload`.
-    pub async fn sign(&self, payload: &[u8]) -> Result<String, SignError> {
-        let sig = match &self.source {
-            SignerSource::Key(key) => key
-                .sign(NAMESPACE, HASH, payload)
-                .map_err(|e| SignError::Sign(e.to_string()))?,
-            SignerSource::Agent { socket, key } => {
-                let agent_err = |why: String| SignError::Agent {
-                    socket: socket.to_owned(),
-                    why,
-                };
-                let signed_data = SshSig::signed_data(NAMESPACE, HASH, payload)
-                    .map_err(|e| SignError::Sign(e.to_string()))?;
-                let mut agent = AgentClient::connect_uds(socket)
-                    .await
-                    .map_err(|e| agent_err(format!("cannot connect: {e}")))?;
-                // OpenSSH signs SSHSIG with rsa-sha2-512 and refuses SHA-1 RSA signatures.
-                let rsa_hash = key.algorithm().is_rsa().then_some(HashAlg::Sha512);
-                let raw = agent
-                    .sign_request_signature(key, rsa_hash, &signed_data)
-                    .await
-                    .map_err(|e| agent_err(format!("refused to sign: {e}")))?;
-                let sig = SshSig::new(key.key_data().clone(), NAMESPACE, HASH, raw)
-                    .map_err(|e| SignError::Sign(e.to_string()))?;
-                // An agent is a separate program; a signature it got wrong should fail here, not
-                // as a puzzling refusal on every host.
-                key.verify(NAMESPACE, payload, &sig).map_err(|e| {
-                    agent_err(format!("returned a signature that does not verify: {e}"))
-                })?;
-                sig
-            }
-        };
-        sig.to_pem(LineEnding::LF)
-            .map_err(|e| SignError::Sign(e.to_string()))
-    }
-
-    /// Serializes `order` and signs those exact bytes.
-    pub async fn sign_order(&self, order: &Order) -> Result<SignedOrder, SignError> {
-        let payload = serde_json::to_string(order)
-            .map_err(|e| SignError::Sign(format!("cannot serialize order: {e}")))?;
-        let signature = self.sign(payload.as_bytes()).await?;
-        Ok(SignedOrder { payload, signature })
-    }
-}
-
-/// Key types whose SSHSIG signatures this crate verifies.
-fn check_algorithm(key: &PublicKey) -> Result<(), String> {
+/// Key types whose SSHSIG signatures this crate verifies; `Err` says why not, for a human.
+pub fn check_algorithm(key: &PublicKey) -> Result<(), String> {
     match key.algorithm() {
         Algorithm::Ed25519
         | Algorithm::Ecdsa { .. }
@@ -274,16 +63,76 @@ fn check_algorithm(key: &PublicKey) -> Result<(), String> {
     }
 }
 
+/// `SHA256:…` of a key, as `ssh-keygen -l` prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The payload of an order: the exact bytes that are signed, sent and verified.
+pub fn order_payload(order: &Order) -> Result<String, SignError> {
+    serde_json::to_string(order)
+        .map_err(|e| SignError::Sign(format!("cannot serialize order: {e}")))
+}
+
+/// An armored SSHSIG (`-----BEGIN SSH SIGNATURE-----`) by `key` over exactly `payload`.
+pub fn sign(key: &PrivateKey, payload: &[u8]) -> Result<String, SignError> {
+    let sig = key
+        .sign(NAMESPACE, HASH, payload)
+        .map_err(|e| SignError::Sign(e.to_string()))?;
+    pem(&sig)
+}
+
+/// Serializes `order` and signs those exact bytes with `key`.
+pub fn sign_order(key: &PrivateKey, order: &Order) -> Result<SignedOrder, SignError> {
+    let payload = order_payload(order)?;
+    let signature = sign(key, payload.as_bytes())?;
+    Ok(SignedOrder { payload, signature })
+}
+
+/// What a signer holding the key elsewhere (an ssh-agent) must sign for an SSHSIG over
+/// `payload`; its raw signature then goes to [`armor`].
+pub fn signed_data(payload: &[u8]) -> Result<Vec<u8>, SignError> {
+    SshSig::signed_data(NAMESPACE, HASH, payload).map_err(|e| SignError::Sign(e.to_string()))
+}
+
+/// The armored SSHSIG from `raw`, a signature by `key` over [`signed_data`]`(payload)`. It is
+/// verified first: a signer that got it wrong should fail here, not as a puzzling refusal on
+/// every host ([`SignError::DoesNotVerify`]).
+pub fn armor(key: &PublicKey, raw: Signature, payload: &[u8]) -> Result<String, SignError> {
+    let sig = SshSig::new(key.key_data().clone(), NAMESPACE, HASH, raw)
+        .map_err(|e| SignError::Sign(e.to_string()))?;
+    key.verify(NAMESPACE, payload, &sig)
+        .map_err(|e| SignError::DoesNotVerify(e.to_string()))?;
+    pem(&sig)
+}
+
+fn pem(sig: &SshSig) -> Result<String, SignError> {
+    sig.to_pem(ssh_key::LineEnding::LF)
+        .map_err(|e| SignError::Sign(e.to_string()))
+}
+
+/// The ed25519 key of a 32-byte seed. The seed must come from a CSPRNG (the controller reads
+/// the kernel's); tests may pass a constant to get a fixed key.
+pub fn ed25519_key(seed: &[u8; 32], comment: &str) -> PrivateKey {
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(seed));
+    key.set_comment(comment);
+    key
+}
+
+/// The `allowed_signers` line that trusts `key` for deploy orders only, as `principal`.
+pub fn allowed_signers_line(principal: &str, key: &PublicKey) -> Result<String, SignError> {
+    let public = key
+        .to_openssh()
+        .map_err(|e| SignError::Sign(e.to_string()))?;
+    Ok(format!("{principal} namespaces=\"{NAMESPACE}\" {public}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // allowed_signers
 
-#[derive(Debug, thiserror::Error)]
+/// A line of an allowed_signers text that cannot be used; reading the file is the caller's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllowedSignersError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{origin}:{line}: {why}")]
     Line {
         origin: String,
@@ -336,14 +185,6 @@ impl AllowedSigners {
             }
         }
         Ok(out)
-    }
-
-    pub fn load(path: &Path) -> Result<Self, AllowedSignersError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AllowedSignersError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string())
     }
 
     /// No usable key: every order would be refused.
@@ -566,45 +407,6 @@ fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
     full_years + full_months + day - 1
 }
 
-/// OpenSSH pattern lists: `*` and `?` wildcards, `!` negates; a negated match wins.
-fn matches_pattern_list(list: &str, value: &str) -> bool {
-    let mut matched = false;
-    for pattern in list.split(',').map(str::trim) {
-        if let Some(negated) = pattern.strip_prefix('!') {
-            if wildcard_match(negated, value) {
-                return false;
-            }
-        } else if wildcard_match(pattern, value) {
-            matched = true;
-        }
-    }
-    matched
-}
-
-/// `*` matches any run of characters, `?` any one character.
-pub(crate) fn wildcard_match(pattern: &str, value: &str) -> bool {
-    let (p, v): (Vec<char>, Vec<char>) = (pattern.chars().collect(), value.chars().collect());
-    // Iterative matching with single-star backtracking: linear space, no recursion on input.
-    let (mut pi, mut vi) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while vi < v.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == v[vi]) {
-            pi += 1;
-            vi += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, vi));
-            pi += 1;
-        } else if let Some((sp, sv)) = star {
-            pi = sp + 1;
-            vi = sv + 1;
-            star = Some((sp, sv + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 // ---------------------------------------------------------------------------------------------
 // verification
 
@@ -682,7 +484,7 @@ pub fn verify_at(
     key.verify(NAMESPACE, payload, &sig)
         .map_err(|_| bad("does not verify over the payload (tampered or corrupt)".into()))?;
 
-    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let fingerprint = fingerprint(&key);
     let mut why_not = None;
     for entry in allowed
         .entries
@@ -692,7 +494,7 @@ pub fn verify_at(
         let refusal = if entry
             .namespaces
             .as_deref()
-            .is_some_and(|ns| !matches_pattern_list(ns, NAMESPACE))
+            .is_some_and(|ns| !pattern::matches_list(ns, NAMESPACE, Case::Sensitive))
         {
             Some(format!(
                 "{} allows it only for namespaces {:?}",
@@ -721,98 +523,6 @@ pub fn verify_at(
         why: why_not
             .unwrap_or_else(|| format!("the key ({}) is not in allowed_signers", key.algorithm())),
     })
-}
-
-// ---------------------------------------------------------------------------------------------
-// key generation
-
-/// What [`generate_key_files`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GeneratedKey {
-    pub private_path: PathBuf,
-    pub public_path: PathBuf,
-    /// The line to append to each host's allowed_signers.
-    pub allowed_signers_line: String,
-}
-
-/// Writes a new ed25519 key pair in OpenSSH format: `out` (mode 0600) and `out.pub`.
-/// Refuses to overwrite either file. `comment` is the key's comment and, when it has no
-/// spaces, quotes or commas, the principal of the allowed_signers line.
-pub fn generate_key_files(out: &Path, comment: &str) -> Result<GeneratedKey, SignError> {
-    let public_path = PathBuf::from(format!("{}.pub", out.display()));
-    for path in [out, public_path.as_path()] {
-        if path.symlink_metadata().is_ok() {
-            return Err(SignError::Exists {
-                path: path.to_owned(),
-            });
-        }
-    }
-    let mut seed = [0u8; 32];
-    // ssh-key's own RNG hook is not enabled in the russh build; the kernel's CSPRNG is what
-    // getrandom would use anyway.
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .map_err(|source| SignError::Io {
-            path: "/dev/urandom".into(),
-            source,
-        })?;
-    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
-    seed.fill(0);
-    key.set_comment(comment);
-    let private_text = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| SignError::Sign(e.to_string()))?;
-    let public_text = key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| SignError::Sign(e.to_string()))?;
-
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| SignError::Write {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    write_new(out, private_text.as_bytes(), 0o600)?;
-    write_new(&public_path, format!("{public_text}\n").as_bytes(), 0o644)?;
-
-    let principal = if !comment.is_empty()
-        && !comment.contains(|c: char| c.is_whitespace() || c == ',' || c == '"')
-    {
-        comment
-    } else {
-        "deployctl"
-    };
-    Ok(GeneratedKey {
-        private_path: out.to_owned(),
-        public_path,
-        allowed_signers_line: format!("{principal} namespaces=\"{NAMESPACE}\" {public_text}"),
-    })
-}
-
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SignError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let write_err = |source| SignError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                SignError::Exists {
-                    path: path.to_owned(),
-                }
-            } else {
-                write_err(e)
-            }
-        })?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(write_err)
 }
 
 #[cfg(test)]
@@ -848,15 +558,24 @@ mod tests {
     }
 
     #[test]
-    fn pattern_lists_follow_openssh() {
-        assert!(matches_pattern_list("deployctl-order", NAMESPACE));
-        assert!(matches_pattern_list("git,deployctl-*", NAMESPACE));
-        assert!(matches_pattern_list("*", NAMESPACE));
-        assert!(!matches_pattern_list("git,file", NAMESPACE));
-        assert!(!matches_pattern_list("*,!deployctl-order", NAMESPACE));
-        assert!(wildcard_match("a?c*", "abcdef"));
-        assert!(!wildcard_match("a?c", "abcd"));
-        assert!(wildcard_match("*/acme/*", "r.io/acme/web"));
+    fn raw_signatures_from_elsewhere_are_armored_only_when_they_verify() {
+        let key = ed25519_key(&[3; 32], "k");
+        let armored = sign(&key, b"payload").unwrap();
+        let raw = SshSig::from_pem(&armored).unwrap().signature().clone();
+        // ed25519 signatures are deterministic: the same bytes whichever way they were made.
+        assert_eq!(
+            armor(key.public_key(), raw.clone(), b"payload").unwrap(),
+            armored
+        );
+        assert!(matches!(
+            armor(key.public_key(), raw, b"other payload"),
+            Err(SignError::DoesNotVerify(_))
+        ));
+        assert!(
+            allowed_signers_line("ci", key.public_key())
+                .unwrap()
+                .starts_with("ci namespaces=\"deployctl-order\" ssh-ed25519 AAAA")
+        );
     }
 
     #[test]

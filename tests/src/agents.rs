@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::codec::{FrameReader, hello_request, write_frame};
-use proto::sign::Signer;
+use deployctl::signer::Signer;
+use frame_io::{FrameReader, write_frame};
+use proto::codec::hello_request;
 use proto::time::Timestamp;
 use proto::wire::{
     AgentStatus, HistoryEntry, JobEvent, Outcome, PROTOCOL_VERSION, Phase, Refusal, Reply, Request,
@@ -69,7 +70,7 @@ impl TestKey {
             .prefix("deployctl-key-")
             .tempdir()
             .ctx(|| "creating a temp dir".into())?;
-        let generated = proto::sign::generate_key_files(&dir.path().join("key"), principal)
+        let generated = deployctl::signer::generate_key_files(&dir.path().join("key"), principal)
             .map_err(|e| Error::Unexpected(format!("generating a test key: {e}")))?;
         let signer = Signer::from_key_file(&generated.private_path)
             .map_err(|e| Error::Unexpected(format!("loading the test key: {e}")))?;

@@ -185,7 +185,7 @@ impl Fleet {
         std::fs::create_dir_all(&ssh_dir).ctx(|| format!("creating {}", ssh_dir.display()))?;
         let user_key = ClientKey::generate(&ssh_dir)?;
         let key_path = home.path().join(".config/deployctl/key");
-        let generated = proto::sign::generate_key_files(&key_path, "deployer@deployctl-test")
+        let generated = deployctl::signer::generate_key_files(&key_path, "deployer@deployctl-test")
             .map_err(|e| Error::Unexpected(format!("generating the signing key: {e}")))?;
         let path = format!(
             "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

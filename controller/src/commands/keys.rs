@@ -10,7 +10,7 @@ pub fn generate(file: Option<PathBuf>, out: &dyn Output) -> Result<ExitClass, Er
     let path = file.unwrap_or_else(default_key_path);
     // The comment doubles as the allowed_signers principal: who holds this key.
     let comment = issued_by();
-    let key = proto::sign::generate_key_files(&path, &comment)
+    let key = crate::signer::generate_key_files(&path, &comment)
         .map_err(|e| Error::Refused(e.to_string()))?;
     out.emit(&Message::Summary(Summary::new(
         "keys generate",

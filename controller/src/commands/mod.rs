@@ -9,7 +9,7 @@ pub mod status;
 
 use std::path::PathBuf;
 
-use proto::sign::Signer;
+use crate::signer::Signer;
 
 use crate::cli::{Cli, Command, KeysCommand};
 use crate::config::{DeployConfig, EnvConfig};

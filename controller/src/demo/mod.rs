@@ -121,7 +121,7 @@ async fn set_up(dir: &Path, stage: &mut Stage, say: &dyn Fn(&str)) -> Result<Wor
     let (registry, images) = setup::registry_with_images("demo/web").await?;
     let addr = stage.registry.insert(registry).addr();
     let agent_bin = setup::agent_binary().await?;
-    let key = proto::sign::generate_key_files(&dir.join("signing-key"), "deployctl-demo")
+    let key = crate::signer::generate_key_files(&dir.join("signing-key"), "deployctl-demo")
         .map_err(|e| SetupError(format!("cannot make a signing key: {e}")))?;
     let web_port = demokit::free_port()?;
     write_files(dir, &addr, &key, web_port)?;
@@ -158,7 +158,7 @@ async fn set_up(dir: &Path, stage: &mut Stage, say: &dyn Fn(&str)) -> Result<Wor
 fn write_files(
     dir: &Path,
     addr: &str,
-    key: &proto::sign::GeneratedKey,
+    key: &crate::signer::GeneratedKey,
     web_port: u16,
 ) -> Result<(), SetupError> {
     let write = |name: &str, text: String| {

@@ -458,7 +458,7 @@ fn refusals_happen_before_anything_changes() -> anyhow::Result<()> {
 
     // A signing key the agents do not trust.
     let stranger = w.fleet.home().join("stranger");
-    proto::sign::generate_key_files(&stranger, "stranger@nowhere")?;
+    deployctl::signer::generate_key_files(&stranger, "stranger@nowhere")?;
     let run = w.fleet.run(
         w.fleet
             .command(&["push", "v2", "--env", "staging"])
