@@ -45,6 +45,7 @@ fn sources() -> anyhow::Result<Vec<PathBuf>> {
         "demokit",
         "tests",
         "bench",
+        "frame-io",
     ] {
         walk(&root.join(krate), &mut out).with_context(|| format!("reading {krate}/"))?;
     }
@@ -176,7 +177,7 @@ fn proto_depends_on_neither_tokio_nor_russh() -> anyhow::Result<()> {
             "-p",
             "proto",
             "-e",
-            "normal",
+            "normal,build,dev",
             "--prefix",
             "none",
             "--offline",
@@ -194,7 +195,7 @@ fn proto_depends_on_neither_tokio_nor_russh() -> anyhow::Result<()> {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    for banned in ["tokio", "russh", "mio", "reqwest", "hyper"] {
+    for banned in ["tokio", "russh", "mio", "reqwest", "hyper", "frame-io"] {
         ensure!(
             !crates.contains(&banned),
             "proto depends on {banned}:\n{tree}"
