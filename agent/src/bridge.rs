@@ -1,5 +1,5 @@
 //! `deploy-agent bridge`: the far end of the SSH transport. The controller's SSH session runs
-//! it; it joins its stdin/stdout to the agent's socket so no port is ever opened (DESIGN §6).
+//! it; it joins its stdin/stdout to the agent's socket so no port is ever opened.
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! before anyone is told, and a change signal that lets any number of clients follow it.
 //!
 //! A job belongs to the agent, not to a connection: clients only hold a reference to follow
-//! it, so one that disconnects changes nothing (DESIGN §2.4).
+//! it, so one that disconnects changes nothing (README, Guarantees 4).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};

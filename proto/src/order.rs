@@ -1,4 +1,5 @@
-//! The deploy order (DESIGN §5) and the service/migration spec it carries.
+//! The deploy order (ARCHITECTURE.md, "An order's states"; README, Guarantees 2) and the
+//! service/migration spec it carries.
 //!
 //! The same spec types are what `deploy.toml` declares, so the controller
 //! deserializes them straight from config and the agent reads them from the
@@ -37,8 +38,8 @@ pub struct Order {
     pub reference: String,
     /// True on the env's first host only.
     pub run_migration: bool,
-    /// Run the migration even if this digest's migration already succeeded on the host (DESIGN
-    /// §2.5 "unless asked"); without it a retried rollout of the same digest skips it.
+    /// Run the migration even if this digest's migration already succeeded on the host (README,
+    /// Guarantees 5, "unless asked"); without it a retried rollout of the same digest skips it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rerun_migration: bool,
     /// Names containers `<prefix><app>-<env>-<service>`.
@@ -286,7 +287,8 @@ pub fn container_name(prefix: &str, app: &str, env: &str, service: &str) -> Stri
     format!("{prefix}{app}-{env}-{service}")
 }
 
-/// Labels every container deployctl creates carries (DESIGN §4, §7).
+/// Labels every container deployctl creates carries: an agent touches only containers carrying
+/// its own host and env (README, "Running the agent on a host").
 pub mod labels {
     pub const HOST: &str = "deployctl.host";
     pub const ENV: &str = "deployctl.env";

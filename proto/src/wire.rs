@@ -1,4 +1,5 @@
-//! Messages exchanged between controller and agent (DESIGN §6).
+//! Messages exchanged between controller and agent: newline-delimited JSON frames, a `hello`
+//! first that carries the protocol version both sides check.
 //!
 //! Each message is one JSON object on one line (see [`crate::codec`]). The
 //! `type` field names the message; unknown types and unknown fields are errors.
@@ -200,7 +201,7 @@ impl fmt::Display for OutcomeKind {
     }
 }
 
-/// The class of a failure (DESIGN §2.7).
+/// The class of a failure (README, Guarantees 7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureClass {
@@ -219,7 +220,8 @@ pub enum FailureClass {
     Interrupted,
 }
 
-/// Why an order was not accepted (DESIGN §5). Each kind is distinct so callers can act on it.
+/// Why an order was not accepted (README, "What the outcomes mean"). Each kind is distinct so
+/// callers can act on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Refusal {
