@@ -1,9 +1,12 @@
 //! The daemon through its socket, with a scripted engine instead of Docker: protocol, locks,
 //! jobs outliving connections, the journal, migration-once, recovery, replay across restarts
-//! and shutdown. (The same behaviours on the real engine are in tests/tests/e2e/agent.rs.)
+//! and shutdown. (The same behaviours on the real engine are in tests/tests/e2e/agent.rs.) The
+//! client is the controller's own, `deployctl::transport::AgentStream`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::convert::Infallible;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,18 +16,14 @@ use deploy_agent::agent::Agent;
 use deploy_agent::backend::Backend;
 use deploy_agent::config::AgentConfig;
 use deploy_agent::journal::{Journal, OrderRecord, SignerInfo};
-use frame_io::{FrameReader, write_frame};
-use proto::codec::hello_request;
+use deployctl::transport::{AgentStream, JobEnd, TransportError};
 use proto::sign::PrivateKey;
 use proto::time::Timestamp;
 use proto::wire::{
-    Health, JobEvent, Outcome, OutcomeKind, Phase, RefusalKind, Reply, Request, ServiceLogs,
-    ServiceResult, SignedOrder,
+    Health, JobEvent, Outcome, OutcomeKind, Phase, Refusal, RefusalKind, Reply, Request,
+    ServiceLogs, ServiceResult, SignedOrder,
 };
 use proto::{ImageRef, MigrationSpec, Order, ServiceSpec};
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -241,8 +240,20 @@ shutdown_grace = "10s"
         proto::sign::sign_order(&self.key, order).unwrap()
     }
 
-    async fn client(&self) -> Client {
-        Client::connect(&self.socket).await
+    /// A client that said `hello` and checked who answered.
+    async fn client(&self) -> AgentStream {
+        let mut c = self.raw_client().await;
+        let peer = c.hello("daemon-test").await.unwrap();
+        assert_eq!((peer.host.as_str(), peer.env.as_str()), ("h1", "staging"));
+        c
+    }
+
+    /// A client that has said nothing yet.
+    async fn raw_client(&self) -> AgentStream {
+        AgentStream::unix(&self.socket)
+            .await
+            .unwrap()
+            .with_silence_limit(LIMIT)
     }
 
     fn journal(&self) -> Journal {
@@ -254,70 +265,51 @@ shutdown_grace = "10s"
     }
 }
 
-struct Client {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+/// Reads a job's events to its end.
+async fn to_end(c: &mut AgentStream) -> (Vec<JobEvent>, JobEnd) {
+    let mut events = Vec::new();
+    let ControlFlow::Continue(end) = c
+        .follow(|event| {
+            events.push(event);
+            ControlFlow::<Infallible>::Continue(())
+        })
+        .await
+        .unwrap();
+    (events, end)
 }
 
-impl Client {
-    async fn connect(socket: &Path) -> Client {
-        let mut c = Client::raw(socket).await;
-        c.send(&hello_request("daemon-test")).await;
-        match c.next().await {
-            Some(Reply::Hello { host, env, .. }) => {
-                assert_eq!((host.as_str(), env.as_str()), ("h1", "staging"))
+/// [`to_end`] for a job that must end with an outcome.
+async fn until_outcome(c: &mut AgentStream) -> (Vec<JobEvent>, Outcome) {
+    match to_end(c).await {
+        (events, JobEnd::Outcome(outcome)) => (events, outcome),
+        (_, other) => panic!("expected an outcome, got {other:?}"),
+    }
+}
+
+/// Reads a job's events until one of `phase` arrives; the job goes on.
+async fn until_phase(c: &mut AgentStream, phase: Phase) -> Vec<JobEvent> {
+    let mut events = Vec::new();
+    let followed = c
+        .follow(|event| {
+            let done = event.phase == phase;
+            events.push(event);
+            if done {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            other => panic!("expected hello, got {other:?}"),
-        }
-        c
-    }
+        })
+        .await
+        .unwrap();
+    assert_eq!(followed, ControlFlow::Break(()), "no {phase} event");
+    events
+}
 
-    async fn raw(socket: &Path) -> Client {
-        let (r, w) = UnixStream::connect(socket).await.unwrap().into_split();
-        Client {
-            reader: FrameReader::new(r),
-            writer: w,
-        }
-    }
-
-    async fn send(&mut self, req: &Request) {
-        write_frame(&mut self.writer, req).await.unwrap();
-    }
-
-    async fn next(&mut self) -> Option<Reply> {
-        tokio::time::timeout(LIMIT, self.reader.next::<Reply>())
-            .await
-            .expect("reply in time")
-            .unwrap()
-    }
-
-    /// Reads events until the outcome (or any other reply, returned as Err).
-    async fn until_outcome(&mut self) -> (Vec<JobEvent>, Result<Outcome, Option<Reply>>) {
-        let mut events = Vec::new();
-        loop {
-            match self.next().await {
-                Some(Reply::Event { event }) => events.push(event),
-                Some(Reply::Outcome { outcome }) => return (events, Ok(outcome)),
-                other => return (events, Err(other)),
-            }
-        }
-    }
-
-    /// Reads events until one of `phase` arrives.
-    async fn until_phase(&mut self, phase: Phase) -> Vec<JobEvent> {
-        let mut events = Vec::new();
-        loop {
-            match self.next().await {
-                Some(Reply::Event { event }) => {
-                    let done = event.phase == phase;
-                    events.push(event);
-                    if done {
-                        return events;
-                    }
-                }
-                other => panic!("expected events up to {phase}, got {other:?}"),
-            }
-        }
+/// The refusal a submit got.
+async fn refusal(c: &mut AgentStream) -> Refusal {
+    match to_end(c).await {
+        (_, JobEnd::Refused(refusal)) => refusal,
+        (_, other) => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -333,9 +325,9 @@ async fn a_submitted_order_runs_is_journaled_and_shows_in_status_and_history() {
     c.send(&Request::Submit {
         order: d.sign(&order).await,
     })
-    .await;
-    let (events, outcome) = c.until_outcome().await;
-    let outcome = outcome.unwrap();
+    .await
+    .unwrap();
+    let (events, outcome) = until_outcome(&mut c).await;
     assert_eq!(outcome.kind, OutcomeKind::Succeeded);
     assert_eq!(
         phases(&events),
@@ -362,10 +354,7 @@ async fn a_submitted_order_runs_is_journaled_and_shows_in_status_and_history() {
     assert_eq!(record.events, events);
     assert_eq!(record.signer.principal, "ci@test");
 
-    c.send(&Request::Status {}).await;
-    let Some(Reply::Status { status }) = c.next().await else {
-        panic!("status")
-    };
+    let status = c.status().await.unwrap();
     assert_eq!(
         (status.host.as_str(), status.env.as_str()),
         ("h1", "staging")
@@ -384,10 +373,7 @@ async fn a_submitted_order_runs_is_journaled_and_shows_in_status_and_history() {
     assert_eq!(web.last_order.as_deref(), Some(order.order_id.as_str()));
     assert!(status.running.is_empty());
 
-    c.send(&Request::History { limit: 10 }).await;
-    let Some(Reply::History { entries }) = c.next().await else {
-        panic!("history")
-    };
+    let entries = c.history(10).await.unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].order_id, order.order_id);
     assert!(
@@ -398,21 +384,12 @@ async fn a_submitted_order_runs_is_journaled_and_shows_in_status_and_history() {
     assert_eq!(entries[0].outcome, Some(OutcomeKind::Succeeded));
     assert!(entries[0].duration_ms.is_some());
 
-    c.send(&Request::Logs {
-        service: Some("web".into()),
-        lines: 2,
-    })
-    .await;
-    let Some(Reply::Logs { logs }) = c.next().await else {
-        panic!("logs")
-    };
+    let logs = c.logs(Some("web"), 2).await.unwrap();
     assert_eq!(logs[0].lines, ["line 0", "line 1"]);
-    c.send(&Request::Logs {
-        service: Some("nope".into()),
-        lines: 2,
-    })
-    .await;
-    assert!(matches!(c.next().await, Some(Reply::Error { .. })));
+    assert!(matches!(
+        c.logs(Some("nope"), 2).await,
+        Err(TransportError::Agent(_))
+    ));
     d.shutdown().await;
 }
 
@@ -425,33 +402,28 @@ async fn one_rollout_per_service_and_the_same_rollout_attaches() {
     c1.send(&Request::Submit {
         order: d.sign(&first).await,
     })
-    .await;
-    c1.until_phase(Phase::Switch).await;
+    .await
+    .unwrap();
+    until_phase(&mut c1, Phase::Switch).await;
 
     // Another rollout: refused, naming the holder.
     let mut c2 = d.client().await;
     c2.send(&Request::Submit {
         order: d.sign(&d.order("r2", 'b')).await,
     })
-    .await;
-    match c2.next().await {
-        Some(Reply::Refused { refusal }) => {
-            assert_eq!(refusal.kind, RefusalKind::RolloutInProgress);
-            let holder = refusal.holder.expect("holder");
-            assert_eq!(
-                (holder.order_id.as_str(), holder.rollout_id.as_str()),
-                (first.order_id.as_str(), "r1")
-            );
-            assert!(holder.signer.starts_with("ci@test"));
-            assert_eq!(holder.issued_by, "test@laptop");
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    .await
+    .unwrap();
+    let refused = refusal(&mut c2).await;
+    assert_eq!(refused.kind, RefusalKind::RolloutInProgress);
+    let holder = refused.holder.expect("holder");
+    assert_eq!(
+        (holder.order_id.as_str(), holder.rollout_id.as_str()),
+        (first.order_id.as_str(), "r1")
+    );
+    assert!(holder.signer.starts_with("ci@test"));
+    assert_eq!(holder.issued_by, "test@laptop");
     // Status shows who runs.
-    c2.send(&Request::Status {}).await;
-    let Some(Reply::Status { status }) = c2.next().await else {
-        panic!("status")
-    };
+    let status = c2.status().await.unwrap();
     assert_eq!(
         status
             .running
@@ -466,25 +438,24 @@ async fn one_rollout_per_service_and_the_same_rollout_attaches() {
     c3.send(&Request::Submit {
         order: d.sign(&d.order("r1", 'a')).await,
     })
-    .await;
-    let replayed = c3.until_phase(Phase::Switch).await;
+    .await
+    .unwrap();
+    let replayed = until_phase(&mut c3, Phase::Switch).await;
     assert!(replayed.iter().all(|e| e.order_id == first.order_id));
 
     d.open_gate();
-    let (_, o1) = c1.until_outcome().await;
-    let (_, o3) = c3.until_outcome().await;
-    assert_eq!(o1.unwrap(), o3.unwrap());
+    let (_, o1) = until_outcome(&mut c1).await;
+    let (_, o3) = until_outcome(&mut c3).await;
+    assert_eq!(o1, o3);
 
     // Released: a new rollout goes through.
     let mut c4 = d.client().await;
     c4.send(&Request::Submit {
         order: d.sign(&d.order("r2", 'b')).await,
     })
-    .await;
-    assert_eq!(
-        c4.until_outcome().await.1.unwrap().kind,
-        OutcomeKind::Succeeded
-    );
+    .await
+    .unwrap();
+    assert_eq!(until_outcome(&mut c4).await.1.kind, OutcomeKind::Succeeded);
     d.shutdown().await;
 }
 
@@ -497,8 +468,9 @@ async fn a_job_outlives_its_client_and_watch_replays_it() {
     c.send(&Request::Submit {
         order: d.sign(&order).await,
     })
-    .await;
-    c.until_phase(Phase::Switch).await;
+    .await
+    .unwrap();
+    until_phase(&mut c, Phase::Switch).await;
     drop(c);
 
     // Watch while it runs: replay so far, then live to the outcome.
@@ -506,20 +478,22 @@ async fn a_job_outlives_its_client_and_watch_replays_it() {
     live.send(&Request::Watch {
         order_id: order.order_id.clone(),
     })
-    .await;
-    live.until_phase(Phase::Switch).await;
+    .await
+    .unwrap();
+    until_phase(&mut live, Phase::Switch).await;
     d.open_gate();
-    let (rest, outcome) = live.until_outcome().await;
+    let (rest, outcome) = until_outcome(&mut live).await;
     assert_eq!(phases(&rest), [Phase::Health]);
-    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
 
     // Watch after the end: everything from the journal.
     let mut late = d.client().await;
     late.send(&Request::Watch {
         order_id: order.order_id.clone(),
     })
-    .await;
-    let (events, outcome) = late.until_outcome().await;
+    .await
+    .unwrap();
+    let (events, outcome) = until_outcome(&mut late).await;
     assert_eq!(
         phases(&events),
         [
@@ -530,15 +504,16 @@ async fn a_job_outlives_its_client_and_watch_replays_it() {
             Phase::Health
         ]
     );
-    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
 
     for unknown in ["01unknown", "../../etc/passwd"] {
         late.send(&Request::Watch {
             order_id: unknown.into(),
         })
-        .await;
+        .await
+        .unwrap();
         assert!(
-            matches!(late.next().await, Some(Reply::Error { .. })),
+            matches!(late.next_reply().await.unwrap(), Some(Reply::Error { .. })),
             "{unknown}"
         );
     }
@@ -553,9 +528,10 @@ async fn a_digest_migrates_once() {
         c.send(&Request::Submit {
             order: d.sign(&d.order(rollout, 'a')).await,
         })
-        .await;
-        let (events, outcome) = c.until_outcome().await;
-        assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+        .await
+        .unwrap();
+        let (events, outcome) = until_outcome(&mut c).await;
+        assert_eq!(outcome.kind, OutcomeKind::Succeeded);
         if rollout == "r2" {
             let skip = events
                 .iter()
@@ -572,15 +548,13 @@ async fn a_digest_migrates_once() {
     c.send(&Request::Submit {
         order: d.sign(&rerun).await,
     })
-    .await;
-    let (_, outcome) = c.until_outcome().await;
-    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+    .await
+    .unwrap();
+    let (_, outcome) = until_outcome(&mut c).await;
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
     assert_eq!(d.fake.0.migrations.load(Ordering::SeqCst), 2);
 
-    c.send(&Request::History { limit: 10 }).await;
-    let Some(Reply::History { entries }) = c.next().await else {
-        panic!("history")
-    };
+    let entries = c.history(10).await.unwrap();
     assert_eq!(
         entries.iter().map(|e| e.run_migration).collect::<Vec<_>>(),
         [true, false, true]
@@ -592,18 +566,22 @@ async fn a_digest_migrates_once() {
 async fn bad_frames_get_an_error_and_a_closed_connection() {
     let mut d = Daemon::start().await;
     // Not a hello first.
-    let mut c = Client::raw(&d.socket).await;
-    c.send(&Request::Status {}).await;
-    assert!(matches!(c.next().await, Some(Reply::Error { .. })));
-    assert_eq!(c.next().await, None);
+    let mut c = d.raw_client().await;
+    c.send(&Request::Status {}).await.unwrap();
+    assert!(matches!(
+        c.next_reply().await.unwrap(),
+        Some(Reply::Error { .. })
+    ));
+    assert_eq!(c.next_reply().await.unwrap(), None);
     // Another protocol version.
-    let mut c = Client::raw(&d.socket).await;
+    let mut c = d.raw_client().await;
     c.send(&Request::Hello {
         protocol: 99,
         client: "future".into(),
     })
-    .await;
-    match c.next().await {
+    .await
+    .unwrap();
+    match c.next_reply().await.unwrap() {
         Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::ProtocolVersion),
         other => panic!("{other:?}"),
     }
@@ -615,12 +593,12 @@ async fn bad_frames_get_an_error_and_a_closed_connection() {
         b"\n",
     ] {
         let mut c = d.client().await;
-        c.writer.write_all(garbage).await.unwrap();
+        c.send_raw(garbage).await.unwrap();
         assert!(
-            matches!(c.next().await, Some(Reply::Error { .. })),
+            matches!(c.next_reply().await.unwrap(), Some(Reply::Error { .. })),
             "{garbage:?}"
         );
-        assert_eq!(c.next().await, None);
+        assert_eq!(c.next_reply().await.unwrap(), None);
     }
     // A refused order changes nothing and the agent goes on serving.
     let mut c = d.client().await;
@@ -629,11 +607,9 @@ async fn bad_frames_get_an_error_and_a_closed_connection() {
     c.send(&Request::Submit {
         order: d.sign(&wrong_env).await,
     })
-    .await;
-    match c.next().await {
-        Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::EnvMismatch),
-        other => panic!("{other:?}"),
-    }
+    .await
+    .unwrap();
+    assert_eq!(refusal(&mut c).await.kind, RefusalKind::EnvMismatch);
     assert!(d.journal().load(&wrong_env.order_id).unwrap().is_none());
     d.shutdown().await;
 }
@@ -647,8 +623,9 @@ async fn restart_recovers_unfinished_orders_before_serving_and_refuses_replays()
     c.send(&Request::Submit {
         order: signed.clone(),
     })
-    .await;
-    c.until_outcome().await.1.unwrap();
+    .await
+    .unwrap();
+    until_outcome(&mut c).await;
     d.shutdown().await;
 
     // An order that was mid-flight when the agent died.
@@ -692,15 +669,9 @@ async fn restart_recovers_unfinished_orders_before_serving_and_refuses_replays()
     assert!(d.journal().dir().join("01broken.json.corrupt").exists());
 
     let mut c = d.client().await;
-    c.send(&Request::Submit { order: signed }).await;
-    match c.next().await {
-        Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::Replayed),
-        other => panic!("{other:?}"),
-    }
-    c.send(&Request::History { limit: 10 }).await;
-    let Some(Reply::History { entries }) = c.next().await else {
-        panic!("history")
-    };
+    c.send(&Request::Submit { order: signed }).await.unwrap();
+    assert_eq!(refusal(&mut c).await.kind, RefusalKind::Replayed);
+    let entries = c.history(10).await.unwrap();
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0].order_id, interrupted.order_id);
     d.shutdown().await;
@@ -715,8 +686,9 @@ async fn shutdown_lets_a_running_job_finish() {
     c.send(&Request::Submit {
         order: d.sign(&order).await,
     })
-    .await;
-    c.until_phase(Phase::Switch).await;
+    .await
+    .unwrap();
+    until_phase(&mut c, Phase::Switch).await;
     let stop = d.stop.take().unwrap();
     let _ = stop.send(());
     // The socket goes away at once; the job is still allowed to end.
@@ -727,8 +699,8 @@ async fn shutdown_lets_a_running_job_finish() {
     }
     assert!(!d.served.as_ref().unwrap().is_finished());
     d.open_gate();
-    let (_, outcome) = c.until_outcome().await;
-    assert_eq!(outcome.unwrap().kind, OutcomeKind::Succeeded);
+    let (_, outcome) = until_outcome(&mut c).await;
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
     d.shutdown().await;
     assert!(
         d.journal()

@@ -1,29 +1,32 @@
 //! Reaching an agent: its unix socket on this machine, or `deploy-agent bridge` run over SSH
-//! (README, "SSH"). Both give the same [`Connection`], with the `hello` exchange done.
+//! (README, "SSH"). Both give the same [`Connection`], with the `hello` exchange done; what is
+//! said over it is [`AgentStream`]'s (`transport/stream.rs`), which the test clients use too.
 //!
 //! This is the only module that knows russh (with its `ssh_agent` client, which the order
 //! signer uses too). SSH host keys are checked against known_hosts before anything else is
 //! sent ([`crate::known_hosts`]); an unknown or changed key refuses the connection with the
 //! fingerprint and the exact line a human would add after checking it.
 
+use std::convert::Infallible;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use frame_io::{FrameReader, write_frame};
-use proto::codec::{self, CodecError};
 use proto::wire::{
-    AgentStatus, HistoryEntry, JobEvent, Outcome, Refusal, Reply, Request, ServiceLogs, SignedOrder,
+    AgentStatus, HistoryEntry, JobEvent, Outcome, Refusal, ServiceLogs, SignedOrder,
 };
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::config::{SshTarget, Target};
 use crate::known_hosts::{self, KnownHosts, Verdict};
 
 pub(crate) mod ssh_agent;
 use ssh_agent::SshAgent;
+mod stream;
+pub use stream::AgentStream;
 
 /// Environment variable naming the command that starts the agent's bridge on SSH hosts
 /// (default `deploy-agent`; e.g. `sudo -n /usr/local/bin/deploy-agent`).
@@ -158,13 +161,10 @@ pub enum JobEnd {
     Refused(Refusal),
 }
 
-type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
-
-/// An open, greeted connection to one agent. Requests are sequential.
+/// An open, greeted connection to one agent: an [`AgentStream`] and, over SSH, the session
+/// behind it, whose stderr and exit status explain a lost connection. Requests are sequential.
 pub struct Connection {
-    reader: FrameReader<BoxRead>,
-    writer: BoxWrite,
+    stream: AgentStream,
     pub peer: Peer,
     ssh: Option<SshLink>,
 }
@@ -215,143 +215,64 @@ pub async fn connect(target: &Target, opts: &ConnectOptions) -> Result<Connectio
 }
 
 async fn connect_local(socket: &Path, opts: &ConnectOptions) -> Result<Connection, TransportError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-        let hint = match e.kind() {
-            std::io::ErrorKind::NotFound => " (is deploy-agent running?)",
-            std::io::ErrorKind::ConnectionRefused => {
-                " (no agent listening: is deploy-agent running?)"
-            }
-            std::io::ErrorKind::PermissionDenied => " (are you in the agent's socket group?)",
-            _ => "",
-        };
-        TransportError::Unreachable(format!("cannot connect to {}: {e}{hint}", socket.display()))
-    })?;
-    let (r, w) = stream.into_split();
-    greet(Box::new(r), Box::new(w), None, opts).await
+    greet(AgentStream::unix(socket).await?, None, opts).await
 }
 
 async fn greet(
-    reader: BoxRead,
-    writer: BoxWrite,
-    ssh: Option<SshLink>,
+    mut stream: AgentStream,
+    mut ssh: Option<SshLink>,
     opts: &ConnectOptions,
 ) -> Result<Connection, TransportError> {
-    let mut conn = Connection {
-        reader: FrameReader::new(reader),
-        writer,
-        peer: Peer::default_unknown(),
-        ssh,
-    };
-    conn.send(&codec::hello_request(&opts.client_name)).await?;
-    match conn.recv().await? {
-        Reply::Hello {
-            protocol,
-            agent_version,
-            host,
-            env,
-        } => {
-            codec::check_peer_protocol(protocol)
-                .map_err(|e| TransportError::Protocol(e.to_string()))?;
-            conn.peer = Peer {
-                host,
-                env,
-                agent_version,
-            };
-            Ok(conn)
-        }
-        Reply::Error { message } => Err(TransportError::Agent(message)),
-        other => Err(TransportError::Protocol(format!(
-            "expected hello, got {}",
-            reply_name(&other)
-        ))),
-    }
+    let peer = stream.hello(&opts.client_name).await;
+    let peer = explain(&mut ssh, peer).await?;
+    Ok(Connection { stream, peer, ssh })
 }
 
-impl Peer {
-    fn default_unknown() -> Self {
-        Peer {
-            host: String::new(),
-            env: String::new(),
-            agent_version: String::new(),
+/// Adds to a "connection lost" error whatever the remote bridge said on stderr.
+async fn explain<T>(
+    ssh: &mut Option<SshLink>,
+    result: Result<T, TransportError>,
+) -> Result<T, TransportError> {
+    let (Err(TransportError::Closed(what)), Some(ssh)) = (&result, ssh) else {
+        return result;
+    };
+    // The exit status follows the end of the data stream; give it a moment to arrive.
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut ssh.pump).await;
+    let remote = ssh
+        .remote
+        .lock()
+        .map(|r| (r.stderr.clone(), r.exit_status))
+        .unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&remote.0);
+    let stderr = stderr.trim();
+    let mut msg = what.clone();
+    if let Some(code) = remote.1 {
+        msg.push_str(&format!("; the remote bridge exited with status {code}"));
+        if code == 127 {
+            msg.push_str(&format!(" (command not found: is deploy-agent installed and on PATH? set {REMOTE_AGENT_ENV} to its path)"));
         }
     }
+    if !stderr.is_empty() {
+        msg.push_str(&format!("; its stderr: {stderr}"));
+    }
+    Err(TransportError::Closed(msg))
 }
 
 impl Connection {
-    async fn send(&mut self, req: &Request) -> Result<(), TransportError> {
-        match write_frame(&mut self.writer, req).await {
-            Ok(()) => Ok(()),
-            Err(CodecError::Io(e)) => Err(self.closed(&format!("sending: {e}")).await),
-            Err(e) => Err(TransportError::Protocol(e.to_string())),
-        }
-    }
-
-    async fn recv(&mut self) -> Result<Reply, TransportError> {
-        match self.reader.next::<Reply>().await {
-            Ok(Some(reply)) => Ok(reply),
-            Ok(None) => Err(self.closed("the agent closed the connection").await),
-            Err(CodecError::Io(e)) => Err(self.closed(&e.to_string()).await),
-            Err(CodecError::Truncated { len }) => Err(self
-                .closed(&format!("closed in the middle of a {len}-byte frame"))
-                .await),
-            Err(e) => Err(TransportError::Protocol(e.to_string())),
-        }
-    }
-
-    /// A "connection lost" error carrying whatever the remote bridge said on stderr.
-    async fn closed(&mut self, what: &str) -> TransportError {
-        let Some(ssh) = &mut self.ssh else {
-            return TransportError::Closed(what.to_string());
-        };
-        // The exit status follows the end of the data stream; give it a moment to arrive.
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut ssh.pump).await;
-        let remote = ssh
-            .remote
-            .lock()
-            .map(|r| (r.stderr.clone(), r.exit_status))
-            .unwrap_or_default();
-        let stderr = String::from_utf8_lossy(&remote.0);
-        let stderr = stderr.trim();
-        let mut msg = what.to_string();
-        if let Some(code) = remote.1 {
-            msg.push_str(&format!("; the remote bridge exited with status {code}"));
-            if code == 127 {
-                msg.push_str(&format!(" (command not found: is deploy-agent installed and on PATH? set {REMOTE_AGENT_ENV} to its path)"));
-            }
-        }
-        if !stderr.is_empty() {
-            msg.push_str(&format!("; its stderr: {stderr}"));
-        }
-        TransportError::Closed(msg)
-    }
-
-    /// One read-only request and its single reply, within [`QUERY_TIMEOUT`].
-    async fn query(&mut self, req: Request, what: &str) -> Result<Reply, TransportError> {
-        let exchange = async {
-            self.send(&req).await?;
-            self.recv().await
-        };
-        match tokio::time::timeout(QUERY_TIMEOUT, exchange).await {
-            Ok(reply) => reply,
-            Err(_) => Err(TransportError::Closed(format!(
-                "no answer to {what} within {}s",
-                QUERY_TIMEOUT.as_secs()
-            ))),
-        }
-    }
-
     pub async fn status(&mut self) -> Result<AgentStatus, TransportError> {
-        match self.query(Request::Status {}, "status").await? {
-            Reply::Status { status } => Ok(status),
-            other => Err(unexpected("status", other)),
-        }
+        within_query_timeout("status", async {
+            let status = self.stream.status().await;
+            explain(&mut self.ssh, status).await
+        })
+        .await
     }
 
     pub async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>, TransportError> {
-        match self.query(Request::History { limit }, "history").await? {
-            Reply::History { entries } => Ok(entries),
-            other => Err(unexpected("history", other)),
-        }
+        within_query_timeout("history", async {
+            let entries = self.stream.history(limit).await;
+            explain(&mut self.ssh, entries).await
+        })
+        .await
     }
 
     pub async fn logs(
@@ -359,14 +280,11 @@ impl Connection {
         service: Option<&str>,
         lines: usize,
     ) -> Result<Vec<ServiceLogs>, TransportError> {
-        let req = Request::Logs {
-            service: service.map(str::to_string),
-            lines,
-        };
-        match self.query(req, "logs").await? {
-            Reply::Logs { logs } => Ok(logs),
-            other => Err(unexpected("logs", other)),
-        }
+        within_query_timeout("logs", async {
+            let logs = self.stream.logs(service, lines).await;
+            explain(&mut self.ssh, logs).await
+        })
+        .await
     }
 
     /// Submits a signed order and follows it to its outcome, passing each event to `on_event`.
@@ -375,8 +293,9 @@ impl Connection {
         order: SignedOrder,
         on_event: &mut (dyn FnMut(&JobEvent) + Send),
     ) -> Result<JobEnd, TransportError> {
-        self.send(&Request::Submit { order }).await?;
-        self.follow(on_event).await
+        let end = self.stream.submit(order, every_event(on_event)).await;
+        let ControlFlow::Continue(end) = explain(&mut self.ssh, end).await?;
+        Ok(end)
     }
 
     /// Re-attaches to an order: its journaled events, then live ones, to the outcome.
@@ -385,45 +304,33 @@ impl Connection {
         order_id: &str,
         on_event: &mut (dyn FnMut(&JobEvent) + Send),
     ) -> Result<JobEnd, TransportError> {
-        self.send(&Request::Watch {
-            order_id: order_id.to_string(),
-        })
-        .await?;
-        self.follow(on_event).await
-    }
-
-    async fn follow(
-        &mut self,
-        on_event: &mut (dyn FnMut(&JobEvent) + Send),
-    ) -> Result<JobEnd, TransportError> {
-        loop {
-            match self.recv().await? {
-                Reply::Event { event } => on_event(&event),
-                Reply::Outcome { outcome } => return Ok(JobEnd::Outcome(outcome)),
-                Reply::Refused { refusal } => return Ok(JobEnd::Refused(refusal)),
-                other => return Err(unexpected("job events", other)),
-            }
-        }
+        let end = self.stream.watch(order_id, every_event(on_event)).await;
+        let ControlFlow::Continue(end) = explain(&mut self.ssh, end).await?;
+        Ok(end)
     }
 }
 
-fn reply_name(r: &Reply) -> &'static str {
-    match r {
-        Reply::Hello { .. } => "hello",
-        Reply::Event { .. } => "event",
-        Reply::Outcome { .. } => "outcome",
-        Reply::Refused { .. } => "refused",
-        Reply::Status { .. } => "status",
-        Reply::History { .. } => "history",
-        Reply::Logs { .. } => "logs",
-        Reply::Error { .. } => "error",
+/// A follower that never stops reading before the job's end.
+fn every_event(
+    on_event: &mut (dyn FnMut(&JobEvent) + Send),
+) -> impl FnMut(JobEvent) -> ControlFlow<Infallible> + Send {
+    move |event| {
+        on_event(&event);
+        ControlFlow::Continue(())
     }
 }
 
-fn unexpected(wanted: &str, got: Reply) -> TransportError {
-    match got {
-        Reply::Error { message } => TransportError::Agent(message),
-        other => TransportError::Protocol(format!("expected {wanted}, got {}", reply_name(&other))),
+/// A read-only exchange (status, history, logs) within [`QUERY_TIMEOUT`].
+async fn within_query_timeout<T>(
+    what: &str,
+    exchange: impl Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    match tokio::time::timeout(QUERY_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(TransportError::Closed(format!(
+            "no answer to {what} within {}s",
+            QUERY_TIMEOUT.as_secs()
+        ))),
     }
 }
 
@@ -635,7 +542,7 @@ async fn connect_ssh(t: &SshTarget, opts: &ConnectOptions) -> Result<Connection,
         remote,
         pump,
     };
-    greet(Box::new(conn_read), Box::new(writer), Some(link), opts).await
+    greet(AgentStream::new(conn_read, writer), Some(link), opts).await
 }
 
 /// Tries ssh-agent keys, then key files, like `ssh` does.
@@ -725,6 +632,9 @@ async fn rsa_hash(
 
 #[cfg(test)]
 mod tests {
+    use frame_io::{FrameReader, write_frame};
+    use proto::wire::{Reply, Request};
+
     use super::*;
 
     #[test]

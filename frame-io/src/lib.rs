@@ -2,9 +2,9 @@
 //! [`write_frame`] writes one. It is the IO half of [`proto::codec`], which stays pure so that
 //! everything interpreting a peer's bytes can be fuzzed; nothing here looks at a byte.
 //!
-//! One crate because three programs speak the protocol over streams — the agent's socket
-//! server, the controller's transport (unix socket or SSH channel) and the test clients — and
-//! `proto` may not depend on tokio.
+//! One crate because both ends speak the protocol over streams — the agent's socket server and
+//! the controller's transport (unix socket or SSH channel; the test clients use its
+//! `AgentStream`) — and `proto` may not depend on tokio.
 #![forbid(unsafe_code)]
 
 use proto::codec::{CodecError, FrameBuffer, decode, encode};

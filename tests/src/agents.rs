@@ -1,5 +1,5 @@
-//! Real `deploy-agent` processes for end-to-end tests, and a client that speaks their socket
-//! protocol.
+//! Real `deploy-agent` processes for end-to-end tests, and a client of their socket: the
+//! controller's [`AgentStream`], so tests speak the protocol exactly as `deployctl` does.
 //!
 //! [`AgentProc::start`] writes an `agent.toml`, an `allowed_signers` trusting a fresh test key
 //! ([`TestKey`]) and runs the built `deploy-agent` binary with a unique host, env and
@@ -13,22 +13,19 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use deployctl::signer::Signer;
-use frame_io::{FrameReader, write_frame};
-use proto::codec::hello_request;
+use deployctl::transport::{self, AgentStream, Peer, TransportError};
 use proto::time::Timestamp;
 use proto::wire::{
-    AgentStatus, HistoryEntry, JobEvent, Outcome, PROTOCOL_VERSION, Phase, Refusal, Reply, Request,
-    ServiceLogs, SignedOrder,
+    AgentStatus, HistoryEntry, JobEvent, Outcome, Phase, Refusal, Reply, Request, ServiceLogs,
+    SignedOrder,
 };
 use proto::{ImageRef, Order, ServiceSpec};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::docker::{Cleanup, unique_name};
 use crate::error::{Error, IoContext, Result};
@@ -238,7 +235,7 @@ impl AgentProc {
             {
                 return Ok(Err(format!("deploy-agent exited ({status})")));
             }
-            blocking_hello(&socket)
+            hello_once(&socket)
         })?;
         ready.map_err(|why| {
             Error::Unexpected(format!(
@@ -425,25 +422,32 @@ impl Drop for AgentProc {
     }
 }
 
-/// One `hello` over a blocking socket: Ok(Ok) when the agent answers as it should.
-fn blocking_hello(socket: &Path) -> std::result::Result<std::result::Result<(), String>, String> {
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let hello = proto::codec::encode(&hello_request("harness")).map_err(|e| e.to_string())?;
-    stream
-        .write_all(&hello)
-        .map_err(|e| format!("write: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .map_err(|e| format!("read: {e}"))?;
-    match proto::codec::decode::<Reply>(line.as_bytes()) {
-        Ok(Reply::Hello { protocol, .. }) if protocol == PROTOCOL_VERSION => Ok(Ok(())),
-        other => Ok(Err(format!("unexpected answer to hello: {other:?}"))),
-    }
+/// One `hello`, on a thread of its own: callers may be on a runtime's thread, where blocking on
+/// another runtime panics. Ok(Ok) when the agent answers as it should, Ok(Err) when it answers
+/// wrongly, Err while it does not answer yet.
+fn hello_once(socket: &Path) -> std::result::Result<std::result::Result<(), String>, String> {
+    let attempt = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting a runtime: {e}"))?;
+        runtime.block_on(async {
+            let hello = async {
+                let mut stream = AgentStream::unix(socket).await?;
+                stream.hello("harness").await
+            };
+            match tokio::time::timeout(Duration::from_secs(5), hello).await {
+                Ok(Ok(_)) => Ok(Ok(())),
+                Ok(Err(e @ (TransportError::Unreachable(_) | TransportError::Closed(_)))) => {
+                    Err(e.to_string())
+                }
+                Ok(Err(e)) => Ok(Err(format!("unexpected answer to hello: {e}"))),
+                Err(_) => Err("no answer to hello within 5s".into()),
+            }
+        })
+    };
+    std::thread::scope(|s| s.spawn(attempt).join())
+        .unwrap_or_else(|_| Err("the hello thread panicked".into()))
 }
 
 /// How a job's stream ended.
@@ -451,9 +455,11 @@ fn blocking_hello(socket: &Path) -> std::result::Result<std::result::Result<(), 
 pub enum JobEnd {
     Outcome(Outcome),
     Refused(Refusal),
+    /// An error reply instead of the job (an unknown order id, say).
     Error(String),
-    /// The agent closed the connection before an outcome.
-    Closed,
+    /// The connection was lost before an outcome, or the agent stayed silent for
+    /// [`REPLY_TIMEOUT`].
+    Closed(String),
     /// The reader stopped on request ([`AgentClient::submit_until`]); the job goes on.
     Detached,
 }
@@ -507,73 +513,54 @@ impl JobStream {
     }
 }
 
-/// A client of the agent's socket, as the controller's `local` transport would be.
+/// A client of the agent's socket: the controller's own [`AgentStream`], with the harness's
+/// errors, a limit on silence, and a job's events gathered into a [`JobStream`].
 pub struct AgentClient {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
-    pub host: String,
-    pub env: String,
-    pub agent_version: String,
+    stream: AgentStream,
+    /// Who answered `hello`.
+    pub peer: Peer,
 }
 
 impl std::fmt::Debug for AgentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentClient")
-            .field("host", &self.host)
+            .field("host", &self.peer.host)
             .finish_non_exhaustive()
     }
+}
+
+/// A transport error as the harness's, saying what was being asked.
+fn failed(what: &str) -> impl FnOnce(TransportError) -> Error + '_ {
+    move |e| Error::Unexpected(format!("{what}: {e}"))
 }
 
 impl AgentClient {
     /// Connects and exchanges `hello`.
     pub async fn connect(socket: &Path) -> Result<AgentClient> {
-        let stream = UnixStream::connect(socket)
+        let mut stream = AgentStream::unix(socket)
             .await
-            .ctx(|| format!("connecting to {}", socket.display()))?;
-        let (r, w) = stream.into_split();
-        let mut client = AgentClient {
-            reader: FrameReader::new(r),
-            writer: w,
-            host: String::new(),
-            env: String::new(),
-            agent_version: String::new(),
-        };
-        client.send(&hello_request("deployctl-e2e")).await?;
-        match client.next_reply().await? {
-            Some(Reply::Hello {
-                host,
-                env,
-                agent_version,
-                ..
-            }) => {
-                client.host = host;
-                client.env = env;
-                client.agent_version = agent_version;
-                Ok(client)
-            }
-            other => Err(Error::Unexpected(format!(
-                "the agent answered hello with {other:?}"
-            ))),
-        }
+            .map_err(failed("connecting"))?
+            .with_silence_limit(REPLY_TIMEOUT);
+        let peer = stream
+            .hello("deployctl-e2e")
+            .await
+            .map_err(failed("hello"))?;
+        Ok(AgentClient { stream, peer })
     }
 
     pub async fn send(&mut self, request: &Request) -> Result<()> {
-        write_frame(&mut self.writer, request)
+        self.stream
+            .send(request)
             .await
-            .map_err(|e| Error::Unexpected(format!("sending {request:?}: {e}")))
+            .map_err(failed(&format!("sending {request:?}")))
     }
 
     /// The next reply; `None` when the agent closed the connection.
     pub async fn next_reply(&mut self) -> Result<Option<Reply>> {
-        match tokio::time::timeout(REPLY_TIMEOUT, self.reader.next::<Reply>()).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(Error::Unexpected(format!("reading a reply: {e}"))),
-            Err(_) => Err(Error::Timeout {
-                what: "a reply from the agent".into(),
-                after: REPLY_TIMEOUT,
-                last: String::new(),
-            }),
-        }
+        self.stream
+            .next_reply()
+            .await
+            .map_err(failed("reading a reply"))
     }
 
     /// Submits and follows the job to its end.
@@ -604,63 +591,46 @@ impl AgentClient {
     /// Reads a job's replies until its end, or until `stop` returns true on an event.
     pub async fn read_job(&mut self, mut stop: impl FnMut(&JobEvent) -> bool) -> Result<JobStream> {
         let mut events = Vec::new();
-        loop {
-            let end = match self.next_reply().await? {
-                Some(Reply::Event { event }) => {
-                    let done = stop(&event);
-                    events.push(event);
-                    if done {
-                        JobEnd::Detached
-                    } else {
-                        continue;
-                    }
+        let followed = self
+            .stream
+            .follow(|event| {
+                let done = stop(&event);
+                events.push(event);
+                if done {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
-                Some(Reply::Outcome { outcome }) => JobEnd::Outcome(outcome),
-                Some(Reply::Refused { refusal }) => JobEnd::Refused(refusal),
-                Some(Reply::Error { message }) => JobEnd::Error(message),
-                Some(other) => {
-                    return Err(Error::Unexpected(format!(
-                        "unexpected reply in a job stream: {other:?}"
-                    )));
-                }
-                None => JobEnd::Closed,
-            };
-            return Ok(JobStream { events, end });
-        }
+            })
+            .await;
+        let end = match followed {
+            Ok(ControlFlow::Continue(transport::JobEnd::Outcome(outcome))) => {
+                JobEnd::Outcome(outcome)
+            }
+            Ok(ControlFlow::Continue(transport::JobEnd::Refused(refusal))) => {
+                JobEnd::Refused(refusal)
+            }
+            Ok(ControlFlow::Break(())) => JobEnd::Detached,
+            Err(TransportError::Agent(message)) => JobEnd::Error(message),
+            Err(TransportError::Closed(why)) => JobEnd::Closed(why),
+            Err(e) => return Err(failed("reading a job's stream")(e)),
+        };
+        Ok(JobStream { events, end })
     }
 
     pub async fn status(&mut self) -> Result<AgentStatus> {
-        self.send(&Request::Status {}).await?;
-        match self.next_reply().await? {
-            Some(Reply::Status { status }) => Ok(status),
-            other => Err(Error::Unexpected(format!(
-                "the agent answered status with {other:?}"
-            ))),
-        }
+        self.stream.status().await.map_err(failed("status"))
     }
 
     pub async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>> {
-        self.send(&Request::History { limit }).await?;
-        match self.next_reply().await? {
-            Some(Reply::History { entries }) => Ok(entries),
-            other => Err(Error::Unexpected(format!(
-                "the agent answered history with {other:?}"
-            ))),
-        }
+        self.stream.history(limit).await.map_err(failed("history"))
     }
 
     pub async fn logs(&mut self, service: Option<&str>, lines: usize) -> Result<Vec<ServiceLogs>> {
-        self.send(&Request::Logs {
-            service: service.map(str::to_string),
-            lines,
-        })
-        .await?;
-        match self.next_reply().await? {
-            Some(Reply::Logs { logs }) => Ok(logs),
-            other => Err(Error::Unexpected(format!(
-                "the agent answered logs with {other:?}"
-            ))),
-        }
+        self.stream
+            .logs(service, lines)
+            .await
+            .map_err(failed("logs"))
     }
 }
 

@@ -2,10 +2,11 @@
 //! images, a real OpenSSH server, Docker cleanup guards and polling helpers. Every end-to-end
 //! test builds on it; see `tests/e2e/smoke.rs` for the whole kit in use.
 //!
-//! Everything is blocking (std processes and sockets); [`wait_until_async`] is the one async
-//! helper. From a `#[tokio::test]` that also runs servers on its runtime, call blocking helpers
-//! through `tokio::task::spawn_blocking` or use the `multi_thread` flavor, or a blocking poll
-//! starves the very task it waits for. Each piece stops what it started when dropped, also when
+//! Everything is blocking (std processes and sockets) but the agents' socket client
+//! ([`agents::AgentClient`], over the controller's own `transport::AgentStream`) and
+//! [`wait_until_async`]. From a `#[tokio::test]` that also runs servers on its runtime, call
+//! blocking helpers through `tokio::task::spawn_blocking` or use the `multi_thread` flavor, or a
+//! blocking poll starves the very task it waits for. Each piece stops what it started when dropped, also when
 //! a test panics.
 //!
 //! Typical use:
