@@ -34,6 +34,10 @@ struct ComposeMarker {
     order: String,
     had_override: bool,
     had_container: bool,
+    /// The displaced container was already failing: undo puts it back without waiting for a
+    /// health it did not have.
+    #[serde(default)]
+    previous_failing: bool,
 }
 
 impl ComposeTarget {
@@ -127,12 +131,15 @@ impl<'a> ComposeService<'a> {
             .current(e, &cli)
             .await
             .map_err(|err| Failure::engine(p.name, err))?;
+        let condition = match &current {
+            Some(cur) => Some(health::look_at(e, cur, p.spec, &p.ports).await),
+            None => None,
+        };
         let mut recreate = false;
-        if let Some(cur) = &current
-            && digest_of(cur) == Some(digest)
-        {
-            match health::look_at(e, cur, p.spec, &p.ports).await {
-                Condition::Healthy => {
+        if let Some(cur) = &current {
+            let same = digest_of(cur) == Some(digest);
+            match (&condition, same) {
+                (Some(Condition::Healthy), true) => {
                     cx.emit(
                         Phase::Health,
                         s,
@@ -144,7 +151,7 @@ impl<'a> ComposeService<'a> {
                     );
                     return Ok(false);
                 }
-                Condition::Failing { why } => {
+                (Some(Condition::Failing { why }), true) => {
                     cx.emit(
                         Phase::Switch,
                         s,
@@ -156,8 +163,18 @@ impl<'a> ComposeService<'a> {
                     );
                     recreate = true;
                 }
+                (Some(Condition::Failing { why }), false) => cx.emit(
+                    Phase::Switch,
+                    s,
+                    &format!(
+                        "{} is failing ({why}): replacing it without waiting for it",
+                        cur.name
+                    ),
+                ),
+                _ => {}
             }
         }
+        let previous_failing = matches!(condition, Some(Condition::Failing { .. }));
 
         // Record what is displaced before touching anything, so undo works even after a crash.
         let io = |err: compose::ComposeError| Failure::start(p.name, err.to_string(), Vec::new());
@@ -170,6 +187,7 @@ impl<'a> ComposeService<'a> {
             order: cx.order.order_id.clone(),
             had_override: previous.is_some(),
             had_container: current.is_some(),
+            previous_failing,
         };
         let marker = serde_json::to_string(&marker).unwrap_or_default();
         compose::write_atomically(&t.paths.previous_order, &marker).map_err(io)?;
@@ -301,7 +319,18 @@ impl<'a> ComposeService<'a> {
         cli.up(&t.files(), &t.service)
             .await
             .map_err(|e| e.to_string())?;
-        confirm_healthy(cx, self).await?;
+        if marker.previous_failing {
+            cx.emit(
+                Phase::Rollback,
+                s,
+                &format!(
+                    "not waiting for {} to be healthy: it was already failing before this order",
+                    t.service
+                ),
+            );
+        } else {
+            confirm_healthy(cx, self).await?;
+        }
         let digest = match self.current_inner(cx).await {
             Ok(Some(c)) => running_digest(cx, &c).await,
             _ => None,
@@ -311,7 +340,7 @@ impl<'a> ComposeService<'a> {
             previous_serving: true,
             digest,
             kept_serving: false,
-            previous_failing: false,
+            previous_failing: marker.previous_failing,
         })
     }
 

@@ -392,7 +392,7 @@ impl<'a> Job<'a> {
             "the host is as before the order".to_string()
         } else {
             format!(
-                "the host is as before the order, which was already broken: {} was failing before it and still is",
+                "the host is as before the order, which was already broken: {} was failing before it (put back without waiting for its health)",
                 already_failing.join(", ")
             )
         };

@@ -160,3 +160,51 @@ async fn the_same_version_found_stopped_is_recreated() -> anyhow::Result<()> {
     ensure!(!o.changed && id_of(&o, "web")? == second, "{o:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_compose_service_found_stopped_is_fixed_and_a_failed_fix_puts_it_back()
+-> anyhow::Result<()> {
+    let mut w = World::new().await?;
+    let project = unique_name("proj");
+    let project_dir = w.dir.path().join(&project);
+    std::fs::create_dir_all(&project_dir)?;
+    w.cleanup.compose_project(&project);
+    w.cleanup.network(&format!("{project}_default"));
+    let file = write_compose(
+        &project_dir,
+        &format!("{}:v1", w.images.repository()),
+        &w.data(),
+    )?;
+    let health = w.web().health;
+    let api = ServiceSpec {
+        kind: ServiceKind::Compose,
+        compose_file: Some(file.display().to_string()),
+        compose_service: Some("api".into()),
+        ports: vec![],
+        env_file: None,
+        volumes: vec![],
+        network: None,
+        command: None,
+        strategy: Strategy::StopFirst,
+        health,
+    };
+    let (o, events) = w.run(&w.order_v(1, &[("api", api.clone())], false)).await;
+    expect(&o, OutcomeKind::Succeeded, &events)?;
+    docker(&["stop", "-t", "1", &id_of(&o, "api")?])?;
+
+    // A fix that fails too: the dead v1 is put back without waiting for its health, and the
+    // outcome says the host was broken before the order.
+    let mut strict = api.clone();
+    strict.health.deadline = Duration::from_secs(3);
+    let (o, events) = w.run(&w.order_v(3, &[("api", strict)], false)).await;
+    expect(&o, OutcomeKind::RolledBack, &events)?;
+    let reason = o.reason.clone().unwrap_or_default();
+    ensure!(reason.contains("already broken"), "{reason}");
+    ensure!(digest_of(&o, "api") == Some(w.v(1).digest.clone()), "{o:?}");
+
+    // A fix that works (compose's `up` started the restored v1 again, so it is not failing now).
+    let (o, events) = w.run(&w.order_v(2, &[("api", api)], false)).await;
+    expect(&o, OutcomeKind::Succeeded, &events)?;
+    ensure!(digest_of(&o, "api") == Some(w.v(2).digest.clone()), "{o:?}");
+    Ok(())
+}
