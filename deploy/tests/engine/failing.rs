@@ -165,29 +165,7 @@ async fn the_same_version_found_stopped_is_recreated() -> anyhow::Result<()> {
 async fn a_compose_service_found_stopped_is_fixed_and_a_failed_fix_puts_it_back()
 -> anyhow::Result<()> {
     let mut w = World::new().await?;
-    let project = unique_name("proj");
-    let project_dir = w.dir.path().join(&project);
-    std::fs::create_dir_all(&project_dir)?;
-    w.cleanup.compose_project(&project);
-    w.cleanup.network(&format!("{project}_default"));
-    let file = write_compose(
-        &project_dir,
-        &format!("{}:v1", w.images.repository()),
-        &w.data(),
-    )?;
-    let health = w.web().health;
-    let api = ServiceSpec {
-        kind: ServiceKind::Compose,
-        compose_file: Some(file.display().to_string()),
-        compose_service: Some("api".into()),
-        ports: vec![],
-        env_file: None,
-        volumes: vec![],
-        network: None,
-        command: None,
-        strategy: Strategy::StopFirst,
-        health,
-    };
+    let (_project, api) = compose_api(&mut w)?;
     let (o, events) = w.run(&w.order_v(1, &[("api", api.clone())], false)).await;
     expect(&o, OutcomeKind::Succeeded, &events)?;
     docker(&["stop", "-t", "1", &id_of(&o, "api")?])?;

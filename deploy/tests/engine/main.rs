@@ -802,15 +802,14 @@ fn write_compose(dir: &Path, image: &str, data: &Path) -> anyhow::Result<PathBuf
     Ok(file)
 }
 
-#[tokio::test]
-async fn compose_service_deploys_migrates_and_rolls_back() -> anyhow::Result<()> {
-    let mut w = World::new().await?;
+/// A compose project of this test's own with one service `api` (its file names an image by tag;
+/// the engine's override pins the digest), cleaned up with the test: (project name, spec).
+fn compose_api(w: &mut World) -> anyhow::Result<(String, ServiceSpec)> {
     let project = unique_name("proj");
     let project_dir = w.dir.path().join(&project);
     std::fs::create_dir_all(&project_dir)?;
     w.cleanup.compose_project(&project);
     w.cleanup.network(&format!("{project}_default"));
-    // The compose file names some image by tag; the engine's override pins the digest.
     let file = write_compose(
         &project_dir,
         &format!("{}:v1", w.images.repository()),
@@ -828,6 +827,13 @@ async fn compose_service_deploys_migrates_and_rolls_back() -> anyhow::Result<()>
         strategy: Strategy::StopFirst,
         health: w.web().health,
     };
+    Ok((project, api))
+}
+
+#[tokio::test]
+async fn compose_service_deploys_migrates_and_rolls_back() -> anyhow::Result<()> {
+    let mut w = World::new().await?;
+    let (project, api) = compose_api(&mut w)?;
     let services = [("api", api.clone())];
     let version = |w: &World| -> anyhow::Result<String> {
         let snap_id = docker(&[
