@@ -1225,3 +1225,67 @@ fn status_started(w: &World) -> anyhow::Result<Timestamp> {
         .context("finished_at")?;
     Ok(Timestamp::parse(at)?)
 }
+
+/// A push re-run while its first run's job still runs (a cancelled CI job, retried): the agent
+/// gets an order of another rollout asking for exactly what the running job does. It follows
+/// that job instead of refusing it or starting a second one, so nothing runs twice; an order for
+/// another release is still refused.
+#[tokio::test]
+async fn an_order_for_the_release_a_running_job_deploys_follows_that_job() -> anyhow::Result<()> {
+    let w = world()?;
+    let (v1, v2) = (w.images.v(1), w.images.v(2));
+    w.deploy(&w.order(v1, Duration::from_secs(30))).await?;
+
+    let slow = |mut order: Order| {
+        for spec in order.services.values_mut() {
+            spec.health.healthy_for = Duration::from_secs(3);
+        }
+        order
+    };
+    let first = slow(w.order_with_migration(v2));
+    let seen = w
+        .agent
+        .client()
+        .await?
+        .submit_until(w.agent.sign(&first).await?, |e| e.phase == Phase::Health)
+        .await?;
+    assert_eq!(seen.end, JobEnd::Detached);
+
+    let other_release = w
+        .submit(&slow(w.order(v1, Duration::from_secs(30))))
+        .await?;
+    assert_eq!(
+        other_release.refusal()?.kind,
+        RefusalKind::RolloutInProgress,
+        "{}",
+        other_release.describe()
+    );
+
+    let retry = slow(w.order_with_migration(v2));
+    assert_ne!(retry.rollout_id, first.rollout_id);
+    let followed = w.submit(&retry).await?;
+    let outcome = followed.outcome()?;
+    assert_eq!(
+        outcome.kind,
+        OutcomeKind::Succeeded,
+        "{}",
+        followed.describe()
+    );
+    assert_eq!(
+        outcome.order_id, first.order_id,
+        "the retry reports the running job's outcome"
+    );
+    let journal = w.agent.journal_ids()?;
+    assert!(
+        journal.contains(&first.order_id) && !journal.contains(&retry.order_id),
+        "no second job: {journal:?}"
+    );
+    let migrated = w
+        .migration_lines()
+        .iter()
+        .filter(|l| l.starts_with("migrated v2 "))
+        .count();
+    assert_eq!(migrated, 1, "one migration: {:?}", w.migration_lines());
+    assert_eq!(w.serving("web")?.version, "v2");
+    Ok(())
+}
