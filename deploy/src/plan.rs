@@ -109,7 +109,12 @@ pub fn parse_env_file(text: &str) -> Result<Vec<String>, String> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {}: expected KEY=VALUE, got {:?}", i + 1, raw));
+            // The line is not shown: an env file holds secrets, and this message travels into
+            // outcomes, journals and CI logs.
+            return Err(format!(
+                "line {}: expected KEY=VALUE (the line is not shown: it may hold a secret)",
+                i + 1
+            ));
         };
         let key = key.trim();
         let valid_key = !key.is_empty()
@@ -119,7 +124,8 @@ pub fn parse_env_file(text: &str) -> Result<Vec<String>, String> {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
         if !valid_key {
             return Err(format!(
-                "line {}: {key:?} is not a valid variable name",
+                "line {}: the name before '=' is not a valid variable name (letters, digits, '_', \
+                 '.', '-'; not starting with a digit)",
                 i + 1
             ));
         }
@@ -570,6 +576,11 @@ mod tests {
         );
         let err = parse_env_file("A=1\nNOEQUALS\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+        // A malformed line is never echoed: it may be a secret pasted without its name.
+        for bad in ["hunter2-s3cret", "s3cret word=x", "9s3cret=x"] {
+            let err = parse_env_file(&format!("A=1\n{bad}\n")).unwrap_err();
+            assert!(err.contains("line 2") && !err.contains("s3cret"), "{err}");
+        }
         assert!(parse_env_file("1A=x").is_err());
         assert!(parse_env_file("A B=x").is_err());
     }

@@ -213,10 +213,14 @@ impl ImageRef {
     }
 }
 
-/// `sha256:0123456789ab…` → `0123456789ab`.
+/// `sha256:0123456789ab…` → `0123456789ab`. Digests can come from labels anyone may set, so
+/// any text is cut at a character boundary, never mid-character.
 pub fn short_digest(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
+    match hex.char_indices().nth(12) {
+        Some((end, _)) => &hex[..end],
+        None => hex,
+    }
 }
 
 /// True for `sha256:` followed by exactly 64 lowercase hex digits.
@@ -304,6 +308,22 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn short_digests_of_any_text_never_split_a_character() {
+        let table = [
+            (D, "0123456789ab"),
+            ("sha256:abc", "abc"),
+            ("", ""),
+            // Labels are anyone's to set; these once panicked the controller.
+            ("sha256:ééééééééééééééé", "éééééééééééé"),
+            ("0123456789a€b", "0123456789a€"),
+            ("🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀", "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀"),
+        ];
+        for (input, want) in table {
+            assert_eq!(short_digest(input), want, "{input}");
+        }
+    }
 
     #[test]
     fn image_refs_parse_or_explain() {

@@ -411,7 +411,7 @@ fn history_row(host: &str, e: &HistoryEntry) -> Vec<String> {
 /// `repo@sha256:0123456789ab` — the digest shortened for progress lines.
 pub fn short_image(image: &str) -> String {
     match image.rsplit_once("@sha256:") {
-        Some((repo, hex)) => format!("{repo}@sha256:{}", &hex[..hex.len().min(12)]),
+        Some((repo, hex)) => format!("{repo}@sha256:{}", proto::order::short_digest(hex)),
         None => image.to_string(),
     }
 }

@@ -63,6 +63,11 @@ fn images_shorten() {
     let img = format!("r/web@sha256:{}", "a".repeat(64));
     assert_eq!(short_image(&img), "r/web@sha256:aaaaaaaaaaaa");
     assert_eq!(short_image("x"), "x");
+    // Image text can come from a host's labels: any text is shortened without a panic.
+    assert_eq!(
+        short_image("r/web@sha256:éééééééééééééé"),
+        "r/web@sha256:éééééééééééé"
+    );
 }
 
 #[test]
