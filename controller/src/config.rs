@@ -288,6 +288,18 @@ impl RawConfig {
                     ),
                 ));
             }
+            if let Some(path) = &spec.health.path
+                && !path.starts_with('/')
+            {
+                // `@host/` or `//host/` after the probe's `ip:port` would name another host.
+                return Err((
+                    span_of(&name),
+                    format!(
+                        "service {:?}: health path {path:?} must start with '/'",
+                        name.get_ref()
+                    ),
+                ));
+            }
             services.insert(name.into_inner(), spec);
         }
         let migrate = match self.migrate {
@@ -675,6 +687,10 @@ signing_key = "/keys/prod"
             (
                 "image = \"acme/web\"\n[services.api]\nkind = \"compose\"\n",
                 "compose_file",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\nhealth = { path = \"@evil.example/\" }\n",
+                "must start with '/'",
             ),
             (
                 "image = \"acme/web\"\n[services.web]\n[env.s]\nhosts = [\"a@b\"]\nrequires = \"s\"\n",

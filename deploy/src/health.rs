@@ -90,9 +90,11 @@ async fn http_ok(e: &Engine, c: &ContainerInfo, spec: &ServiceSpec, ports: &[Por
         return false;
     };
     let port = plan::probe_port(&spec.health, ports);
+    // Whatever the order says, the probe stays on the container's own address: a path is
+    // always rooted here, so `@host/` or `//host/` cannot name another host.
     let path = spec.health.path.as_deref().unwrap_or("/");
-    let sep = if path.starts_with('/') { "" } else { "/" };
-    let url = format!("http://{ip}:{port}{sep}{path}");
+    let path = format!("/{}", path.trim_start_matches('/'));
+    let url = format!("http://{ip}:{port}{path}");
     let timeout = spec
         .health
         .interval
