@@ -75,8 +75,45 @@ impl Table {
     }
 }
 
-/// How `message` reads.
+/// How `message` reads, safe to print: much of it is text from hosts (log lines, reasons,
+/// refusals, labels), which must not drive the terminal.
 pub fn render(message: &Message) -> Shown {
+    render_raw(message).printable()
+}
+
+/// Control characters (escape sequences above all) shown as `\u{1b}`-style text; tabs kept.
+pub fn printable(line: &str) -> String {
+    if !line.chars().any(|c| c.is_control() && c != '\t') {
+        return line.to_string();
+    }
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+impl Shown {
+    fn printable(self) -> Shown {
+        let all = |lines: Vec<String>| lines.iter().map(|l| printable(l)).collect::<Vec<_>>();
+        match self {
+            Shown::Progress(mut p) => {
+                p.lines = all(p.lines);
+                p.host = p.host.as_deref().map(printable);
+                Shown::Progress(p)
+            }
+            Shown::Rows(t, rows) => Shown::Rows(t, rows.into_iter().map(all).collect()),
+            Shown::Out(lines) => Shown::Out(all(lines)),
+            Shown::Err(lines) => Shown::Err(all(lines)),
+        }
+    }
+}
+
+fn render_raw(message: &Message) -> Shown {
     let shown = match message {
         Message::Resolved { reference, image } => {
             general(format!("resolved {reference} → {image}"))

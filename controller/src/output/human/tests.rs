@@ -257,3 +257,28 @@ fn a_stopped_command_explains_itself_on_stderr() {
         Shown::Err(vec!["deployctl: no signing key".into()])
     );
 }
+
+#[test]
+fn text_from_hosts_cannot_drive_the_terminal() {
+    let table = [
+        ("plain line", "plain line"),
+        ("tab\tkept", "tab\tkept"),
+        (
+            "\u{1b}[2J\u{1b}]0;owned\u{7}",
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}",
+        ),
+        ("cr\roverwrite", "cr\\u{d}overwrite"),
+        ("ünïcödé ok", "ünïcödé ok"),
+    ];
+    for (input, want) in table {
+        assert_eq!(printable(input), want, "{input:?}");
+    }
+    let logs = Message::Logs {
+        host: "h1".into(),
+        service: "web".into(),
+        container: "acme-prod-web".into(),
+        lines: vec!["evil \u{1b}[31mred".into()],
+    };
+    let shown = format!("{:?}", render(&logs));
+    assert!(!shown.contains('\u{1b}'), "{shown}");
+}
