@@ -229,13 +229,6 @@ impl<'de> Deserialize<'de> for RawHost {
 }
 
 /// Docker's container-name alphabet; names end up in `<app>-<env>-<service>`.
-fn valid_name(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        && s.len() <= 64
-}
-
 fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
     let span = s.span();
     (span.end > 0).then_some(span)
@@ -249,7 +242,7 @@ impl RawConfig {
             Some(app) => app.get_ref().clone(),
             None => image.rsplit('/').next().unwrap_or(&image).to_string(),
         };
-        if !valid_name(&app) {
+        if !proto::order::is_valid_name(&app) {
             let span = self
                 .app
                 .as_ref()
@@ -270,7 +263,7 @@ impl RawConfig {
         }
         let mut services = BTreeMap::new();
         for (name, spec) in self.services {
-            if !valid_name(name.get_ref()) {
+            if !proto::order::is_valid_name(name.get_ref()) {
                 return Err((
                     span_of(&name),
                     format!(
@@ -326,7 +319,7 @@ impl RawConfig {
             let env = raw
                 .validate(name.get_ref(), &env_names)
                 .map_err(|(span, m)| (span.or_else(|| span_of(&name)), m))?;
-            if !valid_name(name.get_ref()) {
+            if !proto::order::is_valid_name(name.get_ref()) {
                 return Err((
                     span_of(&name),
                     format!(

@@ -261,11 +261,25 @@ fn check_shape(order: &Order) -> Result<(), String> {
             order.not_after, order.issued_at
         ));
     }
-    if order.app.is_empty() {
-        return Err("app is empty".into());
+    // The agent checks names itself, whatever the controller did: they become container names,
+    // compose arguments and file names on the host.
+    if !crate::order::is_valid_name(&order.app) {
+        return Err(format!(
+            "app {:?} is not a valid name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64)",
+            order.app
+        ));
     }
     if order.services.is_empty() {
         return Err("names no service".into());
+    }
+    if let Some(bad) = order
+        .services
+        .keys()
+        .find(|s| !crate::order::is_valid_name(s))
+    {
+        return Err(format!(
+            "service {bad:?} is not a valid name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64)"
+        ));
     }
     if let Some(m) = order
         .migrate

@@ -223,6 +223,16 @@ pub fn short_digest(digest: &str) -> &str {
     }
 }
 
+/// Whether an app or service name is usable in container names and file names on a host:
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 bytes. No `/` (so no path can be reached through
+/// it) and no leading `-` (so it is never read as an option by the compose CLI).
+pub fn is_valid_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && s.len() <= 64
+}
+
 /// True for `sha256:` followed by exactly 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
@@ -308,6 +318,25 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn names_usable_on_a_host() {
+        for ok in ["web", "acme", "api-2", "a_b.c", "W3b", &"a".repeat(64)] {
+            assert!(is_valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-rm",
+            "../etc",
+            "a/b",
+            ".hidden",
+            "we b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_valid_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn short_digests_of_any_text_never_split_a_character() {

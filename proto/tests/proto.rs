@@ -251,6 +251,30 @@ fn refused_env_mismatch() {
     );
 }
 
+/// Names become container names, compose arguments and file names on the host: the agent
+/// refuses unusable ones however the order was made.
+#[test]
+fn refused_names_unusable_on_a_host() {
+    let key = test_key(1);
+    for (app, service) in [
+        ("../etc", "web"),
+        ("acme", "--rm"),
+        ("acme", "a/b"),
+        ("", "web"),
+    ] {
+        let mut o = order();
+        o.app = app.into();
+        let spec = o.services.values().next().cloned().unwrap();
+        o.services = [(service.to_string(), spec)].into_iter().collect();
+        if let Some(m) = o.migrate.as_mut() {
+            m.service = service.into();
+        }
+        let r = refusal(&sign_with_key(&key, &o), &policy(allowed(&key)), now());
+        assert_eq!(r.kind, RefusalKind::Malformed, "{app}/{service}: {r}");
+        assert!(r.message.contains("not a valid name"), "{r}");
+    }
+}
+
 #[test]
 fn refused_host_mismatch() {
     let key = test_key(1);
