@@ -180,7 +180,7 @@ fn proto_depends_on_neither_tokio_nor_russh() -> anyhow::Result<()> {
             "normal,build,dev",
             "--prefix",
             "none",
-            "--offline",
+            "--locked",
         ])
         .current_dir(workspace())
         .output()
