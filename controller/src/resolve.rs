@@ -151,6 +151,40 @@ pub fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where a request may carry what authenticates us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialUse {
+    /// An API request (manifests, tags): the registry's own host only.
+    Registry,
+    /// The token endpoint a bearer challenge names: it may be another host (Docker Hub's is
+    /// `auth.docker.io`), but only over https, or plain http on loopback.
+    TokenRealm,
+}
+
+/// Whether `url` may be sent credentials or a token meant for `registry` (`host[:port]`). A
+/// pagination link or a challenge is the registry's to write, and a hostile one must not be
+/// able to send our credentials elsewhere or over plain http.
+pub fn may_authenticate(url: &str, registry: &str, to: CredentialUse) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let authority = match u.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let secure = match u.scheme() {
+        "https" => true,
+        "http" => is_loopback(&authority),
+        _ => false,
+    };
+    let same_host = authority.eq_ignore_ascii_case(registry)
+        || (registry == "registry-1.docker.io" && host.eq_ignore_ascii_case(registry));
+    secure && (same_host || to == CredentialUse::TokenRealm)
+}
+
 /// One `WWW-Authenticate` challenge: scheme and parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -481,7 +515,9 @@ impl Resolver {
             .http
             .request(method, url)
             .header(ACCEPT, MANIFEST_TYPES);
-        if let Some(auth) = &self.authorization {
+        if let Some(auth) = &self.authorization
+            && may_authenticate(url, &self.repo.registry, CredentialUse::Registry)
+        {
             req = req.header(AUTHORIZATION, auth);
         }
         req.send().await.map_err(|e| self.unreachable(e))
@@ -506,6 +542,12 @@ impl Resolver {
         }
         let mut req = self.http.get(realm).query(&query);
         if let Some((user, pass)) = &self.credentials {
+            if !may_authenticate(realm, &self.repo.registry, CredentialUse::TokenRealm) {
+                return Err(self.unauthorized(&format!(
+                    "the registry's token endpoint {realm} is not https (nor loopback): not sending \
+                     credentials there"
+                )));
+            }
             req = req.basic_auth(user, Some(pass));
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
@@ -668,6 +710,99 @@ mod tests {
             "Bearer novalue",
         ] {
             assert_eq!(parse_challenge(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_registry_over_https_or_loopback() {
+        use CredentialUse::{Registry, TokenRealm};
+        let table = [
+            (
+                "https://reg.example.com/v2/a/tags/list",
+                "reg.example.com",
+                Registry,
+                true,
+            ),
+            (
+                "https://reg.example.com:5000/v2/x",
+                "reg.example.com:5000",
+                Registry,
+                true,
+            ),
+            (
+                "http://reg.example.com/v2/x",
+                "reg.example.com",
+                Registry,
+                false,
+            ),
+            (
+                "https://evil.example/v2/x",
+                "reg.example.com",
+                Registry,
+                false,
+            ),
+            (
+                "https://reg.example.com.evil.example/v2",
+                "reg.example.com",
+                Registry,
+                false,
+            ),
+            (
+                "https://reg.example.com:444/v2/x",
+                "reg.example.com",
+                Registry,
+                false,
+            ),
+            (
+                "http://127.0.0.1:5000/v2/x",
+                "127.0.0.1:5000",
+                Registry,
+                true,
+            ),
+            (
+                "http://127.0.0.1:5001/v2/x",
+                "127.0.0.1:5000",
+                Registry,
+                false,
+            ),
+            (
+                "https://registry-1.docker.io/v2/x",
+                "registry-1.docker.io",
+                Registry,
+                true,
+            ),
+            (
+                "https://auth.docker.io/token",
+                "registry-1.docker.io",
+                TokenRealm,
+                true,
+            ),
+            (
+                "http://auth.example/token",
+                "reg.example.com",
+                TokenRealm,
+                false,
+            ),
+            (
+                "http://127.0.0.1:9/token",
+                "127.0.0.1:5000",
+                TokenRealm,
+                true,
+            ),
+            (
+                "ftp://reg.example.com/x",
+                "reg.example.com",
+                TokenRealm,
+                false,
+            ),
+            ("not a url", "reg.example.com", Registry, false),
+        ];
+        for (url, registry, to, want) in table {
+            assert_eq!(
+                may_authenticate(url, registry, to),
+                want,
+                "{url} for {registry} ({to:?})"
+            );
         }
     }
 
