@@ -221,23 +221,7 @@ fn each_demo_version_behaves_as_its_name_says() -> anyhow::Result<()> {
     // v4 exits 3 right after starting.
     let v4 = format!("{run_id}-v4");
     let started = Instant::now();
-    run_labelled(
-        &v4,
-        &images.v(4).pinned(),
-        &["--label", &format!("{TEST_LABEL}={run_id}")],
-    )?;
-    let code = wait_until("v4 to exit", Duration::from_secs(20), || {
-        match docker(&[
-            "inspect",
-            "--format",
-            "{{.State.Running}} {{.State.ExitCode}}",
-            &v4,
-        ]) {
-            Ok(s) if s.starts_with("false") => Ok(s.trim().to_string()),
-            other => Err(format!("{other:?}")),
-        }
-    })?;
-    assert_eq!(code, "false 3");
+    assert_eq!(run_until_exit(&v4, &images.v(4).pinned(), &run_id)?, 3);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "v4 took {:?} to crash",
@@ -247,23 +231,7 @@ fn each_demo_version_behaves_as_its_name_says() -> anyhow::Result<()> {
 
     // v6 serves for a moment, then exits 1 (a crash loop under a restart policy).
     let v6 = format!("{run_id}-v6");
-    run_labelled(
-        &v6,
-        &images.v(6).pinned(),
-        &["--label", &format!("{TEST_LABEL}={run_id}")],
-    )?;
-    let code = wait_until("v6 to exit", Duration::from_secs(20), || {
-        match docker(&[
-            "inspect",
-            "--format",
-            "{{.State.Running}} {{.State.ExitCode}}",
-            &v6,
-        ]) {
-            Ok(s) if s.starts_with("false") => Ok(s.trim().to_string()),
-            other => Err(format!("{other:?}")),
-        }
-    })?;
-    assert_eq!(code, "false 1");
+    assert_eq!(run_until_exit(&v6, &images.v(6).pinned(), &run_id)?, 1);
     assert!(container_logs(&v6)?.contains("dying as configured"));
 
     // Migrations: v2 appends one line per run to the mounted file; v5 fails and writes nothing.
@@ -372,4 +340,27 @@ fn sshd_lets_in_the_authorized_key_only() -> anyhow::Result<()> {
         "{unknown_host:?}"
     );
     Ok(())
+}
+
+/// Runs `image` as `name` (labelled for cleanup) and waits for it to stop: its exit code.
+fn run_until_exit(name: &str, image: &str, run_id: &str) -> anyhow::Result<i64> {
+    run_labelled(name, image, &["--label", &format!("{TEST_LABEL}={run_id}")])?;
+    let code = wait_until(
+        &format!("{name} to exit"),
+        Duration::from_secs(20),
+        || match docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Running}} {{.State.ExitCode}}",
+            name,
+        ]) {
+            Ok(s) if s.starts_with("false ") => s
+                .trim()
+                .trim_start_matches("false ")
+                .parse::<i64>()
+                .map_err(|e| format!("{s:?}: {e}")),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    Ok(code)
 }
