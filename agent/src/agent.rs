@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::accept::AcceptPolicy;
+
+use crate::host_files::Filesystem;
 use proto::time::Timestamp;
 use proto::wire::{
     AgentStatus, Health, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, Phase, Refusal,
@@ -199,14 +201,38 @@ impl<B: Backend> Agent<B> {
                 });
             }
         };
-        let policy = AcceptPolicy::new(
+        let host_keys = match self.config.load_host_keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::error!("{e}");
+                return Submitted::Refused(Refusal {
+                    kind: RefusalKind::Internal,
+                    message: format!(
+                        "this agent cannot read its host keys, so it cannot tell which orders are \
+                         bound to this host: {e}"
+                    ),
+                    holder: None,
+                });
+            }
+        };
+        let mut policy = AcceptPolicy::new(
             &self.config.host,
             &self.config.env,
             signers,
             self.config.allowed_images.clone(),
         );
-        let accepted =
-            blocking(|| replay::admit(&signed, &policy, Timestamp::now(), &mut lock(&self.replay)));
+        policy.host_policy = self.config.policy.clone();
+        policy.host_keys = host_keys;
+        let files = Filesystem::new();
+        let accepted = blocking(|| {
+            replay::admit(
+                &signed,
+                &policy,
+                Timestamp::now(),
+                &mut lock(&self.replay),
+                &files,
+            )
+        });
         let accepted = match accepted {
             Ok(a) => a,
             Err(rejection) => {

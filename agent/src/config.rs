@@ -7,8 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proto::policy::HostPolicy;
 use proto::sign::{AllowedSigners, AllowedSignersError};
 use serde::Deserialize;
+
+mod policy;
+pub use policy::DEFAULT_HOST_KEY_DIR;
 
 /// Where `deploy-agent run` and `check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/deploy-agent/agent.toml";
@@ -35,6 +39,10 @@ pub struct AgentConfig {
     /// How long a SIGTERM waits for running jobs before the agent exits anyway (the next start
     /// recovers whatever was left unfinished).
     pub shutdown_grace: Duration,
+    /// `[policy]`: what any order may ask of this host.
+    pub policy: HostPolicy,
+    /// Files holding this host's SSH public keys; None: sshd's, in [`DEFAULT_HOST_KEY_DIR`].
+    pub host_keys: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +64,10 @@ struct RawConfig {
     socket_group: Option<String>,
     #[serde(default = "default_shutdown_grace", with = "proto::time::duration")]
     shutdown_grace: Duration,
+    #[serde(default)]
+    policy: policy::RawPolicy,
+    #[serde(default)]
+    host_keys: Option<Vec<PathBuf>>,
 }
 
 fn default_socket() -> PathBuf {
@@ -157,6 +169,7 @@ impl AgentConfig {
                 "socket_group is empty; leave it out to keep the agent's own group".into(),
             ));
         }
+        let policy = policy::host_policy(raw.policy).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         Ok(AgentConfig {
@@ -170,6 +183,10 @@ impl AgentConfig {
             health_interval: raw.health_interval,
             socket_group: raw.socket_group,
             shutdown_grace: raw.shutdown_grace,
+            policy,
+            host_keys: raw
+                .host_keys
+                .map(|keys| keys.into_iter().map(resolve).collect()),
         })
     }
 }
@@ -210,6 +227,14 @@ impl AgentConfig {
             source,
         })?;
         Ok(AllowedSigners::parse(&text, &path.display().to_string())?)
+    }
+
+    /// `SHA256:…` of each of this host's SSH host keys, read for every order like
+    /// `allowed_signers`, so a rotated host key counts at once.
+    pub fn load_host_keys(&self) -> Result<Vec<String>, String> {
+        let files =
+            policy::host_key_files(self.host_keys.as_deref(), Path::new(DEFAULT_HOST_KEY_DIR));
+        policy::host_key_fingerprints(&files)
     }
 }
 

@@ -229,6 +229,7 @@ pub(crate) mod tests {
             rollout_id: format!("r-{id}"),
             env: "staging".into(),
             host: "h1".into(),
+            host_key: None,
             issued_at: Timestamp::from_unix_secs(1_800_000_000),
             not_after: Timestamp::from_unix_secs(1_800_000_600),
             issued_by: "ci".into(),

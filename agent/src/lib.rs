@@ -22,6 +22,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod host_files;
 pub mod index;
 pub mod job;
 pub mod journal;
@@ -117,6 +118,38 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// `[policy]` as check-config shows it: what any order may ask of this host.
+fn policy_summary(p: &proto::policy::HostPolicy) -> String {
+    let list = |items: &[String], none: &str| {
+        if items.is_empty() {
+            none.to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let ports: Vec<String> = p
+        .ports
+        .iter()
+        .map(|r| format!("{}-{}", r.start(), r.end()))
+        .collect();
+    let apps: Vec<String> = p
+        .apps
+        .iter()
+        .map(|(who, apps)| format!("{who} → {}", apps.join(" ")))
+        .collect();
+    format!(
+        "\n  policy: volumes {} · networks {} · files {} · ports {} · max_validity {} · apps {}",
+        list(&p.volumes, "named only"),
+        p.networks
+            .as_deref()
+            .map_or("any user network".to_string(), |n| list(n, "none")),
+        list(&p.files, "none"),
+        ports.join(","),
+        proto::time::format_duration(p.max_validity),
+        list(&apps, "any signer"),
+    )
+}
+
 /// `deploy-agent check-config`: what `run` would load, reported without starting.
 pub fn check_config(config_path: &Path) -> Result<String, Error> {
     let config = AgentConfig::load(config_path)?;
@@ -141,6 +174,16 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         config.allowed_images.join(", "),
         proto::time::format_duration(config.health_interval),
     );
+    let host_keys = config.load_host_keys().map_err(Error::Trust)?;
+    report.push_str(&format!(
+        "\n  host_keys {}",
+        if host_keys.is_empty() {
+            "none found: orders over SSH (bound to a host key) will be refused".to_string()
+        } else {
+            host_keys.join(", ")
+        }
+    ));
+    report.push_str(&policy_summary(&config.policy));
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use deploy::durable;
 use proto::accept::{AcceptPolicy, Accepted, Rejection, SeenOrders, accept};
+use proto::policy::HostFiles;
 use proto::time::Timestamp;
 use proto::wire::SignedOrder;
 use serde::{Deserialize, Serialize};
@@ -42,8 +43,9 @@ pub fn admit(
     policy: &AcceptPolicy,
     now: Timestamp,
     store: &mut ReplayStore,
+    files: &dyn HostFiles,
 ) -> Result<Accepted, Rejection> {
-    let accepted = accept(signed, policy, now, &*store)?;
+    let accepted = accept(signed, policy, now, &*store, files)?;
     // Not applied twice means not applied at all unless the id is safely on disk.
     store
         .remember(&accepted.order.order_id, accepted.remember_until, now)
@@ -149,6 +151,7 @@ mod tests {
     use proto::wire::RefusalKind;
 
     use super::*;
+    use crate::host_files::Filesystem;
     use crate::journal::tests::order;
 
     fn key() -> PrivateKey {
@@ -227,15 +230,17 @@ mod tests {
         let path = dir.path().join("replay.json");
         let (order, now) = signed("o1");
         let mut store = ReplayStore::open(&path, now).unwrap();
-        let accepted = admit(&order, &policy(), now, &mut store).unwrap();
+        let accepted = admit(&order, &policy(), now, &mut store, &Filesystem::new()).unwrap();
         assert_eq!(accepted.order.order_id, "o1");
         assert_eq!(
-            admit(&order, &policy(), now, &mut store).unwrap_err().kind,
+            admit(&order, &policy(), now, &mut store, &Filesystem::new())
+                .unwrap_err()
+                .kind,
             RefusalKind::Replayed
         );
         let mut reopened = ReplayStore::open(&path, now).unwrap();
         assert_eq!(
-            admit(&order, &policy(), now, &mut reopened)
+            admit(&order, &policy(), now, &mut reopened, &Filesystem::new())
                 .unwrap_err()
                 .kind,
             RefusalKind::Replayed
@@ -251,7 +256,7 @@ mod tests {
         wrong_host.host = "elsewhere".into();
         let now = wrong_host.issued_at;
         let signed = proto::sign::sign_order(&key(), &wrong_host).unwrap();
-        let r = admit(&signed, &policy(), now, &mut store).unwrap_err();
+        let r = admit(&signed, &policy(), now, &mut store, &Filesystem::new()).unwrap_err();
         assert_eq!(r.kind, RefusalKind::HostMismatch);
         assert!(!store.seen("o2"), "a refused order must not be remembered");
         assert!(!dir.path().join("replay.json").exists());
@@ -265,7 +270,7 @@ mod tests {
         let (order, now) = signed("o3");
         let mut store = ReplayStore::open(&path, now).unwrap();
         std::fs::remove_dir(path.parent().unwrap()).unwrap();
-        let r = admit(&order, &policy(), now, &mut store).unwrap_err();
+        let r = admit(&order, &policy(), now, &mut store, &Filesystem::new()).unwrap_err();
         assert_eq!(r.kind, RefusalKind::Internal, "{r}");
         assert!(
             r.message

@@ -218,6 +218,7 @@ shutdown_grace = "10s"
             rollout_id: rollout.into(),
             env: "staging".into(),
             host: "h1".into(),
+            host_key: None,
             issued_at: now,
             not_after: now.plus(Duration::from_secs(600)),
             issued_by: "test@laptop".into(),

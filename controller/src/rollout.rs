@@ -289,8 +289,8 @@ fn first_job<K: AgentConn>(
         Start::Submit => {
             let migrate = i == 0 && spec.migrate_first;
             let target = (&spec.image, spec.reference.as_str());
-            let host = &link.conn.peer().host;
-            let order = decide::build_order(cfg, spec, host, spec.action, target, migrate);
+            let order =
+                decide::build_order(cfg, spec, link.conn.peer(), spec.action, target, migrate);
             (Job::Submit(Box::new(order)), migrate)
         }
     }
@@ -316,8 +316,8 @@ async fn revert<C: Connector, S: OrderSigner>(
     let runs = links.iter_mut().enumerate().filter_map(|(i, link)| {
         let r = plan.iter().find(|r| r.host == i)?;
         let target = (&r.image, r.reference.as_str());
-        let host = &link.conn.peer().host;
-        let order = decide::build_order(d.cfg, spec, host, Action::Rollback, target, false);
+        let peer = link.conn.peer();
+        let order = decide::build_order(d.cfg, spec, peer, Action::Rollback, target, false);
         Some(async move { (i, run_job(d, link, Job::Submit(Box::new(order))).await) })
     });
     let mut rollbacks = BTreeMap::new();

@@ -149,9 +149,14 @@ impl ConnectOptions {
 /// Who answered the `hello`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
+    /// The name the agent gives itself; shown, never trusted to bind an order.
     pub host: String,
     pub env: String,
     pub agent_version: String,
+    /// Over SSH: `SHA256:…` of the host key checked against known_hosts. Orders carry it, and
+    /// an agent refuses an order whose key is not one of its host's own, so a login on one
+    /// host that claims another host's name gets nothing valid for that other host.
+    pub host_key: Option<String>,
 }
 
 /// How a submitted or watched order ended.
@@ -344,6 +349,8 @@ struct HostKeyCheck {
     known_hosts_path: PathBuf,
     known: KnownHosts,
     refusal: Arc<Mutex<Option<TransportError>>>,
+    /// The fingerprint of the key that passed the check.
+    verified: Arc<Mutex<Option<String>>>,
 }
 
 impl client::Handler for HostKeyCheck {
@@ -373,7 +380,12 @@ impl client::Handler for HostKeyCheck {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let line = known_hosts::line_to_add(&self.host, self.port, algorithm, blob);
         let problem = match self.known.check(&self.host, self.port, algorithm, blob) {
-            Verdict::Known => return Ok(true),
+            Verdict::Known => {
+                if let Ok(mut slot) = self.verified.lock() {
+                    *slot = Some(fingerprint);
+                }
+                return Ok(true);
+            }
             Verdict::Unknown => TransportError::HostKeyUnknown {
                 host: display,
                 known_hosts: path,
@@ -459,12 +471,14 @@ async fn connect_ssh(t: &SshTarget, opts: &ConnectOptions) -> Result<Connection,
         }
     };
     let refusal = Arc::new(Mutex::new(None));
+    let verified = Arc::new(Mutex::new(None));
     let handler = HostKeyCheck {
         host: t.addr.clone(),
         port: t.port,
         known_hosts_path: opts.known_hosts.clone(),
         known: KnownHosts::parse(&known_text),
         refusal: refusal.clone(),
+        verified: verified.clone(),
     };
     let tcp = tokio::net::TcpStream::connect((t.addr.as_str(), t.port))
         .await
@@ -542,7 +556,9 @@ async fn connect_ssh(t: &SshTarget, opts: &ConnectOptions) -> Result<Connection,
         remote,
         pump,
     };
-    greet(AgentStream::new(conn_read, writer), Some(link), opts).await
+    let mut conn = greet(AgentStream::new(conn_read, writer), Some(link), opts).await?;
+    conn.peer.host_key = verified.lock().ok().and_then(|mut k| k.take());
+    Ok(conn)
 }
 
 /// Tries ssh-agent keys, then key files, like `ssh` does.
@@ -708,7 +724,8 @@ mod tests {
             Peer {
                 host: "h1".into(),
                 env: "staging".into(),
-                agent_version: "9.9".into()
+                agent_version: "9.9".into(),
+                host_key: None,
             }
         );
         let err = conn.history(3).await.unwrap_err();

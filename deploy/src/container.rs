@@ -263,7 +263,12 @@ impl ContainerService<'_> {
         {
             rt.remove_container(&old.id).await.map_err(engine)?;
         }
-        if let Some(net) = &p.spec.network {
+        if let Some(net) = p
+            .spec
+            .network
+            .as_ref()
+            .filter(|n| proto::spec::is_user_network(n))
+        {
             rt.ensure_network(net).await.map_err(engine)?;
         }
         let mut labels = cx.container_labels(p.name);

@@ -140,9 +140,11 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             .get_or_insert_with(Vec::new)
             .push(binding);
     }
+    // Aliases exist only on user-defined networks; the engine refuses them with a network mode.
     let networking_config = spec
         .network
         .as_ref()
+        .filter(|(_, aliases)| !aliases.is_empty())
         .map(|(net, aliases)| NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 net.clone(),

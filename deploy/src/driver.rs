@@ -157,7 +157,7 @@ fn parts<'a>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("service {name}: {e}"))?;
     for v in &spec.volumes {
-        plan::check_volume(v).map_err(|e| format!("service {name}: {e}"))?;
+        proto::spec::parse_volume(v).map_err(|e| format!("service {name}: {e}"))?;
     }
     let env = match &spec.env_file {
         None => Vec::new(),

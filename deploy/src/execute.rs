@@ -157,7 +157,7 @@ impl<'c, 'a> Executor<'c, 'a> {
                     rt.rename_container(id, name)
                 })
                 .await?;
-                if !alias && let Some(net) = &self.svc.spec.network {
+                if !alias && let Some(net) = self.user_network() {
                     // A candidate answers to the service name only once proven.
                     let c = self.inspect(id).await?;
                     if c.networks.contains_key(net) {
@@ -224,8 +224,18 @@ impl<'c, 'a> Executor<'c, 'a> {
             .await
     }
 
+    /// The service's network when it is a user-defined one: only there do containers join,
+    /// leave and answer to the service's name; a network mode (`host`, …) is set at creation.
+    fn user_network(&self) -> Option<&str> {
+        self.svc
+            .spec
+            .network
+            .as_deref()
+            .filter(|n| proto::spec::is_user_network(n))
+    }
+
     async fn ensure_network(&self) -> Result<(), StepError> {
-        if let Some(net) = &self.svc.spec.network {
+        if let Some(net) = self.user_network() {
             let rt = &self.cx.e.rt;
             self.call(&format!("create the network {net}"), || {
                 rt.ensure_network(net)
@@ -238,7 +248,7 @@ impl<'c, 'a> Executor<'c, 'a> {
     /// Joins the service network if the container is not on it (a version set aside by a
     /// start-first switch was taken off it), answering as the service only when `alias`.
     async fn join_network(&self, id: &str, alias: bool) -> Result<(), StepError> {
-        let Some(net) = &self.svc.spec.network else {
+        let Some(net) = self.user_network() else {
             return Ok(());
         };
         let c = self.inspect(id).await?;
@@ -271,7 +281,7 @@ impl<'c, 'a> Executor<'c, 'a> {
             network: s.spec.network.as_ref().map(|n| {
                 (
                     n.clone(),
-                    if alias {
+                    if alias && proto::spec::is_user_network(n) {
                         vec![s.name.to_string()]
                     } else {
                         Vec::new()
@@ -351,7 +361,7 @@ impl<'c, 'a> Executor<'c, 'a> {
                 self.name_of(old)
             ),
         );
-        if let Some(net) = &self.svc.spec.network {
+        if let Some(net) = self.user_network() {
             // Answer as the service on the new container first, then take the old one off the
             // network, so the name always resolves to a healthy container.
             let alias = [self.svc.name.to_string()];

@@ -369,6 +369,7 @@ fn order(n: u8) -> Order {
         rollout_id: format!("rollout{n}"),
         env: "prod".into(),
         host: "h1".into(),
+        host_key: None,
         issued_at: now,
         not_after: now.plus(Duration::from_secs(60)),
         issued_by: "test".into(),

@@ -9,6 +9,7 @@ use proto::order::HealthSpec;
 use proto::wire::Health;
 
 use crate::runtime::{CheckStatus, ContainerInfo, PortMapping, RunState, RuntimeError};
+pub use proto::spec::parse_port;
 
 /// How many stopped versions per service are kept for instant rollback.
 pub const RETAINED_VERSIONS: usize = 3;
@@ -19,83 +20,9 @@ pub const LOG_TAIL_LINES: usize = 20;
 // ---------------------------------------------------------------------------------------------
 // Spec parsing
 
-/// `8080`, `8080:80`, `127.0.0.1:8080:80`, each optionally with `/tcp` or `/udp`.
-pub fn parse_port(s: &str) -> Result<PortMapping, String> {
-    let bad = |why: &str| {
-        format!("bad port {s:?}: {why} (expected [host_ip:][host_port:]container_port[/tcp|/udp])")
-    };
-    let (spec, protocol) = match s.rsplit_once('/') {
-        Some((spec, proto @ ("tcp" | "udp" | "sctp"))) => (spec, proto.to_string()),
-        Some(_) => return Err(bad("unknown protocol")),
-        None => (s, "tcp".to_string()),
-    };
-    let port = |p: &str| -> Result<u16, String> {
-        match p.parse::<u16>() {
-            Ok(0) | Err(_) => Err(bad(&format!("{p:?} is not a port number"))),
-            Ok(n) => Ok(n),
-        }
-    };
-    let parts: Vec<&str> = spec.split(':').collect();
-    let (host_ip, host_port, container_port) = match parts.as_slice() {
-        [c] => (None, None, port(c)?),
-        [h, c] => (None, Some(port(h)?), port(c)?),
-        [ip, h, c] => {
-            if ip.is_empty() || ip.parse::<std::net::Ipv4Addr>().is_err() {
-                return Err(bad(&format!("{ip:?} is not an IPv4 address")));
-            }
-            let host_port = if h.is_empty() { None } else { Some(port(h)?) };
-            (Some(ip.to_string()), host_port, port(c)?)
-        }
-        _ => return Err(bad("too many ':'")),
-    };
-    Ok(PortMapping {
-        host_ip,
-        host_port,
-        container_port,
-        protocol,
-    })
-}
-
 /// A fixed host port cannot be bound by two containers at once, which rules out start-first.
 pub fn binds_fixed_host_port(ports: &[PortMapping]) -> bool {
     ports.iter().any(|p| p.host_port.is_some())
-}
-
-/// `name:/path[:ro|rw]` or `/host/path:/path[:ro|rw]`.
-pub fn check_volume(s: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        format!("bad volume {s:?}: {why} (expected name:/path or /host/path:/path, optional :ro)")
-    };
-    let parts: Vec<&str> = s.split(':').collect();
-    const OPTIONS: &[&str] = &[
-        "ro",
-        "rw",
-        "z",
-        "Z",
-        "nocopy",
-        "consistent",
-        "cached",
-        "delegated",
-        "shared",
-        "slave",
-        "private",
-        "rshared",
-        "rslave",
-        "rprivate",
-    ];
-    let (source, target) = match parts.as_slice() {
-        [src, dst] => (*src, *dst),
-        [src, dst, opts] if opts.split(',').all(|o| OPTIONS.contains(&o)) => (*src, *dst),
-        [_, _, _] => return Err(bad("unknown option (ro, rw, z, Z, nocopy, …)")),
-        _ => return Err(bad("needs a source and a target")),
-    };
-    if source.is_empty() {
-        return Err(bad("empty source"));
-    }
-    if !target.starts_with('/') {
-        return Err(bad("the target must be an absolute path"));
-    }
-    Ok(())
 }
 
 /// Reads an env file the way `docker run --env-file` does: `KEY=VALUE` per line, the value
@@ -506,65 +433,9 @@ mod tests {
     }
 
     #[test]
-    fn ports_parse_or_explain() {
-        let ok = [
-            ("8080", None, None, 8080, "tcp"),
-            ("8080:80", None, Some(8080), 80, "tcp"),
-            (
-                "127.0.0.1:8080:8080",
-                Some("127.0.0.1"),
-                Some(8080),
-                8080,
-                "tcp",
-            ),
-            ("127.0.0.1::8080", Some("127.0.0.1"), None, 8080, "tcp"),
-            ("53:53/udp", None, Some(53), 53, "udp"),
-        ];
-        for (input, ip, host, container, proto) in ok {
-            let p = parse_port(input).unwrap_or_else(|e| panic!("{input}: {e}"));
-            assert_eq!(p.host_ip.as_deref(), ip, "{input}");
-            assert_eq!(p.host_port, host, "{input}");
-            assert_eq!(p.container_port, container, "{input}");
-            assert_eq!(p.protocol, proto, "{input}");
-        }
-        for bad in [
-            "",
-            "http",
-            "0",
-            "70000",
-            "8080:",
-            "a:b:c:d",
-            "8080/ftp",
-            "localhost:80:80",
-            ":80",
-        ] {
-            assert!(parse_port(bad).is_err(), "{bad:?} should be refused");
-        }
+    fn a_fixed_host_port_rules_out_start_first() {
         assert!(binds_fixed_host_port(&[parse_port("8080:80").unwrap()]));
         assert!(!binds_fixed_host_port(&[parse_port("80").unwrap()]));
-    }
-
-    #[test]
-    fn volumes_are_checked() {
-        for ok in [
-            "acme-data:/data",
-            "/srv/x:/x",
-            "/srv/x:/x:ro",
-            "v:/data:rw",
-            "/srv/x:/x:ro,Z",
-        ] {
-            assert!(check_volume(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "data",
-            ":/data",
-            "v:data",
-            "v:/data:rx",
-            "v:/data:ro,",
-            "a:b:c:d",
-        ] {
-            assert!(check_volume(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

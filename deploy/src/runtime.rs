@@ -111,14 +111,7 @@ pub struct ImageInfo {
     pub repo_digests: Vec<String>,
 }
 
-/// One published port: `[host_ip:][host_port:]container_port[/proto]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortMapping {
-    pub host_ip: Option<String>,
-    pub host_port: Option<u16>,
-    pub container_port: u16,
-    pub protocol: String,
-}
+pub use proto::spec::PortMapping;
 
 /// Everything needed to create one container.
 #[derive(Debug, Clone, PartialEq, Eq)]

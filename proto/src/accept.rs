@@ -4,8 +4,9 @@
 //!
 //! The checks run in a fixed order so that nothing is parsed before it is authenticated and
 //! the cheapest refusal wins: size → signature over the payload bytes → strict JSON → env →
-//! host → validity window (with skew) → replay → image repository. Whether a rollout already
-//! holds the service is the agent's call, not this module's.
+//! host (name, then host key) → validity window (with skew) → replay → image repository →
+//! host policy ([`crate::policy`]). Whether a rollout already holds the service is the agent's
+//! call, not this module's.
 //!
 //! Replay protection needs memory that survives restarts, which is the agent's: it remembers
 //! the id of an accepted order durably, until [`Accepted::remember_until`], before the order
@@ -16,6 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::order::Order;
+use crate::policy::{HostFiles, HostPolicy};
 use crate::sign::{AllowedSigners, Verified, VerifyError, verify_at};
 use crate::time::Timestamp;
 use crate::wire::{Refusal, RefusalKind, SignedOrder};
@@ -39,6 +41,11 @@ pub struct AcceptPolicy {
     pub allowed_images: Vec<String>,
     pub max_skew: Duration,
     pub max_payload: usize,
+    /// What an order may ask of this host.
+    pub host_policy: HostPolicy,
+    /// `SHA256:…` fingerprints of this host's SSH host keys: an order that names a
+    /// `host_key` must name one of these.
+    pub host_keys: Vec<String>,
 }
 
 impl AcceptPolicy {
@@ -56,6 +63,8 @@ impl AcceptPolicy {
             allowed_images,
             max_skew: DEFAULT_MAX_SKEW,
             max_payload: DEFAULT_MAX_PAYLOAD,
+            host_policy: HostPolicy::default(),
+            host_keys: Vec::new(),
         }
     }
 }
@@ -122,12 +131,14 @@ impl From<Rejection> for Refusal {
 }
 
 /// Runs every acceptance check against `signed` at `now`; `seen` answers whether an order id
-/// was accepted before. Remembering the id of an accepted order is the caller's next step.
+/// was accepted before, `files` what the host holds at the paths the order names. Remembering
+/// the id of an accepted order is the caller's next step.
 pub fn accept(
     signed: &SignedOrder,
     policy: &AcceptPolicy,
     now: Timestamp,
     seen: &dyn SeenOrders,
+    files: &dyn HostFiles,
 ) -> Result<Accepted, Rejection> {
     use RefusalKind as K;
 
@@ -190,6 +201,27 @@ pub fn accept(
             ),
         ));
     }
+    if let Some(key) = order
+        .host_key
+        .as_ref()
+        .filter(|k| !policy.host_keys.contains(k))
+    {
+        return Err(Rejection::new(
+            K::HostMismatch,
+            if policy.host_keys.is_empty() {
+                format!(
+                    "order is bound to host key {key}, but this agent knows none of its host's keys \
+                     (set host_keys in agent.toml)"
+                )
+            } else {
+                format!(
+                    "order is bound to host key {key}, which is not one of this host's keys {:?}: \
+                     it was issued for another machine",
+                    policy.host_keys
+                )
+            },
+        ));
+    }
     let skew = humantime::format_duration(policy.max_skew);
     if order.issued_at > now.plus(policy.max_skew) {
         return Err(Rejection::new(
@@ -238,6 +270,9 @@ pub fn accept(
             },
         ));
     }
+
+    crate::policy::check(&order, &signer.principal, &policy.host_policy, files)
+        .map_err(|denial| Rejection::new(K::PolicyDenied, denial.to_string()))?;
 
     let remember_until = order.not_after.plus(policy.max_skew);
     Ok(Accepted {
@@ -316,6 +351,85 @@ pub fn repository_matches(pattern: &str, repository: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::EmptyHost;
+
+    /// A policy trusting one key, and an order from that key for `web-1` shaped by `adjust`.
+    fn signed(adjust: impl FnOnce(&mut Order)) -> (SignedOrder, AcceptPolicy) {
+        let key = crate::sign::ed25519_key(&[7; 32], "ci");
+        let line = crate::sign::allowed_signers_line("ci@acme", key.public_key()).unwrap();
+        let signers = AllowedSigners::parse(&line, "test").unwrap();
+        let policy = AcceptPolicy::new("web-1", "prod", signers, vec!["reg/acme/*".into()]);
+        let now = Timestamp::now();
+        let mut order: Order = serde_json::from_value(serde_json::json!({
+            "order_id": "o1", "rollout_id": "r1", "env": "prod", "host": "web-1",
+            "issued_at": now, "not_after": now.plus(Duration::from_secs(600)),
+            "issued_by": "ci", "action": "deploy",
+            "image": "reg/acme/web@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "ref": "v1", "run_migration": false, "app": "acme", "services": {"web": {}}
+        }))
+        .unwrap();
+        adjust(&mut order);
+        (crate::sign::sign_order(&key, &order).unwrap(), policy)
+    }
+
+    fn verdict(signed: &SignedOrder, policy: &AcceptPolicy) -> Result<(), (RefusalKind, String)> {
+        accept(
+            signed,
+            policy,
+            Timestamp::now(),
+            &BTreeSet::new(),
+            &EmptyHost,
+        )
+        .map(drop)
+        .map_err(|r| (r.kind, r.message))
+    }
+
+    #[test]
+    fn an_order_bound_to_a_host_key_needs_that_key_on_this_host() {
+        let mine = "SHA256:mine".to_string();
+        let (to_me, mut policy) = signed(|o| o.host_key = Some(mine.clone()));
+        let (to_other, _) = signed(|o| o.host_key = Some("SHA256:other".into()));
+        let (unbound, _) = signed(|_| {});
+
+        let (kind, message) = verdict(&to_me, &policy).unwrap_err();
+        assert_eq!(kind, RefusalKind::HostMismatch);
+        assert!(
+            message.contains("knows none of its host's keys"),
+            "{message}"
+        );
+
+        policy.host_keys = vec!["SHA256:first".into(), mine];
+        assert_eq!(verdict(&to_me, &policy), Ok(()));
+        let (kind, message) = verdict(&to_other, &policy).unwrap_err();
+        assert_eq!(kind, RefusalKind::HostMismatch);
+        assert!(
+            message.contains("SHA256:other") && message.contains("another machine"),
+            "{message}"
+        );
+        assert_eq!(verdict(&unbound, &policy), Ok(()), "a local socket's order");
+    }
+
+    #[test]
+    fn the_host_policy_is_the_last_check_and_names_its_rule() {
+        let (signed, mut policy) = signed(|o| {
+            o.services.get_mut("web").unwrap().volumes = vec!["/:/host".into()];
+        });
+        let (kind, message) = verdict(&signed, &policy).unwrap_err();
+        assert_eq!(kind, RefusalKind::PolicyDenied);
+        assert!(
+            message.starts_with("[policy] volumes denies services.web.volumes[0]"),
+            "{message}"
+        );
+        assert_eq!(kind.to_string(), "policy-denied");
+        policy.host_policy.volumes = vec!["/".into()];
+        assert_eq!(verdict(&signed, &policy), Ok(()));
+        // An image outside allowed_images is refused as such before the policy is consulted.
+        policy.allowed_images = vec!["reg/other/*".into()];
+        assert_eq!(
+            verdict(&signed, &policy).unwrap_err().0,
+            RefusalKind::ImageNotAllowed
+        );
+    }
 
     #[test]
     fn image_patterns() {

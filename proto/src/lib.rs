@@ -14,8 +14,10 @@ pub mod accept;
 pub mod codec;
 pub mod order;
 pub mod pattern;
+pub mod policy;
 pub mod registry;
 pub mod sign;
+pub mod spec;
 pub mod time;
 pub mod wire;
 

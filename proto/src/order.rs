@@ -27,6 +27,10 @@ pub struct Order {
     pub rollout_id: String,
     pub env: String,
     pub host: String,
+    /// Over SSH: `SHA256:…` of the host key the controller verified. The agent refuses the
+    /// order unless it is one of its own host's keys; orders to a local socket carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
     pub issued_at: Timestamp,
     pub not_after: Timestamp,
     /// Free text for humans: `user@machine`, a CI run URL.

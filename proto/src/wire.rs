@@ -245,6 +245,9 @@ pub enum RefusalKind {
     NotYetValid,
     Replayed,
     ImageNotAllowed,
+    /// The host's `[policy]` forbids what the order asks for; the message names the rule and
+    /// the field.
+    PolicyDenied,
     RolloutInProgress,
     Malformed,
     Oversized,

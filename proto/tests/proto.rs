@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use proto::accept::{AcceptPolicy, DEFAULT_MAX_SKEW, Rejection, accept, repository_matches};
 use proto::codec::{self, CodecError, FrameBuffer, MAX_FRAME};
 use proto::order::{ImageRef, MigrationSpec, Order, ServiceSpec};
+use proto::policy::EmptyHost;
 use proto::sign::{
     AllowedSigners, AllowedSignersError, NAMESPACE, PrivateKey, VerifyError, sign_order, verify,
     verify_at,
@@ -43,6 +44,7 @@ fn order_at(issued_at: Timestamp) -> Order {
         rollout_id: proto::order::new_id(),
         env: ENV.into(),
         host: HOST.into(),
+        host_key: None,
         issued_at,
         not_after: issued_at.plus(proto::order::DEFAULT_VALIDITY),
         issued_by: "tester@laptop".into(),
@@ -100,7 +102,7 @@ fn none_seen() -> BTreeSet<String> {
 }
 
 fn refusal(signed: &SignedOrder, policy: &AcceptPolicy, at: Timestamp) -> Rejection {
-    accept(signed, policy, at, &none_seen()).expect_err("order should be refused")
+    accept(signed, policy, at, &none_seen(), &EmptyHost).expect_err("order should be refused")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,7 +119,14 @@ fn signature_round_trips_through_accept() {
             .starts_with("-----BEGIN SSH SIGNATURE-----")
     );
 
-    let accepted = accept(&signed, &policy(allowed(&key)), now(), &none_seen()).unwrap();
+    let accepted = accept(
+        &signed,
+        &policy(allowed(&key)),
+        now(),
+        &none_seen(),
+        &EmptyHost,
+    )
+    .unwrap();
     assert_eq!(accepted.order, order);
     assert_eq!(accepted.signer.principal, PRINCIPAL);
     assert_eq!(
@@ -235,7 +244,7 @@ fn refused_unknown_signer_outside_valid_window() {
         "as",
     )
     .unwrap();
-    accept(&signed, &policy(inside), now(), &none_seen()).unwrap();
+    accept(&signed, &policy(inside), now(), &none_seen(), &EmptyHost).unwrap();
 }
 
 #[test]
@@ -300,6 +309,7 @@ fn refused_expired_after_not_after_plus_skew() {
         &p,
         o.not_after.plus(Duration::from_secs(59)),
         &none_seen(),
+        &EmptyHost,
     )
     .unwrap();
     let r = refusal(&signed, &p, o.not_after.plus(Duration::from_secs(61)));
@@ -312,7 +322,14 @@ fn refused_not_yet_valid_beyond_skew() {
     let key = test_key(1);
     let p = policy(allowed(&key));
     let near = order_at(now().plus(Duration::from_secs(59)));
-    accept(&sign_with_key(&key, &near), &p, now(), &none_seen()).unwrap();
+    accept(
+        &sign_with_key(&key, &near),
+        &p,
+        now(),
+        &none_seen(),
+        &EmptyHost,
+    )
+    .unwrap();
     let far = order_at(now().plus(Duration::from_secs(61)));
     let r = refusal(&sign_with_key(&key, &far), &p, now());
     assert_eq!(r.kind, RefusalKind::NotYetValid);
@@ -327,10 +344,10 @@ fn refused_replayed() {
     let key = test_key(1);
     let signed = sign_with_key(&key, &order());
     let p = policy(allowed(&key));
-    let accepted = accept(&signed, &p, now(), &none_seen()).unwrap();
+    let accepted = accept(&signed, &p, now(), &none_seen(), &EmptyHost).unwrap();
     // accept only reads what was seen: remembering the id is the agent's step.
     let seen = BTreeSet::from([accepted.order.order_id.clone()]);
-    let r = accept(&signed, &p, now(), &seen).unwrap_err();
+    let r = accept(&signed, &p, now(), &seen, &EmptyHost).unwrap_err();
     assert_eq!(r.kind, RefusalKind::Replayed);
     assert!(r.message.contains("already accepted once"), "{r}");
 }
@@ -344,6 +361,7 @@ fn an_accepted_id_is_to_be_remembered_until_it_would_expire_anyway() {
         &policy(allowed(&key)),
         now(),
         &none_seen(),
+        &EmptyHost,
     )
     .unwrap();
     assert_eq!(accepted.remember_until, o.not_after.plus(DEFAULT_MAX_SKEW));

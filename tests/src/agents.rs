@@ -117,6 +117,12 @@ pub struct AgentSetup {
     pub shutdown_grace: Duration,
     /// allowed_signers lines besides the agent's own test key.
     pub extra_signers: Vec<String>,
+    /// The body of `[policy]`. By default host paths and files anywhere under the temp dir,
+    /// where the tests keep their volumes, env files and compose files.
+    pub policy: String,
+    /// `host_keys`: the public key files of the sshd in front of the agent (none by default:
+    /// a local socket's orders carry no host key).
+    pub host_keys: Vec<PathBuf>,
 }
 
 impl AgentSetup {
@@ -132,15 +138,26 @@ impl AgentSetup {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(60),
             extra_signers: Vec::new(),
+            policy: {
+                let tmp = serde_json::to_string(&std::env::temp_dir().display().to_string())
+                    .unwrap_or_default();
+                format!("volumes = [{tmp}]\nfiles = [{tmp}]\n")
+            },
+            host_keys: Vec::new(),
         }
     }
 
     fn toml(&self, dir: &Path) -> String {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let images: Vec<String> = self.allowed_images.iter().map(|i| q(i)).collect();
+        let host_keys: Vec<String> = self
+            .host_keys
+            .iter()
+            .map(|k| q(&k.display().to_string()))
+            .collect();
         format!(
             "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
-             container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\n",
+             container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
             q(&self.host),
             q(&self.env),
             q(&dir.join("agent.sock").display().to_string()),
@@ -150,6 +167,8 @@ impl AgentSetup {
             q(&self.container_prefix),
             q(&format!("{}ms", self.health_interval.as_millis())),
             q(&format!("{}ms", self.shutdown_grace.as_millis())),
+            host_keys.join(", "),
+            self.policy,
         )
     }
 }
@@ -284,6 +303,15 @@ impl AgentProc {
         self.spawn(&agent_binary()?)
     }
 
+    /// Replaces the body of `[policy]` in agent.toml and restarts the agent to load it.
+    pub fn set_policy(&mut self, policy: &str) -> Result<()> {
+        self.setup.policy = policy.to_string();
+        let config_path = self.config_path();
+        std::fs::write(&config_path, self.setup.toml(self.dir.path()))
+            .ctx(|| format!("writing {}", config_path.display()))?;
+        self.restart()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -363,6 +391,7 @@ impl AgentProc {
             rollout_id: proto::order::new_id(),
             env: self.setup.env.clone(),
             host: self.setup.host.clone(),
+            host_key: None,
             issued_at: now,
             not_after: now.plus(proto::order::DEFAULT_VALIDITY),
             issued_by: "e2e@deployctl-test".into(),

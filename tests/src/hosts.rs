@@ -199,13 +199,16 @@ impl Fleet {
                 let mut setup = AgentSetup::new(allowed_images);
                 setup.env = plan.name.clone();
                 setup.extra_signers = vec![generated.allowed_signers_line.clone()];
-                adjust(&plan.name, i, &mut setup);
-                let agent = AgentProc::start(setup)?;
                 let sshd = Sshd::start_with(SshdOptions {
                     authorized_keys: vec![user_key.public_line.clone()],
                     set_env: vec![("PATH".into(), path.clone())],
                     extra_config: Vec::new(),
                 })?;
+                // The agent knows the key of the sshd in front of it, as it would know its
+                // host's /etc/ssh keys.
+                setup.host_keys = vec![sshd.host_public_key_path()];
+                adjust(&plan.name, i, &mut setup);
+                let agent = AgentProc::start(setup)?;
                 known_hosts.push_str(&sshd.known_hosts_line());
                 known_hosts.push('\n');
                 hosts.push(SshHost { agent, sshd });

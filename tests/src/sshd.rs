@@ -181,6 +181,11 @@ impl Sshd {
         &self.host_public
     }
 
+    /// The host's public key file, as sshd's own `/etc/ssh/ssh_host_ed25519_key.pub` would be.
+    pub fn host_public_key_path(&self) -> PathBuf {
+        self.dir.path().join("ssh_host_ed25519_key.pub")
+    }
+
     /// `SHA256:…`, as ssh prints it.
     pub fn host_key_fingerprint(&self) -> Result<String> {
         let out = run(Command::new("ssh-keygen")

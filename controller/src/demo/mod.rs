@@ -172,10 +172,11 @@ fn write_files(
     write(
         "agent.toml",
         format!(
-            "host = \"{HOST}\"\nenv = \"{ENV}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nallowed_signers = \"{}\"\nallowed_images = [\"{addr}/demo/*\"]\nhealth_interval = \"2s\"\nshutdown_grace = \"5s\"\n",
+            "host = \"{HOST}\"\nenv = \"{ENV}\"\nsocket = \"{}\"\nstate_dir = \"{}\"\nallowed_signers = \"{}\"\nallowed_images = [\"{addr}/demo/*\"]\nhealth_interval = \"2s\"\nshutdown_grace = \"5s\"\n\n[policy]\nvolumes = [\"{}\"]\n",
             socket.display(),
             dir.join("state").display(),
-            dir.join("allowed_signers").display()
+            dir.join("allowed_signers").display(),
+            data.display()
         ),
     )?;
     write(

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::DeployConfig;
 use crate::output::{HostRollout, Inconsistent, RolloutResult, RolloutSummary};
-use crate::transport::JobEnd;
+use crate::transport::{JobEnd, Peer};
 
 /// Where a host stands after its part of a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -372,11 +372,12 @@ pub struct RolloutSpec {
 }
 
 /// Builds one host's order: `action` to `image` (the rollout's, or a host's previous one when
-/// reverting). `[migrate]` travels only with deploys.
+/// reverting). `[migrate]` travels only with deploys. Over SSH the order is bound to the host
+/// key the transport verified (README, Guarantees), not only to the name the agent reported.
 pub fn build_order(
     cfg: &DeployConfig,
     spec: &RolloutSpec,
-    host: &str,
+    peer: &Peer,
     action: Action,
     (image, reference): (&ImageRef, &str),
     run_migration: bool,
@@ -386,7 +387,8 @@ pub fn build_order(
         order_id: order::new_id(),
         rollout_id: spec.rollout_id.clone(),
         env: spec.env.clone(),
-        host: host.to_string(),
+        host: peer.host.clone(),
+        host_key: peer.host_key.clone(),
         issued_at,
         not_after: issued_at.plus(order::DEFAULT_VALIDITY),
         issued_by: spec.issued_by.clone(),

@@ -286,6 +286,7 @@ impl Connector for Fleet {
                 host: host.name.clone(),
                 env: "staging".into(),
                 agent_version: "fake".into(),
+                host_key: None,
             },
         })
     }

@@ -89,6 +89,7 @@ impl AgentStream {
                     host,
                     env,
                     agent_version,
+                    host_key: None,
                 })
             }
             other => Err(unexpected("hello", other)),

@@ -152,6 +152,7 @@ impl World {
             rollout_id: proto::order::new_id(),
             env: self.env.clone(),
             host: self.host.clone(),
+            host_key: None,
             issued_at: now,
             not_after: now.plus(Duration::from_secs(600)),
             issued_by: "deploy engine test".into(),

@@ -11,9 +11,25 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use proto::accept::{AcceptPolicy, accept};
 use proto::codec::decode;
+use proto::policy::{FileKind, FileLook, HostFiles};
 use proto::sign::{AllowedSigners, PrivateKey};
 use proto::time::Timestamp;
 use proto::wire::SignedOrder;
+
+/// Every path is a proper file where it was asked for, so orders that name files get past
+/// the file checks into the rest of the policy.
+struct TrustedFiles;
+
+impl HostFiles for TrustedFiles {
+    fn look(&self, path: &str) -> FileLook {
+        FileLook {
+            resolved: path.to_string(),
+            kind: FileKind::File,
+            owner_trusted: true,
+            mode: 0o600,
+        }
+    }
+}
 
 struct Fixture {
     key: PrivateKey,
@@ -33,6 +49,9 @@ fn fixture() -> &'static Fixture {
             signers,
             vec!["127.0.0.1:5000/acme/*".into(), "registry.example.com/**".into()],
         );
+        let mut policy = policy;
+        policy.host_policy.volumes = vec!["/srv".into()];
+        policy.host_policy.files = vec!["/etc/acme".into()];
         let seen = BTreeSet::from(["01JSEENSEENSEENSEENSEENSEE".to_string()]);
         Fixture { key, policy, seen }
     })
@@ -55,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // 2026-01-01T00:00:00Z: orders in the seed corpus are valid then.
     let now = Timestamp::from_unix_secs(1_767_225_600);
-    if let Ok(accepted) = accept(&signed, &f.policy, now, &f.seen) {
+    if let Ok(accepted) = accept(&signed, &f.policy, now, &f.seen, &TrustedFiles) {
         // What passed must be what was signed, for this policy, and not seen before.
         assert_eq!(accepted.order.host, "web-1");
         assert_eq!(accepted.order.env, "staging");
