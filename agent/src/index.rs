@@ -106,6 +106,7 @@ impl Index {
                 accepted_at: s.accepted_at,
                 reference: s.order.reference.clone(),
                 image: s.order.image.clone(),
+                images: s.order.images.clone(),
                 app: s.order.app.clone(),
                 services: s.order.services.keys().cloned().collect(),
                 outcome: s.outcome.as_ref().map(|o| o.kind),

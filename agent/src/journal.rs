@@ -235,6 +235,9 @@ pub(crate) mod tests {
             issued_by: "ci".into(),
             action: proto::Action::Deploy,
             image: proto::ImageRef::new("127.0.0.1:5000/acme/web", &digest).unwrap(),
+            images: Default::default(),
+            migrate_image: None,
+            revision: None,
             reference: "v1".into(),
             run_migration: true,
             rerun_migration: false,
@@ -244,6 +247,7 @@ pub(crate) mod tests {
                 command: vec!["/app".into(), "migrate".into()],
                 service: "web".into(),
                 timeout: std::time::Duration::from_secs(60),
+                image: None,
             }),
         }
     }

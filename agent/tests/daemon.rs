@@ -224,6 +224,9 @@ shutdown_grace = "10s"
             issued_by: "test@laptop".into(),
             action: proto::Action::Deploy,
             image: ImageRef::new("127.0.0.1:5000/acme/web", &digest(digest_char)).unwrap(),
+            images: Default::default(),
+            migrate_image: None,
+            revision: None,
             reference: "v1".into(),
             run_migration: true,
             rerun_migration: false,
@@ -233,6 +236,7 @@ shutdown_grace = "10s"
                 command: vec!["/app".into(), "migrate".into()],
                 service: "web".into(),
                 timeout: Duration::from_secs(60),
+                image: None,
             }),
         }
     }

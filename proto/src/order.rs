@@ -36,7 +36,19 @@ pub struct Order {
     /// Free text for humans: `user@machine`, a CI run URL.
     pub issued_by: String,
     pub action: Action,
+    /// The release's image of every service without an entry in `images`.
     pub image: ImageRef,
+    /// Services whose image is not `image` (their own repository, or moved with `--set`):
+    /// with `image`, the whole release (README, "Releases of several images").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, ImageRef>,
+    /// The migration's image when it is not its service's (`[migrate] image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_image: Option<ImageRef>,
+    /// The git commit the ref resolved to, when deployctl knows it: what `verify` expects
+    /// of an image that carries no `org.opencontainers.image.revision` label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// What the user typed (`v1.2`, a git SHA), for display only.
     #[serde(rename = "ref")]
     pub reference: String,
@@ -51,6 +63,43 @@ pub struct Order {
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<MigrationSpec>,
+}
+
+/// A release: the image of every service of an app.
+pub type Release = BTreeMap<String, ImageRef>;
+
+impl Order {
+    /// The image `service` runs in this order.
+    pub fn image_of(&self, service: &str) -> &ImageRef {
+        self.images.get(service).unwrap_or(&self.image)
+    }
+
+    /// Every service's image.
+    pub fn release(&self) -> Release {
+        self.services
+            .keys()
+            .map(|s| (s.clone(), self.image_of(s).clone()))
+            .collect()
+    }
+
+    /// The image the migration runs in: its own, else its service's.
+    pub fn migration_image(&self) -> Option<&ImageRef> {
+        let m = self.migrate.as_ref()?;
+        Some(
+            self.migrate_image
+                .as_ref()
+                .unwrap_or_else(|| self.image_of(&m.service)),
+        )
+    }
+
+    /// Every distinct image the order needs on the host (services and migration).
+    pub fn all_images(&self) -> Vec<&ImageRef> {
+        let mut all: Vec<&ImageRef> = self.services.keys().map(|s| self.image_of(s)).collect();
+        all.extend(self.migration_image());
+        all.sort();
+        all.dedup();
+        all
+    }
 }
 
 /// Generates a fresh, time-ordered id for an order or a rollout.
@@ -101,6 +150,26 @@ pub struct ServiceSpec {
     /// `kind = "compose"`: the service in that file; defaults to this service's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compose_service: Option<String>,
+    /// This service's own repository; default: the app's `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// After health: the running code must say which release it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// `verify = { path, expect }`: once healthy, `GET path` on the health port must answer 2xx with
+/// a body containing `expect` — `"revision"` for the release's git commit, else the literal text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySpec {
+    pub path: String,
+    pub expect: String,
+}
+
+impl VerifySpec {
+    /// The `expect` value that stands for the release's revision.
+    pub const REVISION: &'static str = "revision";
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +243,9 @@ pub struct MigrationSpec {
     pub service: String,
     #[serde(default = "MigrationSpec::default_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Its own repository (a migrate image); default: the image of `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl MigrationSpec {

@@ -213,6 +213,8 @@ pub enum FailureClass {
     /// The new container exited before it became healthy.
     ContainerExited,
     HealthDeadline,
+    /// Healthy, but `verify` found another release (or nothing) at its path.
+    VerifyFailed,
     StartFailed,
     /// The engine itself misbehaved (API error).
     Engine,
@@ -348,6 +350,9 @@ pub struct HistoryEntry {
     #[serde(rename = "ref")]
     pub reference: String,
     pub image: ImageRef,
+    /// Services on an image other than `image` (a release of several images).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub images: std::collections::BTreeMap<String, ImageRef>,
     pub app: String,
     pub services: Vec<String>,
     /// None while running.

@@ -50,6 +50,9 @@ fn order_at(issued_at: Timestamp) -> Order {
         issued_by: "tester@laptop".into(),
         action: proto::Action::Deploy,
         image: ImageRef::new(REPO, DIGEST).unwrap(),
+        images: Default::default(),
+        migrate_image: None,
+        revision: None,
         reference: "v1".into(),
         run_migration: true,
         rerun_migration: false,
@@ -59,6 +62,7 @@ fn order_at(issued_at: Timestamp) -> Order {
             command: vec!["/app".into(), "migrate".into()],
             service: "web".into(),
             timeout: Duration::from_secs(60),
+            image: None,
         }),
     }
 }
@@ -850,6 +854,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 accepted_at,
                 reference,
                 image,
+                images: Default::default(),
                 app,
                 services,
                 outcome,

@@ -385,6 +385,8 @@ impl AgentProc {
             health: Default::default(),
             compose_file: None,
             compose_service: None,
+            image: None,
+            verify: None,
         };
         Order {
             order_id: proto::order::new_id(),
@@ -397,6 +399,9 @@ impl AgentProc {
             issued_by: "e2e@deployctl-test".into(),
             action: proto::Action::Deploy,
             image: image.clone(),
+            images: Default::default(),
+            migrate_image: None,
+            revision: None,
             reference: reference.to_string(),
             run_migration: false,
             rerun_migration: false,

@@ -99,6 +99,7 @@ mod tests {
             accepted_at: Timestamp::from_unix_secs(secs),
             reference: "v1".into(),
             image: ImageRef::new("r/web", &format!("sha256:{}", "a".repeat(64))).unwrap(),
+            images: Default::default(),
             app: app.into(),
             services: vec!["web".into()],
             outcome: None,

@@ -103,6 +103,7 @@ impl Host {
             accepted_at: Timestamp::from_unix_secs(1_000 + self.history.len() as u64),
             reference: format!("ref-{c}"),
             image: image(c),
+            images: Default::default(),
             app: APP.into(),
             services: vec!["web".into()],
             outcome,

@@ -136,6 +136,8 @@ impl World {
             },
             compose_file: None,
             compose_service: None,
+            image: None,
+            verify: None,
         }
     }
 
@@ -158,6 +160,9 @@ impl World {
             issued_by: "deploy engine test".into(),
             action: Action::Deploy,
             image: image.clone(),
+            images: Default::default(),
+            migrate_image: None,
+            revision: None,
             reference: reference.into(),
             run_migration: migrate,
             rerun_migration: false,
@@ -170,6 +175,7 @@ impl World {
                 command: vec!["/app".into(), "migrate".into()],
                 service: services[0].0.to_string(),
                 timeout: Duration::from_secs(30),
+                image: None,
             }),
         }
     }
@@ -827,6 +833,8 @@ fn compose_api(w: &mut World) -> anyhow::Result<(String, ServiceSpec)> {
         command: None,
         strategy: Strategy::StopFirst,
         health: w.web().health,
+        image: None,
+        verify: None,
     };
     Ok((project, api))
 }

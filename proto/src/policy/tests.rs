@@ -69,6 +69,9 @@ fn order(service: &str, validity_secs: u64) -> Order {
             "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         )
         .unwrap(),
+        images: BTreeMap::new(),
+        migrate_image: None,
+        revision: None,
         reference: "v1".into(),
         run_migration: false,
         rerun_migration: false,

@@ -63,6 +63,7 @@ impl World {
             command: vec!["/app".into(), "migrate".into()],
             service: "web".into(),
             timeout: Duration::from_secs(60),
+            image: None,
         });
         order
     }
@@ -906,6 +907,7 @@ async fn a_compose_service_deploys_migrates_and_rolls_back_with_docker_compose_v
         command: vec!["/app".into(), "migrate".into()],
         service: "api".into(),
         timeout: Duration::from_secs(60),
+        image: None,
     });
     let stream = w.deploy(&second).await?;
     let lines = w.migration_lines();

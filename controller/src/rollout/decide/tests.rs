@@ -234,6 +234,7 @@ fn entry(
             &format!("sha256:{}", digest_byte.to_string().repeat(64)),
         )
         .unwrap(),
+        images: Default::default(),
         app: app.into(),
         services: vec!["web".into()],
         outcome,
