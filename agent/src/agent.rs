@@ -298,7 +298,8 @@ impl<B: Backend> Agent<B> {
             let mut skipped = None;
             if order.run_migration
                 && !order.rerun_migration
-                && let Some(done) = lock(&self.index).migration_done_for(&order.app, &order.image)
+                && let Some(done) = lock(&self.index)
+                    .migration_done_for(&order.app, order.migration_image().unwrap_or(&order.image))
             {
                 skipped = Some(done.order.order_id.clone());
                 order.run_migration = false;
@@ -326,7 +327,7 @@ impl<B: Backend> Agent<B> {
         let accepted_message = format!(
             "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",
             o.action,
-            o.image,
+            o.describe_release(),
             o.reference,
             o.services.keys().cloned().collect::<Vec<_>>().join(", "),
             job.holder.signer,

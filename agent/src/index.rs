@@ -83,13 +83,13 @@ impl Index {
         all
     }
 
-    /// The finished order whose migration of this very image already succeeded, if any.
+    /// The finished order whose migration in this very image already succeeded, if any.
     pub fn migration_done_for(&self, app: &str, image: &ImageRef) -> Option<&Summary> {
         self.newest_first().into_iter().find(|s| {
             s.outcome.is_some()
                 && s.migration_succeeded
                 && s.order.app == app
-                && s.order.image.digest() == image.digest()
+                && s.order.migration_image().unwrap_or(&s.order.image).digest() == image.digest()
         })
     }
 
@@ -153,7 +153,7 @@ impl Index {
                     .as_ref()
                     .is_some_and(|o| o.kind == OutcomeKind::Succeeded)
             })
-            .map(|s| s.order.image.digest())
+            .map(|s| s.order.image_of(service).digest())
             .find(|d| Some(*d) != current)
             .map(str::to_string)
     }

@@ -36,8 +36,8 @@ pub fn same_release(a: &Order, b: &Order) -> bool {
     a.app == b.app
         && a.env == b.env
         && a.action == b.action
-        && a.image == b.image
-        && a.services.keys().eq(b.services.keys())
+        && a.release() == b.release()
+        && a.migration_image() == b.migration_image()
 }
 
 /// `running` looks up the order a holder runs (by order id).

@@ -15,7 +15,7 @@ use crate::context::OrderCtx;
 use crate::driver::{
     Failure, ServiceDriver, ServiceParts, Undone, confirm_healthy, digest_of, running_digest, short,
 };
-use crate::health::{self, HealthEnd, Proving, describe_health, secs, wait_healthy};
+use crate::health::{self, HealthEnd, Proving, describe_health, secs, wait_proven};
 use crate::plan::{self, LOG_TAIL_LINES};
 use crate::runtime::{BoxFuture, ContainerInfo};
 use crate::switch::Condition;
@@ -126,7 +126,7 @@ impl<'a> ComposeService<'a> {
             .cli(cx)
             .await
             .map_err(|why| Failure::start(p.name, why, Vec::new()))?;
-        let digest = cx.order.image.digest();
+        let digest = cx.order.image_of(p.name).digest();
         let current = t
             .current(e, &cli)
             .await
@@ -191,7 +191,7 @@ impl<'a> ComposeService<'a> {
         };
         let marker = serde_json::to_string(&marker).unwrap_or_default();
         compose::write_atomically(&t.paths.previous_order, &marker).map_err(io)?;
-        let image = cx.order.image.to_string();
+        let image = cx.order.image_of(p.name).to_string();
         let yaml = compose::override_yaml(&t.service, &image, &cx.container_labels(p.name));
         compose::write_atomically(&t.paths.current, &yaml).map_err(io)?;
 
@@ -240,7 +240,8 @@ impl<'a> ComposeService<'a> {
                 describe_health(p.spec, &p.ports, new.check.is_some())
             ),
         );
-        match wait_healthy(e, &new.id, p.spec, &p.ports, started).await {
+        let revision = cx.order.revision.as_deref();
+        match wait_proven(e, &new.id, p.spec, &p.ports, started, revision).await {
             HealthEnd::Healthy { after } => {
                 cx.emit(
                     Phase::Health,
@@ -256,7 +257,7 @@ impl<'a> ComposeService<'a> {
                     ports: &p.ports,
                     name: &new.name,
                     id: &new.id,
-                    short: cx.order.image.short_digest(),
+                    short: cx.order.image_of(p.name).short_digest(),
                     started,
                 };
                 Err(health::health_failure(e, &proving, end).await)
@@ -366,7 +367,11 @@ impl<'a> ComposeService<'a> {
             .map_err(|why| Failure::start(p.name, why, Vec::new()))?;
         let mut labels = cx.container_labels(p.name);
         labels.insert(ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string());
-        let yaml = compose::override_yaml(&t.service, &cx.order.image.to_string(), &labels);
+        let image = cx
+            .order
+            .migration_image()
+            .unwrap_or(cx.order.image_of(p.name));
+        let yaml = compose::override_yaml(&t.service, &image.to_string(), &labels);
         compose::write_atomically(&t.paths.migration, &yaml)
             .map_err(|e| Failure::start(p.name, e.to_string(), Vec::new()))?;
         let name = plan::migration_name(
@@ -430,7 +435,7 @@ impl ServiceDriver for ComposeService<'_> {
 
     fn is_settled<'a>(&'a self, cx: &'a OrderCtx<'a>) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
-            let digest = cx.order.image.digest();
+            let digest = cx.order.image_of(self.parts.name).digest();
             let c = self.current_inner(cx).await?;
             Ok(c.is_some_and(|c| c.is_running() && digest_of(&c) == Some(digest)))
         })

@@ -87,7 +87,7 @@ impl ContainerService<'_> {
         };
         let plan = switch::plan_switch(&SwitchInput {
             order_id: &cx.order.order_id,
-            digest: cx.order.image.digest(),
+            digest: cx.order.image_of(p.name).digest(),
             canonical: &p.canonical,
             action: cx.order.action,
             strategy: p.spec.strategy,
@@ -275,7 +275,11 @@ impl ContainerService<'_> {
         labels.insert(ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string());
         let spec = ContainerSpec {
             name: name.clone(),
-            image: cx.order.image.to_string(),
+            image: cx
+                .order
+                .migration_image()
+                .unwrap_or(cx.order.image_of(p.name))
+                .to_string(),
             cmd: Some(command.to_vec()),
             env: p.env.clone(),
             labels,
@@ -374,7 +378,8 @@ impl ServiceDriver for ContainerService<'_> {
     fn is_settled<'a>(&'a self, cx: &'a OrderCtx<'a>) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
             let obs = self.observe(cx).await.map_err(|e| e.to_string())?;
-            Ok(switch::is_settled(cx.order.image.digest(), &obs.view))
+            let digest = cx.order.image_of(self.parts.name).digest();
+            Ok(switch::is_settled(digest, &obs.view))
         })
     }
 

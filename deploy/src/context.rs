@@ -46,7 +46,7 @@ impl<'a> OrderCtx<'a> {
         l.insert(labels::SERVICE.to_string(), service.to_string());
         l.insert(
             labels::DIGEST.to_string(),
-            self.order.image.digest().to_string(),
+            self.order.image_of(service).digest().to_string(),
         );
         l.insert(labels::REF.to_string(), self.order.reference.clone());
         l.insert(labels::ORDER.to_string(), self.order.order_id.clone());

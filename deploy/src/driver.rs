@@ -197,7 +197,10 @@ pub(crate) async fn running_digest(cx: &OrderCtx<'_>, c: &ContainerInfo) -> Opti
         return Some(d.to_string());
     }
     let image = cx.e.rt.inspect_image(&c.image).await.ok().flatten()?;
-    let repo = cx.order.image.repository();
+    let service = c.labels.get(proto::order::labels::SERVICE);
+    let repo = service
+        .map_or(&cx.order.image, |s| cx.order.image_of(s))
+        .repository();
     image.repo_digests.iter().find_map(|rd| {
         rd.split_once('@')
             .filter(|(r, _)| *r == repo)

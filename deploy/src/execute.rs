@@ -9,7 +9,7 @@ use proto::wire::Phase;
 
 use crate::context::OrderCtx;
 use crate::driver::{Failure, ServiceParts, digest_of, short};
-use crate::health::{self, HealthEnd, Proving, describe_health, secs, wait_healthy};
+use crate::health::{self, HealthEnd, Proving, describe_health, secs, wait_healthy, wait_proven};
 use crate::plan::{self, LOG_TAIL_LINES};
 use crate::runtime::{BoxFuture, ContainerInfo, ContainerSpec, RtResult, RunState};
 use crate::switch::Step;
@@ -139,7 +139,10 @@ impl<'c, 'a> Executor<'c, 'a> {
                 self.ensure_network().await?;
                 self.emit(
                     Phase::Switch,
-                    &format!("creating {name} from {}", self.cx.order.image),
+                    &format!(
+                        "creating {name} from {}",
+                        self.cx.order.image_of(self.svc.name)
+                    ),
                 );
                 let spec = self.container_spec(name, *alias);
                 let id = self
@@ -272,7 +275,7 @@ impl<'c, 'a> Executor<'c, 'a> {
         let s = self.svc;
         ContainerSpec {
             name: name.to_string(),
-            image: self.cx.order.image.to_string(),
+            image: self.cx.order.image_of(s.name).to_string(),
             cmd: s.spec.command.clone(),
             env: s.env.clone(),
             labels: self.cx.container_labels(s.name),
@@ -299,7 +302,7 @@ impl<'c, 'a> Executor<'c, 'a> {
             ports: &self.svc.ports,
             name,
             id,
-            short: self.cx.order.image.short_digest(),
+            short: self.cx.order.image_of(self.svc.name).short_digest(),
             started,
         }
     }
@@ -334,7 +337,8 @@ impl<'c, 'a> Executor<'c, 'a> {
                 describe_health(self.svc.spec, &self.svc.ports, has_check)
             ),
         );
-        match wait_healthy(e, &id, self.svc.spec, &self.svc.ports, started).await {
+        let revision = self.cx.order.revision.as_deref();
+        match wait_proven(e, &id, self.svc.spec, &self.svc.ports, started, revision).await {
             HealthEnd::Healthy { after } => {
                 self.emit(
                     Phase::Health,

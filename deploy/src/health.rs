@@ -31,6 +31,11 @@ pub(crate) enum HealthEnd {
     },
     Gone,
     Engine(RuntimeError),
+    /// Healthy, but `verify` did not find the release it expected.
+    Unverified {
+        expected: String,
+        received: String,
+    },
 }
 
 impl HealthEnd {
@@ -53,6 +58,9 @@ impl HealthEnd {
             }
             HealthEnd::Gone => "disappeared".to_string(),
             HealthEnd::Engine(e) => format!("the Docker engine failed: {e}"),
+            HealthEnd::Unverified { expected, received } => {
+                format!("healthy, but verify expected {expected:?} and received {received:?}")
+            }
         }
     }
 }
@@ -85,16 +93,28 @@ pub(crate) fn describe_health(
     )
 }
 
+/// `http://<container ip>:<health port><path>`. Whatever the order says, the URL stays on the
+/// container's own address: a path is always rooted here, so `@host/` or `//host/` cannot name
+/// another host.
+fn probe_url(
+    c: &ContainerInfo,
+    spec: &ServiceSpec,
+    ports: &[PortMapping],
+    path: &str,
+) -> Option<String> {
+    let ip = plan::probe_ip(&c.networks, spec.network.as_deref())?;
+    let port = plan::probe_port(&spec.health, ports);
+    Some(format!(
+        "http://{ip}:{port}/{}",
+        path.trim_start_matches('/')
+    ))
+}
+
 async fn http_ok(e: &Engine, c: &ContainerInfo, spec: &ServiceSpec, ports: &[PortMapping]) -> bool {
-    let Some(ip) = plan::probe_ip(&c.networks, spec.network.as_deref()) else {
+    let path = spec.health.path.as_deref().unwrap_or("/");
+    let Some(url) = probe_url(c, spec, ports, path) else {
         return false;
     };
-    let port = plan::probe_port(&spec.health, ports);
-    // Whatever the order says, the probe stays on the container's own address: a path is
-    // always rooted here, so `@host/` or `//host/` cannot name another host.
-    let path = spec.health.path.as_deref().unwrap_or("/");
-    let path = format!("/{}", path.trim_start_matches('/'));
-    let url = format!("http://{ip}:{port}{path}");
     let timeout = spec
         .health
         .interval
@@ -211,6 +231,73 @@ pub(crate) async fn wait_healthy(
     }
 }
 
+/// The image label that names the commit an image was built from.
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+
+/// The health gate, then `verify` when the service has one: the running code must say it is
+/// the release that was asked for. `revision` is the commit the order's ref resolved to, for
+/// images without a revision label.
+pub(crate) async fn wait_proven(
+    e: &Engine,
+    id: &str,
+    spec: &ServiceSpec,
+    ports: &[PortMapping],
+    started: Instant,
+    revision: Option<&str>,
+) -> HealthEnd {
+    let end = wait_healthy(e, id, spec, ports, started).await;
+    let (HealthEnd::Healthy { .. }, Some(v)) = (&end, &spec.verify) else {
+        return end;
+    };
+    let c = match e.rt.inspect_container(id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return HealthEnd::Gone,
+        Err(err) => return HealthEnd::Engine(err),
+    };
+    let expected = match plan::verify_expectation(
+        &v.expect,
+        c.labels.get(REVISION_LABEL).map(String::as_str),
+        revision,
+    ) {
+        Ok(expected) => expected,
+        Err(why) => {
+            return HealthEnd::Unverified {
+                expected: why,
+                received: String::new(),
+            };
+        }
+    };
+    let Some(url) = probe_url(&c, spec, ports, &v.path) else {
+        return HealthEnd::Unverified {
+            expected,
+            received: "no address to reach the container at".into(),
+        };
+    };
+    // A healthy app answers at once; a few tries ride out one dropped request.
+    let mut received = String::new();
+    for _ in 0..3 {
+        match e
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                let body = r.text().await.unwrap_or_default();
+                if body.contains(&expected) {
+                    return end;
+                }
+                received = plan::first_bytes(&body, 200);
+            }
+            Ok(r) => received = format!("HTTP {}", r.status()),
+            Err(err) => received = format!("no answer: {err}"),
+        }
+        tokio::time::sleep(spec.health.interval.min(Duration::from_millis(500))).await;
+    }
+    HealthEnd::Unverified { expected, received }
+}
+
 /// What was being proven, for a failure's wording.
 pub(crate) struct Proving<'a> {
     pub service: &'a str,
@@ -259,6 +346,14 @@ pub(crate) async fn health_failure(e: &Engine, p: &Proving<'_>, end: HealthEnd) 
         HealthEnd::Engine(err) => (
             FailureClass::Engine,
             format!("the Docker engine failed during the health wait: {err}"),
+        ),
+        HealthEnd::Unverified { expected, received } => (
+            FailureClass::VerifyFailed,
+            format!(
+                "{name} ({short}) is healthy but is not the release asked for: GET {} expected \
+                 {expected:?}, received {received:?}",
+                p.spec.verify.as_ref().map_or("?", |v| v.path.as_str())
+            ),
         ),
     };
     let log_tail =

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use proto::Order;
 use proto::order::labels;
 use proto::time::Timestamp;
 use proto::wire::{FailureClass, Outcome, OutcomeKind, Phase, ServiceResult};
+use proto::{ImageRef, Order};
 use tracing::Instrument;
 
 use crate::container::{ROLE_LABEL, ROLE_MIGRATION};
@@ -184,10 +184,17 @@ impl<'a> Job<'a> {
         self.finish(ending, &services, &before).await
     }
 
-    /// Pulls the image unless the engine already has it.
+    /// Pulls every image of the release the engine does not have yet.
     async fn pull(&self) -> Result<(), Ending> {
+        for image in self.order.all_images() {
+            self.pull_one(image).await?;
+        }
+        Ok(())
+    }
+
+    async fn pull_one(&self, wanted: &ImageRef) -> Result<(), Ending> {
         let h = self.host();
-        let image = self.order.image.to_string();
+        let image = wanted.to_string();
         match self.engine().rt.inspect_image(&image).await {
             Ok(Some(_)) => {
                 self.emit(
@@ -209,7 +216,7 @@ impl<'a> Job<'a> {
                 ));
             }
         }
-        let registry = proto::registry::registry_host(self.order.image.repository());
+        let registry = proto::registry::registry_host(wanted.repository());
         let creds = self.engine().registry_credentials(registry);
         self.emit(
             Phase::Pull,
@@ -224,7 +231,7 @@ impl<'a> Job<'a> {
             ),
         );
         let started = Instant::now();
-        if let Err(e) = self.engine().rt.pull_image(&self.order.image, creds).await {
+        if let Err(e) = self.engine().rt.pull_image(wanted, creds).await {
             let class = match e {
                 PullError::NotFound(_) => FailureClass::ImageNotFound,
                 PullError::Unauthorized(_) => FailureClass::RegistryUnauthorized,
@@ -252,12 +259,13 @@ impl<'a> Job<'a> {
         };
         let h = self.host();
         let shown = m.command.join(" ");
+        let migration_image = self.order.migration_image().unwrap_or(&self.order.image);
         self.emit(
             Phase::Migrate,
             Some(svc.name),
             &format!(
                 "running the migration `{shown}` in {} with {}'s env_file, volumes and network (timeout {})",
-                self.order.image,
+                migration_image,
                 svc.name,
                 proto::time::format_duration(m.timeout)
             ),
@@ -292,7 +300,7 @@ impl<'a> Job<'a> {
                     failure: Some(f.class),
                     reason: format!(
                         "host {h}: migration `{shown}` of {}: {}; nothing else changed",
-                        self.order.image, f.what
+                        migration_image, f.what
                     ),
                     changed: false,
                     log_tail: f.log_tail,

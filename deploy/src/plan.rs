@@ -25,6 +25,36 @@ pub fn binds_fixed_host_port(ports: &[PortMapping]) -> bool {
     ports.iter().any(|p| p.host_port.is_some())
 }
 
+/// What `verify` looks for in the body: for `"revision"`, the image's revision label, else the
+/// commit the order's ref resolved to; any other text literally.
+pub fn verify_expectation(
+    expect: &str,
+    label: Option<&str>,
+    order_revision: Option<&str>,
+) -> Result<String, String> {
+    if expect != proto::order::VerifySpec::REVISION {
+        return Ok(expect.to_string());
+    }
+    label
+        .filter(|l| !l.trim().is_empty())
+        .or(order_revision)
+        .map(str::to_string)
+        .ok_or_else(|| {
+            "the release's revision, but the image has no org.opencontainers.image.revision label \
+             and the ref did not resolve to a git commit"
+                .to_string()
+        })
+}
+
+/// At most `n` bytes of `text`, cut at a character boundary: what a failure quotes of a body.
+pub fn first_bytes(text: &str, n: usize) -> String {
+    let mut end = n.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
 /// Reads an env file the way `docker run --env-file` does: `KEY=VALUE` per line, the value
 /// verbatim (no quote stripping); `#` comments and blank lines skipped.
 pub fn parse_env_file(text: &str) -> Result<Vec<String>, String> {
@@ -436,6 +466,31 @@ mod tests {
     fn a_fixed_host_port_rules_out_start_first() {
         assert!(binds_fixed_host_port(&[parse_port("8080:80").unwrap()]));
         assert!(!binds_fixed_host_port(&[parse_port("80").unwrap()]));
+    }
+
+    #[test]
+    fn verify_expects_the_label_then_the_resolved_commit_then_literal_text() {
+        let cases = [
+            ("revision", Some("abc123"), Some("def456"), Ok("abc123")),
+            ("revision", Some(" "), Some("def456"), Ok("def456")),
+            ("revision", None, Some("def456"), Ok("def456")),
+            ("v1.2.3", Some("abc123"), None, Ok("v1.2.3")),
+        ];
+        for (expect, label, rev, want) in cases {
+            assert_eq!(
+                verify_expectation(expect, label, rev).as_deref(),
+                want.map_err(|_: ()| String::new()).as_deref(),
+                "{expect} {label:?} {rev:?}"
+            );
+        }
+        let err = verify_expectation("revision", None, None).unwrap_err();
+        assert!(
+            err.contains("no org.opencontainers.image.revision label"),
+            "{err}"
+        );
+        assert_eq!(first_bytes("héllo", 2), "h");
+        assert_eq!(first_bytes("héllo", 3), "hé");
+        assert_eq!(first_bytes("hi", 200), "hi");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::order::Order;
+use crate::order::{ImageRef, Order};
 use crate::policy::{HostFiles, HostPolicy};
 use crate::sign::{AllowedSigners, Verified, VerifyError, verify_at};
 use crate::time::Timestamp;
@@ -250,12 +250,17 @@ pub fn accept(
             ),
         ));
     }
-    let repository = order.image.repository();
-    if !policy
-        .allowed_images
-        .iter()
-        .any(|pattern| repository_matches(pattern, repository))
-    {
+    let disallowed = order
+        .all_images()
+        .into_iter()
+        .map(ImageRef::repository)
+        .find(|repository| {
+            !policy
+                .allowed_images
+                .iter()
+                .any(|pattern| repository_matches(pattern, repository))
+        });
+    if let Some(repository) = disallowed {
         return Err(Rejection::new(
             K::ImageNotAllowed,
             if policy.allowed_images.is_empty() {
@@ -315,6 +320,18 @@ fn check_shape(order: &Order) -> Result<(), String> {
         return Err(format!(
             "service {bad:?} is not a valid name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64)"
         ));
+    }
+    if let Some(extra) = order
+        .images
+        .keys()
+        .find(|s| !order.services.contains_key(*s))
+    {
+        return Err(format!(
+            "images names service {extra:?}, which the order does not name"
+        ));
+    }
+    if order.migrate_image.is_some() && order.migrate.is_none() {
+        return Err("migrate_image without a migration".into());
     }
     if let Some(m) = order
         .migrate

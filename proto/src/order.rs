@@ -92,6 +92,18 @@ impl Order {
         )
     }
 
+    /// The release for a human: the image, or each service's when they differ.
+    pub fn describe_release(&self) -> String {
+        if self.images.is_empty() {
+            return self.image.to_string();
+        }
+        self.release()
+            .iter()
+            .map(|(s, i)| format!("{s}={i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Every distinct image the order needs on the host (services and migration).
     pub fn all_images(&self) -> Vec<&ImageRef> {
         let mut all: Vec<&ImageRef> = self.services.keys().map(|s| self.image_of(s)).collect();
