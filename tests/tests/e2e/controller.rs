@@ -19,6 +19,7 @@ use harness::{
 use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
 mod failing;
+mod labels;
 mod secrets;
 
 const APP: &str = "acme";
