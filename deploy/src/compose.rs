@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::durable;
+use crate::{durable, plan};
 
 /// Which compose CLI runs the commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +156,9 @@ impl ComposeCli {
         };
         let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
         output.push_str(&String::from_utf8_lossy(&out.stderr));
+        // Compose passes on runc's refusal of a variable from the compose file's env_file
+        // (a NUL in its value) quoting the whole `KEY=VALUE`; this output travels into outcomes.
+        let output = plan::hide_env_entries(&output).into_owned();
         if !out.status.success() {
             let status = out
                 .status

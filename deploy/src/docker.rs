@@ -20,7 +20,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use proto::ImageRef;
 
-use crate::plan::{PullFailure, classify_pull_failure};
+use crate::plan::{self, PullFailure, classify_pull_failure};
 use crate::runtime::{
     BoxFuture, CheckStatus, ContainerInfo, ContainerSpec, Credentials, ImageInfo, PullError,
     RtResult, RunState, Runtime, RuntimeError,
@@ -45,23 +45,27 @@ impl DockerRuntime {
 }
 
 fn map_err(e: BollardError) -> RuntimeError {
+    // The engine and runc quote a container's environment entries in some refusals (a NUL in a
+    // value, an empty name); those entries come from env files, and these messages end up in
+    // outcomes and journals.
+    let hide = |message: String| plan::hide_env_entries(&message).into_owned();
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
             message,
-        } => RuntimeError::NotFound(message),
+        } => RuntimeError::NotFound(hide(message)),
         BollardError::DockerResponseServerError {
             status_code: 409,
             message,
-        } => RuntimeError::Conflict(message),
+        } => RuntimeError::Conflict(hide(message)),
         BollardError::DockerResponseServerError {
             status_code,
             message,
-        } => RuntimeError::Api(format!("status {status_code}: {message}")),
+        } => RuntimeError::Api(format!("status {status_code}: {}", hide(message))),
         BollardError::IOError { err } => RuntimeError::Unreachable(err.to_string()),
         BollardError::HyperResponseError { err } => RuntimeError::Unreachable(err.to_string()),
         BollardError::RequestTimeoutError => RuntimeError::Unreachable("request timed out".into()),
-        other => RuntimeError::Api(other.to_string()),
+        other => RuntimeError::Api(hide(other.to_string())),
     }
 }
 

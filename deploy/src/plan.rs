@@ -86,9 +86,70 @@ pub fn parse_env_file(text: &str) -> Result<Vec<String>, String> {
                 i + 1
             ));
         }
-        out.push(format!("{key}={}", value.trim_end_matches('\r')));
+        let value = value.trim_end_matches('\r');
+        if value.contains('\0') {
+            // runc refuses such a variable in an error that quotes the whole `KEY=VALUE`,
+            // which would carry the value into the outcome: refuse it here, by line number.
+            return Err(format!(
+                "line {}: the value holds a NUL byte, which no environment variable can (the \
+                 line is not shown: it may hold a secret)",
+                i + 1
+            ));
+        }
+        out.push(format!("{key}={value}"));
     }
     Ok(out)
+}
+
+/// What replaces an environment entry cut out of a message by [`hide_env_entries`].
+pub const HIDDEN_ENV_ENTRY: &str = "[not shown: it may hold a secret]";
+
+/// `text` with every environment entry that the engine, runc or compose quote in their errors
+/// cut out: runc's `environment variable value can't contain null(\x00): "KEY=VALUE"`, the
+/// engine's `invalid environment variable: KEY=VALUE`, compose v1's `environment variable name
+/// 'NAME' may not contain whitespace`. Those entries come from env files, which hold secrets,
+/// and engine and compose messages travel into outcomes, journals and CI logs. On a line that
+/// speaks of an environment variable, what follows the first quote or `: ` after those words is
+/// replaced by [`HIDDEN_ENV_ENTRY`]; other lines are untouched.
+pub fn hide_env_entries(text: &str) -> std::borrow::Cow<'_, str> {
+    const PHRASE: &str = "environment variable";
+    // ASCII lowercasing keeps byte offsets, so positions found in it index `text` too.
+    if !text.to_ascii_lowercase().contains(PHRASE) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for piece in text.split_inclusive('\n') {
+        let line = piece.trim_end_matches(['\n', '\r']);
+        let ending = &piece[line.len()..];
+        let Some(at) = line.to_ascii_lowercase().find(PHRASE) else {
+            out.push_str(piece);
+            continue;
+        };
+        let words_end = at + PHRASE.len();
+        let rest = &line[words_end..];
+        let cut = [": ", ":\"", ":'", " '", " \"", "='", "=\""]
+            .iter()
+            .filter_map(|marker| rest.find(marker).map(|i| i + 1))
+            .min();
+        let kept = match cut {
+            Some(cut) => &rest[..cut],
+            None if rest.trim().is_empty() => {
+                out.push_str(piece);
+                continue;
+            }
+            // No quote or colon to cut at: a wording not known here, so nothing after the
+            // words is kept.
+            None => " ",
+        };
+        out.push_str(&line[..words_end]);
+        out.push_str(kept);
+        if !kept.ends_with(' ') {
+            out.push(' ');
+        }
+        out.push_str(HIDDEN_ENV_ENTRY);
+        out.push_str(ending);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The last `n` non-empty lines of `text`.
@@ -509,6 +570,66 @@ mod tests {
         }
         assert!(parse_env_file("1A=x").is_err());
         assert!(parse_env_file("A B=x").is_err());
+        // runc would quote the whole entry in its refusal: refused here, by line only.
+        let err = parse_env_file("A=1\nDB_PASSWORD=s3cret\0tail\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("NUL") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_entries_are_cut_out_of_engine_and_compose_messages() {
+        let h = HIDDEN_ENV_ENTRY;
+        let table = [
+            // runc through the engine (bollard's message) and through compose v1's output.
+            (
+                "failed to create shim task: OCI runtime create failed: runc create failed: \
+                 unable to start container process: error during container init: environment \
+                 variable value can't contain null(\\x00): \"DB_PASSWORD=s3cret\\x00\": unknown",
+                format!(
+                    "failed to create shim task: OCI runtime create failed: runc create failed: \
+                     unable to start container process: error during container init: \
+                     environment variable value can't contain null(\\x00): {h}"
+                ),
+            ),
+            (
+                "Creating x_api_1 ... error\r\n\r\nERROR: for api  Cannot start service api: \
+                 environment variable name can't contain null(\\x00): \"s3cret\\x00=x\": unknown\n\
+                 Encountered errors while bringing up the project.\n",
+                format!(
+                    "Creating x_api_1 ... error\r\n\r\nERROR: for api  Cannot start service api: \
+                     environment variable name can't contain null(\\x00): {h}\n\
+                     Encountered errors while bringing up the project.\n"
+                ),
+            ),
+            // The engine's own check.
+            (
+                "status 400: invalid environment variable: =s3cret",
+                format!("status 400: invalid environment variable: {h}"),
+            ),
+            // compose v1 on an `environment:` list.
+            (
+                "ERROR: environment variable name 's3cret word' may not contain whitespace.",
+                format!("ERROR: environment variable name {h}"),
+            ),
+            // An unknown wording: nothing after the words is kept.
+            (
+                "Environment Variable s3cret is odd",
+                format!("Environment Variable {h}"),
+            ),
+            ("no such image", "no such image".to_string()),
+            (
+                "ends with environment variable\n",
+                "ends with environment variable\n".to_string(),
+            ),
+            ("", String::new()),
+        ];
+        for (input, want) in table {
+            let got = hide_env_entries(input);
+            assert_eq!(got, want, "{input:?}");
+            assert!(!got.contains("s3cret"), "{got}");
+        }
     }
 
     #[test]

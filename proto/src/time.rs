@@ -9,20 +9,40 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A point in time, serialized as RFC 3339 (`2026-11-23T17:51:51Z`).
+///
+/// Always between the epoch and [`Timestamp::latest`]: RFC 3339 has four-digit years, and a time
+/// it cannot write fails (in `humantime`) as a formatting error, which `to_string` and
+/// `serde_json` turn into a panic. Orders carry timestamps anyone holding a signing key
+/// chooses, so every constructor and every sum saturates instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(SystemTime);
 
+/// The last second of year 9999 since the epoch.
+const MAX_UNIX_SECS: u64 = 253_402_300_799;
+
 impl Timestamp {
+    /// 9999-12-31T23:59:59.999999999Z, the latest time RFC 3339 can write.
+    pub fn latest() -> Self {
+        Timestamp(UNIX_EPOCH + Duration::new(MAX_UNIX_SECS, 999_999_999))
+    }
+
+    /// `t` moved into the range every timestamp can be written in.
+    fn clamped(t: SystemTime) -> Self {
+        Timestamp(t.clamp(UNIX_EPOCH, Timestamp::latest().0))
+    }
+
     pub fn now() -> Self {
-        Timestamp(SystemTime::now())
+        Timestamp::clamped(SystemTime::now())
     }
 
+    /// `t`, saturating at the epoch and at [`Timestamp::latest`].
     pub fn from_system(t: SystemTime) -> Self {
-        Timestamp(t)
+        Timestamp::clamped(t)
     }
 
+    /// Saturates at [`Timestamp::latest`].
     pub fn from_unix_secs(secs: u64) -> Self {
-        Timestamp(UNIX_EPOCH + Duration::from_secs(secs))
+        Timestamp(UNIX_EPOCH + Duration::from_secs(secs.min(MAX_UNIX_SECS)))
     }
 
     pub fn system(self) -> SystemTime {
@@ -36,9 +56,10 @@ impl Timestamp {
             .unwrap_or(0)
     }
 
-    /// `self + d`, saturating at the far future instead of panicking.
+    /// `self + d`, saturating at [`Timestamp::latest`]: an order valid until the last second of
+    /// year 9999 is remembered until then, not until a time no file can hold.
     pub fn plus(self, d: Duration) -> Self {
-        Timestamp(self.0.checked_add(d).unwrap_or(self.0))
+        Timestamp::clamped(self.0.checked_add(d).unwrap_or(Timestamp::latest().0))
     }
 
     /// `self - d`, saturating at the epoch.
@@ -119,6 +140,44 @@ mod tests {
         for bad in ["", "5", "five minutes", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn every_timestamp_can_be_written_however_it_was_made() {
+        let last = "9999-12-31T23:59:59Z";
+        let latest = Timestamp::parse(last).unwrap();
+        let made = [
+            // An order valid until the last second RFC 3339 can write, plus the allowed skew:
+            // the replay store's `remember_until` once panicked in serde_json.
+            latest.plus(Duration::from_secs(60)),
+            Timestamp::parse("9999-12-31T23:59:59.999999999Z")
+                .unwrap()
+                .plus(Duration::from_nanos(1)),
+            latest.plus(Duration::MAX),
+            Timestamp::from_unix_secs(u64::MAX),
+            Timestamp::from_system(UNIX_EPOCH + Duration::from_secs(1 << 40)),
+            Timestamp::latest(),
+        ];
+        for t in made {
+            assert_eq!(t.to_string(), last);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{last}\""));
+            assert!(t >= latest);
+        }
+        let before_epoch = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            Timestamp::from_system(before_epoch).to_string(),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            Timestamp::from_unix_secs(0)
+                .minus(Duration::MAX)
+                .to_string(),
+            "1970-01-01T00:00:00Z"
+        );
+        // Within the range nothing moves.
+        let t = Timestamp::from_unix_secs(1_790_000_000);
+        assert_eq!(t.plus(Duration::from_secs(60)).unix_secs(), 1_790_000_060);
+        assert_eq!(Timestamp::from_system(t.system()), t);
     }
 
     #[test]

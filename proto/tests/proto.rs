@@ -372,6 +372,28 @@ fn an_accepted_id_is_to_be_remembered_until_it_would_expire_anyway() {
 }
 
 #[test]
+fn an_order_valid_until_year_9999_is_remembered_until_then() {
+    // not_after plus the skew was a time RFC 3339 cannot write: writing the id to the replay
+    // store panicked the agent, for anyone holding a trusted key.
+    let key = test_key(1);
+    let mut o = order();
+    o.not_after = Timestamp::parse("9999-12-31T23:59:59Z").unwrap();
+    let accepted = accept(
+        &sign_with_key(&key, &o),
+        &policy(allowed(&key)),
+        now(),
+        &none_seen(),
+        &EmptyHost,
+    )
+    .unwrap();
+    assert_eq!(
+        serde_json::to_string(&accepted.remember_until).unwrap(),
+        "\"9999-12-31T23:59:59Z\""
+    );
+    assert!(accepted.remember_until >= o.not_after);
+}
+
+#[test]
 fn an_unrecorded_order_is_an_internal_refusal_naming_it() {
     let r = Rejection::not_recorded("o1", &"disk full");
     assert_eq!(r.kind, RefusalKind::Internal);
@@ -457,6 +479,351 @@ fn rejection_becomes_a_wire_refusal() {
     assert_eq!(
         (wire.kind, wire.message.as_str(), wire.holder),
         (r.kind, r.message.as_str(), None)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// acceptance of anything a trusted key signs (issue "A signing key is not root")
+//
+// A signing key lets its holder put any bytes in front of `accept` with a valid signature, so
+// past the signature check nothing may assume a well-formed order: whatever was signed, the
+// verdict is an order or a refusal that says why, never a panic, and an accepted order is one
+// the agent can journal and remember.
+
+/// JSON a broken or hostile signer might put in any field: odd timestamps and durations,
+/// non-ASCII and control characters, names a host cannot use, extreme numbers.
+fn odd_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{Value, json};
+    let strings = one_of(vec![
+        "9999-12-31T23:59:59Z".to_string(),
+        "9999-12-31T23:59:59.999999999Z".into(),
+        "1970-01-01T00:00:00Z".into(),
+        "1969-12-31T23:59:59Z".into(),
+        "0000-01-01T00:00:00Z".into(),
+        "2026-02-30T00:00:00Z".into(),
+        "2026-01-01T00:00:60Z".into(),
+        "2026-01-01T00:00:00+14:00".into(),
+        "2026-01-01 00:00:00".into(),
+        "+275760-09-13T00:00:00Z".into(),
+        "18446744073709551615s".into(),
+        "99999999999999999999999h".into(),
+        "0s".into(),
+        "1ns".into(),
+        "wéb".into(),
+        "🦀".into(),
+        "web\u{0}".into(),
+        "\u{1b}[2J".into(),
+        "../../etc/passwd".into(),
+        "-rf".into(),
+        String::new(),
+        " ".into(),
+        "a".repeat(65),
+        "sha256:éééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééééé".into(),
+        format!("{REPO}@{DIGEST}"),
+        format!("{REPO}:latest"),
+        "deploy".into(),
+        "rollback".into(),
+        "compose".into(),
+        "start-first".into(),
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_filter_map("JSON has no NaN or infinity", |f| {
+            serde_json::Number::from_f64(f).map(Value::Number)
+        }),
+        any::<String>().prop_map(Value::String),
+        strings.prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z_]{1,10}|\\PC{0,6}", inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Numbers JSON can spell but no Rust integer or float holds.
+const RAW_NUMBERS: &[&str] = &[
+    "18446744073709551616",
+    "-9223372036854775809",
+    "123456789012345678901234567890",
+    "1e400",
+    "-1e400",
+    "1.7976931348623157e309",
+    "-0",
+    "0.0000000000000000000000000000000000000000000000001",
+];
+
+/// One change to a valid order's JSON, at the `n`-th of its object keys (in document order).
+#[derive(Debug, Clone)]
+enum Mutation {
+    Replace(proptest::sample::Index, serde_json::Value),
+    /// A number no Rust type holds (spliced in as text after serialization).
+    RawNumber(proptest::sample::Index, &'static str),
+    Remove(proptest::sample::Index),
+    /// The key itself renamed: a service called `🦀`, an unknown field.
+    Rename(proptest::sample::Index, String),
+    /// `issued_at` (false) or `not_after` (true) set to any text a timestamp parser might meet.
+    Time(bool, String),
+}
+
+/// Timestamps at the edges: just before year 10000 (where a time plus the skew cannot be
+/// written any more), anywhere RFC 3339 can write, and text that is almost one.
+fn odd_timestamp() -> impl Strategy<Value = String> {
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    prop_oneof![
+        (0..120u64).prop_map(|back| Timestamp::from_unix_secs(LAST - back).to_string()),
+        (0..=LAST).prop_map(|secs| Timestamp::from_unix_secs(secs).to_string()),
+        (NOW - 600..NOW + 600).prop_map(|secs| Timestamp::from_unix_secs(secs).to_string()),
+        "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2})?",
+        "\\PC{0,30}",
+    ]
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let index = any::<proptest::sample::Index>;
+    prop_oneof![
+        4 => (index(), odd_json()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        1 => (index(), one_of(RAW_NUMBERS.to_vec())).prop_map(|(i, n)| Mutation::RawNumber(i, n)),
+        1 => index().prop_map(Mutation::Remove),
+        1 => (index(), prop_oneof!["\\PC{0,12}", "[a-z_]{1,10}", Just("🦀".to_string())])
+            .prop_map(|(i, k)| Mutation::Rename(i, k)),
+        2 => (any::<bool>(), odd_timestamp()).prop_map(|(f, t)| Mutation::Time(f, t)),
+    ]
+}
+
+/// Every object key of `v` as a path of keys, parents before children.
+fn key_paths(v: &serde_json::Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, child) in map {
+            prefix.push(k.clone());
+            out.push(prefix.clone());
+            key_paths(child, prefix, out);
+            prefix.pop();
+        }
+    }
+}
+
+/// The object holding the last key of `path`, if the earlier mutations left it there.
+fn parent_of<'a>(
+    v: &'a mut serde_json::Value,
+    path: &[String],
+) -> Option<&'a mut serde_json::Map<String, serde_json::Value>> {
+    let (_, parents) = path.split_last()?;
+    let mut at = v;
+    for k in parents {
+        at = at.as_object_mut()?.get_mut(k)?;
+    }
+    at.as_object_mut()
+}
+
+/// A valid order's JSON with `mutations` applied.
+fn mutated_order(mutations: &[Mutation]) -> String {
+    let mut v = serde_json::to_value(order()).unwrap();
+    let mut raw = Vec::new();
+    for (n, m) in mutations.iter().enumerate() {
+        if let Mutation::Time(not_after, text) = m {
+            let field = if *not_after { "not_after" } else { "issued_at" };
+            v[field] = serde_json::Value::String(text.clone());
+            continue;
+        }
+        let mut paths = Vec::new();
+        key_paths(&v, &mut Vec::new(), &mut paths);
+        if paths.is_empty() {
+            break;
+        }
+        let (Mutation::Replace(i, _)
+        | Mutation::RawNumber(i, _)
+        | Mutation::Remove(i)
+        | Mutation::Rename(i, _)) = m
+        else {
+            continue;
+        };
+        let path = &paths[i.index(paths.len())];
+        let key = path.last().unwrap().clone();
+        let Some(parent) = parent_of(&mut v, path) else {
+            continue;
+        };
+        match m {
+            Mutation::Replace(_, value) => {
+                parent.insert(key, value.clone());
+            }
+            Mutation::RawNumber(_, number) => {
+                let placeholder = format!("@raw-number-{n}@");
+                parent.insert(key, serde_json::Value::String(placeholder.clone()));
+                raw.push((format!("\"{placeholder}\""), *number));
+            }
+            Mutation::Remove(_) => {
+                parent.remove(&key);
+            }
+            Mutation::Rename(_, new_key) => {
+                if let Some(value) = parent.remove(&key) {
+                    parent.insert(new_key.clone(), value);
+                }
+            }
+            Mutation::Time(..) => {}
+        }
+    }
+    let mut text = v.to_string();
+    for (placeholder, number) in raw {
+        text = text.replace(&placeholder, number);
+    }
+    text
+}
+
+/// What is signed: anything at all, any JSON, or an order a few fields away from valid.
+fn signed_payload() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => any::<String>(),
+        1 => "\\PC{0,200}",
+        1 => odd_json().prop_map(|v| v.to_string()),
+        6 => proptest::collection::vec(mutation(), 0..4).prop_map(|m| mutated_order(&m)),
+    ]
+}
+
+/// `-----BEGIN SSH SIGNATURE-----` armor around any bytes, 70 base64 characters a line as
+/// OpenSSH writes it.
+fn armor_bytes(blob: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(70)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN SSH SIGNATURE-----\n{}\n-----END SSH SIGNATURE-----\n",
+        lines.join("\n")
+    )
+}
+
+/// The bytes inside an armored signature.
+fn unarmor(armored: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64: String = armored
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
+
+/// How the payload's signature is made.
+#[derive(Debug, Clone)]
+enum SignedBy {
+    /// The key the policy trusts, over exactly the payload.
+    Trusted,
+    /// A genuine signature by a key nobody listed.
+    Stranger,
+    /// Any text at all.
+    Text(String),
+    /// Any bytes in SSHSIG armor.
+    Bytes(Vec<u8>),
+    /// The trusted key's signature with its last bytes (the ed25519 signature proper) replaced.
+    ForgedTail(Vec<u8>),
+    /// The trusted key's signature with one byte of its blob overwritten, or cut short.
+    Corrupted(proptest::sample::Index, Option<u8>),
+}
+
+fn signed_by() -> impl Strategy<Value = SignedBy> {
+    prop_oneof![
+        8 => Just(SignedBy::Trusted),
+        1 => Just(SignedBy::Stranger),
+        1 => any::<String>().prop_map(SignedBy::Text),
+        1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(SignedBy::Bytes),
+        1 => proptest::collection::vec(any::<u8>(), 1..80).prop_map(SignedBy::ForgedTail),
+        1 => (any::<proptest::sample::Index>(), proptest::option::of(any::<u8>()))
+            .prop_map(|(i, b)| SignedBy::Corrupted(i, b)),
+    ]
+}
+
+fn signature_for(by: &SignedBy, payload: &str, trusted: &PrivateKey) -> String {
+    let genuine = || proto::sign::sign(trusted, payload.as_bytes()).unwrap();
+    match by {
+        SignedBy::Trusted => genuine(),
+        SignedBy::Stranger => proto::sign::sign(&test_key(2), payload.as_bytes()).unwrap(),
+        SignedBy::Text(text) => text.clone(),
+        SignedBy::Bytes(bytes) => armor_bytes(bytes),
+        SignedBy::ForgedTail(tail) => {
+            let mut blob = unarmor(&genuine());
+            let keep = blob.len().saturating_sub(tail.len());
+            blob.truncate(keep);
+            blob.extend_from_slice(tail);
+            armor_bytes(&blob)
+        }
+        SignedBy::Corrupted(i, byte) => {
+            let mut blob = unarmor(&genuine());
+            let at = i.index(blob.len());
+            match byte {
+                Some(b) => blob[at] = *b,
+                None => blob.truncate(at),
+            }
+            armor_bytes(&blob)
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn whatever_a_trusted_key_signs_is_accepted_or_refused_with_a_reason(
+        payload in signed_payload(),
+        by in signed_by(),
+    ) {
+        let key = test_key(1);
+        let p = policy(allowed(&key));
+        let signed = SignedOrder {
+            signature: signature_for(&by, &payload, &key),
+            payload,
+        };
+        match accept(&signed, &p, now(), &none_seen(), &EmptyHost) {
+            Ok(accepted) => {
+                // What the agent does next with it: journal the order, remember its id until
+                // `remember_until` (a JSON file), and log both.
+                prop_assert!(serde_json::to_string(&accepted.order).is_ok());
+                let until = serde_json::to_string(&accepted.remember_until);
+                prop_assert!(until.is_ok(), "remember_until {:?}: {:?}", accepted.remember_until, until);
+                prop_assert!(!accepted.remember_until.to_string().is_empty());
+                prop_assert!(!accepted.order.not_after.to_string().is_empty());
+            }
+            Err(rejection) => prop_assert!(
+                !rejection.message.trim().is_empty(),
+                "a {:?} refusal without a message", rejection.kind
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_mutation_harness_starts_from_an_order_that_is_accepted() {
+    // Without this, every mutated order could be refused for a reason of the harness's own.
+    let key = test_key(1);
+    let payload = mutated_order(&[]);
+    let signed = SignedOrder {
+        signature: signature_for(&SignedBy::Trusted, &payload, &key),
+        payload,
+    };
+    accept(
+        &signed,
+        &policy(allowed(&key)),
+        now(),
+        &none_seen(),
+        &EmptyHost,
+    )
+    .unwrap();
+    let forged = SignedOrder {
+        signature: signature_for(&SignedBy::ForgedTail(vec![0; 64]), &signed.payload, &key),
+        ..signed.clone()
+    };
+    assert_eq!(
+        refusal(&forged, &policy(allowed(&key)), now()).kind,
+        RefusalKind::BadSignature
     );
 }
 

@@ -19,7 +19,9 @@ use harness::{
 use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
 mod failing;
+mod labels;
 mod policy;
+mod secrets;
 
 const APP: &str = "acme";
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use proto::Timestamp;
 use proto::order::ImageRef;
-use proto::wire::{Outcome, OutcomeKind, ServiceResult};
+use proto::wire::{AgentStatus, Health, Outcome, OutcomeKind, ServiceResult, ServiceStatus};
 
 use super::*;
 use crate::output::{HostRollout, Inconsistent, RolloutSummary, StatusSummary};
@@ -150,6 +150,100 @@ fn status_rows_wait_for_the_verdict() {
         verdict(1, false, false, 1),
         ["staging: 1 of 2 host(s) unreachable"]
     );
+}
+
+#[test]
+fn a_status_with_hostile_labels_is_printed_as_text() {
+    // `ref` and `previous_digest` come from container labels, which anyone with the Docker
+    // socket sets, and a reply may come from any agent: text, never terminal control, and no
+    // panic on a digest that is not hex.
+    let reference = "v1 🦀 \u{1b}[31mred\u{1b}[0m\u{7}";
+    // One ASCII byte first: cutting at 12 bytes would split a character.
+    let odd_digest = "sha256:aéééééééééééééééééééé🦀";
+    let status = AgentStatus {
+        agent_version: "0.1.0 \u{1b}]0;title\u{7}".into(),
+        host: "h1".into(),
+        env: "staging".into(),
+        uptime_secs: 5,
+        services: vec![ServiceStatus {
+            app: "acme".into(),
+            service: "wéb🦀".into(),
+            container_id: Some("c0ffee".into()),
+            image: Some(image('a')),
+            reference: Some(reference.into()),
+            health: Health::Healthy,
+            since: Timestamp::from_unix_secs(100),
+            last_outcome: Some(OutcomeKind::Succeeded),
+            last_order: Some("o\u{1b}[2J".into()),
+            previous_digest: Some(odd_digest.into()),
+        }],
+        running: vec![],
+    };
+    let message = Message::HostStatus(HostStatus::up("h1", &status, "acme"));
+    let Shown::Rows(Table::Status, rows) = render(&message) else {
+        panic!("status is a table row")
+    };
+    assert_eq!(
+        rows,
+        vec![vec![
+            "h1".to_string(),
+            "yes".into(),
+            "0.1.0 \\u{1b}]0;title\\u{7}".into(),
+            "wéb🦀".into(),
+            "v1 🦀 \\u{1b}[31mred\\u{1b}[0m\\u{7}".into(),
+            "aaaaaaaaaaaa".into(),
+            "healthy".into(),
+            Timestamp::from_unix_secs(100).to_string(),
+            "succeeded".into(),
+        ]]
+    );
+    let printed = table(Table::Status.header(), &rows);
+    assert!(
+        !printed.contains('\u{1b}') && !printed.contains('\u{7}'),
+        "{printed}"
+    );
+
+    // JSON escapes control characters itself and keeps the rest as it came.
+    let json = serde_json::to_string(&message).unwrap();
+    assert!(
+        !json.contains('\u{1b}') && !json.contains('\u{7}'),
+        "raw control characters in {json}"
+    );
+    assert!(
+        json.contains(r#""ref":"v1 🦀 \u001b[31mred\u001b[0m\u0007""#),
+        "{json}"
+    );
+    let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(back["services"][0]["ref"], reference);
+    assert_eq!(back["services"][0]["previous_digest"], odd_digest);
+
+    // A push that displaced a container with such a digest label says what it was.
+    let displaced = HostRollout {
+        host: "h1".into(),
+        state: HostState::Succeeded {
+            changed: true,
+            previous: Some(odd_digest.into()),
+        },
+        outcome: Some(outcome(OutcomeKind::Succeeded, 'b', &[])),
+        run_migration: false,
+        rollback: None,
+        rollback_outcome: None,
+    };
+    let summary = RolloutSummary {
+        env: "staging".into(),
+        rollout_id: "r".into(),
+        reference: "v2".into(),
+        image: image('b'),
+        result: RolloutResult::Succeeded,
+        elapsed_ms: 1000,
+        hosts: vec![displaced],
+        inconsistent: vec![],
+    };
+    let lines = out_lines(&Message::Summary(Summary::new(
+        "push",
+        SummaryBody::Rollout(summary),
+    )));
+    assert_eq!(lines[1], "  h1: changed to bbbbbbbbbbbb (was aééééééééééé)");
 }
 
 #[test]
