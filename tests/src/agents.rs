@@ -117,6 +117,10 @@ pub struct AgentSetup {
     pub shutdown_grace: Duration,
     /// allowed_signers lines besides the agent's own test key.
     pub extra_signers: Vec<String>,
+    /// `max_connections`, `frame_timeout`, `idle_timeout`; the agent's defaults when `None`.
+    pub max_connections: Option<usize>,
+    pub frame_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
 }
 
 impl AgentSetup {
@@ -132,25 +136,40 @@ impl AgentSetup {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(60),
             extra_signers: Vec::new(),
+            max_connections: None,
+            frame_timeout: None,
+            idle_timeout: None,
         }
     }
 
     fn toml(&self, dir: &Path) -> String {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let ms = |d: Duration| q(&format!("{}ms", d.as_millis()));
         let images: Vec<String> = self.allowed_images.iter().map(|i| q(i)).collect();
-        format!(
-            "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
+        let mut limits = String::new();
+        if let Some(n) = self.max_connections {
+            limits.push_str(&format!("max_connections = {n}\n"));
+        }
+        if let Some(d) = self.frame_timeout {
+            limits.push_str(&format!("frame_timeout = {}\n", ms(d)));
+        }
+        if let Some(d) = self.idle_timeout {
+            limits.push_str(&format!("idle_timeout = {}\n", ms(d)));
+        }
+        limits
+            + &format!(
+                "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
              container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\n",
-            q(&self.host),
-            q(&self.env),
-            q(&dir.join("agent.sock").display().to_string()),
-            q(&dir.join("state").display().to_string()),
-            q(&dir.join("allowed_signers").display().to_string()),
-            images.join(", "),
-            q(&self.container_prefix),
-            q(&format!("{}ms", self.health_interval.as_millis())),
-            q(&format!("{}ms", self.shutdown_grace.as_millis())),
-        )
+                q(&self.host),
+                q(&self.env),
+                q(&dir.join("agent.sock").display().to_string()),
+                q(&dir.join("state").display().to_string()),
+                q(&dir.join("allowed_signers").display().to_string()),
+                images.join(", "),
+                q(&self.container_prefix),
+                ms(self.health_interval),
+                ms(self.shutdown_grace),
+            )
     }
 }
 
