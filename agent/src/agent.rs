@@ -78,7 +78,7 @@ pub struct Agent<B: Backend> {
     /// Lock order: `running` before `index`; `health` alone.
     index: Mutex<Index>,
     running: Mutex<Running>,
-    /// Held across the acceptance check and the remembering of the id ([`replay::admit`]).
+    /// Held across the replay check and the remembering of the id ([`replay::admit`]).
     replay: Mutex<ReplayStore>,
     next_seq: AtomicU64,
     health: Mutex<HealthBook>,
@@ -90,6 +90,26 @@ pub struct Agent<B: Backend> {
     /// Number of clients following a job, so shutdown can let them read the outcome.
     followers: watch::Sender<usize>,
     started: Instant,
+    /// The last `status` answer; its lock makes concurrent requests share one computation.
+    status_cache: tokio::sync::Mutex<Option<CachedStatus>>,
+    /// Bumped whenever a job starts or ends, so a cached status never hides one.
+    jobs_changed: AtomicU64,
+}
+
+/// How long a `status` answer is reused: a flood of status requests runs the probes (and, for
+/// compose services, the compose CLI) once a second at most.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
+
+struct CachedStatus {
+    computed: Instant,
+    /// [`Agent::jobs_changed`] when the computation began.
+    jobs_changed: u64,
+    status: AgentStatus,
+}
+
+/// Whether a status computed `age` ago, when the job counter read `then`, may answer now.
+fn status_reusable(age: Duration, then: u64, now: u64) -> bool {
+    age < STATUS_TTL && then == now
 }
 
 impl<B: Backend> std::fmt::Debug for Agent<B> {
@@ -147,6 +167,8 @@ impl<B: Backend> Agent<B> {
             job_count: watch::Sender::new(0),
             followers: watch::Sender::new(0),
             started: Instant::now(),
+            status_cache: tokio::sync::Mutex::new(None),
+            jobs_changed: AtomicU64::new(0),
         }))
     }
 
@@ -224,15 +246,8 @@ impl<B: Backend> Agent<B> {
         policy.host_policy = self.config.policy.clone();
         policy.host_keys = host_keys;
         let files = Filesystem::new();
-        let accepted = blocking(|| {
-            replay::admit(
-                &signed,
-                &policy,
-                Timestamp::now(),
-                &mut lock(&self.replay),
-                &files,
-            )
-        });
+        let accepted =
+            blocking(|| replay::admit(&signed, &policy, Timestamp::now(), &self.replay, &files));
         let accepted = match accepted {
             Ok(a) => a,
             Err(rejection) => {
@@ -319,6 +334,7 @@ impl<B: Backend> Agent<B> {
                 running.held.insert(key, job.holder.clone());
             }
             running.jobs.insert(job.order_id().to_string(), job.clone());
+            self.jobs_changed.fetch_add(1, Ordering::SeqCst);
             self.job_count.send_modify(|n| *n += 1);
             (job, skipped)
         };
@@ -412,6 +428,7 @@ impl<B: Backend> Agent<B> {
     fn release(&self, job: &Job) {
         let mut running = lock(&self.running);
         if running.jobs.remove(job.order_id()).is_some() {
+            self.jobs_changed.fetch_add(1, Ordering::SeqCst);
             self.job_count.send_modify(|n| *n = n.saturating_sub(1));
         }
         running.held.retain(|_, h| h.order_id != job.order_id());
@@ -449,7 +466,29 @@ impl<B: Backend> Agent<B> {
             .collect()
     }
 
+    /// The agent's status, reused for up to [`STATUS_TTL`] unless a job started or ended since.
+    /// Callers that arrive while it is computed wait for that computation instead of starting
+    /// their own (their clients see the same answer).
     pub async fn status(&self) -> AgentStatus {
+        let mut cache = self.status_cache.lock().await;
+        let jobs_changed = self.jobs_changed.load(Ordering::SeqCst);
+        if let Some(c) = cache.as_ref()
+            && status_reusable(c.computed.elapsed(), c.jobs_changed, jobs_changed)
+        {
+            return c.status.clone();
+        }
+        let computed = Instant::now();
+        let status = self.compute_status().await;
+        *cache = Some(CachedStatus {
+            computed,
+            jobs_changed,
+            status: status.clone(),
+        });
+        status
+    }
+
+    /// Probes every deployed service (outside jobs, the probe also feeds the health book).
+    async fn compute_status(&self) -> AgentStatus {
         let targets = self.deployed();
         let held: Vec<ServiceKey> = lock(&self.running).held.keys().cloned().collect();
         let mut services = Vec::new();
@@ -657,5 +696,30 @@ impl Job {
 
     fn emit_recover(&self, message: &str) {
         self.emit_event(Phase::Recover, None, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_is_reused_for_a_second_unless_a_job_started_or_ended() {
+        let ms = Duration::from_millis;
+        // (age, job counter then, now, reusable)
+        let cases = [
+            (ms(0), 3, 3, true),
+            (ms(999), 3, 3, true),
+            (ms(1000), 3, 3, false),
+            (ms(5000), 3, 3, false),
+            (ms(10), 3, 4, false),
+        ];
+        for (age, then, now, reusable) in cases {
+            assert_eq!(
+                status_reusable(age, then, now),
+                reusable,
+                "{age:?} {then} {now}"
+            );
+        }
     }
 }

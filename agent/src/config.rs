@@ -43,6 +43,29 @@ pub struct AgentConfig {
     pub policy: HostPolicy,
     /// Files holding this host's SSH public keys; None: sshd's, in [`DEFAULT_HOST_KEY_DIR`].
     pub host_keys: Option<Vec<PathBuf>>,
+    /// How much abuse the socket takes (README, "Under abuse").
+    pub limits: SocketLimits,
+}
+
+/// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketLimits {
+    /// Past this many open connections, the one idle longest that follows no job is closed.
+    pub max_connections: usize,
+    /// `hello` must arrive, and a frame once begun must end, within this.
+    pub frame_timeout: Duration,
+    /// A connection that follows no job is closed after this long without a request.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketLimits {
+    fn default() -> Self {
+        SocketLimits {
+            max_connections: 64,
+            frame_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +91,12 @@ struct RawConfig {
     policy: policy::RawPolicy,
     #[serde(default)]
     host_keys: Option<Vec<PathBuf>>,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_frame_timeout", with = "proto::time::duration")]
+    frame_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "proto::time::duration")]
+    idle_timeout: Duration,
 }
 
 fn default_socket() -> PathBuf {
@@ -81,6 +110,37 @@ fn default_health_interval() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(120)
+}
+fn default_max_connections() -> usize {
+    SocketLimits::default().max_connections
+}
+fn default_frame_timeout() -> Duration {
+    SocketLimits::default().frame_timeout
+}
+fn default_idle_timeout() -> Duration {
+    SocketLimits::default().idle_timeout
+}
+
+impl RawConfig {
+    /// The socket limits, each above zero: a zero would close every connection at once.
+    fn limits(&self) -> Result<SocketLimits, String> {
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        for (key, value) in [
+            ("frame_timeout", self.frame_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{key} must be longer than zero"));
+            }
+        }
+        Ok(SocketLimits {
+            max_connections: self.max_connections,
+            frame_timeout: self.frame_timeout,
+            idle_timeout: self.idle_timeout,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +229,7 @@ impl AgentConfig {
                 "socket_group is empty; leave it out to keep the agent's own group".into(),
             ));
         }
+        let limits = raw.limits().map_err(invalid)?;
         let policy = policy::host_policy(raw.policy).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
@@ -187,6 +248,7 @@ impl AgentConfig {
             host_keys: raw
                 .host_keys
                 .map(|keys| keys.into_iter().map(resolve).collect()),
+            limits,
         })
     }
 }
@@ -278,6 +340,48 @@ allowed_images = ["registry.example.com/acme/*"]
         assert_eq!(c.health_interval, Duration::from_secs(10));
         assert_eq!(c.container_prefix, "");
         assert_eq!(c.socket_group, None);
+        assert_eq!(
+            (
+                c.limits.max_connections,
+                c.limits.frame_timeout,
+                c.limits.idle_timeout
+            ),
+            (64, Duration::from_secs(10), Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn socket_limits_are_read_and_must_be_above_zero() {
+        let text = format!(
+            "{GOOD}max_connections = 8\nframe_timeout = \"2s\"\nidle_timeout = \"500ms\"\n"
+        );
+        let c = AgentConfig::parse(&text, Path::new("agent.toml")).unwrap();
+        assert_eq!(
+            c.limits,
+            SocketLimits {
+                max_connections: 8,
+                frame_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_millis(500),
+            }
+        );
+        for (extra, key) in [
+            ("max_connections = 0", "max_connections"),
+            ("frame_timeout = \"0s\"", "frame_timeout"),
+            ("idle_timeout = \"0ms\"", "idle_timeout"),
+        ] {
+            let err = AgentConfig::parse(&format!("{GOOD}{extra}\n"), Path::new("agent.toml"))
+                .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { message, .. } if message.contains(key)),
+                "{extra}: {err}"
+            );
+        }
+        let err = AgentConfig::parse(
+            &format!("{GOOD}max_connections = -1\n"),
+            Path::new("agent.toml"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { line: 8, .. }), "{err}");
     }
 
     #[test]

@@ -11,11 +11,13 @@
 //! Module map: [`config`] (agent.toml, allowed_signers) · [`replay`] (accepted order ids) ·
 //! [`journal`] (the per-order files) · [`index`] (in-memory view of the journal) · [`locks`]
 //! (one rollout per service) · [`job`] (a running order) · [`agent`] (shared state, one method
-//! per request) · [`server`] (socket, frames, shutdown) · [`health`] (the health book) ·
+//! per request) · [`server`] (socket, frames, shutdown) · [`admission`] (which connections
+//! stay open under a flood) · [`health`] (the health book) ·
 //! [`bridge`] · [`backend`] (the engine as the agent sees it) · [`cli`]. Every file the agent
 //! keeps is written through [`deploy::durable`].
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod agent;
 pub mod backend;
 pub mod bridge;
@@ -158,7 +160,7 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         .map_err(|e| Error::Trust(e.to_string()))?;
     let mut report = format!(
         "{}: ok\n  host {} · env {}\n  socket {}{}\n  state_dir {}\n  allowed_signers {} ({} keys)\n  allowed_images {}\n  \
-         health_interval {}",
+         health_interval {}\n  max_connections {} · frame_timeout {} · idle_timeout {}",
         config_path.display(),
         config.host,
         config.env,
@@ -173,6 +175,9 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         signers.len(),
         config.allowed_images.join(", "),
         proto::time::format_duration(config.health_interval),
+        config.limits.max_connections,
+        proto::time::format_duration(config.limits.frame_timeout),
+        proto::time::format_duration(config.limits.idle_timeout),
     );
     let host_keys = config.load_host_keys().map_err(Error::Trust)?;
     report.push_str(&format!(

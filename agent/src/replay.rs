@@ -9,13 +9,16 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use deploy::durable;
-use proto::accept::{AcceptPolicy, Accepted, Rejection, SeenOrders, accept};
+use proto::accept::{AcceptPolicy, Accepted, Rejection, SeenOrders, accept, check_replay};
 use proto::policy::HostFiles;
 use proto::time::Timestamp;
 use proto::wire::SignedOrder;
 use serde::{Deserialize, Serialize};
+
+use crate::job::lock;
 
 /// Accepted order ids in one JSON file, rewritten through [`durable::write_atomic`] on every
 /// change.
@@ -35,22 +38,38 @@ struct ReplayFile {
 
 const REPLAY_FILE_VERSION: u32 = 1;
 
-/// Acceptance as the agent performs it: [`accept`] against the ids in `store`, then the
-/// accepted id remembered durably. The caller holds `store` exclusively across both, so two
-/// submissions of one order cannot both pass the replay check.
+/// Acceptance as the agent performs it: [`accept`], then the accepted id remembered durably.
+///
+/// Verification (signature, parse, policy) needs nothing of the store and is the costly part,
+/// so it runs before the store's lock is taken: a stream of hostile or slow submits cannot
+/// queue anyone behind it. Under the lock only the replay check and the durable write of the
+/// id run, together, so two submissions of one order cannot both pass. (A replayed order that
+/// also fails a later check, say its image is no longer allowed, is refused for that reason.)
 pub fn admit(
     signed: &SignedOrder,
     policy: &AcceptPolicy,
     now: Timestamp,
-    store: &mut ReplayStore,
+    store: &Mutex<ReplayStore>,
     files: &dyn HostFiles,
 ) -> Result<Accepted, Rejection> {
-    let accepted = accept(signed, policy, now, &*store, files)?;
+    let accepted = accept(signed, policy, now, &CheckedUnderLock, files)?;
+    let mut store = lock(store);
+    check_replay(&accepted.order.order_id, &*store)?;
     // Not applied twice means not applied at all unless the id is safely on disk.
     store
         .remember(&accepted.order.order_id, accepted.remember_until, now)
         .map_err(|e| Rejection::not_recorded(&accepted.order.order_id, &e))?;
     Ok(accepted)
+}
+
+/// The store as [`accept`] sees it in [`admit`]: nothing seen yet, because the replay check
+/// runs afterwards, under the store's lock.
+struct CheckedUnderLock;
+
+impl SeenOrders for CheckedUnderLock {
+    fn seen(&self, _order_id: &str) -> bool {
+        false
+    }
 }
 
 impl ReplayStore {
@@ -229,18 +248,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("replay.json");
         let (order, now) = signed("o1");
-        let mut store = ReplayStore::open(&path, now).unwrap();
-        let accepted = admit(&order, &policy(), now, &mut store, &Filesystem::new()).unwrap();
+        let store = Mutex::new(ReplayStore::open(&path, now).unwrap());
+        let accepted = admit(&order, &policy(), now, &store, &Filesystem::new()).unwrap();
         assert_eq!(accepted.order.order_id, "o1");
         assert_eq!(
-            admit(&order, &policy(), now, &mut store, &Filesystem::new())
+            admit(&order, &policy(), now, &store, &Filesystem::new())
                 .unwrap_err()
                 .kind,
             RefusalKind::Replayed
         );
-        let mut reopened = ReplayStore::open(&path, now).unwrap();
+        let reopened = Mutex::new(ReplayStore::open(&path, now).unwrap());
         assert_eq!(
-            admit(&order, &policy(), now, &mut reopened, &Filesystem::new())
+            admit(&order, &policy(), now, &reopened, &Filesystem::new())
                 .unwrap_err()
                 .kind,
             RefusalKind::Replayed
@@ -250,15 +269,19 @@ mod tests {
     #[test]
     fn a_refused_order_keeps_its_id_unburnt() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store =
-            ReplayStore::open(&dir.path().join("replay.json"), Timestamp::now()).unwrap();
+        let store = Mutex::new(
+            ReplayStore::open(&dir.path().join("replay.json"), Timestamp::now()).unwrap(),
+        );
         let mut wrong_host = order("o2", 'a');
         wrong_host.host = "elsewhere".into();
         let now = wrong_host.issued_at;
         let signed = proto::sign::sign_order(&key(), &wrong_host).unwrap();
-        let r = admit(&signed, &policy(), now, &mut store, &Filesystem::new()).unwrap_err();
+        let r = admit(&signed, &policy(), now, &store, &Filesystem::new()).unwrap_err();
         assert_eq!(r.kind, RefusalKind::HostMismatch);
-        assert!(!store.seen("o2"), "a refused order must not be remembered");
+        assert!(
+            !lock(&store).seen("o2"),
+            "a refused order must not be remembered"
+        );
         assert!(!dir.path().join("replay.json").exists());
     }
 
@@ -268,15 +291,44 @@ mod tests {
         let path = dir.path().join("gone/replay.json");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let (order, now) = signed("o3");
-        let mut store = ReplayStore::open(&path, now).unwrap();
+        let store = Mutex::new(ReplayStore::open(&path, now).unwrap());
         std::fs::remove_dir(path.parent().unwrap()).unwrap();
-        let r = admit(&order, &policy(), now, &mut store, &Filesystem::new()).unwrap_err();
+        let r = admit(&order, &policy(), now, &store, &Filesystem::new()).unwrap_err();
         assert_eq!(r.kind, RefusalKind::Internal, "{r}");
         assert!(
             r.message
                 .starts_with("cannot record order o3 against replay, so it is not applied: cannot save replay store"),
             "{r}"
         );
-        assert!(!store.seen("o3"));
+        assert!(!lock(&store).seen("o3"));
+    }
+
+    #[test]
+    fn verification_does_not_wait_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (good, now) = signed("o4");
+        let store = Mutex::new(ReplayStore::open(&dir.path().join("replay.json"), now).unwrap());
+        let forged = SignedOrder {
+            payload: good.payload.replace("o4", "o5"),
+            ..good.clone()
+        };
+        let held = lock(&store);
+        // With the store's lock held elsewhere (a slow durable write, say), a forged order is
+        // still refused: its signature check never queues behind that lock.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = tx.send(
+                    admit(&forged, &policy(), now, &store, &Filesystem::new()).map(|a| a.order),
+                );
+            });
+            let refused = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("refused while the store is locked");
+            assert_eq!(refused.unwrap_err().kind, RefusalKind::BadSignature);
+            drop(held);
+        });
+        admit(&good, &policy(), now, &store, &Filesystem::new())
+            .expect("the good order is admitted once");
     }
 }

@@ -1,6 +1,11 @@
 //! The agent's unix socket: one connection is a `hello`, then any number of
 //! requests in turn. A malformed frame gets an `error` reply and the connection is closed;
 //! nothing a client sends can panic the agent.
+//!
+//! Nor can it hold the agent (README, "Under abuse"): every connection is accepted, and past
+//! `max_connections` the longest idle one that follows no job is closed ([`crate::admission`]);
+//! `hello`, and any frame once begun, must arrive within `frame_timeout`; a connection that
+//! follows no job is closed after `idle_timeout` without a request.
 
 use std::future::Future;
 use std::io;
@@ -9,18 +14,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use frame_io::{FrameReader, write_frame};
+use frame_io::{FrameReader, ReadError, write_frame};
 use proto::codec::{CodecError, MAX_FRAME, check_peer_protocol, encode};
 use proto::wire::{PROTOCOL_VERSION, Refusal, RefusalKind, Reply, Request, ServiceLogs};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 
+use crate::admission::{ConnHandle, Connections};
 use crate::agent::{AGENT_VERSION, Agent, Submitted, Watched};
 use crate::backend::Backend;
 use crate::job::Job;
-
-/// A client that connects and says nothing is dropped after this long.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for clients to read the outcomes of the jobs that finished.
 const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
 
@@ -106,14 +109,20 @@ pub async fn serve<B: Backend>(
     let watcher = tokio::spawn(agent.clone().health_watch());
     tokio::pin!(shutdown);
     tracing::info!(socket = %socket_path.display(), host = %agent.config().host, env = %agent.config().env, "serving");
+    let connections = Connections::new(agent.config().limits.max_connections);
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
                     let agent = agent.clone();
+                    let (conn, closed) = connections.admit();
                     tokio::spawn(async move {
                         let (rd, wr) = stream.into_split();
-                        serve_connection(&agent, rd, wr).await;
+                        // Closed for room: dropping the connection's future drops its stream.
+                        tokio::select! {
+                            () = serve_connection(&agent, &conn, rd, wr) => {}
+                            _ = closed => {}
+                        }
                     });
                 }
                 Err(e) => {
@@ -151,13 +160,60 @@ pub async fn serve<B: Backend>(
 }
 
 /// One client, from `hello` to close.
-pub async fn serve_connection<B: Backend, R, W>(agent: &Arc<Agent<B>>, rd: R, mut wr: W)
+async fn serve_connection<B: Backend, R, W>(
+    agent: &Arc<Agent<B>>,
+    conn: &ConnHandle,
+    rd: R,
+    mut wr: W,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let limits = agent.config().limits;
+    let mut reader = FrameReader::new(rd);
+    if !greet(agent, &mut reader, &mut wr, limits.frame_timeout).await {
+        return;
+    }
+    conn.active();
+    loop {
+        let request = match reader
+            .next_within::<Request>(limits.idle_timeout, limits.frame_timeout)
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) | Err(ReadError::Codec(CodecError::Io(_))) => return,
+            Err(e @ (ReadError::Idle(_) | ReadError::Stalled(_))) => {
+                tracing::debug!(connection = conn.id(), "closing: {e}");
+                return;
+            }
+            Err(ReadError::Codec(e)) => {
+                tracing::debug!("bad frame: {e}");
+                let _ = send_error(&mut wr, &format!("bad request: {e}")).await;
+                return;
+            }
+        };
+        conn.active();
+        if handle(agent, conn, request, &mut wr).await.is_err() {
+            // The client went away; any job it started goes on without it.
+            return;
+        }
+        conn.active();
+    }
+}
+
+/// The `hello` exchange, which must complete within `limit` of the connect; false when the
+/// connection is to be closed.
+async fn greet<B: Backend, R, W>(
+    agent: &Arc<Agent<B>>,
+    reader: &mut FrameReader<R>,
+    wr: &mut W,
+    limit: Duration,
+) -> bool
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut reader = FrameReader::new(rd);
-    match tokio::time::timeout(HELLO_TIMEOUT, reader.next::<Request>()).await {
+    match tokio::time::timeout(limit, reader.next::<Request>()).await {
         Ok(Ok(Some(Request::Hello { protocol, client }))) => {
             if let Err(e) = check_peer_protocol(protocol) {
                 let refusal = Refusal {
@@ -165,8 +221,8 @@ where
                     message: e.to_string(),
                     holder: None,
                 };
-                let _ = write_frame(&mut wr, &Reply::Refused { refusal }).await;
-                return;
+                let _ = write_frame(wr, &Reply::Refused { refusal }).await;
+                return false;
             }
             tracing::debug!(client, "hello");
             let hello = Reply::Hello {
@@ -175,40 +231,27 @@ where
                 host: agent.config().host.clone(),
                 env: agent.config().env.clone(),
             };
-            if write_frame(&mut wr, &hello).await.is_err() {
-                return;
-            }
+            write_frame(wr, &hello).await.is_ok()
         }
         Ok(Ok(Some(_))) => {
-            let _ = send_error(&mut wr, "the first frame must be a hello").await;
-            return;
+            let _ = send_error(wr, "the first frame must be a hello").await;
+            false
         }
-        Ok(Ok(None)) | Err(_) => return,
+        Ok(Ok(None)) => false,
+        Err(_) => {
+            tracing::debug!("closing: no hello within {limit:?}");
+            false
+        }
         Ok(Err(e)) => {
-            let _ = send_error(&mut wr, &format!("bad hello: {e}")).await;
-            return;
-        }
-    }
-    loop {
-        let request = match reader.next::<Request>().await {
-            Ok(Some(r)) => r,
-            Ok(None) => return,
-            Err(CodecError::Io(_)) => return,
-            Err(e) => {
-                tracing::debug!("bad frame: {e}");
-                let _ = send_error(&mut wr, &format!("bad request: {e}")).await;
-                return;
-            }
-        };
-        if handle(agent, request, &mut wr).await.is_err() {
-            // The client went away; any job it started goes on without it.
-            return;
+            let _ = send_error(wr, &format!("bad hello: {e}")).await;
+            false
         }
     }
 }
 
 async fn handle<B: Backend, W: AsyncWrite + Unpin>(
     agent: &Arc<Agent<B>>,
+    conn: &ConnHandle,
     request: Request,
     wr: &mut W,
 ) -> Result<(), CodecError> {
@@ -219,7 +262,7 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
         }
         Request::Submit { order } => match agent.submit(order).await {
             Submitted::Job(job) => {
-                let _following = agent.following();
+                let _following = (agent.following(), conn.following());
                 follow(&job, wr).await
             }
             Submitted::Refused(refusal) => write_frame(wr, &Reply::Refused { refusal }).await,
@@ -227,7 +270,7 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
         },
         Request::Watch { order_id } => match agent.watch(&order_id) {
             Watched::Running(job) => {
-                let _following = agent.following();
+                let _following = (agent.following(), conn.following());
                 follow(&job, wr).await
             }
             Watched::Finished { events, outcome } => {

@@ -35,6 +35,8 @@ struct Script {
     hold: std::sync::atomic::AtomicBool,
     gate: watch::Sender<bool>,
     migrations: AtomicUsize,
+    /// Calls of `inspect_service`: the probes behind `status`.
+    inspections: AtomicUsize,
     recovered: Mutex<Vec<String>>,
     last_image: Mutex<Option<ImageRef>>,
 }
@@ -107,6 +109,7 @@ impl Backend for Fake {
         _service: &str,
         _spec: &ServiceSpec,
     ) -> ServiceSnapshot {
+        self.0.inspections.fetch_add(1, Ordering::SeqCst);
         let image = self.0.last_image.lock().unwrap().clone();
         ServiceSnapshot {
             container_id: image.as_ref().map(|_| "c0ffee".into()),
@@ -154,6 +157,11 @@ fn digest(c: char) -> String {
 
 impl Daemon {
     async fn start() -> Daemon {
+        Daemon::start_with("").await
+    }
+
+    /// A daemon whose agent.toml has `extra` lines.
+    async fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let key = proto::sign::ed25519_key(&[7; 32], "ci@test");
         let line = proto::sign::allowed_signers_line("ci@test", key.public_key()).unwrap();
@@ -168,7 +176,8 @@ allowed_images = ["127.0.0.1:5000/acme/*"]
 health_interval = "1h"
 shutdown_grace = "10s"
 "#;
-        let config = AgentConfig::parse(text, &dir.path().join("agent.toml")).unwrap();
+        let text = format!("{text}{extra}");
+        let config = AgentConfig::parse(&text, &dir.path().join("agent.toml")).unwrap();
         let mut d = Daemon {
             socket: config.socket.clone(),
             dir,
@@ -716,4 +725,180 @@ async fn shutdown_lets_a_running_job_finish() {
             .is_some()
     );
     drop(d.dir);
+}
+
+/// Reads until the agent closes the connection; how long that took, or None past `limit`.
+async fn closed_within(stream: &mut tokio::net::UnixStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A raw connection that said hello (and read the answer).
+async fn raw_hello(d: &Daemon) -> tokio::net::UnixStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    let hello = proto::codec::encode(&proto::codec::hello_request("raw")).unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].ends_with(b"\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_computed_once_for_a_burst_and_never_hides_a_job() {
+    let mut d = Daemon::start().await;
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&d.order("r1", 'a')).await,
+    })
+    .await
+    .unwrap();
+    until_outcome(&mut c).await;
+    let probes = || d.fake.0.inspections.load(Ordering::SeqCst);
+    let before = probes();
+
+    // A burst of status requests on many connections: one computation answers them all.
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(d.client().await);
+    }
+    let answers = futures_util::future::join_all(clients.iter_mut().map(|c| c.status())).await;
+    let first = answers[0].as_ref().unwrap().clone();
+    for answer in answers {
+        assert_eq!(answer.unwrap(), first, "one computation, one answer");
+    }
+    assert_eq!(probes(), before + 1, "one probe of the one service");
+
+    // A job that starts is in the very next answer, cache or not.
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let held = d.order("r2", 'b');
+    c.send(&Request::Submit {
+        order: d.sign(&held).await,
+    })
+    .await
+    .unwrap();
+    until_phase(&mut c, Phase::Switch).await;
+    let during = clients[0].status().await.unwrap();
+    assert_eq!(
+        during
+            .running
+            .iter()
+            .map(|h| h.order_id.as_str())
+            .collect::<Vec<_>>(),
+        [held.order_id.as_str()]
+    );
+    d.open_gate();
+    until_outcome(&mut c).await;
+    assert!(clients[0].status().await.unwrap().running.is_empty());
+
+    // Past a second the probes run again.
+    let counted = probes();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while probes() == counted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never refreshed"
+        );
+        clients[0].status().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_connections_the_longest_idle_goes_and_followers_stay() {
+    let mut d = Daemon::start_with("max_connections = 3\n").await;
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let order = d.order("r1", 'a');
+    let mut follower = d.client().await;
+    follower
+        .send(&Request::Submit {
+            order: d.sign(&order).await,
+        })
+        .await
+        .unwrap();
+    until_phase(&mut follower, Phase::Switch).await;
+
+    // The follower is the oldest connection, yet the idle ones go first, oldest first.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(raw_hello(&d).await);
+    }
+    let short = Duration::from_millis(300);
+    for (i, conn) in idle.iter_mut().enumerate() {
+        let closed = closed_within(conn, if i < 3 { LIMIT } else { short }).await;
+        assert_eq!(closed.is_some(), i < 3, "idle connection {i}");
+    }
+    d.open_gate();
+    let (_, outcome) = until_outcome(&mut follower).await;
+    assert_eq!(outcome.kind, OutcomeKind::Succeeded);
+    // The survivors still get answers.
+    let mut last = d.client().await;
+    last.status().await.unwrap();
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stallers_silent_and_idle_connections_are_closed_in_time() {
+    use tokio::io::AsyncWriteExt;
+    let frame = Duration::from_millis(500);
+    let idle = Duration::from_millis(1500);
+    let mut d = Daemon::start_with("frame_timeout = \"500ms\"\nidle_timeout = \"1500ms\"\n").await;
+    let slack = Duration::from_secs(5);
+
+    // No hello at all: closed at the frame timeout.
+    let mut silent = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    // Half a frame after hello: closed at the frame timeout, not the idle one.
+    let mut staller = raw_hello(&d).await;
+    staller.write_all(b"{\"type\":\"sta").await.unwrap();
+    // Hello, then nothing: closed at the idle timeout.
+    let mut quiet = raw_hello(&d).await;
+    let (silent, staller, quiet) = tokio::join!(
+        closed_within(&mut silent, slack),
+        closed_within(&mut staller, slack),
+        closed_within(&mut quiet, slack),
+    );
+    for (what, closed, limit) in [
+        ("silent", silent, frame),
+        ("staller", staller, frame),
+        ("quiet", quiet, idle),
+    ] {
+        let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {slack:?}"));
+        assert!(
+            closed >= limit - Duration::from_millis(50) && closed < limit + slack,
+            "{what}: closed after {closed:?}, limit {limit:?}"
+        );
+    }
+
+    // A client that keeps asking is not idle, and one following a job is never cut off.
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&d.order("r1", 'a')).await,
+    })
+    .await
+    .unwrap();
+    until_phase(&mut c, Phase::Switch).await;
+    let mut asker = d.client().await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < idle * 2 {
+        asker.history(1).await.unwrap();
+        tokio::time::sleep(idle / 4).await;
+    }
+    d.open_gate();
+    assert_eq!(until_outcome(&mut c).await.1.kind, OutcomeKind::Succeeded);
+    d.shutdown().await;
 }

@@ -367,6 +367,7 @@ async fn run_job<C: Connector, S: OrderSigner>(
                 image: order.image.clone(),
                 run_migration: order.run_migration,
             });
+            revive(d, link).await;
             let result = link.conn.submit(signed, &mut on_event).await;
             (order.order_id, result)
         }
@@ -381,6 +382,19 @@ async fn run_job<C: Connector, S: OrderSigner>(
     };
     let result = reattach(d, link, &order_id, result, &mut on_event).await;
     ended(out, host, result)
+}
+
+/// An agent closes a connection that follows no job after its `idle_timeout`, and under a
+/// flood the longest idle one (README, "Under abuse"): a host's link that waited for earlier
+/// batches may be gone. A cheap request tells, and a new connection replaces a dead one, so an
+/// order is not sent into a closed connection (where it would be lost, not refused).
+async fn revive<C: Connector, S>(d: &Driver<'_, C, S>, link: &mut HostLink<C::Conn>) {
+    if link.conn.history(0).await.is_ok() {
+        return;
+    }
+    if let Ok(conn) = d.connector.connect(&link.spec).await {
+        link.conn = conn;
+    }
 }
 
 /// Re-attaches a few times to an order whose connection dropped.

@@ -241,15 +241,7 @@ pub fn accept(
             ),
         ));
     }
-    if seen.seen(&order.order_id) {
-        return Err(Rejection::new(
-            K::Replayed,
-            format!(
-                "order {} was already accepted once; an order is never applied twice",
-                order.order_id
-            ),
-        ));
-    }
+    check_replay(&order.order_id, seen)?;
     let disallowed = order
         .all_images()
         .into_iter()
@@ -285,6 +277,19 @@ pub fn accept(
         signer,
         remember_until,
     })
+}
+
+/// The replay check alone: refused when `seen` knows `order_id`. [`accept`] runs it in its
+/// place; an agent that runs [`accept`] outside the lock of its store (the costly signature
+/// check needs no store) runs it again under that lock, right before remembering the id.
+pub fn check_replay(order_id: &str, seen: &dyn SeenOrders) -> Result<(), Rejection> {
+    if seen.seen(order_id) {
+        return Err(Rejection::new(
+            RefusalKind::Replayed,
+            format!("order {order_id} was already accepted once; an order is never applied twice"),
+        ));
+    }
+    Ok(())
 }
 
 /// What serde cannot express about an order.

@@ -123,6 +123,10 @@ pub struct AgentSetup {
     /// `host_keys`: the public key files of the sshd in front of the agent (none by default:
     /// a local socket's orders carry no host key).
     pub host_keys: Vec<PathBuf>,
+    /// `max_connections`, `frame_timeout`, `idle_timeout`; the agent's defaults when `None`.
+    pub max_connections: Option<usize>,
+    pub frame_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
 }
 
 impl AgentSetup {
@@ -144,32 +148,47 @@ impl AgentSetup {
                 format!("volumes = [{tmp}]\nfiles = [{tmp}]\n")
             },
             host_keys: Vec::new(),
+            max_connections: None,
+            frame_timeout: None,
+            idle_timeout: None,
         }
     }
 
     fn toml(&self, dir: &Path) -> String {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let ms = |d: Duration| q(&format!("{}ms", d.as_millis()));
         let images: Vec<String> = self.allowed_images.iter().map(|i| q(i)).collect();
+        let mut limits = String::new();
+        if let Some(n) = self.max_connections {
+            limits.push_str(&format!("max_connections = {n}\n"));
+        }
+        if let Some(d) = self.frame_timeout {
+            limits.push_str(&format!("frame_timeout = {}\n", ms(d)));
+        }
+        if let Some(d) = self.idle_timeout {
+            limits.push_str(&format!("idle_timeout = {}\n", ms(d)));
+        }
         let host_keys: Vec<String> = self
             .host_keys
             .iter()
             .map(|k| q(&k.display().to_string()))
             .collect();
-        format!(
-            "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
-             container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
-            q(&self.host),
-            q(&self.env),
-            q(&dir.join("agent.sock").display().to_string()),
-            q(&dir.join("state").display().to_string()),
-            q(&dir.join("allowed_signers").display().to_string()),
-            images.join(", "),
-            q(&self.container_prefix),
-            q(&format!("{}ms", self.health_interval.as_millis())),
-            q(&format!("{}ms", self.shutdown_grace.as_millis())),
-            host_keys.join(", "),
-            self.policy,
-        )
+        limits
+            + &format!(
+                "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
+                 container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
+                q(&self.host),
+                q(&self.env),
+                q(&dir.join("agent.sock").display().to_string()),
+                q(&dir.join("state").display().to_string()),
+                q(&dir.join("allowed_signers").display().to_string()),
+                images.join(", "),
+                q(&self.container_prefix),
+                ms(self.health_interval),
+                ms(self.shutdown_grace),
+                host_keys.join(", "),
+                self.policy,
+            )
     }
 }
 

@@ -25,6 +25,7 @@
 pub mod command;
 pub mod docker;
 pub mod error;
+pub mod flood;
 pub mod images;
 pub mod net;
 pub mod prereqs;

@@ -59,6 +59,11 @@ pub struct Host {
     pub refuses: Option<RefusalKind>,
     /// The next order is accepted, then the connection drops while its job runs.
     pub drops: bool,
+    /// The agent closes the first connection once it answered status and history, as one
+    /// closes a connection left idle (waiting for its batch) past `idle_timeout`.
+    pub closes_idle: bool,
+    /// Connections made to this host.
+    pub connections: usize,
     /// Orders received, in order.
     pub orders: Vec<Order>,
 }
@@ -75,6 +80,8 @@ impl Host {
             fails: None,
             refuses: None,
             drops: false,
+            closes_idle: false,
+            connections: 0,
             orders: Vec::new(),
         };
         host.journal(
@@ -281,8 +288,13 @@ impl Connector for Fleet {
                 host.name
             )));
         }
+        let closes_after = self.with(&host.name, |h| {
+            h.connections += 1;
+            std::mem::take(&mut h.closes_idle).then_some(2)
+        });
         Ok(FakeConn {
             fleet: self.clone(),
+            closes_after,
             peer: Peer {
                 host: host.name.clone(),
                 env: "staging".into(),
@@ -296,6 +308,26 @@ impl Connector for Fleet {
 pub struct FakeConn {
     fleet: Fleet,
     peer: Peer,
+    /// Requests answered before the agent closes this connection.
+    closes_after: Option<usize>,
+}
+
+impl FakeConn {
+    /// One request's worth of the connection: false once the agent closed it.
+    fn open(&mut self) -> bool {
+        match &mut self.closes_after {
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+fn closed() -> TransportError {
+    TransportError::Closed("the agent closed the connection".into())
 }
 
 /// Long enough for hosts of one batch to overlap visibly in the log.
@@ -307,10 +339,16 @@ impl AgentConn for FakeConn {
     }
 
     async fn status(&mut self) -> Result<AgentStatus, TransportError> {
+        if !self.open() {
+            return Err(closed());
+        }
         Ok(self.fleet.with(&self.peer.host, |h| h.status()))
     }
 
     async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>, TransportError> {
+        if !self.open() {
+            return Err(closed());
+        }
         let mut all = self.fleet.with(&self.peer.host, |h| h.history.clone());
         all.reverse();
         all.truncate(limit);
@@ -330,6 +368,9 @@ impl AgentConn for FakeConn {
         order: SignedOrder,
         on_event: &mut (dyn FnMut(&JobEvent) + Send),
     ) -> Result<JobEnd, TransportError> {
+        if !self.open() {
+            return Err(closed());
+        }
         let order: Order = serde_json::from_str(&order.payload)
             .map_err(|e| TransportError::Protocol(e.to_string()))?;
         let host = self.peer.host.clone();
@@ -352,6 +393,9 @@ impl AgentConn for FakeConn {
         order_id: &str,
         _on_event: &mut (dyn FnMut(&JobEvent) + Send),
     ) -> Result<JobEnd, TransportError> {
+        if !self.open() {
+            return Err(closed());
+        }
         let host = self.peer.host.clone();
         self.fleet.step(Step::Watch(host.clone()));
         tokio::time::sleep(JOB_TIME).await;

@@ -268,3 +268,16 @@ async fn a_dropped_connection_reattaches_to_the_order() {
     assert_eq!(fleet.host("h1").orders.len(), 1, "re-attached, not re-sent");
     assert!(fleet.log().contains(&Step::Watch("h1".into())));
 }
+
+#[tokio::test]
+async fn a_link_the_agent_closed_while_it_waited_is_replaced_before_the_order() {
+    let mut hosts = hosts_on('a', 2);
+    hosts[1].closes_idle = true;
+    let fleet = Fleet::new(hosts);
+    let report = roll(&fleet, &config(2, 1), push('b')).await.unwrap();
+    assert_eq!(report.conclusion.result, RolloutResult::Succeeded);
+    let h2 = fleet.host("h2");
+    assert_eq!(h2.orders.len(), 1, "sent once, on the new connection");
+    assert_eq!(h2.connections, 2);
+    assert_eq!(fleet.host("h1").connections, 1, "a live link is kept");
+}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use harness::agents::{AgentProc, AgentSetup, JobEnd, JobStream, TestKey, netprobe_image};
+use harness::flood::{Flood, Staller, raise_fd_limit, rss_kib};
 use harness::{
     DemoImage, DemoImages, Registry, docker, docker_inspect, http_get, require_prereqs,
     unique_name, wait_until,
@@ -29,10 +30,17 @@ struct World {
 }
 
 fn world() -> anyhow::Result<World> {
+    world_with(|_| {})
+}
+
+/// [`world`] with the agent's setup adjusted first.
+fn world_with(adjust: impl FnOnce(&mut AgentSetup)) -> anyhow::Result<World> {
     require_prereqs()?;
     let registry = Registry::start()?;
     let images = DemoImages::publish(&registry, "acme/web")?;
-    let agent = AgentProc::start(AgentSetup::new(&[images.repository()]))?;
+    let mut setup = AgentSetup::new(&[images.repository()]);
+    adjust(&mut setup);
+    let agent = AgentProc::start(setup)?;
     let data = tempfile::Builder::new()
         .prefix("deployctl-data-")
         .tempdir()?;
@@ -1289,5 +1297,56 @@ async fn an_order_for_the_release_a_running_job_deploys_follows_that_job() -> an
         .count();
     assert_eq!(migrated, 1, "one migration: {:?}", w.migration_lines());
     assert_eq!(w.serving("web")?.version, "v2");
+    Ok(())
+}
+
+/// Under abuse the agent keeps deploying (README, "Under abuse"): with a thousand connections
+/// that said hello and nothing more, and one that sent half a frame and stalled, a signed order
+/// still deploys; the agent keeps no more than `max_connections` of the flood open, cuts the
+/// staller off at `frame_timeout`, and its memory stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_deploys_through_a_flood_and_cuts_a_staller_off() -> anyhow::Result<()> {
+    const FLOOD: usize = 1000;
+    const MAX_CONNECTIONS: usize = 64;
+    let frame_timeout = Duration::from_secs(2);
+    // The flood's sockets live in this process; the agent inherits the limit too.
+    let limit = raise_fd_limit(FLOOD as u64 + 200)?;
+    let w = world_with(|setup| setup.frame_timeout = Some(frame_timeout))?;
+    let pid = w.agent.pid().context("agent pid")?;
+    let socket = w.agent.socket();
+
+    let mut flood = Flood::open(&socket, FLOOD).await?;
+    let mut staller = Staller::start(&socket).await?;
+    let order = w.order(w.images.v(1), Duration::from_secs(60));
+    let (deployed, stalled) = tokio::join!(
+        w.deploy(&order),
+        staller.closed_within(frame_timeout + Duration::from_secs(3)),
+    );
+    let stream = deployed?;
+    let stalled = stalled?;
+    assert_eq!(w.serving("web")?.version, "v1", "{}", stream.describe());
+    assert!(
+        stalled >= frame_timeout - Duration::from_millis(100),
+        "the staller was closed after {stalled:?}: for room, not by the frame deadline"
+    );
+
+    // At most max_connections stay open, the deploy's own included: the rest of the flood was
+    // closed as the longest idle.
+    let closed = wait_until("the flood to be trimmed", Duration::from_secs(20), || {
+        let closed = flood.closed();
+        if closed >= FLOOD - MAX_CONNECTIONS {
+            Ok(closed)
+        } else {
+            Err(format!("{closed} of {FLOOD} closed"))
+        }
+    })?;
+    let rss = rss_kib(pid)?;
+    println!(
+        "flood of {FLOOD} (fd limit {limit}): {closed} closed for room; staller closed after \
+         {stalled:?}; agent RSS {} KiB",
+        rss
+    );
+    assert!(rss < 100 * 1024, "agent RSS {rss} KiB under the flood");
+    assert_eq!(flood.len(), FLOOD);
     Ok(())
 }
