@@ -11,7 +11,7 @@ use harness::agents::{AgentProc, AgentSetup, JobEnd, JobStream, TestKey, netprob
 use harness::flood::{Flood, Staller, raise_fd_limit, rss_kib};
 use harness::{
     DemoImage, DemoImages, Registry, docker, docker_inspect, http_get, require_prereqs,
-    unique_name, wait_until,
+    unique_name, wait_until, wait_until_async,
 };
 use proto::order::{HealthSpec, ServiceKind, Strategy};
 use proto::time::Timestamp;
@@ -1211,13 +1211,26 @@ async fn the_health_watch_records_transitions() -> anyhow::Result<()> {
             }
         },
     )?;
-    let status = w.agent.client().await?.status().await?;
-    let web = status
-        .services
-        .iter()
-        .find(|s| s.service == "web")
-        .context("web")?;
-    assert_eq!(web.health, Health::Healthy, "{web:?}");
+    // Status answers may be up to a second old (the agent caches them): poll.
+    let web = wait_until_async(
+        "status to report web healthy",
+        Duration::from_secs(5),
+        || async {
+            let status = w
+                .agent
+                .client()
+                .await
+                .map_err(|e| e.to_string())?
+                .status()
+                .await
+                .map_err(|e| e.to_string())?;
+            match status.services.into_iter().find(|s| s.service == "web") {
+                Some(web) if web.health == Health::Healthy => Ok(web),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
     assert!(
         web.since >= status_started(&w)?,
         "since is the recovery time: {web:?}"
