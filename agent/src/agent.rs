@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use proto::Order;
 use proto::accept::AcceptPolicy;
 
 use crate::host_files::Filesystem;
@@ -210,41 +211,10 @@ impl<B: Backend> Agent<B> {
 
     /// Accepts (or refuses) a signed order and starts its job.
     pub async fn submit(self: &Arc<Self>, signed: SignedOrder) -> Submitted {
-        let signers = match self.config.load_allowed_signers() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("{e}");
-                return Submitted::Refused(Refusal {
-                    kind: RefusalKind::UnknownSigner,
-                    message: format!(
-                        "this agent cannot read its allowed_signers, so it trusts no one right now: {e}"
-                    ),
-                    holder: None,
-                });
-            }
+        let policy = match self.accept_policy() {
+            Ok(p) => p,
+            Err(refusal) => return Submitted::Refused(*refusal),
         };
-        let host_keys = match self.config.load_host_keys() {
-            Ok(keys) => keys,
-            Err(e) => {
-                tracing::error!("{e}");
-                return Submitted::Refused(Refusal {
-                    kind: RefusalKind::Internal,
-                    message: format!(
-                        "this agent cannot read its host keys, so it cannot tell which orders are \
-                         bound to this host: {e}"
-                    ),
-                    holder: None,
-                });
-            }
-        };
-        let mut policy = AcceptPolicy::new(
-            &self.config.host,
-            &self.config.env,
-            signers,
-            self.config.allowed_images.clone(),
-        );
-        policy.host_policy = self.config.policy.clone();
-        policy.host_keys = host_keys;
         let files = Filesystem::new();
         let accepted =
             blocking(|| replay::admit(&signed, &policy, Timestamp::now(), &self.replay, &files));
@@ -270,75 +240,130 @@ impl<B: Backend> Agent<B> {
             principal: accepted.signer.principal,
             fingerprint: accepted.signer.fingerprint,
         };
+        match self.hold(order, signed, signer) {
+            Ok((job, skipped_migration)) => self.start(job, skipped_migration),
+            Err(answer) => *answer,
+        }
+    }
 
-        let (job, skipped_migration) = {
-            let mut running = lock(&self.running);
-            let jobs = &running.jobs;
-            match decide(&running.held, &order, |id| jobs.get(id).map(|j| &j.order)) {
-                LockDecision::Refuse(holder) => {
-                    let message = format!(
-                        "app {} is being deployed by rollout {} (order {}, signed by {}, issued by {}) since {}; wait \
-                         for it to finish or follow it with `watch {}`",
-                        order.app,
-                        holder.rollout_id,
-                        holder.order_id,
-                        holder.signer,
-                        holder.issued_by,
-                        holder.since,
-                        holder.order_id
-                    );
-                    tracing::warn!(order_id = %order.order_id, "order refused: {message}");
-                    return Submitted::Refused(Refusal {
-                        kind: RefusalKind::RolloutInProgress,
-                        message,
-                        holder: Some(holder),
-                    });
-                }
-                LockDecision::Attach { order_id } => {
-                    if let Some(job) = running.jobs.get(&order_id) {
-                        tracing::info!(
-                            order_id = %order.order_id,
-                            "order {order_id} already does what rollout {} asks; following it",
-                            order.rollout_id
-                        );
-                        return Submitted::Job(job.clone());
-                    }
-                    return Submitted::Error(format!(
-                        "order {order_id} holds the service but is not running"
-                    ));
-                }
-                LockDecision::Take => {}
+    /// What this agent accepts right now: its config, with `allowed_signers` and the host keys
+    /// read afresh (a key added or removed counts for the next order).
+    fn accept_policy(&self) -> Result<AcceptPolicy, Box<Refusal>> {
+        let signers = match self.config.load_allowed_signers() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return Err(Box::new(Refusal {
+                    kind: RefusalKind::UnknownSigner,
+                    message: format!(
+                        "this agent cannot read its allowed_signers, so it trusts no one right now: {e}"
+                    ),
+                    holder: None,
+                }));
             }
-            let mut order = order;
-            let mut skipped = None;
-            if order.run_migration
-                && !order.rerun_migration
-                && let Some(done) = lock(&self.index)
-                    .migration_done_for(&order.app, order.migration_image().unwrap_or(&order.image))
-            {
-                skipped = Some(done.order.order_id.clone());
-                order.run_migration = false;
-            }
-            let record = OrderRecord {
-                seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
-                signed,
-                order,
-                signer,
-                accepted_at: Timestamp::now(),
-                events: Vec::new(),
-                outcome: None,
-                duration_ms: None,
-            };
-            let job = Arc::new(Job::new(record, self.journal.clone()));
-            for key in keys_of(&job.order) {
-                running.held.insert(key, job.holder.clone());
-            }
-            running.jobs.insert(job.order_id().to_string(), job.clone());
-            self.jobs_changed.fetch_add(1, Ordering::SeqCst);
-            self.job_count.send_modify(|n| *n += 1);
-            (job, skipped)
         };
+        let host_keys = match self.config.load_host_keys() {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::error!("{e}");
+                return Err(Box::new(Refusal {
+                    kind: RefusalKind::Internal,
+                    message: format!(
+                        "this agent cannot read its host keys, so it cannot tell which orders are \
+                         bound to this host: {e}"
+                    ),
+                    holder: None,
+                }));
+            }
+        };
+        let mut policy = AcceptPolicy::new(
+            &self.config.host,
+            &self.config.env,
+            signers,
+            self.config.allowed_images.clone(),
+        );
+        policy.host_policy = self.config.policy.clone();
+        policy.host_keys = host_keys;
+        Ok(policy)
+    }
 
+    /// Takes the order's services (or finds the job already doing what it asks) and records
+    /// the job; the migration is skipped when this image's already ran here.
+    fn hold(
+        &self,
+        order: Order,
+        signed: SignedOrder,
+        signer: SignerInfo,
+    ) -> Result<(Arc<Job>, Option<String>), Box<Submitted>> {
+        let mut running = lock(&self.running);
+        let jobs = &running.jobs;
+        match decide(&running.held, &order, |id| jobs.get(id).map(|j| &j.order)) {
+            LockDecision::Refuse(holder) => {
+                let message = format!(
+                    "app {} is being deployed by rollout {} (order {}, signed by {}, issued by {}) since {}; wait \
+                     for it to finish or follow it with `watch {}`",
+                    order.app,
+                    holder.rollout_id,
+                    holder.order_id,
+                    holder.signer,
+                    holder.issued_by,
+                    holder.since,
+                    holder.order_id
+                );
+                tracing::warn!(order_id = %order.order_id, "order refused: {message}");
+                return Err(Box::new(Submitted::Refused(Refusal {
+                    kind: RefusalKind::RolloutInProgress,
+                    message,
+                    holder: Some(holder),
+                })));
+            }
+            LockDecision::Attach { order_id } => {
+                if let Some(job) = running.jobs.get(&order_id) {
+                    tracing::info!(
+                        order_id = %order.order_id,
+                        "order {order_id} already does what rollout {} asks; following it",
+                        order.rollout_id
+                    );
+                    return Err(Box::new(Submitted::Job(job.clone())));
+                }
+                return Err(Box::new(Submitted::Error(format!(
+                    "order {order_id} holds the service but is not running"
+                ))));
+            }
+            LockDecision::Take => {}
+        }
+        let mut order = order;
+        let mut skipped = None;
+        if order.run_migration
+            && !order.rerun_migration
+            && let Some(done) = lock(&self.index)
+                .migration_done_for(&order.app, order.migration_image().unwrap_or(&order.image))
+        {
+            skipped = Some(done.order.order_id.clone());
+            order.run_migration = false;
+        }
+        let record = OrderRecord {
+            seq: self.next_seq.fetch_add(1, Ordering::SeqCst),
+            signed,
+            order,
+            signer,
+            accepted_at: Timestamp::now(),
+            events: Vec::new(),
+            outcome: None,
+            duration_ms: None,
+        };
+        let job = Arc::new(Job::new(record, self.journal.clone()));
+        for key in keys_of(&job.order) {
+            running.held.insert(key, job.holder.clone());
+        }
+        running.jobs.insert(job.order_id().to_string(), job.clone());
+        self.jobs_changed.fetch_add(1, Ordering::SeqCst);
+        self.job_count.send_modify(|n| *n += 1);
+        Ok((job, skipped))
+    }
+
+    /// Journals the acceptance and runs the job; nothing runs unless the journal says so.
+    fn start(self: &Arc<Self>, job: Arc<Job>, skipped_migration: Option<String>) -> Submitted {
         let o = &job.order;
         let accepted_message = format!(
             "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",

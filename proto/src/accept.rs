@@ -140,52 +140,68 @@ pub fn accept(
     seen: &dyn SeenOrders,
     files: &dyn HostFiles,
 ) -> Result<Accepted, Rejection> {
-    use RefusalKind as K;
-
-    if signed.payload.len() > policy.max_payload {
-        return Err(Rejection::new(
-            K::Oversized,
-            format!(
-                "order payload is {} bytes; the limit is {}",
-                signed.payload.len(),
-                policy.max_payload
-            ),
-        ));
-    }
-    if signed.signature.len() > crate::sign::MAX_SIGNATURE {
-        return Err(Rejection::new(
-            K::Oversized,
-            format!(
-                "order signature is {} bytes; the limit is {}",
-                signed.signature.len(),
-                crate::sign::MAX_SIGNATURE
-            ),
-        ));
-    }
-
+    check_size(signed, policy)?;
     let signer = verify_at(signed.payload.as_bytes(), &signed.signature, &policy.allowed_signers, now).map_err(|e| match e {
-        VerifyError::BadSignature(why) => Rejection::new(K::BadSignature, format!("order signature refused: {why}")),
+        VerifyError::BadSignature(why) => Rejection::new(RefusalKind::BadSignature, format!("order signature refused: {why}")),
         VerifyError::UnknownSigner { fingerprint, why } => Rejection::new(
-            K::UnknownSigner,
+            RefusalKind::UnknownSigner,
             format!(
                 "order signed by key {fingerprint}, which this agent does not trust for env {:?}: {why}",
                 policy.env
             ),
         ),
     })?;
-
     let order: Order = serde_json::from_str(&signed.payload).map_err(|e| {
         Rejection::new(
-            K::Malformed,
+            RefusalKind::Malformed,
             format!("order payload is not a valid order: {e}"),
         )
     })?;
-    check_shape(&order)
-        .map_err(|why| Rejection::new(K::Malformed, format!("order {}: {why}", order.order_id)))?;
+    check_shape(&order).map_err(|why| {
+        Rejection::new(
+            RefusalKind::Malformed,
+            format!("order {}: {why}", order.order_id),
+        )
+    })?;
+    check_addressee(&order, policy)?;
+    check_window(&order, policy, now)?;
+    check_replay(&order.order_id, seen)?;
+    check_images(&order, policy)?;
+    crate::policy::check(&order, &signer.principal, &policy.host_policy, files)
+        .map_err(|denial| Rejection::new(RefusalKind::PolicyDenied, denial.to_string()))?;
 
+    let remember_until = order.not_after.plus(policy.max_skew);
+    Ok(Accepted {
+        order,
+        signer,
+        remember_until,
+    })
+}
+
+/// Nothing near the limits is an order; refused before a byte is verified.
+fn check_size(signed: &SignedOrder, policy: &AcceptPolicy) -> Result<(), Rejection> {
+    let too_big = |what: &str, len: usize, limit: usize| {
+        Rejection::new(
+            RefusalKind::Oversized,
+            format!("order {what} is {len} bytes; the limit is {limit}"),
+        )
+    };
+    if signed.payload.len() > policy.max_payload {
+        return Err(too_big("payload", signed.payload.len(), policy.max_payload));
+    }
+    if signed.signature.len() > crate::sign::MAX_SIGNATURE {
+        let limit = crate::sign::MAX_SIGNATURE;
+        return Err(too_big("signature", signed.signature.len(), limit));
+    }
+    Ok(())
+}
+
+/// The order is for this agent: its env, its host name and, when it names one, a key of its
+/// host.
+fn check_addressee(order: &Order, policy: &AcceptPolicy) -> Result<(), Rejection> {
     if order.env != policy.env {
         return Err(Rejection::new(
-            K::EnvMismatch,
+            RefusalKind::EnvMismatch,
             format!(
                 "order is for env {:?}, but this agent serves env {:?}",
                 order.env, policy.env
@@ -194,7 +210,7 @@ pub fn accept(
     }
     if order.host != policy.host {
         return Err(Rejection::new(
-            K::HostMismatch,
+            RefusalKind::HostMismatch,
             format!(
                 "order is for host {:?}, but this agent is host {:?}",
                 order.host, policy.host
@@ -207,7 +223,7 @@ pub fn accept(
         .filter(|k| !policy.host_keys.contains(k))
     {
         return Err(Rejection::new(
-            K::HostMismatch,
+            RefusalKind::HostMismatch,
             if policy.host_keys.is_empty() {
                 format!(
                     "order is bound to host key {key}, but this agent knows none of its host's keys \
@@ -222,10 +238,15 @@ pub fn accept(
             },
         ));
     }
+    Ok(())
+}
+
+/// `now` is within the order's validity window, give or take the allowed skew.
+fn check_window(order: &Order, policy: &AcceptPolicy, now: Timestamp) -> Result<(), Rejection> {
     let skew = humantime::format_duration(policy.max_skew);
     if order.issued_at > now.plus(policy.max_skew) {
         return Err(Rejection::new(
-            K::NotYetValid,
+            RefusalKind::NotYetValid,
             format!(
                 "order was issued at {}, in the future (agent clock: {now}, {skew} skew allowed); check the clocks",
                 order.issued_at
@@ -234,14 +255,18 @@ pub fn accept(
     }
     if now > order.not_after.plus(policy.max_skew) {
         return Err(Rejection::new(
-            K::Expired,
+            RefusalKind::Expired,
             format!(
                 "order expired at {} (agent clock: {now}, {skew} skew allowed); push again",
                 order.not_after
             ),
         ));
     }
-    check_replay(&order.order_id, seen)?;
+    Ok(())
+}
+
+/// Every repository of the release is in `allowed_images`.
+fn check_images(order: &Order, policy: &AcceptPolicy) -> Result<(), Rejection> {
     let disallowed = order
         .all_images()
         .into_iter()
@@ -252,31 +277,22 @@ pub fn accept(
                 .iter()
                 .any(|pattern| repository_matches(pattern, repository))
         });
-    if let Some(repository) = disallowed {
-        return Err(Rejection::new(
-            K::ImageNotAllowed,
-            if policy.allowed_images.is_empty() {
-                format!(
-                    "image repository {repository:?} is not allowed: this agent's allowed_images is empty"
-                )
-            } else {
-                format!(
-                    "image repository {repository:?} is not in this agent's allowed_images {:?}",
-                    policy.allowed_images
-                )
-            },
-        ));
-    }
-
-    crate::policy::check(&order, &signer.principal, &policy.host_policy, files)
-        .map_err(|denial| Rejection::new(K::PolicyDenied, denial.to_string()))?;
-
-    let remember_until = order.not_after.plus(policy.max_skew);
-    Ok(Accepted {
-        order,
-        signer,
-        remember_until,
-    })
+    let Some(repository) = disallowed else {
+        return Ok(());
+    };
+    Err(Rejection::new(
+        RefusalKind::ImageNotAllowed,
+        if policy.allowed_images.is_empty() {
+            format!(
+                "image repository {repository:?} is not allowed: this agent's allowed_images is empty"
+            )
+        } else {
+            format!(
+                "image repository {repository:?} is not in this agent's allowed_images {:?}",
+                policy.allowed_images
+            )
+        },
+    ))
 }
 
 /// The replay check alone: refused when `seen` knows `order_id`. [`accept`] runs it in its
