@@ -358,3 +358,49 @@ fn a_release_of_several_images_shows_each_services_digest() {
         ]
     );
 }
+
+#[test]
+fn a_host_line_names_each_services_digest_when_they_differ() {
+    let mut o = outcome(OutcomeKind::Succeeded, 'a', &[]);
+    let result = |digest: char, previous: char| ServiceResult {
+        digest: Some(image(digest).digest().to_string()),
+        previous_digest: Some(image(previous).digest().to_string()),
+        container_id: None,
+    };
+    o.services = BTreeMap::from([
+        ("api".into(), result('a', 'c')),
+        ("web".into(), result('b', 'c')),
+    ]);
+    let host = HostRollout {
+        host: "h1".into(),
+        state: HostState::Succeeded {
+            changed: true,
+            previous: Some(image('c').digest().to_string()),
+        },
+        outcome: Some(o),
+        run_migration: false,
+        rollback: None,
+        rollback_outcome: None,
+    };
+    let summary = RolloutSummary {
+        env: "staging".into(),
+        rollout_id: "r".into(),
+        reference: "v2".into(),
+        image: image('a'),
+        images: BTreeMap::from([("web".to_string(), image('b'))]),
+        result: RolloutResult::Succeeded,
+        elapsed_ms: 1000,
+        hosts: vec![host],
+        inconsistent: vec![],
+    };
+    assert_eq!(
+        out_lines(&Message::Summary(Summary::new(
+            "push",
+            SummaryBody::Rollout(summary)
+        ))),
+        [
+            "push v2 (r/web@sha256:aaaaaaaaaaaa, web r/web@sha256:bbbbbbbbbbbb) to staging: succeeded on 1 host(s) in 1s",
+            "  h1: changed to api aaaaaaaaaaaa, web bbbbbbbbbbbb (was cccccccccccc)",
+        ]
+    );
+}
