@@ -212,12 +212,14 @@ pub fn parse_set(text: &str) -> Result<(String, String), String> {
 }
 
 /// What `push REF [--set S=REF…]` must ask the registries, each question once: REF in every
-/// distinct repository of the services without a `--set` and of `[migrate] image`; each
-/// `--set` ref in its service's repository. Err: a `--set` naming no service.
+/// distinct repository of the services without a `--set` and, with `migration` (a push; a
+/// rollback never migrates, so it needs no migrate image), of `[migrate] image`; each `--set`
+/// ref in its service's repository. Err: a `--set` naming no service.
 pub fn lookups(
     cfg: &DeployConfig,
     reference: &str,
     sets: &BTreeMap<String, String>,
+    migration: bool,
 ) -> Result<Vec<Lookup>, String> {
     if let Some(unknown) = sets.keys().find(|s| !cfg.services.contains_key(*s)) {
         let known: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
@@ -231,7 +233,7 @@ pub fn lookups(
     for service in cfg.services.keys() {
         all.insert(lookup_of(cfg, reference, sets, service));
     }
-    if let Some(repo) = cfg.migration_repository() {
+    if let Some(repo) = cfg.migration_repository().filter(|_| migration) {
         all.insert(Lookup {
             repository: repo.to_string(),
             reference: reference.to_string(),
@@ -255,7 +257,8 @@ fn lookup_of(
     }
 }
 
-/// The release the registries' `answers` to [`lookups`] make. Refused (nothing is rolled out)
+/// The release the registries' `answers` to [`lookups`] make (with the migrate image when it was
+/// looked up). Refused (nothing is rolled out)
 /// when any lookup failed, naming every repository that failed and why, or when REF, a SHA
 /// prefix, picked different tags in different repositories (they would not be one commit).
 pub fn assemble(

@@ -196,16 +196,18 @@ fn one_each(sets: Vec<(String, String)>) -> Result<BTreeMap<String, String>, Err
     Ok(map)
 }
 
-/// Resolves the release the user asked for — `reference` in every repository the services (and
-/// `[migrate] image`) use, each `--set` ref in its service's — once, all at once, and says what
-/// each resolved to. Refused when any does not resolve, naming every repository that failed.
+/// Resolves the release the user asked for — `reference` in every repository the services (and,
+/// with `migration`, `[migrate] image`) use, each `--set` ref in its service's — once, all at
+/// once, and says what each resolved to. Refused when any does not resolve, naming every
+/// repository that failed.
 pub(crate) async fn resolve_release(
     cfg: &DeployConfig,
     reference: &str,
     sets: &BTreeMap<String, String>,
+    migration: bool,
     out: &dyn Output,
 ) -> Result<Release, Error> {
-    let lookups = release::lookups(cfg, reference, sets).map_err(Error::Usage)?;
+    let lookups = release::lookups(cfg, reference, sets, migration).map_err(Error::Usage)?;
     let answers = join_all(lookups.into_iter().map(|l| async move {
         let answer = match Resolver::new(&l.repository) {
             Ok(mut r) => r.resolve(&l.reference).await,

@@ -93,7 +93,11 @@ pub async fn rollout(
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
     let target = match &what.reference {
-        Some(reference) => Target::Release(resolve_release(cfg, reference, &what.sets, out).await?),
+        Some(reference) => {
+            let migration = what.action == Action::Deploy;
+            let release = resolve_release(cfg, reference, &what.sets, migration, out).await?;
+            Target::Release(release)
+        }
         None => Target::PreviousHealthy,
     };
     if let (Action::Deploy, Some(required), Target::Release(release)) =

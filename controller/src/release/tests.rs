@@ -101,9 +101,18 @@ fn each_ref_is_looked_up_once_in_each_repository_that_needs_it() {
         ),
     ];
     for (cfg, set, want) in cases {
-        assert_eq!(lookups(&cfg, "v2", &sets(set)).unwrap(), want, "{set:?}");
+        assert_eq!(
+            lookups(&cfg, "v2", &sets(set), true).unwrap(),
+            want,
+            "{set:?}"
+        );
     }
-    let err = lookups(&two_repos(), "v2", &sets(&[("wbe", "v3")])).unwrap_err();
+    // A rollback never migrates: the migrate image is not its to resolve.
+    assert_eq!(
+        lookups(&two_repos(), "v2", &sets(&[]), false).unwrap(),
+        vec![lookup("r/api", "v2"), lookup("r/web", "v2")]
+    );
+    let err = lookups(&two_repos(), "v2", &sets(&[("wbe", "v3")]), true).unwrap_err();
     assert!(
         err.contains("no service \"wbe\"") && err.contains("api, web, worker"),
         "{err}"
