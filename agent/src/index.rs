@@ -107,6 +107,7 @@ impl Index {
                 reference: s.order.reference.clone(),
                 image: s.order.image.clone(),
                 images: s.order.images.clone(),
+                refs: s.order.refs.clone(),
                 app: s.order.app.clone(),
                 services: s.order.services.keys().cloned().collect(),
                 outcome: s.outcome.as_ref().map(|o| o.kind),

@@ -239,6 +239,7 @@ pub(crate) mod tests {
             migrate_image: None,
             revision: None,
             reference: "v1".into(),
+            refs: Default::default(),
             run_migration: true,
             rerun_migration: false,
             app: "acme".into(),

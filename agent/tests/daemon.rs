@@ -237,6 +237,7 @@ shutdown_grace = "10s"
             migrate_image: None,
             revision: None,
             reference: "v1".into(),
+            refs: Default::default(),
             run_migration: true,
             rerun_migration: false,
             app: "acme".into(),

@@ -29,12 +29,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Deploy a git SHA (or a ≥7-hex prefix), a tag, or sha256:<digest> to every host of an env.
+    /// Deploy a release — a git SHA (or a ≥7-hex prefix), a tag, or sha256:<digest>, resolved in
+    /// every repository the services use — to every host of an env.
     Push {
         #[arg(value_name = "REF")]
         reference: String,
         #[arg(long)]
         env: String,
+        /// Resolve one service's repository at its own ref instead of REF (repeatable).
+        #[arg(long = "set", value_name = "SERVICE=REF", value_parser = crate::release::parse_set)]
+        sets: Vec<(String, String)>,
         /// Do not run [migrate] on the first host.
         #[arg(long)]
         skip_migrations: bool,
@@ -43,14 +47,14 @@ pub enum Command {
         #[arg(long, conflicts_with = "skip_migrations")]
         rerun_migration: bool,
     },
-    /// Go back to the previous healthy digest (or --to REF); no migration, no promotion gate.
+    /// Go back to the previous healthy release (or --to REF); no migration, no promotion gate.
     Rollback {
         #[arg(long)]
         env: String,
         #[arg(long, value_name = "REF")]
         to: Option<String>,
     },
-    /// Per host: agent, services, digest, health.
+    /// Per host and service: agent, ref, digest, health; whether every host runs one release.
     Status {
         #[arg(long)]
         env: String,
@@ -164,5 +168,28 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["deployctl", "push", "--env", "prod"]).is_err());
+        let cli = Cli::try_parse_from([
+            "deployctl",
+            "push",
+            "v2",
+            "--env",
+            "prod",
+            "--set",
+            "web=v3",
+            "--set",
+            "api=v1",
+        ])
+        .unwrap();
+        let Command::Push { sets, .. } = cli.command else {
+            panic!("push expected")
+        };
+        assert_eq!(
+            sets,
+            [("web".into(), "v3".into()), ("api".into(), "v1".into())]
+        );
+        for bad in ["web", "=v3", "web="] {
+            let args = ["deployctl", "push", "v2", "--env", "prod", "--set", bad];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `deploy.toml` (README, "deploy.toml"): the app, its image repository, its services and its environments.
+//! `deploy.toml` (README, "deploy.toml"): the app, its image repositories, its services and its
+//! environments.
 //!
 //! Loading is strict: unknown keys, bad durations, malformed hosts and dangling references
 //! (`requires` naming no env, `[migrate] service` naming no service) are errors that carry
@@ -23,7 +24,8 @@ pub const DEFAULT_AGENT_SOCKET: &str = "/run/deploy-agent/agent.sock";
 pub struct DeployConfig {
     pub path: PathBuf,
     pub app: String,
-    /// The repository refs resolve in, without tag or digest.
+    /// The default repository of every service (without tag or digest); a service's own
+    /// `image`, or `[migrate] image`, names another.
     pub image: String,
     pub services: BTreeMap<String, ServiceSpec>,
     pub migrate: Option<MigrationSpec>,
@@ -140,6 +142,20 @@ impl DeployConfig {
             toml::from_str(text).map_err(|e| locate(e.span(), e.message().trim().to_string()))?;
         raw.validate(path)
             .map_err(|(span, message)| locate(span, message))
+    }
+
+    /// The repository `service` runs from: its own `image`, else the app's.
+    pub fn repository_of(&self, service: &str) -> &str {
+        self.services
+            .get(service)
+            .and_then(|s| s.image.as_deref())
+            .unwrap_or(&self.image)
+    }
+
+    /// The repository of `[migrate]`'s own image, when it has one (else it runs in its
+    /// service's image).
+    pub fn migration_repository(&self) -> Option<&str> {
+        self.migrate.as_ref()?.image.as_deref()
     }
 
     pub fn env(&self, name: &str) -> Result<&EnvConfig, String> {
@@ -272,27 +288,7 @@ impl RawConfig {
                     ),
                 ));
             }
-            if spec.kind == ServiceKind::Compose && spec.compose_file.is_none() {
-                return Err((
-                    span_of(&name),
-                    format!(
-                        "service {:?} has kind = \"compose\" but no compose_file",
-                        name.get_ref()
-                    ),
-                ));
-            }
-            if let Some(path) = &spec.health.path
-                && !path.starts_with('/')
-            {
-                // `@host/` or `//host/` after the probe's `ip:port` would name another host.
-                return Err((
-                    span_of(&name),
-                    format!(
-                        "service {:?}: health path {path:?} must start with '/'",
-                        name.get_ref()
-                    ),
-                ));
-            }
+            check_service(name.get_ref(), &spec).map_err(|m| (span_of(&name), m))?;
             services.insert(name.into_inner(), spec);
         }
         let migrate = match self.migrate {
@@ -308,6 +304,10 @@ impl RawConfig {
                 }
                 if m.get_ref().command.is_empty() {
                     return Err((span_of(&m), "[migrate] command is empty".into()));
+                }
+                if let Some(repo) = &m.get_ref().image {
+                    check_repository(repo)
+                        .map_err(|e| (span_of(&m), format!("[migrate] image: {e}")))?;
                 }
                 Some(m.into_inner())
             }
@@ -385,6 +385,39 @@ impl RawEnv {
             known_hosts: self.known_hosts.map(|p| expand_tilde(&p)),
         })
     }
+}
+
+/// What a service may not say: a health or verify path not starting with '/', a `verify`
+/// expecting nothing, an `image` that is not a bare repository.
+fn check_service(name: &str, spec: &ServiceSpec) -> Result<(), String> {
+    if spec.kind == ServiceKind::Compose && spec.compose_file.is_none() {
+        return Err(format!(
+            "service {name:?} has kind = \"compose\" but no compose_file"
+        ));
+    }
+    // `@host/` or `//host/` after the probe's `ip:port` would name another host.
+    let rooted = |what: &str, path: &str| match path.starts_with('/') {
+        true => Ok(()),
+        false => Err(format!(
+            "service {name:?}: {what} path {path:?} must start with '/'"
+        )),
+    };
+    if let Some(path) = &spec.health.path {
+        rooted("health", path)?;
+    }
+    if let Some(v) = &spec.verify {
+        rooted("verify", &v.path)?;
+        // An empty expectation is found in every body: it would prove nothing.
+        if v.expect.trim().is_empty() {
+            return Err(format!(
+                "service {name:?}: verify.expect is empty; say \"revision\" or the text the body must contain"
+            ));
+        }
+    }
+    if let Some(repo) = &spec.image {
+        check_repository(repo).map_err(|e| format!("service {name:?}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A repository reference without tag or digest: `registry.example.com/acme/web`, `acme/web`.
@@ -600,6 +633,38 @@ signing_key = "/keys/prod"
     }
 
     #[test]
+    fn services_and_the_migration_may_have_their_own_repository() {
+        let c = parse(
+            r#"
+image = "registry.example.com/acme/api"
+[services.api]
+[services.web]
+image = "registry.example.com/acme/web"
+verify = { path = "/version", expect = "revision" }
+[migrate]
+command = ["/migrate"]
+service = "api"
+image = "registry.example.com/acme/migrate"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.repository_of("api"), "registry.example.com/acme/api");
+        assert_eq!(c.repository_of("web"), "registry.example.com/acme/web");
+        assert_eq!(
+            c.migration_repository(),
+            Some("registry.example.com/acme/migrate")
+        );
+        let verify = c.services["web"].verify.as_ref().unwrap();
+        assert_eq!(
+            (verify.path.as_str(), verify.expect.as_str()),
+            ("/version", "revision")
+        );
+        let single = parse("image = \"acme/web\"\n[services.web]\n").unwrap();
+        assert_eq!(single.repository_of("web"), "acme/web");
+        assert_eq!(single.migration_repository(), None);
+    }
+
+    #[test]
     fn app_defaults_to_the_last_image_segment() {
         let c = parse("image = \"registry.example.com/acme/web\"\n[services.web]\n").unwrap();
         assert_eq!(c.app, "web");
@@ -688,6 +753,30 @@ signing_key = "/keys/prod"
             (
                 "image = \"acme/web\"\n[services.web]\n[env.s]\nhosts = [\"a@b\"]\nrequires = \"s\"\n",
                 "itself",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\nimage = \"acme/api:v1\"\n",
+                "service \"web\": image \"acme/api:v1\" carries a tag",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\nimage = \"acme/api@sha256:00\"\n",
+                "carries a digest",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\nverify = { path = \"version\", expect = \"revision\" }\n",
+                "verify path \"version\" must start with '/'",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\nverify = { path = \"/version\", expect = \" \" }\n",
+                "verify.expect is empty",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\nverify = { path = \"/version\" }\n",
+                "expect",
+            ),
+            (
+                "image = \"acme/web\"\n[services.web]\n[migrate]\ncommand = [\"m\"]\nservice = \"web\"\nimage = \"acme/m:latest\"\n",
+                "[migrate] image: image \"acme/m:latest\" carries a tag",
             ),
             (
                 "image = \"acme/web\"\n[services.web]\n[[env]]\n",

@@ -1,9 +1,10 @@
-//! `deployctl`, the controller: resolves a ref to one digest, checks policy, signs one deploy
-//! order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
+//! `deployctl`, the controller: resolves a ref to one digest in each repository the app's
+//! services use (a release), checks policy, signs one deploy order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
 //! first host alone with the migration, then in batches, rolling back every host it changed
 //! when one fails (README: "Commands", "deploy.toml", "SSH", "Locks and interruptions").
 //!
 //! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
+//! [`release`] (what a release is, where its refs resolve, how releases compare),
 //! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`signer`] (key
 //! files and ssh-agent keys that sign orders), [`connector`] (what commands need from agents,
 //! as traits), [`rollout`] (the plan as pure functions, and its driver), [`output`] (every
@@ -19,6 +20,7 @@ pub mod connector;
 pub mod demo;
 pub mod known_hosts;
 pub mod output;
+pub mod release;
 pub mod resolve;
 pub mod rollout;
 pub mod signer;
@@ -33,7 +35,7 @@ pub enum ExitClass {
     /// 0: success.
     Success,
     /// 1: failed. A rollout: every host is back on its previous version. `status`: something
-    /// is unhealthy, or the hosts run different digests.
+    /// is unhealthy, or the hosts run different releases.
     Failed,
     /// 2: failed and the environment is NOT consistent.
     Inconsistent,

@@ -11,6 +11,7 @@
 pub mod human;
 mod terminal;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -27,7 +28,7 @@ use crate::rollout::HostState;
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Message {
-    /// What the user typed, resolved once to a digest.
+    /// What the user typed, resolved once to a digest in one repository.
     Resolved {
         reference: String,
         image: ImageRef,
@@ -49,9 +50,12 @@ pub enum Message {
         order_id: String,
         action: Action,
         image: ImageRef,
+        /// Services on another image than `image` (a release of several images).
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        images: BTreeMap<String, ImageRef>,
         run_migration: bool,
     },
-    /// A host already runs a job for the digest being rolled out: it is followed, not repeated.
+    /// A host already runs a job for the release being rolled out: it is followed, not repeated.
     Following {
         host: String,
         order_id: String,
@@ -251,7 +255,11 @@ pub struct RolloutSummary {
     pub rollout_id: String,
     #[serde(rename = "ref")]
     pub reference: String,
+    /// The image of every service not in `images`.
     pub image: ImageRef,
+    /// Services on another image (a release of several images).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, ImageRef>,
     pub result: RolloutResult,
     pub elapsed_ms: u64,
     pub hosts: Vec<HostRollout>,
@@ -285,12 +293,16 @@ pub struct StatusSummary {
     pub env: String,
     pub hosts: usize,
     pub reachable: usize,
-    /// Every host reachable and every service on one digest.
+    /// Every host reachable and running one release: each service on the same digest everywhere.
     pub consistent: bool,
     /// Every service of every host healthy.
     pub healthy: bool,
     /// The distinct digests running.
     pub digests: Vec<String>,
+    /// The release most reachable hosts run (the first host's on a tie): service → digest.
+    pub release: BTreeMap<String, String>,
+    /// The reachable hosts that run another release (or lack a service), with how they differ.
+    pub differing: Vec<Inconsistent>,
 }
 
 impl StatusSummary {
@@ -428,13 +440,15 @@ mod tests {
             consistent: true,
             healthy: true,
             digests: vec!["sha256:a".into()],
+            release: BTreeMap::from([("web".into(), "sha256:a".into())]),
+            differing: vec![],
         };
         let summary = Summary::new("status", SummaryBody::Status(status));
         assert_eq!(
             to_json(&Message::Summary(summary)),
             json!({"event": "summary", "command": "status", "exit_code": 0, "env": "staging",
                    "hosts": 2, "reachable": 2, "consistent": true, "healthy": true,
-                   "digests": ["sha256:a"]})
+                   "digests": ["sha256:a"], "release": {"web": "sha256:a"}, "differing": []})
         );
     }
 

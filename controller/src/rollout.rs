@@ -1,4 +1,4 @@
-//! Rolling one digest out across an env's hosts (README "Commands": `push`, `rollback`).
+//! Rolling one release out across an env's hosts (README "Commands": `push`, `rollback`).
 //!
 //! [`prepare`] connects to every host, reads its status and journal and refuses before
 //! anything changes (a host unreachable, a job of another release running, no common previous
@@ -18,18 +18,19 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use proto::order::{Action, ImageRef, Order, new_id};
+use proto::order::{Action, Order, new_id};
 use proto::wire::{AgentStatus, HistoryEntry, JobEvent, Outcome, SignedOrder};
 
 pub use decide::{
-    Conclusion, HostState, RolloutReport, RolloutSpec, Start, conclude, current_digest, describe,
-    describe_holder, plan_batches, previous_healthy, rollback_target, summarize,
+    Conclusion, HostState, RolloutReport, RolloutSpec, Start, conclude, describe, describe_holder,
+    plan_batches, previous_healthy, rollback_target, summarize,
 };
 
 use crate::Error;
 use crate::config::{DeployConfig, EnvConfig, HostSpec};
 use crate::connector::{AgentConn, Connector, connect_all, report_connections};
 use crate::output::{Message, Output};
+use crate::release::Release;
 use crate::transport::{JobEnd, TransportError};
 
 /// How many journal entries per host are read to find running jobs and previous versions.
@@ -43,9 +44,9 @@ pub trait OrderSigner: Sync {
 /// What is rolled out.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A resolved image: `push REF`, `rollback --to REF`.
-    Image { image: ImageRef, reference: String },
-    /// `rollback`: the previous healthy digest, which every host must agree on.
+    /// A resolved release: `push REF [--set S=REF]`, `rollback --to REF`.
+    Release(Release),
+    /// `rollback`: the previous healthy release, which every host must agree on.
     PreviousHealthy,
 }
 
@@ -86,7 +87,7 @@ pub struct Driver<'a, C, S> {
 
 /// Connects to every host of `env`, reads its status and journal, decides what is rolled out
 /// and how each host joins; refuses (changing nothing) when a host is unreachable or runs a job
-/// of this app for another digest, or when `rollback` finds no previous version common to all.
+/// of this app for another release, or when `rollback` finds no previous release common to all.
 pub async fn prepare<C: Connector>(
     cfg: &DeployConfig,
     env: &EnvConfig,
@@ -97,14 +98,14 @@ pub async fn prepare<C: Connector>(
     let names: Vec<String> = env.hosts.iter().map(|h| h.name.clone()).collect();
     out.hosts(&names);
     let read = read_hosts(env, connector, out).await?;
-    let (image, reference) = match plan.target {
-        Target::Image { image, reference } => (image, reference),
+    let release = match plan.target {
+        Target::Release(release) => release,
         Target::PreviousHealthy => previous_everywhere(cfg, &read, out)?,
     };
     let starts: Vec<Result<Start, String>> = read
         .iter()
         .map(|(spec, _, status, history)| {
-            decide::start_for(status, history, &cfg.app, image.digest()).map_err(|holders| {
+            decide::start_for(status, history, &cfg.app, &release).map_err(|holders| {
                 let held = holders.iter().map(|h| describe_holder(h));
                 let held: Vec<String> = held.collect();
                 format!(
@@ -138,8 +139,7 @@ pub async fn prepare<C: Connector>(
         rollout_id: new_id(),
         env: env.name.clone(),
         action: plan.action,
-        image,
-        reference,
+        release,
         issued_by: plan.issued_by,
         migrate_first: plan.migrate_first,
         rerun_migration: plan.rerun_migration,
@@ -197,25 +197,25 @@ async fn read_hosts<C: Connector>(
     Ok(read)
 }
 
-/// The previous healthy version every host agrees on, said as a note.
+/// The previous healthy release every host agrees on, said as a note.
 fn previous_everywhere<K>(
     cfg: &DeployConfig,
     read: &[ReadHost<K>],
     out: &dyn Output,
-) -> Result<(ImageRef, String), Error> {
+) -> Result<Release, Error> {
     let hosts: Vec<(&str, &AgentStatus, &[HistoryEntry])> = read
         .iter()
         .map(|(spec, _, status, history)| (spec.name.as_str(), status, history.as_slice()))
         .collect();
-    let (digest, reference) = rollback_target(&hosts, &cfg.app).map_err(Error::Refused)?;
-    let image = ImageRef::new(&cfg.image, &digest).map_err(|e| Error::Refused(e.to_string()))?;
+    let services: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
+    let release = rollback_target(&hosts, &cfg.app, &services).map_err(Error::Refused)?;
     out.emit(&Message::Note {
         message: format!(
-            "previous healthy version on every host: {reference} ({})",
-            image.short_digest()
+            "previous healthy release on every host: {}",
+            release.describe()
         ),
     });
-    Ok((image, reference))
+    Ok(release)
 }
 
 /// What one host is asked to do.
@@ -258,7 +258,7 @@ pub async fn drive<C: Connector, S: OrderSigner>(
     let (rollbacks, rollback_outcomes) = if states.iter().all(HostState::is_success) {
         Default::default()
     } else {
-        revert(d, &spec, &mut links, &states).await
+        revert(d, &spec, &mut links, (&states, &outcomes)).await
     };
     let conclusion = conclude(&states, &rollbacks);
     RolloutReport {
@@ -288,9 +288,8 @@ fn first_job<K: AgentConn>(
         } => (Job::Follow(order_id.clone()), *run_migration),
         Start::Submit => {
             let migrate = i == 0 && spec.migrate_first;
-            let target = (&spec.image, spec.reference.as_str());
-            let order =
-                decide::build_order(cfg, spec, link.conn.peer(), spec.action, target, migrate);
+            let peer = link.conn.peer();
+            let order = decide::build_order(cfg, spec, peer, spec.action, &spec.release, migrate);
             (Job::Submit(Box::new(order)), migrate)
         }
     }
@@ -298,15 +297,15 @@ fn first_job<K: AgentConn>(
 
 type Reverted = (BTreeMap<usize, HostState>, BTreeMap<usize, Outcome>);
 
-/// Sends every host this rollout changed back to the version it ran, all at once.
+/// Sends every host this rollout changed back to the release it ran, all at once.
 async fn revert<C: Connector, S: OrderSigner>(
     d: &Driver<'_, C, S>,
     spec: &RolloutSpec,
     links: &mut [HostLink<C::Conn>],
-    states: &[HostState],
+    (states, outcomes): (&[HostState], &[Option<Outcome>]),
 ) -> Reverted {
     let before: Vec<&AgentStatus> = links.iter().map(|l| &l.before).collect();
-    let plan = decide::revert_plan(states, &before, &d.cfg.app, spec.image.repository());
+    let plan = decide::revert_plan(states, outcomes, &before, d.cfg);
     if !plan.is_empty() {
         let hosts = plan.iter().map(|r| links[r.host].spec.name.clone());
         d.out.emit(&Message::RollbackStarted {
@@ -315,9 +314,8 @@ async fn revert<C: Connector, S: OrderSigner>(
     }
     let runs = links.iter_mut().enumerate().filter_map(|(i, link)| {
         let r = plan.iter().find(|r| r.host == i)?;
-        let target = (&r.image, r.reference.as_str());
         let peer = link.conn.peer();
-        let order = decide::build_order(d.cfg, spec, peer, Action::Rollback, target, false);
+        let order = decide::build_order(d.cfg, spec, peer, Action::Rollback, &r.release, false);
         Some(async move { (i, run_job(d, link, Job::Submit(Box::new(order))).await) })
     });
     let mut rollbacks = BTreeMap::new();
@@ -365,6 +363,7 @@ async fn run_job<C: Connector, S: OrderSigner>(
                 order_id: order.order_id.clone(),
                 action: order.action,
                 image: order.image.clone(),
+                images: order.images.clone(),
                 run_migration: order.run_migration,
             });
             revive(d, link).await;

@@ -327,6 +327,42 @@ fn build_images() -> Result<Vec<LocalImage>> {
         .collect())
 }
 
+/// A demo version rebuilt with more Dockerfile instructions after `FROM` it (`ENV`, `LABEL`):
+/// the same app answering other text on `/version`, or saying it was built from another commit.
+/// Cached in the engine by content like the versions themselves, and pruned with them.
+pub fn derive_image(base: &LocalImage, instructions: &str) -> Result<LocalImage> {
+    let text = format!("FROM {}\n{instructions}\n", base.tag);
+    let content = hex(&Sha256::digest(format!("{}\n{text}", base.id).as_bytes()));
+    let tag = format!("{}-derived-{}", base.tag, &content[..16]);
+    if !image_exists(&tag) {
+        let cache = static_target_dir();
+        std::fs::create_dir_all(&cache).ctx(|| format!("creating {}", cache.display()))?;
+        let context = tempfile::Builder::new()
+            .prefix("derived-context-")
+            .tempdir_in(&cache)
+            .ctx(|| "creating a build context".into())?;
+        let file = context.path().join("Dockerfile");
+        std::fs::write(&file, &text).ctx(|| format!("writing {}", file.display()))?;
+        let mut cmd = Command::new("docker");
+        cmd.args(["build", "-q", "-t", &tag]).arg(context.path());
+        run_with_timeout(&mut cmd, DOCKER_BUILD_TIMEOUT)?;
+    }
+    let id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag])?;
+    Ok(LocalImage {
+        version: base.version.clone(),
+        behaviour: base.behaviour,
+        tag,
+        id: id.trim().to_string(),
+    })
+}
+
+/// Whether a cached image is one of `current`, or derived from one of them.
+fn is_current(tag: &str, current: &[&str]) -> bool {
+    current
+        .iter()
+        .any(|c| tag == *c || tag.starts_with(&format!("{c}-derived-")))
+}
+
 /// Removes cached demo images of older content, once nobody can still be using them: they were
 /// built more than [`STALE_AFTER`] ago (a whole test run is far shorter). Best effort.
 fn prune_stale_images(current: &[&str]) {
@@ -338,7 +374,7 @@ fn prune_stale_images(current: &[&str]) {
     for tag in listing
         .lines()
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !current.contains(t))
+        .filter(|t| !t.is_empty() && !is_current(t, current))
     {
         let created = docker(&["image", "inspect", "--format", "{{.Created}}", tag]);
         let old = created
@@ -460,10 +496,31 @@ impl DemoImages {
     /// (tags: the fake git SHA and `vN`), and leaves the engine with no reference to the
     /// pushed names, so deploying one really pulls it.
     pub fn publish(registry: &Registry, repo_name: &str) -> Result<DemoImages> {
-        let local = build_demo_images()?;
+        Self::publish_images(registry, repo_name, &build_demo_images()?)
+    }
+
+    /// Like [`Self::publish`], each version rebuilt first with `instructions(version)` added
+    /// ([`derive_image`]): e.g. a second repository of the same versions with other digests.
+    pub fn publish_derived(
+        registry: &Registry,
+        repo_name: &str,
+        instructions: impl Fn(&LocalImage) -> String,
+    ) -> Result<DemoImages> {
+        let local = build_demo_images()?
+            .iter()
+            .map(|base| derive_image(base, &instructions(base)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::publish_images(registry, repo_name, &local)
+    }
+
+    fn publish_images(
+        registry: &Registry,
+        repo_name: &str,
+        local: &[LocalImage],
+    ) -> Result<DemoImages> {
         let repository = registry.repo(repo_name);
         let mut pushed_tags = Vec::new();
-        for image in &local {
+        for image in local {
             for tag in [fake_git_sha(&image.version), image.version.clone()] {
                 let name = format!("{repository}:{tag}");
                 docker(&["tag", &image.id, &name])?;
@@ -480,7 +537,7 @@ impl DemoImages {
         let digests = parse_push_digests(&out?);
         untagged?;
         let mut images = Vec::new();
-        for image in &local {
+        for image in local {
             let git_sha = fake_git_sha(&image.version);
             let digest = digests
                 .iter()
@@ -533,19 +590,51 @@ impl DemoImages {
             .images
             .get(n.wrapping_sub(1))
             .ok_or_else(|| Error::Unexpected(format!("no demo image v{n}")))?;
+        let local = LocalImage {
+            version: image.version.clone(),
+            behaviour: image.behaviour,
+            tag: image.local_id.clone(),
+            id: image.local_id.clone(),
+        };
+        let pushed = self.push_image(&local, tag)?;
+        match pushed.digest == image.digest {
+            true => Ok(()),
+            false => Err(Error::Unexpected(format!(
+                "pushing {tag} gave {}, expected {}",
+                pushed.digest, image.digest
+            ))),
+        }
+    }
+
+    /// Pushes `local` (say a [`derive_image`]) into this repository as `tag`, leaving no local
+    /// name behind as [`Self::publish`] does; the pushed image, its `git_sha` being `tag`.
+    pub fn push_image(&self, local: &LocalImage, tag: &str) -> Result<DemoImage> {
         let name = format!("{}:{tag}", self.repository);
-        docker(&["tag", &image.local_id, &name])?;
+        docker(&["tag", &local.id, &name])?;
         let pushed = run_with_timeout(Command::new("docker").args(["push", &name]), PUSH_TIMEOUT);
         let untagged = docker(&["rmi", &name]);
         let digests = parse_push_digests(&pushed?);
         untagged?;
-        match digests.first() {
-            Some((_, digest)) if *digest == image.digest => Ok(()),
-            other => Err(Error::Unexpected(format!(
-                "pushing {name} gave {other:?}, expected {}",
-                image.digest
-            ))),
-        }
+        let digest = match digests.first() {
+            Some((_, digest)) => digest.clone(),
+            None => {
+                return Err(Error::Unexpected(format!(
+                    "docker push printed no digest for {name}"
+                )));
+            }
+        };
+        let image_ref = proto::ImageRef::new(&self.repository, &digest)
+            .map_err(|e| Error::Unexpected(e.to_string()))?;
+        Ok(DemoImage {
+            version: local.version.clone(),
+            behaviour: local.behaviour,
+            git_sha: tag.to_string(),
+            tag: tag.to_string(),
+            digest,
+            repository: self.repository.clone(),
+            image_ref,
+            local_id: local.id.clone(),
+        })
     }
 
     pub fn all(&self) -> &[DemoImage] {
@@ -635,6 +724,21 @@ mod tests {
         let start = Instant::now();
         let _lock = BuildLock::acquire(&path, Duration::from_secs(60)).unwrap();
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn derived_images_of_current_versions_are_kept() {
+        let current = ["deployctl-demo:v1-aaaa", "deployctl-demo:v2-bbbb"];
+        let table = [
+            ("deployctl-demo:v1-aaaa", true),
+            ("deployctl-demo:v1-aaaa-derived-0123", true),
+            ("deployctl-demo:v1-old0", false),
+            ("deployctl-demo:v1-old0-derived-0123", false),
+            ("deployctl-demo:v1-aaaa0", false),
+        ];
+        for (tag, kept) in table {
+            assert_eq!(is_current(tag, &current), kept, "{tag}");
+        }
     }
 
     #[test]

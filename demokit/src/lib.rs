@@ -3,7 +3,8 @@
 //!
 //! - [`DemoImages::publish`] builds the five demo versions into the local engine (once per
 //!   content, safe across parallel processes) and pushes them to a [`Registry`] with a fake git
-//!   SHA tag and a `vN` tag each.
+//!   SHA tag and a `vN` tag each; [`DemoImages::publish_derived`] pushes them rebuilt with more
+//!   instructions ([`derive_image`]), e.g. into a second repository with other digests.
 //! - [`Registry`] is Debian's `docker-registry` on a free loopback port, stopped and forgotten
 //!   by the engine when dropped.
 //!
@@ -21,8 +22,8 @@ pub mod wait;
 pub use command::docker;
 pub use error::{Error, IoContext, Result};
 pub use images::{
-    Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, fake_git_sha,
-    workspace_dir,
+    Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, derive_image,
+    fake_git_sha, workspace_dir,
 };
 pub use registry::{Registry, free_port};
 pub use wait::wait_until;

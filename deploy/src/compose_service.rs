@@ -240,7 +240,7 @@ impl<'a> ComposeService<'a> {
                 describe_health(p.spec, &p.ports, new.check.is_some())
             ),
         );
-        let revision = cx.order.revision.as_deref();
+        let revision = cx.order.revision_of(p.name);
         match wait_proven(e, &new.id, p.spec, &p.ports, started, revision).await {
             HealthEnd::Healthy { after } => {
                 cx.emit(

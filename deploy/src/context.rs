@@ -48,7 +48,10 @@ impl<'a> OrderCtx<'a> {
             labels::DIGEST.to_string(),
             self.order.image_of(service).digest().to_string(),
         );
-        l.insert(labels::REF.to_string(), self.order.reference.clone());
+        l.insert(
+            labels::REF.to_string(),
+            self.order.reference_of(service).to_string(),
+        );
         l.insert(labels::ORDER.to_string(), self.order.order_id.clone());
         l
     }

@@ -337,7 +337,7 @@ impl<'c, 'a> Executor<'c, 'a> {
                 describe_health(self.svc.spec, &self.svc.ports, has_check)
             ),
         );
-        let revision = self.cx.order.revision.as_deref();
+        let revision = self.cx.order.revision_of(self.svc.name);
         match wait_proven(e, &id, self.svc.spec, &self.svc.ports, started, revision).await {
             HealthEnd::Healthy { after } => {
                 self.emit(

@@ -379,6 +379,7 @@ fn order(n: u8) -> Order {
         migrate_image: None,
         revision: None,
         reference: format!("v{n}"),
+        refs: Default::default(),
         run_migration: false,
         rerun_migration: false,
         app: "acme".into(),

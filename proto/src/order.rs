@@ -52,6 +52,10 @@ pub struct Order {
     /// What the user typed (`v1.2`, a git SHA), for display only.
     #[serde(rename = "ref")]
     pub reference: String,
+    /// Services whose ref is not `ref` (moved with `--set`): the ref each was resolved from.
+    /// Their containers carry it, and their `verify` expects its commit, not `revision`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, String>,
     /// True on the env's first host only.
     pub run_migration: bool,
     /// Run the migration even if this digest's migration already succeeded on the host (README,
@@ -72,6 +76,20 @@ impl Order {
     /// The image `service` runs in this order.
     pub fn image_of(&self, service: &str) -> &ImageRef {
         self.images.get(service).unwrap_or(&self.image)
+    }
+
+    /// The ref `service`'s image was resolved from.
+    pub fn reference_of(&self, service: &str) -> &str {
+        self.refs.get(service).unwrap_or(&self.reference)
+    }
+
+    /// The git commit `service`'s `verify` expects of an image without a revision label: the
+    /// order's `revision`, or for a service with a ref of its own, that ref when it is a commit.
+    pub fn revision_of(&self, service: &str) -> Option<&str> {
+        match self.refs.get(service) {
+            Some(r) => is_git_sha(r).then_some(r.as_str()),
+            None => self.revision.as_deref(),
+        }
     }
 
     /// Every service's image.
@@ -321,6 +339,14 @@ pub fn is_valid_name(s: &str) -> bool {
         && s.len() <= 64
 }
 
+/// True for a full git commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits. A ref that
+/// is one names the commit an image was built from, which `verify` can expect.
+pub fn is_git_sha(s: &str) -> bool {
+    matches!(s.len(), 40 | 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// True for `sha256:` followed by exactly 64 lowercase hex digits.
 pub fn is_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|h| {
@@ -463,6 +489,75 @@ mod tests {
         for bad in cases {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn git_shas_are_full_lowercase_commit_ids() {
+        let sha1 = "0123456789abcdef0123456789abcdef01234567";
+        let sha256 = "0123456789abcdef".repeat(4);
+        for ok in [sha1, &sha256] {
+            assert!(is_git_sha(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "v1.2.3",
+            &sha1[..39],
+            "0123456789ABCDEF0123456789abcdef01234567",
+            "0123456789abcdef0123456789abcdef0123456g",
+            &format!("{sha1}0"),
+            D,
+        ] {
+            assert!(!is_git_sha(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_service_has_its_image_ref_and_revision() {
+        let main = "0123456789abcdef0123456789abcdef01234567";
+        let other = "fedcba9876543210fedcba9876543210fedcba98";
+        let image = |repo: &str| ImageRef::new(repo, D).unwrap();
+        let order = Order {
+            order_id: "o".into(),
+            rollout_id: "r".into(),
+            env: "e".into(),
+            host: "h".into(),
+            host_key: None,
+            issued_at: Timestamp::from_unix_secs(0),
+            not_after: Timestamp::from_unix_secs(1),
+            issued_by: "me".into(),
+            action: Action::Deploy,
+            image: image("r/api"),
+            images: BTreeMap::from([("web".into(), image("r/web"))]),
+            migrate_image: None,
+            revision: Some(main.into()),
+            reference: main.into(),
+            refs: BTreeMap::from([
+                ("web".to_string(), other.to_string()),
+                ("worker".to_string(), "2023.05.4".to_string()),
+            ]),
+            run_migration: false,
+            rerun_migration: false,
+            app: "acme".into(),
+            services: ["api", "web", "worker"]
+                .into_iter()
+                .map(|s| (s.to_string(), serde_json::from_str("{}").unwrap()))
+                .collect(),
+            migrate: None,
+        };
+        // (service, image repository, ref, revision)
+        let table = [
+            ("api", "r/api", main, Some(main)),
+            ("web", "r/web", other, Some(other)),
+            // a ref of its own that is no commit: only the image's label can say
+            ("worker", "r/api", "2023.05.4", None),
+        ];
+        for (service, repo, reference, revision) in table {
+            assert_eq!(order.image_of(service).repository(), repo, "{service}");
+            assert_eq!(order.reference_of(service), reference, "{service}");
+            assert_eq!(order.revision_of(service), revision, "{service}");
+        }
+        let json = serde_json::to_string(&order).unwrap();
+        assert_eq!(serde_json::from_str::<Order>(&json).unwrap(), order);
     }
 
     #[test]

@@ -351,8 +351,11 @@ pub struct HistoryEntry {
     pub reference: String,
     pub image: ImageRef,
     /// Services on an image other than `image` (a release of several images).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub images: std::collections::BTreeMap<String, ImageRef>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, ImageRef>,
+    /// Services on a ref other than `ref` (`--set`), as in the order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, String>,
     pub app: String,
     pub services: Vec<String>,
     /// None while running.
@@ -363,6 +366,18 @@ pub struct HistoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     pub run_migration: bool,
+}
+
+impl HistoryEntry {
+    /// The image `service` ran in this order.
+    pub fn image_of(&self, service: &str) -> &ImageRef {
+        self.images.get(service).unwrap_or(&self.image)
+    }
+
+    /// The ref `service`'s image was resolved from.
+    pub fn reference_of(&self, service: &str) -> &str {
+        self.refs.get(service).unwrap_or(&self.reference)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

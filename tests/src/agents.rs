@@ -422,6 +422,7 @@ impl AgentProc {
             migrate_image: None,
             revision: None,
             reference: reference.to_string(),
+            refs: Default::default(),
             run_migration: false,
             rerun_migration: false,
             app: app.to_string(),

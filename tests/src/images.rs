@@ -5,7 +5,7 @@ use std::process::Command;
 
 pub use demokit::images::{
     Behaviour, DOCKERFILE_TEMPLATE, DemoImage, DemoImages, LOCAL_REPO, LocalImage,
-    build_demo_images, demoapp_binary, fake_git_sha,
+    build_demo_images, demoapp_binary, derive_image, fake_git_sha,
 };
 
 use crate::command::run;

@@ -39,7 +39,8 @@ pub use docker::{
 };
 pub use error::{Error, Result};
 pub use images::{
-    Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, fake_git_sha,
+    Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, derive_image,
+    fake_git_sha,
 };
 pub use net::{HttpResponse, free_port, http_get};
 pub use prereqs::require_prereqs;

@@ -86,27 +86,12 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::Timestamp;
-    use proto::order::{Action, ImageRef};
+    use crate::release::tests::journal_entry;
+    use proto::order::ImageRef;
 
     fn entry(id: &str, secs: u64, app: &str) -> HistoryEntry {
-        HistoryEntry {
-            order_id: id.into(),
-            rollout_id: "r".into(),
-            action: Action::Deploy,
-            signer: "s".into(),
-            issued_by: "me".into(),
-            accepted_at: Timestamp::from_unix_secs(secs),
-            reference: "v1".into(),
-            image: ImageRef::new("r/web", &format!("sha256:{}", "a".repeat(64))).unwrap(),
-            images: Default::default(),
-            app: app.into(),
-            services: vec!["web".into()],
-            outcome: None,
-            reason: None,
-            duration_ms: None,
-            run_migration: false,
-        }
+        let image = ImageRef::new("r/web", &format!("sha256:{}", "a".repeat(64))).unwrap();
+        journal_entry(id, secs, app, "v1", &[("web", image)], None)
     }
 
     #[test]

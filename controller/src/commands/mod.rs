@@ -1,5 +1,5 @@
 //! One module per subcommand, plus what they share: the env, the signing key, the issuer, the
-//! ref resolved once, and how a command that stops early says so.
+//! release resolved once in every repository, and how a command that stops early says so.
 
 pub mod history;
 pub mod keys;
@@ -7,13 +7,18 @@ pub mod logs;
 pub mod rollout;
 pub mod status;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+use futures_util::future::join_all;
 
 use crate::signer::Signer;
 
 use crate::cli::{Cli, Command, KeysCommand};
 use crate::config::{DeployConfig, EnvConfig};
 use crate::output::{Message, Output, Summary, SummaryBody};
+use crate::release::{self, Release};
+use crate::resolve::Resolver;
 use crate::{Error, ExitClass};
 
 /// Environment variable: who issued the orders (default: user@hostname, or the GitHub run).
@@ -41,11 +46,12 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
         Command::Push {
             reference,
             env,
+            sets,
             skip_migrations,
             rerun_migration,
         } => {
             let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
-            let what = rollout::What::push(&reference, migrations);
+            let what = rollout::What::push(&reference, migrations).with_sets(one_each(sets)?);
             rollout::rollout(&load()?, &env, what, out).await
         }
         Command::Rollback { env, to } => {
@@ -177,23 +183,46 @@ fn passwd_name(passwd: &str, uid: &str) -> Option<String> {
     })
 }
 
-/// Resolves what the user typed to one digest, once, and says so.
-pub(crate) async fn resolve_ref(
+/// `--set` pairs, at most one per service.
+fn one_each(sets: Vec<(String, String)>) -> Result<BTreeMap<String, String>, Error> {
+    let mut map = BTreeMap::new();
+    for (service, reference) in sets {
+        if let Some(first) = map.insert(service.clone(), reference) {
+            return Err(Error::Usage(format!(
+                "--set {service}=… given twice (first {service}={first})"
+            )));
+        }
+    }
+    Ok(map)
+}
+
+/// Resolves the release the user asked for — `reference` in every repository the services (and,
+/// with `migration`, `[migrate] image`) use, each `--set` ref in its service's — once, all at
+/// once, and says what each resolved to. Refused when any does not resolve, naming every
+/// repository that failed.
+pub(crate) async fn resolve_release(
     cfg: &DeployConfig,
     reference: &str,
+    sets: &BTreeMap<String, String>,
+    migration: bool,
     out: &dyn Output,
-) -> Result<crate::resolve::Resolved, Error> {
-    let mut resolver =
-        crate::resolve::Resolver::new(&cfg.image).map_err(|e| Error::Refused(e.to_string()))?;
-    let resolved = resolver
-        .resolve(reference)
-        .await
-        .map_err(|e| Error::Refused(e.to_string()))?;
-    out.emit(&Message::Resolved {
-        reference: resolved.reference.clone(),
-        image: resolved.image.clone(),
-    });
-    Ok(resolved)
+) -> Result<Release, Error> {
+    let lookups = release::lookups(cfg, reference, sets, migration).map_err(Error::Usage)?;
+    let answers = join_all(lookups.into_iter().map(|l| async move {
+        let answer = match Resolver::new(&l.repository) {
+            Ok(mut r) => r.resolve(&l.reference).await,
+            Err(e) => Err(e),
+        };
+        (l, answer)
+    }))
+    .await;
+    for resolved in answers.iter().filter_map(|(_, a)| a.as_ref().ok()) {
+        out.emit(&Message::Resolved {
+            reference: resolved.reference.clone(),
+            image: resolved.image.clone(),
+        });
+    }
+    release::assemble(cfg, reference, sets, &answers).map_err(Error::Refused)
 }
 
 #[cfg(test)]

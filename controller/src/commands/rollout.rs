@@ -1,17 +1,21 @@
-//! `deployctl push <REF>` and `deployctl rollback [--to REF]`: one rollout command, told what to
-//! roll out. Push: the ref resolved once, the promotion gate (`requires`), the migration on the
-//! first host. Rollback: `--to REF` or the previous healthy digest every host agrees on; no
+//! `deployctl push <REF> [--set S=REF]` and `deployctl rollback [--to REF]`: one rollout
+//! command, told what to roll out. Push: the release resolved once in every repository, the
+//! promotion gate (`requires`: the same digest for every service), the migration on the first
+//! host. Rollback: `--to REF` or the previous healthy release every host agrees on; no
 //! migration, no gate. Then both: connect and check every host ([`crate::rollout::prepare`]),
 //! drive ([`crate::rollout::drive`]), summarize, emit.
 
-use futures_util::future::join_all;
-use proto::order::{Action, ImageRef};
-use proto::wire::OutcomeKind;
+use std::collections::BTreeMap;
 
-use super::{find_env, issued_by, load_signer, resolve_ref};
+use futures_util::future::join_all;
+use proto::order::Action;
+use proto::wire::{HistoryEntry, OutcomeKind};
+
+use super::{find_env, issued_by, load_signer, resolve_release};
 use crate::config::DeployConfig;
 use crate::connector::{Transport, connect_all, report_connections};
 use crate::output::{Message, Output, Summary, SummaryBody};
+use crate::release::{self, Release};
 use crate::rollout::{self, Driver, Plan, Target};
 use crate::{Error, ExitClass};
 
@@ -40,8 +44,10 @@ impl Migrations {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct What {
     pub action: Action,
-    /// The ref to resolve; `None`: the previous healthy digest.
+    /// The ref to resolve; `None`: the previous healthy release.
     pub reference: Option<String>,
+    /// `--set SERVICE=REF`: services resolved at a ref of their own.
+    pub sets: BTreeMap<String, String>,
     pub migrations: Migrations,
 }
 
@@ -51,8 +57,14 @@ impl What {
         What {
             action: Action::Deploy,
             reference: Some(reference.to_string()),
+            sets: BTreeMap::new(),
             migrations,
         }
+    }
+
+    /// `--set SERVICE=REF…`.
+    pub fn with_sets(self, sets: BTreeMap<String, String>) -> What {
+        What { sets, ..self }
     }
 
     /// `rollback [--to REF]`.
@@ -60,6 +72,7 @@ impl What {
         What {
             action: Action::Rollback,
             reference: to.map(str::to_string),
+            sets: BTreeMap::new(),
             migrations: Migrations::Skip,
         }
     }
@@ -81,18 +94,16 @@ pub async fn rollout(
     let env = find_env(cfg, env_name)?;
     let target = match &what.reference {
         Some(reference) => {
-            let resolved = resolve_ref(cfg, reference, out).await?;
-            Target::Image {
-                image: resolved.image,
-                reference: resolved.reference,
-            }
+            let migration = what.action == Action::Deploy;
+            let release = resolve_release(cfg, reference, &what.sets, migration, out).await?;
+            Target::Release(release)
         }
         None => Target::PreviousHealthy,
     };
-    if let (Action::Deploy, Some(required), Target::Image { image, .. }) =
+    if let (Action::Deploy, Some(required), Target::Release(release)) =
         (what.action, &env.requires, &target)
     {
-        check_promotion(cfg, &env.name, required, image, out).await?;
+        check_promotion(cfg, &env.name, required, release, out).await?;
     }
     let signer = load_signer(env).await?;
     let connector = Transport::for_env(env);
@@ -133,20 +144,20 @@ fn interrupted(env: &str) -> Error {
     ))
 }
 
-/// The promotion gate: `image` must have a succeeded order in the journal of at least one host
-/// of the required env.
+/// The promotion gate: `release` — the same digest for every service — must have a succeeded
+/// order in the journal of at least one host of the required env.
 async fn check_promotion(
     cfg: &DeployConfig,
     for_env: &str,
     required: &str,
-    image: &ImageRef,
+    release: &Release,
     out: &dyn Output,
 ) -> Result<(), Error> {
     let req_env = find_env(cfg, required)?;
     out.emit(&Message::Note {
         message: format!(
             "checking that {} was healthy in {required} first",
-            image.short_digest()
+            release.describe()
         ),
     });
     let connector = Transport::for_env(req_env);
@@ -163,35 +174,49 @@ async fn check_promotion(
     }))
     .await;
     let mut unreachable = Vec::new();
+    let mut journals: Vec<HistoryEntry> = Vec::new();
     for (host, answer) in req_env.hosts.iter().zip(answers) {
         match answer {
-            Ok(history) => {
-                let proven = history.iter().any(|e| {
-                    e.app == cfg.app
-                        && e.image.digest() == image.digest()
-                        && e.outcome == Some(OutcomeKind::Succeeded)
+            Ok(history) if release::succeeded_in(&history, &cfg.app, release) => {
+                out.emit(&Message::Note {
+                    message: format!("this release was healthy on {} ({required})", host.name),
                 });
-                if proven {
-                    out.emit(&Message::Note {
-                        message: format!(
-                            "{} was healthy on {} ({required})",
-                            image.short_digest(),
-                            host.name
-                        ),
-                    });
-                    return Ok(());
-                }
+                return Ok(());
             }
+            Ok(history) => journals.extend(history),
             Err(e) => unreachable.push(format!("{}: {e}", host.name)),
         }
     }
     let asked = req_env.hosts.len() - unreachable.len();
     let mut msg = format!(
-        "policy: {image} has never been healthy in {required} (required by env {for_env}); push it to {required} first. Asked {asked} of {} {required} host(s).",
+        "policy: release {} has never been healthy in {required} (required by env {for_env}); push it to {required} first. Asked {asked} of {} {required} host(s).",
+        release.describe(),
         req_env.hosts.len(),
     );
+    if let Some(closest) = closest_there(&journals, &cfg.app, release) {
+        msg.push_str(&format!(" {closest}."));
+    }
     if !unreachable.is_empty() {
         msg.push_str(&format!(" Unreachable: {}", unreachable.join("; ")));
     }
     Err(Error::Refused(msg))
+}
+
+/// How the newest release that succeeded in the required env differs from `release`, service by
+/// service, so a refusal says which digest was not proven.
+fn closest_there(journal: &[HistoryEntry], app: &str, release: &Release) -> Option<String> {
+    let services: Vec<&str> = release.services.keys().map(String::as_str).collect();
+    let newest = journal
+        .iter()
+        .filter(|e| e.app == app && e.outcome == Some(OutcomeKind::Succeeded))
+        .max_by_key(|e| (e.accepted_at, e.order_id.clone()))?;
+    let there = Release::from_entry(newest, &services)?;
+    let diff = release::differences(&release.digests(), &there.digests());
+    (!diff.is_empty()).then(|| {
+        format!(
+            "This push differs from the newest release that succeeded there ({}): {}",
+            there.reference,
+            diff.join(", ")
+        )
+    })
 }

@@ -1,6 +1,7 @@
-//! `deployctl status --env E`: what each host runs now, and the env's verdict. Exit 0 when every
-//! host answers, every service runs one digest and is healthy; 1 when something is unhealthy or
-//! mixed; 3 when a host cannot be reached. Unreachable hosts are rows, not errors.
+//! `deployctl status --env E`: what each host runs now, service by service, and the env's verdict:
+//! one release everywhere, or which hosts differ and how. Exit 0 when every host answers, runs
+//! one release and is healthy; 1 when something is unhealthy or hosts differ; 3 when a host
+//! cannot be reached. Unreachable hosts are rows, not errors.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +11,10 @@ use proto::wire::{AgentStatus, Health};
 use super::find_env;
 use crate::config::{DeployConfig, EnvConfig};
 use crate::connector::{Transport, connect_all};
-use crate::output::{HostStatus, Message, Output, StatusSummary, Summary, SummaryBody};
+use crate::output::{
+    HostStatus, Inconsistent, Message, Output, StatusSummary, Summary, SummaryBody,
+};
+use crate::release::{Digests, current_digests, differences, most_common};
 use crate::{Error, ExitClass};
 
 pub async fn status(
@@ -27,7 +31,8 @@ pub async fn status(
         }));
     }
     let services: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
-    let verdict = verdict(&env.name, &cfg.app, &services, &answers);
+    let hosts: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
+    let verdict = verdict(&env.name, &cfg.app, &services, &hosts, &answers);
     let summary = Summary::new("status", SummaryBody::Status(verdict));
     let exit = summary.exit();
     out.emit(&Message::Summary(summary));
@@ -45,39 +50,64 @@ async fn gather(env: &EnvConfig) -> Vec<Result<AgentStatus, String>> {
     .await
 }
 
-/// The env's verdict from every host's answer: which digests `app`'s `services` run (a service
-/// missing on a host counts as a digest of its own), and whether all are healthy.
+/// The env's verdict from every host's answer (`hosts` names them): the release `app`'s
+/// `services` run on each reachable host, the one most run, the hosts that run another (a
+/// service missing counts as a difference), and whether every service is healthy.
 pub fn verdict(
     env: &str,
     app: &str,
     services: &[&str],
+    hosts: &[&str],
     answers: &[Result<AgentStatus, String>],
 ) -> StatusSummary {
-    let mut digests = BTreeSet::new();
     let mut healthy = true;
-    let mut reachable = 0;
-    for answer in answers {
+    let mut releases: Vec<(&str, Digests)> = Vec::new();
+    for (host, answer) in hosts.iter().zip(answers) {
         let Ok(status) = answer else {
             healthy = false;
             continue;
         };
-        reachable += 1;
         for name in services {
             let found = status
                 .services
                 .iter()
                 .find(|s| s.app == app && s.service == *name);
-            digests.insert(found.and_then(|s| s.image.as_ref().map(|i| i.digest().to_string())));
             healthy &= found.is_some_and(|s| s.health == Health::Healthy);
         }
+        releases.push((host, current_digests(status, app, services)));
     }
+    let release = most_common(releases.iter().map(|(_, r)| r))
+        .cloned()
+        .unwrap_or_default();
+    let differing: Vec<Inconsistent> = releases
+        .iter()
+        .filter_map(|(host, r)| {
+            let mut diff = differences(r, &release);
+            diff.extend(
+                services
+                    .iter()
+                    .filter(|s| !release.contains_key(**s) && !r.contains_key(**s))
+                    .map(|s| format!("{s} missing")),
+            );
+            (!diff.is_empty()).then(|| Inconsistent {
+                host: host.to_string(),
+                why: diff.join(", "),
+            })
+        })
+        .collect();
+    let digests: BTreeSet<String> = releases
+        .iter()
+        .flat_map(|(_, r)| r.values().cloned())
+        .collect();
     StatusSummary {
         env: env.to_string(),
         hosts: answers.len(),
-        reachable,
-        consistent: reachable == answers.len() && digests.len() == 1 && !digests.contains(&None),
+        reachable: releases.len(),
+        consistent: releases.len() == answers.len() && differing.is_empty(),
         healthy,
-        digests: digests.into_iter().flatten().collect(),
+        digests: digests.into_iter().collect(),
+        release,
+        differing,
     }
 }
 
@@ -129,23 +159,49 @@ mod tests {
     fn the_verdict_and_its_exit_code() {
         let down = || Err::<AgentStatus, String>("unreachable".into());
         let ok = || host(&[("web", 'a', true), ("api", 'a', true)]);
-        // (hosts' answers, consistent, healthy, digests, exit)
+        let two = || host(&[("web", 'a', true), ("api", 'b', true)]);
+        // (hosts' answers, consistent, healthy, digests, the hosts that differ and how, exit)
         type Case = (
             Vec<Result<AgentStatus, String>>,
             bool,
             bool,
             Vec<char>,
+            Vec<(&'static str, &'static str)>,
             ExitClass,
         );
         let cases: Vec<Case> = vec![
-            (vec![ok(), ok()], true, true, vec!['a'], ExitClass::Success),
+            (
+                vec![ok(), ok()],
+                true,
+                true,
+                vec!['a'],
+                vec![],
+                ExitClass::Success,
+            ),
             // another app's unhealthy service on the same host does not count
-            (vec![ok()], true, true, vec!['a'], ExitClass::Success),
+            (
+                vec![ok()],
+                true,
+                true,
+                vec!['a'],
+                vec![],
+                ExitClass::Success,
+            ),
+            // a release of two images, the same on both hosts
+            (
+                vec![two(), two()],
+                true,
+                true,
+                vec!['a', 'b'],
+                vec![],
+                ExitClass::Success,
+            ),
             (
                 vec![ok(), host(&[("web", 'a', true), ("api", 'a', false)])],
                 true,
                 false,
                 vec!['a'],
+                vec![],
                 ExitClass::Failed,
             ),
             (
@@ -153,6 +209,23 @@ mod tests {
                 false,
                 true,
                 vec!['a', 'b'],
+                vec![(
+                    "h2",
+                    "api runs bbbbbbbbbbbb, not aaaaaaaaaaaa, web runs bbbbbbbbbbbb, not aaaaaaaaaaaa",
+                )],
+                ExitClass::Failed,
+            ),
+            // one service differs on one host of three: that host is named, not the others
+            (
+                vec![
+                    two(),
+                    host(&[("web", 'c', true), ("api", 'b', true)]),
+                    two(),
+                ],
+                false,
+                true,
+                vec!['a', 'b', 'c'],
+                vec![("h2", "web runs cccccccccccc, not aaaaaaaaaaaa")],
                 ExitClass::Failed,
             ),
             // a service missing on a host: not consistent, not healthy
@@ -161,6 +234,7 @@ mod tests {
                 false,
                 false,
                 vec!['a'],
+                vec![("h2", "api missing")],
                 ExitClass::Failed,
             ),
             (
@@ -168,6 +242,7 @@ mod tests {
                 false,
                 false,
                 vec!['a'],
+                vec![],
                 ExitClass::Refused,
             ),
             (
@@ -175,21 +250,41 @@ mod tests {
                 false,
                 false,
                 vec![],
+                vec![],
                 ExitClass::Refused,
             ),
         ];
-        for (answers, consistent, healthy, digests, exit) in cases {
-            let v = verdict("staging", "web", &["api", "web"], &answers);
-            let want = StatusSummary {
-                env: "staging".into(),
-                hosts: answers.len(),
-                reachable: answers.iter().filter(|a| a.is_ok()).count(),
-                consistent,
-                healthy,
-                digests: digests.into_iter().map(d).collect(),
-            };
-            assert_eq!(v, want, "{answers:?}");
+        for (answers, consistent, healthy, digests, differing, exit) in cases {
+            let names = ["h1", "h2", "h3"];
+            let v = verdict("staging", "web", &["api", "web"], &names, &answers);
+            assert_eq!(
+                (v.consistent, v.healthy, v.reachable),
+                (
+                    consistent,
+                    healthy,
+                    answers.iter().filter(|a| a.is_ok()).count()
+                ),
+                "{answers:?}"
+            );
+            assert_eq!(v.digests, digests.into_iter().map(d).collect::<Vec<_>>());
+            let got: Vec<(&str, &str)> = v
+                .differing
+                .iter()
+                .map(|i| (i.host.as_str(), i.why.as_str()))
+                .collect();
+            assert_eq!(got, differing, "{answers:?}");
             assert_eq!(v.exit(), exit, "{answers:?}");
         }
+        let v = verdict(
+            "staging",
+            "web",
+            &["api", "web"],
+            &["h1", "h2"],
+            &[two(), two()],
+        );
+        assert_eq!(
+            v.release,
+            Digests::from([("api".into(), d('b')), ("web".into(), d('a'))])
+        );
     }
 }

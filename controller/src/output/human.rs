@@ -1,16 +1,18 @@
 //! The human renderer: what each [`Message`] looks like as text, and where it goes. Pure; the
 //! terminal printer ([`super::terminal`]) only writes what this returns.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proto::order::short_digest;
+use proto::order::{ImageRef, short_digest};
 use proto::wire::{HistoryEntry, Outcome, OutcomeKind};
 
 use super::{
-    HostAnswer, HostRollout, HostStatus, Message, RolloutResult, RolloutSummary, Summary,
-    SummaryBody,
+    HostAnswer, HostRollout, HostStatus, Message, RolloutResult, RolloutSummary, StatusSummary,
+    Summary, SummaryBody,
 };
 use crate::ExitClass;
+use crate::release::{Digests, describe_digests};
 use crate::rollout::{HostState, describe, describe_holder};
 
 /// A message as text, with where it goes.
@@ -132,12 +134,13 @@ fn render_raw(message: &Message) -> Shown {
             order_id,
             action,
             image,
+            images,
             run_migration,
         } => about(
             host,
             format!(
                 "{action} {}{} (order {order_id})",
-                short_image(&image.to_string()),
+                release_images(image, images),
                 if *run_migration {
                     " with migration"
                 } else {
@@ -147,7 +150,7 @@ fn render_raw(message: &Message) -> Shown {
         ),
         Message::Following { host, order_id } => about(
             host,
-            format!("following order {order_id}, already running this digest"),
+            format!("following order {order_id}, already running this release"),
         ),
         Message::Job { host, job } => {
             let service = job.service.as_ref().map(|s| format!("[{s}] "));
@@ -246,21 +249,7 @@ fn summary(s: &Summary) -> Shown {
             Shown::Err(lines)
         }
         SummaryBody::Rollout(r) => Shown::Out(rollout_lines(s.command, r)),
-        SummaryBody::Status(v) => {
-            let verdict = match (v.consistent, v.healthy) {
-                _ if v.reachable < v.hosts => {
-                    format!(
-                        "{} of {} host(s) unreachable",
-                        v.hosts - v.reachable,
-                        v.hosts
-                    )
-                }
-                (true, true) => "one digest everywhere, all healthy".to_string(),
-                (true, false) => "one digest everywhere, NOT all healthy".to_string(),
-                (false, _) => format!("NOT consistent: {} different digests", v.digests.len()),
-            };
-            Shown::Out(vec![format!("{}: {verdict}", v.env)])
-        }
+        SummaryBody::Status(v) => Shown::Out(status_verdict(v)),
         SummaryBody::History(h) if s.exit() == ExitClass::Refused => Shown::Err(vec![format!(
             "deployctl: no host of {} could be reached",
             h.env
@@ -289,12 +278,58 @@ fn summary(s: &Summary) -> Shown {
     }
 }
 
+/// `status`'s last lines: whether every host runs one release and is healthy, else which hosts
+/// differ from the release most of them run, and how.
+fn status_verdict(v: &StatusSummary) -> Vec<String> {
+    let release = match v.release.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", describe_digests(&v.release)),
+    };
+    let verdict = match (v.consistent, v.healthy) {
+        _ if v.reachable < v.hosts => {
+            format!(
+                "{} of {} host(s) unreachable",
+                v.hosts - v.reachable,
+                v.hosts
+            )
+        }
+        (true, true) => format!("one release everywhere{release}, all healthy"),
+        (true, false) => format!("one release everywhere{release}, NOT all healthy"),
+        (false, _) => {
+            let hosts: Vec<&str> = v.differing.iter().map(|d| d.host.as_str()).collect();
+            format!(
+                "NOT one release everywhere: {} differ{} from{release}",
+                hosts.join(", "),
+                if hosts.len() == 1 { "s" } else { "" }
+            )
+        }
+    };
+    let mut lines = vec![format!("{}: {verdict}", v.env)];
+    if v.reachable == v.hosts {
+        let why = v
+            .differing
+            .iter()
+            .map(|d| format!("  {}: {}", d.host, d.why));
+        lines.extend(why);
+    }
+    lines
+}
+
+/// `r/api@sha256:0123456789ab`, and each service on another image: `, web r/web@sha256:…`.
+fn release_images(image: &ImageRef, images: &BTreeMap<String, ImageRef>) -> String {
+    let mut text = short_image(&image.to_string());
+    for (service, other) in images {
+        text.push_str(&format!(", {service} {}", short_image(&other.to_string())));
+    }
+    text
+}
+
 /// A rollout's result: a headline with the exit code's meaning, then one line per host.
 fn rollout_lines(command: &str, r: &RolloutSummary) -> Vec<String> {
     let what = format!(
         "{command} {} ({}) to {}",
         r.reference,
-        short_image(&r.image.to_string()),
+        release_images(&r.image, &r.images),
         r.env
     );
     let took = proto::time::format_duration(Duration::from_millis(r.elapsed_ms));
@@ -322,9 +357,26 @@ fn rollout_lines(command: &str, r: &RolloutSummary) -> Vec<String> {
     lines
 }
 
+/// What each service of an outcome runs now, or ran before the order, in short.
+fn outcome_digests(o: &Outcome, before: bool) -> Option<String> {
+    let digests: Digests = o
+        .services
+        .iter()
+        .filter_map(|(s, r)| {
+            let d = if before {
+                &r.previous_digest
+            } else {
+                &r.digest
+            };
+            Some((s.clone(), d.clone()?))
+        })
+        .collect();
+    (!digests.is_empty()).then(|| describe_digests(&digests))
+}
+
 /// What changed on one host, in words.
 fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
-    let now = |o: &Outcome| o.services.values().find_map(|s| s.digest.clone());
+    let now = |o: &Outcome| outcome_digests(o, false);
     let mut text = match (&h.state, &h.outcome) {
         (
             HostState::Succeeded {
@@ -334,12 +386,10 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
             Some(o),
         ) => format!(
             "changed to {}{}{}",
-            now(o)
-                .map(|d| short_digest(&d).to_string())
-                .unwrap_or_else(|| r.image.short_digest().to_string()),
-            previous
-                .as_ref()
-                .map(|p| format!(" (was {})", short_digest(p)))
+            now(o).unwrap_or_else(|| r.image.short_digest().to_string()),
+            outcome_digests(o, true)
+                .or_else(|| Some(short_digest(previous.as_ref()?).to_string()))
+                .map(|p| format!(" (was {p})"))
                 .unwrap_or_else(|| " (first deploy)".into()),
             if h.run_migration {
                 ", migration ran here"
@@ -348,9 +398,7 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
             }
         ),
         (state, Some(o)) if !matches!(state, HostState::Succeeded { .. }) => {
-            let serving = now(o)
-                .map(|d| format!("; serving {}", short_digest(&d)))
-                .unwrap_or_default();
+            let serving = now(o).map(|d| format!("; serving {d}")).unwrap_or_default();
             format!("{}{serving}", outcome_line(o))
         }
         (state, _) => describe(state),
@@ -360,7 +408,7 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
             .rollback_outcome
             .as_ref()
             .and_then(now)
-            .map(|d| format!(" to {}", short_digest(&d)))
+            .map(|d| format!(" to {d}"))
             .unwrap_or_default();
         text.push_str(&format!("; rolled back{back}: {}", describe(rb)));
     }
@@ -426,13 +474,27 @@ fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
     rows
 }
 
+/// One journal entry; a release of several images shows each service's digest, and each
+/// service on a ref of its own (`--set`) that ref.
 fn history_row(host: &str, e: &HistoryEntry) -> Vec<String> {
+    let mut reference = e.reference.clone();
+    for (service, r) in &e.refs {
+        reference.push_str(&format!(" {service}={r}"));
+    }
+    let digests: Digests = e
+        .services
+        .iter()
+        .map(|s| (s.clone(), e.image_of(s).digest().to_string()))
+        .collect();
     vec![
         e.accepted_at.to_string(),
         host.to_string(),
         e.action.to_string(),
-        e.reference.clone(),
-        e.image.short_digest().to_string(),
+        reference,
+        match e.images.is_empty() {
+            true => e.image.short_digest().to_string(),
+            false => describe_digests(&digests),
+        },
         e.outcome
             .map(|o| o.to_string())
             .unwrap_or_else(|| "running".into()),

@@ -1,19 +1,20 @@
 //! The rollout's decisions, as pure functions with table tests: what each host does first
-//! ([`start_for`]: a new order, or follow the job already running this digest), how hosts are
+//! ([`start_for`]: a new order, or follow the job already running this release), how hosts are
 //! batched ([`plan_batches`]), what an agent's answer means for a host
-//! ([`HostState::from_outcome`]), which hosts go back where after a failure ([`revert_plan`]),
-//! what `rollback` without `--to` goes back to ([`rollback_target`]) and what the whole rollout
-//! amounts to ([`conclude`]).
+//! ([`HostState::from_outcome`]), which hosts go back to which release after a failure
+//! ([`revert_plan`], service by service), what `rollback` without `--to` goes back to
+//! ([`rollback_target`]) and what the whole rollout amounts to ([`conclude`]).
 
 use std::collections::BTreeMap;
 
+use proto::Timestamp;
 use proto::order::{self, Action, ImageRef, Order};
 use proto::wire::{AgentStatus, HistoryEntry, LockHolder, Outcome, OutcomeKind, Refusal};
-use proto::{Timestamp, order::short_digest};
 use serde::Serialize;
 
 use crate::config::DeployConfig;
 use crate::output::{HostRollout, Inconsistent, RolloutResult, RolloutSummary};
+use crate::release::{Digests, Pin, Release, current_digests, most_common};
 use crate::transport::{JobEnd, Peer};
 
 /// Where a host stands after its part of a rollout.
@@ -85,7 +86,7 @@ impl HostState {
 pub enum Start {
     /// A new order.
     Submit,
-    /// A job for this very digest already runs there (a retried rollout): follow it to its
+    /// A job for this very release already runs there (a retried rollout): follow it to its
     /// outcome instead of sending a second order (and a second migration).
     Follow {
         order_id: String,
@@ -93,21 +94,25 @@ pub enum Start {
     },
 }
 
-/// How a host with this status and journal joins a rollout of `digest` for `app`; `Err` lists
-/// the jobs of `app` running there for another digest (or unknown to its journal), which
-/// forbid the rollout.
+/// How a host with this status and journal joins a rollout of `release` for `app`; `Err`
+/// lists the jobs of `app` running there for another release (or unknown to its journal),
+/// which forbid the rollout.
 pub fn start_for<'a>(
     status: &'a AgentStatus,
     history: &[HistoryEntry],
     app: &str,
-    digest: &str,
+    release: &Release,
 ) -> Result<Start, Vec<&'a LockHolder>> {
+    let services: Vec<&str> = release.services.keys().map(String::as_str).collect();
+    let same = |e: &HistoryEntry| {
+        Release::from_entry(e, &services).is_some_and(|r| r.digests() == release.digests())
+    };
     let mut follow = None;
     let mut conflicts = Vec::new();
     for holder in &status.running {
         match history.iter().find(|e| e.order_id == holder.order_id) {
             Some(e) if e.app != app => {}
-            Some(e) if e.image.digest() == digest => {
+            Some(e) if same(e) => {
                 follow = Some(Start::Follow {
                     order_id: e.order_id.clone(),
                     run_migration: e.run_migration,
@@ -135,63 +140,68 @@ pub fn plan_batches(hosts: usize, max_parallel: usize) -> Vec<Vec<usize>> {
     batches
 }
 
-/// Hosts to send back, each with the digest it ran before: every host this rollout changed.
-/// A changed host whose previous digest is unknown (its first deploy) cannot be sent back.
-pub fn rollback_targets(
+/// A rollback order to send after a failure: a host back to the release it ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revert {
+    pub host: usize,
+    pub release: Release,
+}
+
+/// The rollback orders after a failure: every host this rollout changed, each service back to
+/// the digest it ran before — as the host's outcome says (`previous_digest`), else as its status
+/// said before the rollout (`before[i]`), by the ref its container was deployed with when that
+/// status shows the digest. A host where a service ran nothing before (its first deploy) has no
+/// release to go back to and is left out: [`conclude`] reports it.
+pub fn revert_plan(
     states: &[HostState],
-    fallback_previous: &[Option<String>],
-) -> Vec<(usize, Option<String>)> {
+    outcomes: &[Option<Outcome>],
+    before: &[&AgentStatus],
+    cfg: &DeployConfig,
+) -> Vec<Revert> {
     states
         .iter()
         .enumerate()
         .filter(|(_, s)| s.changed_by_us())
-        .map(|(i, s)| {
-            let previous = match s {
-                HostState::Succeeded {
-                    previous: Some(p), ..
-                } => Some(p.clone()),
-                _ => fallback_previous.get(i).cloned().flatten(),
-            };
-            (i, previous)
+        .filter_map(|(host, _)| {
+            let outcome = outcomes.get(host).and_then(Option::as_ref);
+            let release = previous_release(outcome, before.get(host)?, cfg)?;
+            Some(Revert { host, release })
         })
         .collect()
 }
 
-/// A rollback order to send after a failure.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Revert {
-    pub host: usize,
-    pub image: ImageRef,
-    /// The ref the host's containers were deployed with, when they ran that digest; else the
-    /// digest itself.
-    pub reference: String,
-}
-
-/// The rollback orders after a failure: every host this rollout changed, back to the digest
-/// it ran (`before[i]` is its status before the rollout). Hosts with no previous digest are
-/// left out: [`conclude`] reports them.
-pub fn revert_plan(
-    states: &[HostState],
-    before: &[&AgentStatus],
-    app: &str,
-    repository: &str,
-) -> Vec<Revert> {
-    let fallback: Vec<Option<String>> = before.iter().map(|s| current_digest(s, app)).collect();
-    rollback_targets(states, &fallback)
-        .into_iter()
-        .filter_map(|(host, previous)| {
-            let previous = previous?;
-            let image = ImageRef::new(repository, &previous).ok()?;
-            let reference = current_reference(before[host], app)
-                .filter(|_| fallback[host].as_deref() == Some(previous.as_str()))
-                .unwrap_or(previous);
-            Some(Revert {
-                host,
-                image,
-                reference,
-            })
-        })
-        .collect()
+/// What a host ran before an order, service by service (see [`revert_plan`]).
+fn previous_release(
+    outcome: Option<&Outcome>,
+    before: &AgentStatus,
+    cfg: &DeployConfig,
+) -> Option<Release> {
+    let mut pins = BTreeMap::new();
+    for service in cfg.services.keys() {
+        let shown = before
+            .services
+            .iter()
+            .find(|s| s.app == cfg.app && s.service == *service);
+        let shown_image = shown.and_then(|s| s.image.as_ref());
+        let digest = outcome
+            .and_then(|o| o.services.get(service)?.previous_digest.clone())
+            .or_else(|| Some(shown_image?.digest().to_string()))?;
+        let pin = match shown_image.filter(|i| i.digest() == digest) {
+            Some(image) => Pin {
+                image: image.clone(),
+                reference: shown
+                    .and_then(|s| s.reference.clone())
+                    .unwrap_or_else(|| digest.clone()),
+            },
+            None => Pin {
+                image: ImageRef::new(cfg.repository_of(service), &digest).ok()?,
+                reference: digest,
+            },
+        };
+        pins.insert(service.clone(), pin);
+    }
+    let reference = most_common(pins.values().map(|p| &p.reference))?.clone();
+    Release::new(reference, pins, None)
 }
 
 /// The rollout's verdict.
@@ -283,73 +293,60 @@ pub fn describe_holder(h: &LockHolder) -> String {
     )
 }
 
-/// The digest `app` runs on a host, per its status (the first service found).
-pub fn current_digest(status: &AgentStatus, app: &str) -> Option<String> {
-    status
-        .services
-        .iter()
-        .filter(|s| s.app == app)
-        .find_map(|s| s.image.as_ref().map(|i| i.digest().to_string()))
-}
-
-/// The ref the host's containers of `app` were deployed with, for orders that go back to it.
-pub fn current_reference(status: &AgentStatus, app: &str) -> Option<String> {
-    status
-        .services
-        .iter()
-        .filter(|s| s.app == app)
-        .find_map(|s| s.reference.clone())
-}
-
-/// The previous healthy digest of `app` on one host, with its ref: the newest succeeded order
-/// whose digest differs from what runs now. `history` is in any order.
+/// The previous healthy release of `app`'s `services` on one host: the newest succeeded order
+/// that ran every one of them, on digests other than `current` (what runs now; when nothing
+/// does, other than the newest succeeded order's). `history` is in any order.
 pub fn previous_healthy(
     history: &[HistoryEntry],
     app: &str,
-    current: Option<&str>,
-) -> Option<(String, String)> {
+    services: &[&str],
+    current: &Digests,
+) -> Option<Release> {
     let mut ok: Vec<&HistoryEntry> = history
         .iter()
         .filter(|e| e.app == app && e.outcome == Some(OutcomeKind::Succeeded))
         .collect();
     ok.sort_by(|a, b| (b.accepted_at, &b.order_id).cmp(&(a.accepted_at, &a.order_id)));
-    let current = current
-        .map(str::to_string)
-        .or_else(|| ok.first().map(|e| e.image.digest().to_string()));
-    ok.iter()
-        .find(|e| Some(e.image.digest()) != current.as_deref())
-        .map(|e| (e.image.digest().to_string(), e.reference.clone()))
+    let mut releases = ok
+        .into_iter()
+        .filter_map(|e| Release::from_entry(e, services))
+        .peekable();
+    let current = match current.is_empty() {
+        false => current.clone(),
+        true => releases.peek()?.digests(),
+    };
+    releases.find(|r| r.digests() != current)
 }
 
-/// What `rollback` without `--to` goes back to: the previous healthy digest (and its ref) of
-/// every host, given as (name, status, journal), which must be the same everywhere.
+/// What `rollback` without `--to` goes back to: the previous healthy release of every host,
+/// given as (name, status, journal), which must be the same (digest for digest) everywhere.
 pub fn rollback_target(
     hosts: &[(&str, &AgentStatus, &[HistoryEntry])],
     app: &str,
-) -> Result<(String, String), String> {
-    let per_host: Vec<(&str, Option<(String, String)>)> = hosts
+    services: &[&str],
+) -> Result<Release, String> {
+    let per_host: Vec<(&str, Option<Release>)> = hosts
         .iter()
         .map(|(name, status, history)| {
-            let current = current_digest(status, app);
-            (*name, previous_healthy(history, app, current.as_deref()))
+            let current = current_digests(status, app, services);
+            (*name, previous_healthy(history, app, services, &current))
         })
         .collect();
     let first = per_host.first().and_then(|(_, p)| p.clone());
-    let all_same = per_host
-        .iter()
-        .all(|(_, p)| p.as_ref().map(|(d, _)| d) == first.as_ref().map(|(d, _)| d));
+    let digests = |p: &Option<Release>| p.as_ref().map(Release::digests);
+    let all_same = per_host.iter().all(|(_, p)| digests(p) == digests(&first));
     match first {
         Some(found) if all_same => Ok(found),
         _ => {
             let lines: Vec<String> = per_host
                 .iter()
                 .map(|(h, p)| match p {
-                    Some((d, r)) => format!("  {h}: {r} ({})", short_digest(d)),
-                    None => format!("  {h}: no earlier healthy version in its journal"),
+                    Some(r) => format!("  {h}: {}", r.describe()),
+                    None => format!("  {h}: no earlier healthy release in its journal"),
                 })
                 .collect();
             Err(format!(
-                "no previous healthy version common to every host; choose one with --to REF:\n{}",
+                "no previous healthy release common to every host; choose one with --to REF:\n{}",
                 lines.join("\n")
             ))
         }
@@ -362,8 +359,7 @@ pub struct RolloutSpec {
     pub rollout_id: String,
     pub env: String,
     pub action: Action,
-    pub image: ImageRef,
-    pub reference: String,
+    pub release: Release,
     pub issued_by: String,
     /// Whether the first host runs `[migrate]`.
     pub migrate_first: bool,
@@ -371,18 +367,26 @@ pub struct RolloutSpec {
     pub rerun_migration: bool,
 }
 
-/// Builds one host's order: `action` to `image` (the rollout's, or a host's previous one when
-/// reverting). `[migrate]` travels only with deploys. Over SSH the order is bound to the host
-/// key the transport verified (README, Guarantees), not only to the name the agent reported.
+/// Builds one host's order: `action` to `release` (the rollout's, or a host's previous one when
+/// reverting). `[migrate]` and its own image travel only with deploys. Over SSH the order is
+/// bound to the host key the transport verified (README, Guarantees), not only to the name the
+/// agent reported.
 pub fn build_order(
     cfg: &DeployConfig,
     spec: &RolloutSpec,
     peer: &Peer,
     action: Action,
-    (image, reference): (&ImageRef, &str),
+    release: &Release,
     run_migration: bool,
 ) -> Order {
     let issued_at = Timestamp::now();
+    let migrate = cfg.migrate.clone().filter(|_| action == Action::Deploy);
+    // Said only when it is not what the migration's service runs anyway.
+    let migrate_image = migrate.as_ref().and_then(|m| {
+        let own = release.migrate_image.as_ref()?;
+        let service = release.services.get(&m.service).map(|p| &p.image);
+        (service != Some(own)).then(|| own.clone())
+    });
     Order {
         order_id: order::new_id(),
         rollout_id: spec.rollout_id.clone(),
@@ -393,20 +397,17 @@ pub fn build_order(
         not_after: issued_at.plus(order::DEFAULT_VALIDITY),
         issued_by: spec.issued_by.clone(),
         action,
-        image: image.clone(),
-        images: Default::default(),
-        migrate_image: None,
-        revision: None,
-        reference: reference.to_string(),
+        image: release.image.clone(),
+        images: release.images(),
+        migrate_image,
+        revision: release.revision(),
+        reference: release.reference.clone(),
+        refs: release.refs(),
         run_migration,
         rerun_migration: run_migration && spec.rerun_migration,
         app: cfg.app.clone(),
         services: cfg.services.clone(),
-        migrate: if action == Action::Deploy {
-            cfg.migrate.clone()
-        } else {
-            None
-        },
+        migrate,
     }
 }
 
@@ -431,8 +432,9 @@ pub fn summarize(report: &RolloutReport) -> RolloutSummary {
     RolloutSummary {
         env: report.spec.env.clone(),
         rollout_id: report.spec.rollout_id.clone(),
-        reference: report.spec.reference.clone(),
-        image: report.spec.image.clone(),
+        reference: report.spec.release.reference.clone(),
+        image: report.spec.release.image.clone(),
+        images: report.spec.release.images(),
         result: c.result,
         elapsed_ms: report.elapsed_ms,
         hosts: (0..report.hosts.len())

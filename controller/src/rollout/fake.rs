@@ -1,6 +1,6 @@
-//! In-process fake agents for the rollout's tests: each host keeps the digest it runs, its
+//! In-process fake agents for the rollout's tests: each host keeps what each service runs, its
 //! journal and any job running, answers status and history from them, and runs orders as told
-//! (succeed, fail and restore the previous version, or refuse). Every step is written to one
+//! (succeed, fail and restore the previous release, or refuse). Every step is written to one
 //! shared log, so a test can check the order in which hosts were worked on. They check no
 //! signature: the real agents' tests do.
 
@@ -48,12 +48,12 @@ pub enum Step {
 pub struct Host {
     pub name: String,
     pub reachable: bool,
-    /// What `web` runs: digest and ref.
-    pub running: Option<(String, String)>,
+    /// What each service runs: image and ref.
+    pub running: BTreeMap<String, (ImageRef, String)>,
     pub history: Vec<HistoryEntry>,
     /// A job in progress (its journal entry is in `history` without an outcome).
     pub job: Option<LockHolder>,
-    /// Deploys of this digest fail and the previous version is put back.
+    /// Deploys where any service would run this digest fail, and every service is put back.
     pub fails: Option<String>,
     /// Every order is refused with this kind.
     pub refuses: Option<RefusalKind>,
@@ -69,12 +69,12 @@ pub struct Host {
 }
 
 impl Host {
-    /// A host running `c`'s digest (as `ref-c`), deployed by one succeeded order.
-    pub fn on(name: &str, c: char) -> Host {
-        let mut host = Host {
+    /// A host that never ran anything.
+    fn blank(name: &str) -> Host {
+        Host {
             name: name.into(),
             reachable: true,
-            running: Some((digest(c), format!("ref-{c}"))),
+            running: BTreeMap::new(),
             history: Vec::new(),
             job: None,
             fails: None,
@@ -83,7 +83,14 @@ impl Host {
             closes_idle: false,
             connections: 0,
             orders: Vec::new(),
-        };
+        }
+    }
+
+    /// A host whose `web` runs `c`'s digest (as `ref-c`), deployed by one succeeded order.
+    pub fn on(name: &str, c: char) -> Host {
+        let mut host = Host::blank(name);
+        host.running
+            .insert("web".into(), (image(c), format!("ref-{c}")));
         host.journal(
             &format!("{name}-first"),
             c,
@@ -93,7 +100,13 @@ impl Host {
         host
     }
 
-    /// Appends a journal entry for digest `c`.
+    /// The digest `service` runs.
+    pub fn digest_of(&self, service: &str) -> Option<String> {
+        let (image, _) = self.running.get(service)?;
+        Some(image.digest().to_string())
+    }
+
+    /// Appends a journal entry for digest `c` of `web`.
     pub fn journal(
         &mut self,
         order_id: &str,
@@ -111,6 +124,7 @@ impl Host {
             reference: format!("ref-{c}"),
             image: image(c),
             images: Default::default(),
+            refs: Default::default(),
             app: APP.into(),
             services: vec!["web".into()],
             outcome,
@@ -120,9 +134,35 @@ impl Host {
         });
     }
 
+    /// Appends a journal entry for `order`, as the agent's index makes it.
+    fn journal_order(&mut self, order: &Order, outcome: Option<OutcomeKind>) {
+        self.history.push(HistoryEntry {
+            order_id: order.order_id.clone(),
+            rollout_id: order.rollout_id.clone(),
+            action: order.action,
+            signer: "ci".into(),
+            issued_by: order.issued_by.clone(),
+            accepted_at: Timestamp::from_unix_secs(1_000 + self.history.len() as u64),
+            reference: order.reference.clone(),
+            image: order.image.clone(),
+            images: order.images.clone(),
+            refs: order.refs.clone(),
+            app: order.app.clone(),
+            services: order.services.keys().cloned().collect(),
+            outcome,
+            reason: None,
+            duration_ms: None,
+            run_migration: order.run_migration,
+        });
+    }
+
     /// A job of another controller's rollout, to digest `c`, still running.
     pub fn running_job(&mut self, order_id: &str, c: char, migrated: bool) {
         self.journal(order_id, c, None, migrated);
+        self.hold(order_id);
+    }
+
+    fn hold(&mut self, order_id: &str) {
         self.job = Some(LockHolder {
             order_id: order_id.into(),
             rollout_id: "killed".into(),
@@ -141,11 +181,11 @@ impl Host {
             services: self
                 .running
                 .iter()
-                .map(|(d, r)| ServiceStatus {
+                .map(|(service, (image, r))| ServiceStatus {
                     app: APP.into(),
-                    service: "web".into(),
+                    service: service.clone(),
                     container_id: None,
-                    image: Some(ImageRef::new(REPO, d).unwrap()),
+                    image: Some(image.clone()),
                     reference: Some(r.clone()),
                     health: Health::Healthy,
                     since: Timestamp::now(),
@@ -163,8 +203,8 @@ impl Host {
     fn run(&mut self, order: &Order) -> Option<JobEnd> {
         self.orders.push(order.clone());
         if std::mem::take(&mut self.drops) {
-            let c = order.image.digest().chars().last().unwrap_or('?');
-            self.running_job(&order.order_id, c, order.run_migration);
+            self.journal_order(order, None);
+            self.hold(&order.order_id);
             return None;
         }
         if let Some(kind) = self.refuses {
@@ -174,26 +214,26 @@ impl Host {
                 holder: None,
             }));
         }
-        let previous = self.running.as_ref().map(|(d, _)| d.clone());
-        let new = order.image.digest().to_string();
-        let failed = self.fails.as_deref() == Some(new.as_str()) && order.action == Action::Deploy;
-        if !failed {
-            self.running = Some((new.clone(), order.reference.clone()));
-        }
-        let kind = if failed {
-            OutcomeKind::RolledBack
-        } else {
-            OutcomeKind::Succeeded
+        let fails = |s: &String| self.fails.as_deref() == Some(order.image_of(s).digest());
+        let failed = order.action == Action::Deploy && order.services.keys().any(fails);
+        let kind = match failed {
+            true => OutcomeKind::RolledBack,
+            false => OutcomeKind::Succeeded,
         };
-        let c = new.chars().last().unwrap_or('?');
-        self.journal(&order.order_id, c, Some(kind), order.run_migration);
-        Some(JobEnd::Outcome(outcome(
-            &order.order_id,
-            kind,
-            !failed && previous.as_deref() != Some(new.as_str()),
-            self.running.as_ref().map(|(d, _)| d.clone()),
-            previous,
-        )))
+        Some(JobEnd::Outcome(self.deploy(order, kind)))
+    }
+
+    /// Journals `order` as ending `kind`, switching every service when it succeeded.
+    fn deploy(&mut self, order: &Order, kind: OutcomeKind) -> Outcome {
+        let before = self.running.clone();
+        if kind == OutcomeKind::Succeeded {
+            for s in order.services.keys() {
+                let now = (order.image_of(s).clone(), order.reference_of(s).to_string());
+                self.running.insert(s.clone(), now);
+            }
+        }
+        self.journal_order(order, Some(kind));
+        outcome(&order.order_id, kind, &before, &self.running)
     }
 
     /// The running job `order_id` ends: it succeeds.
@@ -201,27 +241,38 @@ impl Host {
         self.job.take_if(|j| j.order_id == order_id)?;
         let entry = self.history.iter_mut().find(|e| e.order_id == order_id)?;
         entry.outcome = Some(OutcomeKind::Succeeded);
-        let new = entry.image.digest().to_string();
-        let previous = self.running.replace((new.clone(), entry.reference.clone()));
-        let previous = previous.map(|(d, _)| d);
-        let changed = previous.as_deref() != Some(new.as_str());
+        let entry = entry.clone();
+        let before = self.running.clone();
+        for s in &entry.services {
+            let now = (entry.image_of(s).clone(), entry.reference_of(s).to_string());
+            self.running.insert(s.clone(), now);
+        }
         Some(JobEnd::Outcome(outcome(
             order_id,
             OutcomeKind::Succeeded,
-            changed,
-            Some(new),
-            previous,
+            &before,
+            &self.running,
         )))
     }
 }
 
-fn outcome(
-    order_id: &str,
-    kind: OutcomeKind,
-    changed: bool,
-    now: Option<String>,
-    previous: Option<String>,
-) -> Outcome {
+type Running = BTreeMap<String, (ImageRef, String)>;
+
+/// An outcome from what each service ran before and runs now.
+fn outcome(order_id: &str, kind: OutcomeKind, before: &Running, now: &Running) -> Outcome {
+    let digest = |r: &Running, s: &str| Some(r.get(s)?.0.digest().to_string());
+    let services: BTreeMap<String, ServiceResult> = now
+        .keys()
+        .map(|s| {
+            let result = ServiceResult {
+                digest: digest(now, s),
+                previous_digest: digest(before, s),
+                container_id: None,
+            };
+            (s.clone(), result)
+        })
+        .collect();
+    let changed = services.values().any(|r| r.digest != r.previous_digest);
     Outcome {
         order_id: order_id.into(),
         rollout_id: "r".into(),
@@ -230,14 +281,7 @@ fn outcome(
         reason: (kind != OutcomeKind::Succeeded).then(|| "not healthy".into()),
         changed,
         log_tail: Vec::new(),
-        services: BTreeMap::from([(
-            "web".into(),
-            ServiceResult {
-                digest: now,
-                previous_digest: previous,
-                container_id: None,
-            },
-        )]),
+        services,
         started_at: Timestamp::now(),
         finished_at: Timestamp::now(),
         rollback_ms: None,

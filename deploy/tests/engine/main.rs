@@ -164,6 +164,7 @@ impl World {
             migrate_image: None,
             revision: None,
             reference: reference.into(),
+            refs: Default::default(),
             run_migration: migrate,
             rerun_migration: false,
             app: self.app.clone(),

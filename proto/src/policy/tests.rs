@@ -73,6 +73,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
         migrate_image: None,
         revision: None,
         reference: "v1".into(),
+        refs: Default::default(),
         run_migration: false,
         rerun_migration: false,
         app: "acme".into(),

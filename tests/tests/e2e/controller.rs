@@ -21,6 +21,7 @@ use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 mod failing;
 mod labels;
 mod policy;
+mod release;
 mod secrets;
 
 const APP: &str = "acme";
@@ -53,8 +54,6 @@ fn world(
 impl World {
     /// deploy.toml: service `web` (data dir at /data, quick health), `[migrate]`, the fleet's envs.
     fn write_config(&self, healthy_for: &str, deadline: &str) -> anyhow::Result<()> {
-        let data = self.fleet.home().join("data");
-        std::fs::create_dir_all(&data)?;
         self.fleet.write_config(&format!(
             r#"app = "{APP}"
 image = {image}
@@ -69,7 +68,7 @@ service = "web"
 timeout = "1m"
 "#,
             image = quote(self.images.repository()),
-            volume = quote(&format!("{}:/data", data.display())),
+            volume = data_volume(&self.fleet)?,
         ))?;
         Ok(())
     }
@@ -82,13 +81,8 @@ timeout = "1m"
         Ok(self.fleet.deployctl(args)?)
     }
 
-    /// Lines of the migrations log every host's `web` shares.
     fn migrations(&self) -> Vec<String> {
-        std::fs::read_to_string(self.fleet.home().join("data/migrations.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        migrations(&self.fleet)
     }
 
     /// The version each host of `env` serves, in deploy.toml order.
@@ -106,9 +100,31 @@ timeout = "1m"
     }
 }
 
+/// `"<fleet home>/data:/data"`, quoted for deploy.toml: the data dir every host's `web` mounts
+/// (the migrations log lives there), created.
+fn data_volume(fleet: &Fleet) -> anyhow::Result<String> {
+    let data = fleet.home().join("data");
+    std::fs::create_dir_all(&data)?;
+    Ok(quote(&format!("{}:/data", data.display())))
+}
+
+/// Lines of the migrations log every host's `web` shares (`data/` in the fleet's home).
+fn migrations(fleet: &Fleet) -> Vec<String> {
+    std::fs::read_to_string(fleet.home().join("data/migrations.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// What the app in a host's `web` container answers on /version ("" when none runs).
 fn version_of(h: &SshHost) -> anyhow::Result<String> {
-    let name = h.agent.container_name(APP, "web");
+    service_version(h, "web")
+}
+
+/// What the app in a host's container of `service` answers on /version ("" when none runs).
+fn service_version(h: &SshHost, service: &str) -> anyhow::Result<String> {
+    let name = h.agent.container_name(APP, service);
     let Ok(c) = docker_inspect(&name) else {
         return Ok(String::new());
     };
@@ -325,10 +341,7 @@ fn a_failure_in_the_last_batch_rolls_back_the_hosts_already_changed() -> anyhow:
     // The last host stops trusting the signing key: its order is refused while the first two
     // hosts are already on v2.
     let last = &staging[2];
-    std::fs::write(
-        last.agent.dir().join("allowed_signers"),
-        format!("{}\n", last.agent.key.allowed_signers_line),
-    )?;
+    stop_trusting_the_signing_key(last)?;
 
     let run = w.run(&["--json", "push", "v2", "--env", "staging"])?;
     run.expect(1)?;
@@ -553,6 +566,16 @@ fn refusals_happen_before_anything_changes() -> anyhow::Result<()> {
         "nothing was journaled by any refused push"
     );
     w.expect_versions("staging", "v1")?;
+    Ok(())
+}
+
+/// The host's agent stops trusting deployctl's signing key (its `allowed_signers` keeps only
+/// the agent's own test key): every order deployctl signs is refused there, `unknown-signer`.
+fn stop_trusting_the_signing_key(h: &SshHost) -> anyhow::Result<()> {
+    std::fs::write(
+        h.agent.dir().join("allowed_signers"),
+        format!("{}\n", h.agent.key.allowed_signers_line),
+    )?;
     Ok(())
 }
 

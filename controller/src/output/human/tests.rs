@@ -120,34 +120,57 @@ fn status_rows_wait_for_the_verdict() {
             ]
         )
     );
-    let verdict = |reachable, consistent, healthy, digests: usize| {
+    let verdict = |reachable, consistent, healthy, release: &[(&str, char)], differing: &[&str]| {
         let s = StatusSummary {
             env: "staging".into(),
             hosts: 2,
             reachable,
             consistent,
             healthy,
-            digests: (0..digests).map(|i| i.to_string()).collect(),
+            digests: release
+                .iter()
+                .map(|(_, c)| image(*c).digest().to_string())
+                .collect(),
+            release: release
+                .iter()
+                .map(|(s, c)| (s.to_string(), image(*c).digest().to_string()))
+                .collect(),
+            differing: differing
+                .iter()
+                .map(|h| Inconsistent {
+                    host: h.to_string(),
+                    why: "web runs cccccccccccc, not bbbbbbbbbbbb".into(),
+                })
+                .collect(),
         };
         out_lines(&Message::Summary(Summary::new(
             "status",
             SummaryBody::Status(s),
         )))
     };
+    let one = &[("api", 'a'), ("web", 'a')][..];
+    let two = &[("api", 'a'), ("web", 'b')][..];
     assert_eq!(
-        verdict(2, true, true, 1),
-        ["staging: one digest everywhere, all healthy"]
+        verdict(2, true, true, one, &[]),
+        ["staging: one release everywhere (aaaaaaaaaaaa), all healthy"]
     );
     assert_eq!(
-        verdict(2, true, false, 1),
-        ["staging: one digest everywhere, NOT all healthy"]
+        verdict(2, true, true, two, &[]),
+        ["staging: one release everywhere (api aaaaaaaaaaaa, web bbbbbbbbbbbb), all healthy"]
     );
     assert_eq!(
-        verdict(2, false, true, 2),
-        ["staging: NOT consistent: 2 different digests"]
+        verdict(2, true, false, one, &[]),
+        ["staging: one release everywhere (aaaaaaaaaaaa), NOT all healthy"]
     );
     assert_eq!(
-        verdict(1, false, false, 1),
+        verdict(2, false, true, two, &["h2"]),
+        [
+            "staging: NOT one release everywhere: h2 differs from (api aaaaaaaaaaaa, web bbbbbbbbbbbb)",
+            "  h2: web runs cccccccccccc, not bbbbbbbbbbbb",
+        ]
+    );
+    assert_eq!(
+        verdict(1, false, false, one, &[]),
         ["staging: 1 of 2 host(s) unreachable"]
     );
 }
@@ -234,6 +257,7 @@ fn a_status_with_hostile_labels_is_printed_as_text() {
         rollout_id: "r".into(),
         reference: "v2".into(),
         image: image('b'),
+        images: BTreeMap::new(),
         result: RolloutResult::Succeeded,
         elapsed_ms: 1000,
         hosts: vec![displaced],
@@ -275,6 +299,7 @@ fn a_rollout_summary_says_what_changed_where() {
         rollout_id: "r".into(),
         reference: "v2".into(),
         image: image('b'),
+        images: BTreeMap::new(),
         result,
         elapsed_ms: 4200,
         hosts,
@@ -375,4 +400,102 @@ fn text_from_hosts_cannot_drive_the_terminal() {
     };
     let shown = format!("{:?}", render(&logs));
     assert!(!shown.contains('\u{1b}'), "{shown}");
+}
+
+#[test]
+fn a_release_of_several_images_shows_each_services_digest() {
+    let api = ImageRef::new("r/api", &format!("sha256:{}", "a".repeat(64))).unwrap();
+    let mut entry = crate::release::tests::journal_entry(
+        "o",
+        1,
+        "acme",
+        "v2",
+        &[("api", api.clone()), ("web", image('b'))],
+        Some(OutcomeKind::Succeeded),
+    );
+    entry.refs = BTreeMap::from([("web".to_string(), "v3".to_string())]);
+    let Shown::Rows(Table::History, rows) = render(&Message::History {
+        host: "h1".into(),
+        entry: entry.clone(),
+    }) else {
+        panic!("history is a table row")
+    };
+    assert_eq!(
+        rows[0][3..5],
+        ["v2 web=v3", "api aaaaaaaaaaaa, web bbbbbbbbbbbb"]
+    );
+    // One image for every service: the one digest, as always.
+    entry.images.clear();
+    entry.refs.clear();
+    let Shown::Rows(_, rows) = render(&Message::History {
+        host: "h1".into(),
+        entry,
+    }) else {
+        panic!("history is a table row")
+    };
+    assert_eq!(rows[0][3..5], ["v2", "aaaaaaaaaaaa"]);
+
+    let submitted = Message::Submitted {
+        host: "h1".into(),
+        order_id: "o1".into(),
+        action: proto::order::Action::Deploy,
+        image: api,
+        images: BTreeMap::from([("web".to_string(), image('b'))]),
+        run_migration: true,
+    };
+    let Shown::Progress(p) = render(&submitted) else {
+        panic!("progress")
+    };
+    assert_eq!(
+        p.lines,
+        [
+            "h1  deploy r/api@sha256:aaaaaaaaaaaa, web r/web@sha256:bbbbbbbbbbbb with migration (order o1)"
+        ]
+    );
+}
+
+#[test]
+fn a_host_line_names_each_services_digest_when_they_differ() {
+    let mut o = outcome(OutcomeKind::Succeeded, 'a', &[]);
+    let result = |digest: char, previous: char| ServiceResult {
+        digest: Some(image(digest).digest().to_string()),
+        previous_digest: Some(image(previous).digest().to_string()),
+        container_id: None,
+    };
+    o.services = BTreeMap::from([
+        ("api".into(), result('a', 'c')),
+        ("web".into(), result('b', 'c')),
+    ]);
+    let host = HostRollout {
+        host: "h1".into(),
+        state: HostState::Succeeded {
+            changed: true,
+            previous: Some(image('c').digest().to_string()),
+        },
+        outcome: Some(o),
+        run_migration: false,
+        rollback: None,
+        rollback_outcome: None,
+    };
+    let summary = RolloutSummary {
+        env: "staging".into(),
+        rollout_id: "r".into(),
+        reference: "v2".into(),
+        image: image('a'),
+        images: BTreeMap::from([("web".to_string(), image('b'))]),
+        result: RolloutResult::Succeeded,
+        elapsed_ms: 1000,
+        hosts: vec![host],
+        inconsistent: vec![],
+    };
+    assert_eq!(
+        out_lines(&Message::Summary(Summary::new(
+            "push",
+            SummaryBody::Rollout(summary)
+        ))),
+        [
+            "push v2 (r/web@sha256:aaaaaaaaaaaa, web r/web@sha256:bbbbbbbbbbbb) to staging: succeeded on 1 host(s) in 1s",
+            "  h1: changed to api aaaaaaaaaaaa, web bbbbbbbbbbbb (was cccccccccccc)",
+        ]
+    );
 }

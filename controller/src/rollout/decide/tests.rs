@@ -1,6 +1,8 @@
 //! Table tests of the rollout's decisions.
 
 use super::*;
+use crate::release::tests::journal_entry;
+use crate::release::{Digests, Pin};
 use proto::wire::{Health, RefusalKind, ServiceResult, ServiceStatus};
 
 fn ok(prev: Option<&str>) -> HostState {
@@ -42,9 +44,9 @@ fn batches_put_the_first_host_alone() {
     }
 }
 
-#[test]
-fn outcomes_map_to_host_states() {
-    let mut o = Outcome {
+/// A succeeded outcome with these services.
+fn outcome_with(services: BTreeMap<String, ServiceResult>) -> Outcome {
+    Outcome {
         order_id: "o".into(),
         rollout_id: "r".into(),
         kind: OutcomeKind::Succeeded,
@@ -52,18 +54,23 @@ fn outcomes_map_to_host_states() {
         reason: None,
         changed: true,
         log_tail: vec![],
-        services: BTreeMap::from([(
-            "web".into(),
-            ServiceResult {
-                digest: Some("sha256:new".into()),
-                previous_digest: Some("sha256:old".into()),
-                container_id: None,
-            },
-        )]),
+        services,
         started_at: Timestamp::now(),
         finished_at: Timestamp::now(),
         rollback_ms: None,
-    };
+    }
+}
+
+#[test]
+fn outcomes_map_to_host_states() {
+    let mut o = outcome_with(BTreeMap::from([(
+        "web".into(),
+        ServiceResult {
+            digest: Some("sha256:new".into()),
+            previous_digest: Some("sha256:old".into()),
+            container_id: None,
+        },
+    )]));
     assert_eq!(HostState::from_outcome(&o), ok(Some("sha256:old")));
     o.kind = OutcomeKind::RolledBack;
     o.changed = false;
@@ -85,26 +92,6 @@ fn outcomes_map_to_host_states() {
         HostState::from_outcome(&o),
         HostState::Broken { .. }
     ));
-}
-
-#[test]
-fn rollback_targets_are_the_hosts_this_rollout_changed() {
-    let states = vec![
-        ok(Some("sha256:a")),
-        ok(None),
-        HostState::Succeeded {
-            changed: false,
-            previous: None,
-        },
-        failed(),
-        HostState::Untouched,
-    ];
-    let fallback = vec![None, Some("sha256:b".to_string()), None, None, None];
-    assert_eq!(
-        rollback_targets(&states, &fallback),
-        vec![(0, Some("sha256:a".into())), (1, Some("sha256:b".into()))]
-    );
-    assert_eq!(rollback_targets(&[ok(None)], &[None]), vec![(0, None)]);
 }
 
 #[test]
@@ -221,31 +208,52 @@ fn entry(
     outcome: Option<OutcomeKind>,
     app: &str,
 ) -> HistoryEntry {
-    HistoryEntry {
-        order_id: order_id.into(),
-        rollout_id: "r".into(),
-        action: Action::Deploy,
-        signer: "s".into(),
-        issued_by: "me".into(),
-        accepted_at: Timestamp::from_unix_secs(secs),
-        reference: format!("ref-{digest_byte}"),
-        image: ImageRef::new(
-            "r/web",
-            &format!("sha256:{}", digest_byte.to_string().repeat(64)),
-        )
-        .unwrap(),
-        images: Default::default(),
-        app: app.into(),
-        services: vec!["web".into()],
-        outcome,
-        reason: None,
-        duration_ms: None,
-        run_migration: false,
-    }
+    release_entry(order_id, secs, &[("web", digest_byte)], outcome, app)
+}
+
+/// A journal entry of a release: each service on `r/<service>` at its digest, ref `ref-<c>` of
+/// the first service's digest.
+fn release_entry(
+    order_id: &str,
+    secs: u64,
+    release: &[(&str, char)],
+    outcome: Option<OutcomeKind>,
+    app: &str,
+) -> HistoryEntry {
+    let images: Vec<(&str, ImageRef)> = release.iter().map(|(s, c)| (*s, img(s, *c))).collect();
+    let reference = format!("ref-{}", release[0].1);
+    journal_entry(order_id, secs, app, &reference, &images, outcome)
 }
 
 fn d(c: char) -> String {
     format!("sha256:{}", c.to_string().repeat(64))
+}
+
+/// `r/<service>@sha256:<c…>`
+fn img(service: &str, c: char) -> ImageRef {
+    ImageRef::new(&format!("r/{service}"), &d(c)).unwrap()
+}
+
+fn digests(release: &[(&str, char)]) -> Digests {
+    release
+        .iter()
+        .map(|(s, c)| (s.to_string(), d(*c)))
+        .collect()
+}
+
+/// The previous healthy release, as (service, digest byte) pairs and its ref.
+fn shown(r: Option<Release>) -> Option<(Vec<(String, char)>, String)> {
+    let r = r?;
+    let pairs = r
+        .services
+        .iter()
+        .map(|(s, p)| (s.clone(), p.image.digest().chars().last().unwrap_or('?')))
+        .collect();
+    Some((pairs, r.reference))
+}
+
+fn pairs(release: &[(&str, char)]) -> Vec<(String, char)> {
+    release.iter().map(|(s, c)| (s.to_string(), *c)).collect()
 }
 
 #[test]
@@ -257,20 +265,77 @@ fn previous_healthy_skips_failures_other_apps_and_the_current_digest() {
         entry("01", 1, 'a', s, "web"),
         entry("04", 4, 'e', s, "other"),
     ];
+    let web = &["web"][..];
+    let previous = |history: &[HistoryEntry], current: &[(&str, char)]| {
+        shown(previous_healthy(history, "web", web, &digests(current)))
+    };
+    let a = Some((pairs(&[("web", 'a')]), "ref-a".to_string()));
+    assert_eq!(previous(&history, &[("web", 'b')]), a);
+    assert_eq!(previous(&history, &[]), a);
     assert_eq!(
-        previous_healthy(&history, "web", Some(&d('b'))),
-        Some((d('a'), "ref-a".into()))
+        previous(&history, &[("web", 'a')]),
+        Some((pairs(&[("web", 'b')]), "ref-b".to_string()))
     );
+    assert_eq!(previous(&history[..2], &[("web", 'b')]), None);
+    assert_eq!(previous(&[], &[]), None);
+}
+
+#[test]
+fn the_previous_healthy_release_is_every_services_digest_as_it_was() {
+    let s = Some(OutcomeKind::Succeeded);
+    let services = &["api", "web"][..];
+    let history = vec![
+        // newest first in time: api moved alone, then both; web's digest repeats
+        release_entry("04", 4, &[("api", 'c'), ("web", 'b')], s, "acme"),
+        release_entry("03", 3, &[("api", 'b'), ("web", 'b')], s, "acme"),
+        release_entry(
+            "02",
+            2,
+            &[("api", 'a'), ("web", 'e')],
+            Some(OutcomeKind::RolledBack),
+            "acme",
+        ),
+        release_entry("01", 1, &[("api", 'a'), ("web", 'a')], s, "acme"),
+        // an order from before api existed cannot be rolled out again
+        release_entry("00", 0, &[("web", 'f')], s, "acme"),
+    ];
+    // (what runs now, the previous healthy release)
+    type Case<'a> = (&'a [(&'a str, char)], Option<&'a [(&'a str, char)]>);
+    let cases: Vec<Case> = vec![
+        (
+            &[("api", 'c'), ("web", 'b')],
+            Some(&[("api", 'b'), ("web", 'b')]),
+        ),
+        // one service differs from the newest: that newest release is the previous one
+        (
+            &[("api", 'b'), ("web", 'b')],
+            Some(&[("api", 'c'), ("web", 'b')]),
+        ),
+        (
+            &[("api", 'c'), ("web", 'a')],
+            Some(&[("api", 'c'), ("web", 'b')]),
+        ),
+        (&[], Some(&[("api", 'b'), ("web", 'b')])),
+    ];
+    for (current, want) in cases {
+        let got = shown(previous_healthy(
+            &history,
+            "acme",
+            services,
+            &digests(current),
+        ));
+        assert_eq!(got.map(|(p, _)| p), want.map(pairs), "now {current:?}");
+    }
+    let oldest = shown(previous_healthy(
+        &history[3..],
+        "acme",
+        services,
+        &digests(&[("api", 'a'), ("web", 'a')]),
+    ));
     assert_eq!(
-        previous_healthy(&history, "web", None),
-        Some((d('a'), "ref-a".into()))
+        oldest, None,
+        "the entry without api is no release of api and web"
     );
-    assert_eq!(
-        previous_healthy(&history, "web", Some(&d('a'))),
-        Some((d('b'), "ref-b".into()))
-    );
-    assert_eq!(previous_healthy(&history[..2], "web", Some(&d('b'))), None);
-    assert_eq!(previous_healthy(&[], "web", None), None);
 }
 
 fn holder(id: &str) -> LockHolder {
@@ -283,19 +348,21 @@ fn holder(id: &str) -> LockHolder {
     }
 }
 
-/// A host running `c` for app `web` (as ref `v-c`), with these jobs running.
-fn status(c: Option<char>, running: &[&str]) -> AgentStatus {
+/// A host running, for app `web`, each service at its digest (as ref `v-<c>`), with these jobs
+/// running.
+fn status_of(release: &[(&str, char)], running: &[&str]) -> AgentStatus {
     AgentStatus {
         agent_version: "1".into(),
         host: "h".into(),
         env: "e".into(),
         uptime_secs: 1,
-        services: c
-            .map(|c| ServiceStatus {
+        services: release
+            .iter()
+            .map(|(service, c)| ServiceStatus {
                 app: "web".into(),
-                service: "web".into(),
+                service: service.to_string(),
                 container_id: None,
-                image: Some(ImageRef::new("r/web", &d(c)).unwrap()),
+                image: Some(img(service, *c)),
                 reference: Some(format!("v-{c}")),
                 health: Health::Healthy,
                 since: Timestamp::now(),
@@ -303,10 +370,28 @@ fn status(c: Option<char>, running: &[&str]) -> AgentStatus {
                 last_order: None,
                 previous_digest: None,
             })
-            .into_iter()
             .collect(),
         running: running.iter().map(|id| holder(id)).collect(),
     }
+}
+
+/// A host running `c` for service `web` of app `web`, with these jobs running.
+fn status(c: Option<char>, running: &[&str]) -> AgentStatus {
+    match c {
+        Some(c) => status_of(&[("web", c)], running),
+        None => status_of(&[], running),
+    }
+}
+
+fn release_of(services: &[(&str, char)]) -> Release {
+    let pins = services.iter().map(|(s, c)| {
+        let pin = Pin {
+            image: img(s, *c),
+            reference: format!("ref-{c}"),
+        };
+        (s.to_string(), pin)
+    });
+    Release::new(format!("ref-{}", services[0].1), pins.collect(), None).unwrap()
 }
 
 #[test]
@@ -318,6 +403,7 @@ fn a_host_joins_by_a_new_order_by_following_or_not_at_all() {
         entry("other-digest", 2, 'c', None, "web"),
         entry("other-app", 4, 'e', None, "other"),
         migrated,
+        release_entry("both", 6, &[("api", 'a'), ("web", 'b')], None, "web"),
     ];
     let follow = |id: &str, run_migration| {
         Ok(Start::Follow {
@@ -325,34 +411,46 @@ fn a_host_joins_by_a_new_order_by_following_or_not_at_all() {
             run_migration,
         })
     };
-    // (jobs running, the rollout's digest, how the host joins or the jobs in the way)
-    type Case<'a> = (&'a [&'a str], char, Result<Start, Vec<&'a str>>);
+    // (jobs running, the rollout's release, how the host joins or the jobs in the way)
+    type Case<'a> = (
+        &'a [&'a str],
+        &'a [(&'a str, char)],
+        Result<Start, Vec<&'a str>>,
+    );
     let cases: Vec<Case> = vec![
-        (&[], 'b', Ok(Start::Submit)),
-        (&["other-app"], 'b', Ok(Start::Submit)),
-        (&["same"], 'b', follow("same", false)),
-        (&["m"], 'b', follow("m", true)),
-        (&["other-app", "same"], 'b', follow("same", false)),
-        (&["same"], 'c', Err(vec!["same"])),
-        (&["other-digest"], 'b', Err(vec!["other-digest"])),
+        (&[], &[("web", 'b')], Ok(Start::Submit)),
+        (&["other-app"], &[("web", 'b')], Ok(Start::Submit)),
+        (&["same"], &[("web", 'b')], follow("same", false)),
+        (&["m"], &[("web", 'b')], follow("m", true)),
+        (
+            &["other-app", "same"],
+            &[("web", 'b')],
+            follow("same", false),
+        ),
+        (&["same"], &[("web", 'c')], Err(vec!["same"])),
+        (
+            &["other-digest"],
+            &[("web", 'b')],
+            Err(vec!["other-digest"]),
+        ),
         // unknown to the journal: assumed to matter
-        (&["99"], 'b', Err(vec!["99"])),
-        (&["same", "99"], 'b', Err(vec!["99"])),
+        (&["99"], &[("web", 'b')], Err(vec!["99"])),
+        (&["same", "99"], &[("web", 'b')], Err(vec!["99"])),
+        // a release of two images: followed only when every service's digest is the same
+        (
+            &["both"],
+            &[("api", 'a'), ("web", 'b')],
+            follow("both", false),
+        ),
+        (&["both"], &[("api", 'c'), ("web", 'b')], Err(vec!["both"])),
+        (&["same"], &[("api", 'a'), ("web", 'b')], Err(vec!["same"])),
     ];
-    for (running, digest, want) in cases {
+    for (running, release, want) in cases {
         let st = status(Some('a'), running);
-        let got = start_for(&st, &history, "web", &d(digest))
+        let got = start_for(&st, &history, "web", &release_of(release))
             .map_err(|held| held.iter().map(|h| h.order_id.as_str()).collect::<Vec<_>>());
-        assert_eq!(got, want, "running {running:?}, rolling out {digest}");
+        assert_eq!(got, want, "running {running:?}, rolling out {release:?}");
     }
-}
-
-#[test]
-fn current_digest_and_ref_are_this_apps() {
-    let st = status(Some('a'), &[]);
-    assert_eq!(current_digest(&st, "web"), Some(d('a')));
-    assert_eq!(current_digest(&st, "other"), None);
-    assert_eq!(current_reference(&st, "web").as_deref(), Some("v-a"));
 }
 
 #[test]
@@ -363,31 +461,63 @@ fn rollback_goes_where_every_host_agrees() {
     let only_b: &[HistoryEntry] = &[entry("02", 2, 'b', s, "web")];
     let on_b = status(Some('b'), &[]);
     let on_a = status(Some('a'), &[]);
+    let two = [
+        release_entry("01", 1, &[("api", 'a'), ("web", 'a')], s, "web"),
+        release_entry("02", 2, &[("api", 'b'), ("web", 'b')], s, "web"),
+    ];
+    let two: &[HistoryEntry] = &two;
+    let other_web = [
+        release_entry("01", 1, &[("api", 'a'), ("web", 'c')], s, "web"),
+        release_entry("02", 2, &[("api", 'b'), ("web", 'b')], s, "web"),
+    ];
+    let other_web: &[HistoryEntry] = &other_web;
+    let on_two_b = status_of(&[("api", 'b'), ("web", 'b')], &[]);
     type Case<'a> = (
+        &'a [&'a str],
         Vec<(&'a str, &'a AgentStatus, &'a [HistoryEntry])>,
-        Result<char, &'a str>,
+        Result<&'a [(&'a str, char)], &'a str>,
     );
+    let web = &["web"][..];
+    let both = &["api", "web"][..];
     let cases: Vec<Case> = vec![
         (
+            web,
             vec![("h1", &on_b, a_then_b), ("h2", &on_b, a_then_b)],
-            Ok('a'),
+            Ok(&[("web", 'a')]),
         ),
         // on a already (someone rolled back by hand): the previous healthy one is b
-        (vec![("h1", &on_a, a_then_b)], Ok('b')),
+        (web, vec![("h1", &on_a, a_then_b)], Ok(&[("web", 'b')])),
         (
+            web,
             vec![("h1", &on_b, a_then_b), ("h2", &on_a, a_then_b)],
             Err("h1: ref-a (aaaaaaaaaaaa)"),
         ),
         (
+            web,
             vec![("h1", &on_b, a_then_b), ("h2", &on_b, only_b)],
-            Err("h2: no earlier healthy version"),
+            Err("h2: no earlier healthy release"),
         ),
-        (vec![], Err("--to REF")),
+        (web, vec![], Err("--to REF")),
+        (
+            both,
+            vec![("h1", &on_two_b, two), ("h2", &on_two_b, two)],
+            Ok(&[("api", 'a'), ("web", 'a')]),
+        ),
+        // the same api everywhere, but one host's previous web differs: no common release
+        (
+            both,
+            vec![("h1", &on_two_b, two), ("h2", &on_two_b, other_web)],
+            Err("h2: ref-a (api aaaaaaaaaaaa, web cccccccccccc)"),
+        ),
     ];
-    for (hosts, want) in cases {
-        let got = rollback_target(&hosts, "web");
+    for (services, hosts, want) in cases {
+        let got = rollback_target(&hosts, "web", services);
         match want {
-            Ok(c) => assert_eq!(got, Ok((d(c), format!("ref-{c}"))), "{hosts:?}"),
+            Ok(release) => assert_eq!(
+                shown(got.ok()).map(|(p, _)| p),
+                Some(pairs(release)),
+                "{hosts:?}"
+            ),
             Err(text) => {
                 let err = got.unwrap_err();
                 assert!(err.contains(text) && err.contains("--to"), "{err}");
@@ -396,30 +526,82 @@ fn rollback_goes_where_every_host_agrees() {
     }
 }
 
+/// api and web of app `web`, in their own repositories `r/api` and `r/web`.
+fn two_services() -> DeployConfig {
+    DeployConfig::parse(
+        "app = \"web\"\nimage = \"r/api\"\n[services.api]\n[services.web]\nimage = \"r/web\"\n",
+        std::path::Path::new("deploy.toml"),
+    )
+    .unwrap()
+}
+
+/// An outcome whose services ran these digests before the order.
+fn outcome_before(previous: &[(&str, char)]) -> Option<Outcome> {
+    let services = previous.iter().map(|(s, c)| {
+        let r = ServiceResult {
+            digest: Some(d('f')),
+            previous_digest: Some(d(*c)),
+            container_id: None,
+        };
+        (s.to_string(), r)
+    });
+    Some(outcome_with(services.collect()))
+}
+
 #[test]
-fn reverts_go_back_to_the_previous_digest_by_its_ref() {
-    let on_a = status(Some('a'), &[]);
-    let on_c = status(Some('c'), &[]);
-    let nothing = status(None, &[]);
-    // h0 changed a → new: back to a as v-a; h1 changed, previous unknown to the outcome: the
-    // digest it ran (v-c); h2 failed by itself; h3 changed on its first deploy: no way back.
+fn reverts_put_each_service_back_on_the_digest_it_ran() {
+    let cfg = two_services();
+    let on_ab = status_of(&[("api", 'a'), ("web", 'b')], &[]);
+    let on_cc = status_of(&[("api", 'c'), ("web", 'c')], &[]);
+    let web_only = status_of(&[("web", 'b')], &[]);
+    // h0 changed: back to api a / web b, by their refs; h1 changed, its outcome names what it
+    // ran (the status was read while a followed job ran): api e by its digest, web c by its
+    // ref; h2 failed by itself; h3 changed on api's first deploy: no way back.
     let states = vec![ok(Some(&d('a'))), ok(None), failed(), ok(None)];
-    let before = vec![&on_a, &on_c, &on_a, &nothing];
-    let plan = revert_plan(&states, &before, "web", "r/web");
-    let want = vec![
-        Revert {
-            host: 0,
-            image: ImageRef::new("r/web", &d('a')).unwrap(),
-            reference: "v-a".into(),
-        },
-        Revert {
-            host: 1,
-            image: ImageRef::new("r/web", &d('c')).unwrap(),
-            reference: "v-c".into(),
-        },
+    let outcomes = vec![
+        None,
+        outcome_before(&[("api", 'e'), ("web", 'c')]),
+        None,
+        None,
     ];
-    assert_eq!(plan, want);
-    // The outcome names a previous digest the status did not show: its digest is its ref.
-    let plan = revert_plan(&[ok(Some(&d('e')))], &[&on_a], "web", "r/web");
-    assert_eq!(plan[0].reference, d('e'));
+    let before = vec![&on_ab, &on_cc, &on_ab, &web_only];
+    let plan = revert_plan(&states, &outcomes, &before, &cfg);
+    /// (service, image, ref)
+    type Pins = Vec<(String, String, String)>;
+    let got: Vec<(usize, Pins, String)> = plan
+        .iter()
+        .map(|r| {
+            let pins = r
+                .release
+                .services
+                .iter()
+                .map(|(s, p)| (s.clone(), p.image.to_string(), p.reference.clone()));
+            (r.host, pins.collect(), r.release.reference.clone())
+        })
+        .collect();
+    let pin = |s: &str, c: char, r: &str| (s.to_string(), img(s, c).to_string(), r.to_string());
+    assert_eq!(
+        got,
+        vec![
+            (
+                0,
+                vec![pin("api", 'a', "v-a"), pin("web", 'b', "v-b")],
+                "v-a".to_string()
+            ),
+            (
+                1,
+                vec![pin("api", 'e', &d('e')), pin("web", 'c', "v-c")],
+                d('e')
+            ),
+        ]
+    );
+    let order_fields = &plan[0].release;
+    assert_eq!(
+        order_fields.refs(),
+        BTreeMap::from([("web".into(), "v-b".into())])
+    );
+    assert_eq!(
+        order_fields.images(),
+        BTreeMap::from([("web".into(), img("web", 'b'))])
+    );
 }
