@@ -427,6 +427,7 @@ impl AgentProc {
             app: app.to_string(),
             services: BTreeMap::from([("web".to_string(), web)]),
             migrate: None,
+            exec: None,
         }
     }
 

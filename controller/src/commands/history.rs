@@ -106,6 +106,7 @@ mod tests {
             reason: None,
             duration_ms: None,
             run_migration: false,
+            exit_code: None,
         }
     }
 

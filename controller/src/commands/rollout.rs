@@ -68,6 +68,7 @@ impl What {
         match self.action {
             Action::Deploy => "push",
             Action::Rollback => "rollback",
+            Action::Exec => "exec",
         }
     }
 }
@@ -166,8 +167,10 @@ async fn check_promotion(
     for (host, answer) in req_env.hosts.iter().zip(answers) {
         match answer {
             Ok(history) => {
+                // An exec proves nothing: it changes no service.
                 let proven = history.iter().any(|e| {
                     e.app == cfg.app
+                        && e.action != Action::Exec
                         && e.image.digest() == image.digest()
                         && e.outcome == Some(OutcomeKind::Succeeded)
                 });

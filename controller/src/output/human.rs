@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use proto::order::short_digest;
-use proto::wire::{HistoryEntry, Outcome, OutcomeKind};
+use proto::order::{shell_quote, short_digest};
+use proto::wire::{HistoryEntry, Outcome, OutcomeKind, OutputStream};
 
 use super::{
-    HostAnswer, HostRollout, HostStatus, Message, RolloutResult, RolloutSummary, Summary,
-    SummaryBody,
+    ExecResult, ExecSummary, HostAnswer, HostRollout, HostStatus, Message, RolloutResult,
+    RolloutSummary, Summary, SummaryBody,
 };
 use crate::ExitClass;
 use crate::rollout::{HostState, describe, describe_holder};
@@ -187,6 +187,13 @@ fn render_raw(message: &Message) -> Shown {
             out.extend(lines.iter().cloned());
             return Shown::Out(out);
         }
+        // The command's own lines, as it wrote them: to stdout or stderr, like the command.
+        Message::Output { stream, line, .. } => {
+            return match stream {
+                OutputStream::Stdout => Shown::Out(vec![line.clone()]),
+                OutputStream::Stderr => Shown::Err(vec![line.clone()]),
+            };
+        }
         Message::Demo { message } => return Shown::Out(vec![message.clone()]),
         Message::Summary(s) => return summary(s),
     };
@@ -273,6 +280,8 @@ fn summary(s: &Summary) -> Shown {
             "deployctl: no host of {} could be reached",
             l.env
         )]),
+        // On stderr, so stdout holds what the command wrote there and nothing else.
+        SummaryBody::Exec(e) => Shown::Err(vec![exec_line(e, s.exit())]),
         SummaryBody::Keys(k) => Shown::Out(vec![
             format!(
                 "wrote {} (private, mode 0600) and {}",
@@ -286,6 +295,34 @@ fn summary(s: &Summary) -> Shown {
         SummaryBody::History(_) | SummaryBody::Logs(_) | SummaryBody::Demo(_) => {
             Shown::Out(Vec::new())
         }
+    }
+}
+
+/// How an exec went, with what deployctl exits.
+fn exec_line(e: &ExecSummary, exit: ExitClass) -> String {
+    let took = format!("{:.1}s", e.elapsed_ms as f64 / 1000.0);
+    let command: Vec<String> = e.argv.iter().map(|a| shell_quote(a)).collect();
+    let what = format!(
+        "exec `{}` on {} ({} in {})",
+        command.join(" "),
+        e.host,
+        e.service,
+        short_image(&e.image.to_string())
+    );
+    let reason = e.reason.as_deref().unwrap_or("no reason given");
+    match (e.result, e.command_exit_code) {
+        (ExecResult::Exited, Some(0)) => format!("{what}: exited 0 after {took}"),
+        (ExecResult::Exited, Some(code)) => format!(
+            "{what}: exited with code {code} after {took} (deployctl exits {})",
+            exit.code()
+        ),
+        (ExecResult::Refused, _) => {
+            format!("deployctl: {what}: refused, nothing ran (exit 3): {reason}")
+        }
+        _ => format!(
+            "deployctl: {what}: did not run to its end (exit {}): {reason}",
+            exit.code()
+        ),
     }
 }
 

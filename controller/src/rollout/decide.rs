@@ -107,6 +107,8 @@ pub fn start_for<'a>(
     for holder in &status.running {
         match history.iter().find(|e| e.order_id == holder.order_id) {
             Some(e) if e.app != app => {}
+            // An exec holds its service until its command ends; there is nothing to follow.
+            Some(e) if e.action == Action::Exec => conflicts.push(holder),
             Some(e) if e.image.digest() == digest => {
                 follow = Some(Start::Follow {
                     order_id: e.order_id.clone(),
@@ -311,6 +313,8 @@ pub fn previous_healthy(
     let mut ok: Vec<&HistoryEntry> = history
         .iter()
         .filter(|e| e.app == app && e.outcome == Some(OutcomeKind::Succeeded))
+        // An exec that exited 0 deployed nothing.
+        .filter(|e| e.action != Action::Exec)
         .collect();
     ok.sort_by(|a, b| (b.accepted_at, &b.order_id).cmp(&(a.accepted_at, &a.order_id)));
     let current = current
@@ -407,6 +411,7 @@ pub fn build_order(
         } else {
             None
         },
+        exec: None,
     }
 }
 

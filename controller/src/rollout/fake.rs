@@ -117,6 +117,7 @@ impl Host {
             reason: None,
             duration_ms: None,
             run_migration: migrated,
+            exit_code: None,
         });
     }
 
@@ -241,6 +242,7 @@ fn outcome(
         started_at: Timestamp::now(),
         finished_at: Timestamp::now(),
         rollback_ms: None,
+        exit_code: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn outcomes_map_to_host_states() {
         started_at: Timestamp::now(),
         finished_at: Timestamp::now(),
         rollback_ms: None,
+        exit_code: None,
     };
     assert_eq!(HostState::from_outcome(&o), ok(Some("sha256:old")));
     o.kind = OutcomeKind::RolledBack;
@@ -241,6 +242,7 @@ fn entry(
         reason: None,
         duration_ms: None,
         run_migration: false,
+        exit_code: None,
     }
 }
 
@@ -251,11 +253,15 @@ fn d(c: char) -> String {
 #[test]
 fn previous_healthy_skips_failures_other_apps_and_the_current_digest() {
     let s = Some(OutcomeKind::Succeeded);
+    let mut exec = entry("05", 5, 'f', s, "web");
+    exec.action = Action::Exec;
     let history = vec![
         entry("03", 3, 'c', Some(OutcomeKind::RolledBack), "web"),
         entry("02", 2, 'b', s, "web"),
         entry("01", 1, 'a', s, "web"),
         entry("04", 4, 'e', s, "other"),
+        // an exec that exited 0 is no healthy deploy
+        exec,
     ];
     assert_eq!(
         previous_healthy(&history, "web", Some(&d('b'))),
@@ -313,11 +319,14 @@ fn status(c: Option<char>, running: &[&str]) -> AgentStatus {
 fn a_host_joins_by_a_new_order_by_following_or_not_at_all() {
     let mut migrated = entry("m", 5, 'b', None, "web");
     migrated.run_migration = true;
+    let mut exec = entry("exec", 6, 'b', None, "web");
+    exec.action = Action::Exec;
     let history = vec![
         entry("same", 1, 'b', None, "web"),
         entry("other-digest", 2, 'c', None, "web"),
         entry("other-app", 4, 'e', None, "other"),
         migrated,
+        exec,
     ];
     let follow = |id: &str, run_migration| {
         Ok(Start::Follow {
@@ -338,6 +347,8 @@ fn a_host_joins_by_a_new_order_by_following_or_not_at_all() {
         // unknown to the journal: assumed to matter
         (&["99"], 'b', Err(vec!["99"])),
         (&["same", "99"], 'b', Err(vec!["99"])),
+        // an exec in the very digest holds the service: nothing to follow
+        (&["exec"], 'b', Err(vec!["exec"])),
     ];
     for (running, digest, want) in cases {
         let st = status(Some('a'), running);
