@@ -11,14 +11,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use proto::order::{self, Action, ExecSpec, ImageRef, Order, ServiceKind, ServiceSpec};
-use proto::wire::{AgentStatus, Health, JobEvent, Outcome, OutputLine};
+use proto::wire::{AgentStatus, Health, JobEvent, Outcome, OutputLine, SignedOrder};
 use proto::{Timestamp, accept};
 
 use super::{find_env, issued_by, load_signer};
-use crate::config::{DeployConfig, HostSpec};
+use crate::config::{DeployConfig, EnvConfig, HostSpec};
 use crate::connector::{Transport, connect_all, report_connections};
 use crate::output::{ExecResult, ExecSummary, Message, Output, Summary, SummaryBody};
-use crate::transport::{JobEnd, Peer};
+use crate::transport::{Connection, JobEnd, Peer};
 use crate::{Error, ExitClass};
 
 /// What the command line asks.
@@ -41,18 +41,7 @@ pub async fn exec(
     let service = pick_service(&cfg.services, args.service)?;
     let host = pick_host(&env.hosts, &env.name, args.host)?;
     let signer = load_signer(env).await?;
-    let hosts = std::slice::from_ref(host);
-    let mut results = connect_all(&Transport::for_env(env), &env.name, hosts).await;
-    report_connections(out, hosts, &results);
-    let mut conn = match results.pop() {
-        Some(Ok(conn)) => conn,
-        Some(Err(why)) => return Err(Error::Refused(format!("host {}: {why}", host.name))),
-        None => return Err(Error::Refused(format!("host {} was not asked", host.name))),
-    };
-    let status = conn
-        .status()
-        .await
-        .map_err(|e| Error::Refused(format!("host {}: status: {e}", host.name)))?;
+    let (mut conn, status) = reach(env, host, out).await?;
     let (image, reference) = running_image(&status, &cfg.app, service)
         .map_err(|why| Error::Refused(format!("host {}: {why}", host.name)))?;
     let wanted = ExecSpec {
@@ -74,40 +63,7 @@ pub async fn exec(
         run_migration: false,
     });
     let name = &host.name;
-    let mut on_event = |job: &JobEvent| {
-        out.emit(&Message::Job {
-            host: name.clone(),
-            job: job.clone(),
-        })
-    };
-    let mut on_output = |l: OutputLine| {
-        out.emit(&Message::Output {
-            host: name.clone(),
-            stream: l.stream,
-            line: l.line,
-        })
-    };
-    let end = conn.exec(signed, &mut on_event, &mut on_output).await;
-    let (result, command_exit_code, reason) = match end {
-        Ok(JobEnd::Outcome(outcome)) => ended(&outcome),
-        Ok(JobEnd::Refused(refusal)) => {
-            let reason = format!("{}: {}", refusal.kind, refusal.message);
-            out.emit(&Message::Refused {
-                host: name.clone(),
-                refusal,
-            });
-            (ExecResult::Refused, None, Some(reason))
-        }
-        Err(e) => (
-            ExecResult::Failed,
-            None,
-            Some(format!(
-                "{e}; the command goes on on the host until it ends or its timeout, and \
-                 `deployctl history --env {}` shows how it ended",
-                env.name
-            )),
-        ),
-    };
+    let (result, command_exit_code, reason) = follow(&mut conn, signed, name, &env.name, out).await;
     let summary = Summary::new(
         "exec",
         SummaryBody::Exec(ExecSummary {
@@ -126,6 +82,70 @@ pub async fn exec(
     let exit = summary.exit();
     out.emit(&Message::Summary(summary));
     Ok(exit)
+}
+
+/// Connects to `host` and reads its status.
+async fn reach(
+    env: &EnvConfig,
+    host: &HostSpec,
+    out: &dyn Output,
+) -> Result<(Connection, AgentStatus), Error> {
+    let hosts = std::slice::from_ref(host);
+    let mut results = connect_all(&Transport::for_env(env), &env.name, hosts).await;
+    report_connections(out, hosts, &results);
+    let mut conn = match results.pop() {
+        Some(Ok(conn)) => conn,
+        Some(Err(why)) => return Err(Error::Refused(format!("host {}: {why}", host.name))),
+        None => return Err(Error::Refused(format!("host {} was not asked", host.name))),
+    };
+    let status = conn
+        .status()
+        .await
+        .map_err(|e| Error::Refused(format!("host {}: status: {e}", host.name)))?;
+    Ok((conn, status))
+}
+
+/// Submits the signed order and shows its steps and its command's lines as they come, to the
+/// end: how the command ended, its exit code, and why.
+async fn follow(
+    conn: &mut Connection,
+    signed: SignedOrder,
+    host: &str,
+    env: &str,
+    out: &dyn Output,
+) -> (ExecResult, Option<i64>, Option<String>) {
+    let mut on_event = |job: &JobEvent| {
+        out.emit(&Message::Job {
+            host: host.to_string(),
+            job: job.clone(),
+        })
+    };
+    let mut on_output = |l: OutputLine| {
+        out.emit(&Message::Output {
+            host: host.to_string(),
+            stream: l.stream,
+            line: l.line,
+        })
+    };
+    match conn.exec(signed, &mut on_event, &mut on_output).await {
+        Ok(JobEnd::Outcome(outcome)) => ended(&outcome),
+        Ok(JobEnd::Refused(refusal)) => {
+            let reason = format!("{}: {}", refusal.kind, refusal.message);
+            out.emit(&Message::Refused {
+                host: host.to_string(),
+                refusal,
+            });
+            (ExecResult::Refused, None, Some(reason))
+        }
+        Err(e) => (
+            ExecResult::Failed,
+            None,
+            Some(format!(
+                "{e}; the command goes on on the host until it ends or its timeout, and \
+                 `deployctl history --env {env}` shows how it ended"
+            )),
+        ),
+    }
 }
 
 /// The service `--service` names, else the app's only one. Compose services are refused: a
