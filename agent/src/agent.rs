@@ -241,9 +241,38 @@ impl<B: Backend> Agent<B> {
             fingerprint: accepted.signer.fingerprint,
         };
         match self.hold(order, signed, signer) {
-            Ok((job, skipped_migration)) => self.start(job, skipped_migration),
+            Ok((job, skipped_migration)) => match self.check_exec_target(&job).await {
+                Ok(()) => self.start(job, skipped_migration),
+                Err(refusal) => {
+                    self.release(&job);
+                    tracing::warn!(order_id = %job.order_id(), "order refused: {}", refusal.message);
+                    Submitted::Refused(refusal)
+                }
+            },
             Err(answer) => *answer,
         }
+    }
+
+    /// An exec runs only in the image its service runs now; looked at while the order holds
+    /// the service, so no deploy switches it between this look and the run.
+    async fn check_exec_target(&self, job: &Job) -> Result<(), Refusal> {
+        let o = &job.order;
+        let Some((exec, spec)) = o
+            .exec
+            .as_ref()
+            .and_then(|e| Some((e, o.services.get(&e.service)?)))
+        else {
+            return Ok(());
+        };
+        let snap = self
+            .backend
+            .inspect_service(&o.app, &exec.service, spec)
+            .await;
+        crate::exec::check_target(&snap, o, exec, &self.config.host).map_err(|message| Refusal {
+            kind: RefusalKind::NotRunning,
+            message,
+            holder: None,
+        })
     }
 
     /// What this agent accepts right now: its config, with `allowed_signers` and the host keys
@@ -365,20 +394,23 @@ impl<B: Backend> Agent<B> {
     /// Journals the acceptance and runs the job; nothing runs unless the journal says so.
     fn start(self: &Arc<Self>, job: Arc<Job>, skipped_migration: Option<String>) -> Submitted {
         let o = &job.order;
-        let accepted_message = format!(
-            "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",
-            o.action,
-            o.describe_release(),
-            o.reference,
-            o.services.keys().cloned().collect::<Vec<_>>().join(", "),
-            job.holder.signer,
-            o.issued_by,
-            if o.run_migration {
-                "; runs the migration"
-            } else {
-                ""
-            }
-        );
+        let accepted_message = match &o.exec {
+            Some(exec) => crate::exec::accepted_message(o, exec, &job.holder.signer),
+            None => format!(
+                "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",
+                o.action,
+                o.describe_release(),
+                o.reference,
+                o.services.keys().cloned().collect::<Vec<_>>().join(", "),
+                job.holder.signer,
+                o.issued_by,
+                if o.run_migration {
+                    "; runs the migration"
+                } else {
+                    ""
+                }
+            ),
+        };
         tracing::info!(order_id = %job.order_id(), phase = %Phase::Accepted, "{accepted_message}");
         if let Err(e) = job.record_event(Phase::Accepted, None, &accepted_message) {
             // Nothing may change a host unless the journal can say so.
@@ -432,10 +464,12 @@ impl<B: Backend> Agent<B> {
         }
         lock(&self.index).update(&record);
         // The job just proved what runs healthy: that is the health watch's starting point.
+        // (An exec proves nothing of its service.)
         if matches!(
             outcome.kind,
             OutcomeKind::Succeeded | OutcomeKind::RolledBack
-        ) {
+        ) && job.order.action != proto::Action::Exec
+        {
             for service in job.order.services.keys() {
                 self.observe(
                     &job.order.app,

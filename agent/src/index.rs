@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proto::time::Timestamp;
 use proto::wire::{HistoryEntry, Outcome, OutcomeKind};
-use proto::{ImageRef, Order, ServiceSpec};
+use proto::{Action, ImageRef, Order, ServiceSpec};
 
 use crate::journal::{OrderRecord, SignerInfo};
 
@@ -114,15 +114,21 @@ impl Index {
                 reason: s.outcome.as_ref().and_then(|o| o.reason.clone()),
                 duration_ms: s.duration_ms,
                 run_migration: s.order.run_migration,
+                exit_code: s.outcome.as_ref().and_then(|o| o.exit_code),
             })
             .collect()
     }
 
-    /// Every (app, service) ever ordered here, sorted, with its latest order.
+    /// Every (app, service) ever deployed here, sorted, with its latest deploy or rollback (an
+    /// exec ran in what was deployed and changed nothing of it).
     pub fn deployed(&self) -> Vec<Deployed<'_>> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        for s in self.newest_first() {
+        let deploys = self
+            .newest_first()
+            .into_iter()
+            .filter(|s| s.order.action != Action::Exec);
+        for s in deploys {
             for (service, spec) in &s.order.services {
                 if seen.insert((s.order.app.as_str(), service.as_str())) {
                     out.push(Deployed {
@@ -149,6 +155,7 @@ impl Index {
         self.newest_first()
             .into_iter()
             .filter(|s| s.order.app == app && s.order.services.contains_key(service))
+            .filter(|s| s.order.action != Action::Exec)
             .filter(|s| {
                 s.outcome
                     .as_ref()
@@ -234,6 +241,7 @@ mod tests {
             record(1, "o1", 'a', Some(OutcomeKind::Succeeded)),
             record(2, "o2", 'b', Some(OutcomeKind::Succeeded)),
             record(3, "o3", 'c', Some(OutcomeKind::RolledBack)),
+            exec(4, "x4", 'c'),
         ];
         let index = Index::from_records(&records);
         let b = digest('b');
@@ -249,6 +257,13 @@ mod tests {
         assert_eq!(index.previous_digest("acme", "worker", None), None);
     }
 
+    /// An exec of `web` in digest `c` that exited 0.
+    fn exec(seq: u64, id: &str, digest_byte: char) -> OrderRecord {
+        let mut r = record(seq, id, digest_byte, Some(OutcomeKind::Succeeded));
+        r.order.action = Action::Exec;
+        r
+    }
+
     #[test]
     fn deployed_lists_each_service_once_with_its_latest_order() {
         let mut two = record(2, "o2", 'b', Some(OutcomeKind::Succeeded));
@@ -259,6 +274,7 @@ mod tests {
             record(1, "o1", 'a', Some(OutcomeKind::Succeeded)),
             two,
             record(3, "o3", 'c', None),
+            exec(4, "x4", 'c'),
         ];
         let index = Index::from_records(&records);
         let d = index.deployed();

@@ -250,6 +250,7 @@ pub(crate) mod tests {
                 timeout: std::time::Duration::from_secs(60),
                 image: None,
             }),
+            exec: None,
         }
     }
 
@@ -284,6 +285,7 @@ pub(crate) mod tests {
                 started_at: Timestamp::from_unix_secs(1_800_000_000 + seq),
                 finished_at: Timestamp::from_unix_secs(1_800_000_010 + seq),
                 rollback_ms: None,
+                exit_code: None,
             }),
             duration_ms: None,
             order,

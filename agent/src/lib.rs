@@ -11,8 +11,9 @@
 //! Module map: [`config`] (agent.toml, allowed_signers) · [`replay`] (accepted order ids) ·
 //! [`journal`] (the per-order files) · [`index`] (in-memory view of the journal) · [`locks`]
 //! (one rollout per service) · [`job`] (a running order) · [`agent`] (shared state, one method
-//! per request) · [`server`] (socket, frames, shutdown) · [`admission`] (which connections
-//! stay open under a flood) · [`health`] (the health book) ·
+//! per request) · [`exec`] (what an exec order needs of the agent) · [`server`] (socket,
+//! frames, shutdown) · [`admission`] (which connections stay open under a flood) · [`health`]
+//! (the health book) ·
 //! [`bridge`] · [`backend`] (the engine as the agent sees it) · [`cli`]. Every file the agent
 //! keeps is written through [`deploy::durable`].
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod exec;
 pub mod health;
 pub mod host_files;
 pub mod index;
@@ -140,7 +142,8 @@ fn policy_summary(p: &proto::policy::HostPolicy) -> String {
         .map(|(who, apps)| format!("{who} → {}", apps.join(" ")))
         .collect();
     format!(
-        "\n  policy: volumes {} · networks {} · files {} · ports {} · max_validity {} · apps {}",
+        "\n  policy: volumes {} · networks {} · files {} · ports {} · max_validity {} · apps {} · \
+         exec {}",
         list(&p.volumes, "named only"),
         p.networks
             .as_deref()
@@ -149,6 +152,7 @@ fn policy_summary(p: &proto::policy::HostPolicy) -> String {
         ports.join(","),
         proto::time::format_duration(p.max_validity),
         list(&apps, "any signer"),
+        if p.exec { "allowed" } else { "denied" },
     )
 }
 

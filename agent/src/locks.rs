@@ -31,9 +31,11 @@ pub enum LockDecision {
 }
 
 /// Whether two orders ask for the same change: the same app's same services to the same image,
-/// by the same action. Following one for the other changes nothing the second asked for.
+/// by the same action. Following one for the other changes nothing the second asked for. An
+/// exec is never that: each runs its command once, so one never follows another.
 pub fn same_release(a: &Order, b: &Order) -> bool {
-    a.app == b.app
+    a.action != proto::Action::Exec
+        && a.app == b.app
         && a.env == b.env
         && a.action == b.action
         && a.release() == b.release()
@@ -157,6 +159,22 @@ mod tests {
             decide(&held, &rollback, lookup),
             LockDecision::Refuse(holder("x", "r0")),
             "the same image by another action"
+        );
+
+        let mut exec = retry.clone();
+        exec.action = proto::Action::Exec;
+        let mut running_exec = running.clone();
+        running_exec.action = proto::Action::Exec;
+        let lookup_exec = |id: &str| (id == "x").then_some(&running_exec);
+        assert_eq!(
+            decide(&held, &exec, lookup_exec),
+            LockDecision::Refuse(holder("x", "r0")),
+            "an exec of the running exec's very image and service runs once, not followed"
+        );
+        assert_eq!(
+            decide(&held, &retry, lookup_exec),
+            LockDecision::Refuse(holder("x", "r0")),
+            "a deploy waits for the exec holding its service"
         );
 
         let mut more = retry.clone();

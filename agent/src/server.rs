@@ -23,7 +23,7 @@ use tokio::net::UnixListener;
 use crate::admission::{ConnHandle, Connections};
 use crate::agent::{AGENT_VERSION, Agent, Submitted, Watched};
 use crate::backend::Backend;
-use crate::job::Job;
+use crate::job::{Cursor, Item, Job};
 /// How long shutdown waits for clients to read the outcomes of the jobs that finished.
 const FOLLOWER_GRACE: Duration = Duration::from_secs(5);
 
@@ -316,15 +316,19 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
     }
 }
 
-/// Streams a job's events from its first, then live, ending with the outcome.
+/// Streams a job's events from its first, then live, ending with the outcome; an exec's
+/// output lines among them as they come.
 async fn follow<W: AsyncWrite + Unpin>(job: &Job, wr: &mut W) -> Result<(), CodecError> {
     let mut changed = job.subscribe();
-    let mut cursor = 0;
+    let mut cursor = Cursor::default();
     loop {
-        let (events, outcome) = job.since(cursor);
-        cursor += events.len();
-        for event in events {
-            write_frame(wr, &Reply::Event { event }).await?;
+        let (items, outcome) = job.feed(&mut cursor);
+        for item in items {
+            let reply = match item {
+                Item::Event(event) => Reply::Event { event },
+                Item::Output(output) => Reply::Output { output },
+            };
+            write_frame(wr, &reply).await?;
         }
         if let Some(outcome) = outcome {
             return write_frame(wr, &Reply::Outcome { outcome }).await;

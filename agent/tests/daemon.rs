@@ -20,10 +20,10 @@ use deployctl::transport::{AgentStream, JobEnd, TransportError};
 use proto::sign::PrivateKey;
 use proto::time::Timestamp;
 use proto::wire::{
-    Health, JobEvent, Outcome, OutcomeKind, Phase, Refusal, RefusalKind, Reply, Request,
-    ServiceLogs, ServiceResult, SignedOrder,
+    Health, JobEvent, Outcome, OutcomeKind, OutputStream, Phase, Refusal, RefusalKind, Reply,
+    Request, ServiceLogs, ServiceResult, SignedOrder,
 };
-use proto::{ImageRef, MigrationSpec, Order, ServiceSpec};
+use proto::{ExecSpec, ImageRef, MigrationSpec, Order, ServiceSpec};
 use tokio::sync::{oneshot, watch};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -69,11 +69,15 @@ fn outcome(order: &Order, kind: OutcomeKind, reason: Option<&str>) -> Outcome {
         started_at: now,
         finished_at: now,
         rollback_ms: None,
+        exit_code: None,
     }
 }
 
 impl Backend for Fake {
     async fn execute(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        if order.action == proto::Action::Exec {
+            return self.exec(order, sink).await;
+        }
         sink.emit(Phase::Pull, None, "pulled");
         if order.run_migration {
             self.0.migrations.fetch_add(1, Ordering::SeqCst);
@@ -137,6 +141,24 @@ impl Backend for Fake {
             container: "c0ffee".into(),
             lines: (0..lines.min(3)).map(|i| format!("line {i}")).collect(),
         })
+    }
+}
+
+impl Fake {
+    /// A command that says hello, waits at the gate when held, says bye and exits 7.
+    async fn exec(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        sink.emit(Phase::Exec, Some("web"), "running the command");
+        sink.output(OutputStream::Stdout, "hello");
+        if self.0.hold.load(Ordering::SeqCst) {
+            let mut gate = self.0.gate.subscribe();
+            let _ = gate.wait_for(|open| *open).await;
+        }
+        sink.output(OutputStream::Stderr, "bye");
+        let mut o = outcome(order, OutcomeKind::Failed, Some("exited with code 7"));
+        o.services.clear();
+        o.changed = false;
+        o.exit_code = Some(7);
+        o
     }
 }
 
@@ -248,7 +270,35 @@ shutdown_grace = "10s"
                 timeout: Duration::from_secs(60),
                 image: None,
             }),
+            exec: None,
         }
+    }
+
+    /// An exec of `/app version` in `web` running `digest_char`.
+    fn exec_order(&self, digest_char: char) -> Order {
+        let mut o = self.order(&proto::order::new_id(), digest_char);
+        o.action = proto::Action::Exec;
+        o.run_migration = false;
+        o.migrate = None;
+        o.exec = Some(ExecSpec {
+            service: "web".into(),
+            command: vec!["/app".into(), "version".into()],
+            timeout: Duration::from_secs(60),
+        });
+        o
+    }
+
+    /// Deploys `digest_char` and waits for its outcome.
+    async fn deploy(&self, digest_char: char) {
+        let mut c = self.client().await;
+        c.send(&Request::Submit {
+            order: self
+                .sign(&self.order(&proto::order::new_id(), digest_char))
+                .await,
+        })
+        .await
+        .unwrap();
+        assert_eq!(until_outcome(&mut c).await.1.kind, OutcomeKind::Succeeded);
     }
 
     async fn sign(&self, order: &Order) -> SignedOrder {
@@ -273,6 +323,11 @@ shutdown_grace = "10s"
 
     fn journal(&self) -> Journal {
         Journal::open(&self.config.state_dir).unwrap()
+    }
+
+    /// The journal's record of an order that must be there.
+    fn record(&self, order_id: &str) -> OrderRecord {
+        self.journal().load(order_id).unwrap().expect("journaled")
     }
 
     fn open_gate(&self) {
@@ -360,11 +415,7 @@ async fn a_submitted_order_runs_is_journaled_and_shows_in_status_and_history() {
         events[0].message
     );
 
-    let record = d
-        .journal()
-        .load(&order.order_id)
-        .unwrap()
-        .expect("journaled");
+    let record = d.record(&order.order_id);
     assert_eq!(record.outcome, Some(outcome));
     assert_eq!(record.events, events);
     assert_eq!(record.signer.principal, "ci@test");
@@ -902,4 +953,140 @@ async fn stallers_silent_and_idle_connections_are_closed_in_time() {
     d.open_gate();
     assert_eq!(until_outcome(&mut c).await.1.kind, OutcomeKind::Succeeded);
     d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_streams_its_output_holds_its_service_and_is_journaled() {
+    let mut d = Daemon::start().await;
+    d.deploy('a').await;
+    let deployed = d.client().await.status().await.unwrap().services[0].clone();
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let exec = d.exec_order('a');
+    let mut c1 = d.client().await;
+    c1.send(&Request::Submit {
+        order: d.sign(&exec).await,
+    })
+    .await
+    .unwrap();
+    // The first line arrives while the command still runs (it waits at the gate).
+    let mut before = Vec::new();
+    loop {
+        match c1.next_reply().await.unwrap().expect("a reply") {
+            Reply::Output { output } => {
+                assert_eq!(
+                    (output.stream, output.line.as_str()),
+                    (OutputStream::Stdout, "hello")
+                );
+                assert_eq!(output.order_id, exec.order_id);
+                break;
+            }
+            Reply::Event { event } => before.push(event.phase),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(before, [Phase::Accepted, Phase::Exec]);
+
+    // A deploy of the service waits for the command: refused, naming the exec.
+    let deploy = refused(&d, d.order("r2", 'b')).await;
+    assert_eq!(deploy.kind, RefusalKind::RolloutInProgress);
+    assert_eq!(
+        deploy.holder.map(|h| h.order_id),
+        Some(exec.order_id.clone())
+    );
+
+    d.open_gate();
+    let mut lines = Vec::new();
+    let end = c1
+        .follow_with(
+            |_| ControlFlow::<Infallible>::Continue(()),
+            |l| lines.push(l.line),
+        )
+        .await
+        .unwrap();
+    let ControlFlow::Continue(JobEnd::Outcome(outcome)) = end else {
+        panic!("{end:?}");
+    };
+    assert_eq!(lines, ["bye"]);
+    assert_eq!((outcome.exit_code, outcome.changed), (Some(7), false));
+
+    let mut c = d.client().await;
+    let history = c.history(10).await.unwrap();
+    assert_eq!(history[0].order_id, exec.order_id);
+    assert_eq!(history[0].action, proto::Action::Exec);
+    assert_eq!(history[0].exit_code, Some(7));
+    assert!(
+        history[0].signer.starts_with("ci@test (SHA256:"),
+        "{}",
+        history[0].signer
+    );
+    let record = d.record(&exec.order_id);
+    assert!(
+        record.events[0]
+            .message
+            .starts_with("accepted exec of `/app version` in web"),
+        "{}",
+        record.events[0].message
+    );
+    let text = serde_json::to_string(&record).unwrap();
+    assert!(
+        !text.contains("hello") && !text.contains("bye"),
+        "output is not journaled"
+    );
+    let status = c.status().await.unwrap();
+    assert_eq!(
+        (
+            status.services[0].last_order.as_ref(),
+            status.services[0].last_outcome
+        ),
+        (deployed.last_order.as_ref(), Some(OutcomeKind::Succeeded)),
+        "an exec is no deploy of its service"
+    );
+    d.shutdown().await;
+}
+
+/// Asserts that `r` is of `kind` and says `words`.
+fn says(r: &Refusal, kind: RefusalKind, words: &str) {
+    assert_eq!(r.kind, kind, "{}", r.message);
+    assert!(r.message.contains(words), "{}", r.message);
+}
+
+/// Submits `order` and returns its refusal.
+async fn refused(d: &Daemon, order: Order) -> Refusal {
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&order).await,
+    })
+    .await
+    .unwrap();
+    refusal(&mut c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_is_refused_unless_its_service_runs_its_image_and_the_policy_allows_it() {
+    let mut d = Daemon::start().await;
+    let nothing = refused(&d, d.exec_order('a')).await;
+    says(
+        &nothing,
+        RefusalKind::NotRunning,
+        "is not running on host h1 (missing)",
+    );
+    d.deploy('a').await;
+    let other = refused(&d, d.exec_order('b')).await;
+    says(
+        &other,
+        RefusalKind::NotRunning,
+        "runs aaaaaaaaaaaa on host h1 now",
+    );
+    assert_eq!(
+        d.journal().load_all().0.len(),
+        1,
+        "a refused exec is not journaled"
+    );
+    d.shutdown().await;
+
+    let mut denied = Daemon::start_with("[policy]\nexec = false\n").await;
+    denied.deploy('a').await;
+    let policy = refused(&denied, denied.exec_order('a')).await;
+    says(&policy, RefusalKind::PolicyDenied, "[policy] exec denies");
+    denied.shutdown().await;
 }

@@ -2,8 +2,9 @@
 //! [`crate::commands`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,17 +68,26 @@ pub enum Command {
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
     },
-    /// The last log lines of the app's containers.
+    /// The last log lines of the app's containers (of every host and service by default).
     Logs {
-        #[arg(long)]
-        env: String,
-        /// Only this host (its name in deploy.toml).
-        #[arg(long)]
-        host: Option<String>,
-        #[arg(long)]
-        service: Option<String>,
+        #[command(flatten)]
+        at: Where,
         #[arg(short = 'n', default_value_t = 100)]
         n: usize,
+    },
+    /// Run a one-off command in a container of a service's running image on one host (the
+    /// env's first unless --host; the app's only service unless --service); exits with the
+    /// command's exit code.
+    Exec {
+        #[command(flatten)]
+        at: Where,
+        /// Kill the command after this long (at most 1h; the service cannot be deployed
+        /// meanwhile).
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = proto::time::parse_duration)]
+        timeout: Duration,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
     },
     /// Signing keys for deploy orders.
     Keys {
@@ -90,6 +100,19 @@ pub enum Command {
     Demo,
 }
 
+/// Which host and service of an env `logs` and `exec` are about.
+#[derive(Debug, Clone, Args)]
+pub struct Where {
+    #[arg(long)]
+    pub env: String,
+    /// Only this host (its name in deploy.toml).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only this service.
+    #[arg(long)]
+    pub service: Option<String>,
+}
+
 impl Command {
     /// The command's name, as its `--json` summary gives it.
     pub fn name(&self) -> &'static str {
@@ -99,6 +122,7 @@ impl Command {
             Command::Status { .. } => "status",
             Command::History { .. } => "history",
             Command::Logs { .. } => "logs",
+            Command::Exec { .. } => "exec",
             Command::Keys { .. } => "keys generate",
             Command::Demo => "demo",
         }
@@ -190,6 +214,48 @@ mod tests {
         for bad in ["web", "=v3", "web="] {
             let args = ["deployctl", "push", "v2", "--env", "prod", "--set", bad];
             assert!(Cli::try_parse_from(args).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exec_takes_its_command_after_two_dashes() {
+        let cli = Cli::try_parse_from([
+            "deployctl",
+            "exec",
+            "--env",
+            "s",
+            "--json",
+            "--",
+            "/app",
+            "exit",
+            "7",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json, "flags before `--` are deployctl's");
+        let Command::Exec {
+            command, timeout, ..
+        } = cli.command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(command, ["/app", "exit", "7", "--json"]);
+        assert_eq!(timeout, Duration::from_secs(300));
+        for bad in [
+            &["deployctl", "exec", "--env", "s"][..],
+            &["deployctl", "exec", "--env", "s", "/app"][..],
+            &[
+                "deployctl",
+                "exec",
+                "--env",
+                "s",
+                "--timeout",
+                "soon",
+                "--",
+                "x",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
         }
     }
 }

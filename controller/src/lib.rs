@@ -1,7 +1,8 @@
 //! `deployctl`, the controller: resolves a ref to one digest in each repository the app's
 //! services use (a release), checks policy, signs one deploy order per host and rolls it out over SSH (or a local socket) to each host's `deploy-agent`,
 //! first host alone with the migration, then in batches, rolling back every host it changed
-//! when one fails (README: "Commands", "deploy.toml", "SSH", "Locks and interruptions").
+//! when one fails (README: "Commands", "deploy.toml", "SSH", "Locks and interruptions"); and
+//! runs one-off commands in a service's running image on one host (`exec`).
 //!
 //! Code map: [`cli`] (flags only), [`config`] (`deploy.toml`), [`resolve`] (registry API),
 //! [`release`] (what a release is, where its refs resolve, how releases compare),
@@ -43,6 +44,9 @@ pub enum ExitClass {
     Refused,
     /// 64: usage error.
     Usage,
+    /// `exec`: the exit code of the command it ran (non-zero; a command that exits 0 is
+    /// [`ExitClass::Success`]).
+    Command(u8),
 }
 
 impl ExitClass {
@@ -53,6 +57,7 @@ impl ExitClass {
             ExitClass::Inconsistent => 2,
             ExitClass::Refused => 3,
             ExitClass::Usage => 64,
+            ExitClass::Command(code) => code,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use proto::order::{Action, ImageRef};
 use proto::wire::{
-    AgentStatus, HistoryEntry, JobEvent, LockHolder, Outcome, Refusal, ServiceStatus,
+    AgentStatus, HistoryEntry, JobEvent, LockHolder, Outcome, OutputStream, Refusal, ServiceStatus,
 };
 use serde::Serialize;
 
@@ -95,6 +95,12 @@ pub enum Message {
         service: String,
         container: String,
         lines: Vec<String>,
+    },
+    /// `exec`: a line the command wrote, as it came.
+    Output {
+        host: String,
+        stream: OutputStream,
+        line: String,
     },
     /// `demo`: a line of its narration.
     Demo {
@@ -197,6 +203,7 @@ pub enum SummaryBody {
     Status(StatusSummary),
     History(HistorySummary),
     Logs(LogsSummary),
+    Exec(ExecSummary),
     Keys(KeysSummary),
     Demo(DemoSummary),
 }
@@ -209,6 +216,7 @@ impl SummaryBody {
             SummaryBody::Status(s) => s.exit(),
             SummaryBody::History(h) => unreachable_exit(h.hosts, h.unreachable.len()),
             SummaryBody::Logs(l) => unreachable_exit(l.hosts, l.unreachable),
+            SummaryBody::Exec(e) => exec_exit(e.result, e.command_exit_code),
             SummaryBody::Keys(_) => ExitClass::Success,
             SummaryBody::Demo(d) => match d.result {
                 DemoResult::Succeeded => ExitClass::Success,
@@ -332,6 +340,50 @@ pub struct LogsSummary {
     pub hosts: usize,
     /// How many of the hosts asked could not be reached.
     pub unreachable: usize,
+}
+
+/// The summary of `exec`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecSummary {
+    pub env: String,
+    pub host: String,
+    pub service: String,
+    /// The command and its arguments (`command` is the summary's: `"exec"`).
+    pub argv: Vec<String>,
+    pub order_id: String,
+    /// The image the command ran in: what the service ran when deployctl asked.
+    pub image: ImageRef,
+    pub result: ExecResult,
+    /// The command's own exit code, when it ran to its end.
+    pub command_exit_code: Option<i64>,
+    /// Why it did not run to its end, or how it ended.
+    pub reason: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// How an exec went, for its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecResult {
+    /// The command ran to its end: its exit code is deployctl's.
+    Exited,
+    /// It could not run to its end: the engine, its timeout, or the connection.
+    Failed,
+    /// The agent refused the order; nothing ran.
+    Refused,
+}
+
+/// `exec`'s exit code: the command's own when it ran to its end, 1 when it could not, 3 when
+/// refused (README, "Exit codes"). A code no process can exit with reads as 255, never as 0.
+pub fn exec_exit(result: ExecResult, command_exit_code: Option<i64>) -> ExitClass {
+    match (result, command_exit_code) {
+        (ExecResult::Exited, Some(0)) => ExitClass::Success,
+        (ExecResult::Exited, Some(code)) => {
+            ExitClass::Command(u8::try_from(code).ok().filter(|c| *c != 0).unwrap_or(255))
+        }
+        (ExecResult::Exited | ExecResult::Failed, _) => ExitClass::Failed,
+        (ExecResult::Refused, _) => ExitClass::Refused,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -466,5 +518,53 @@ mod tests {
         assert_eq!(history(&[]), ExitClass::Success);
         assert_eq!(history(&["a"]), ExitClass::Success);
         assert_eq!(history(&["a", "b"]), ExitClass::Refused);
+    }
+
+    #[test]
+    fn an_exec_summary_names_each_field_once() {
+        let body = ExecSummary {
+            env: "staging".into(),
+            host: "h1".into(),
+            service: "web".into(),
+            argv: vec!["/app".into(), "exit".into(), "7".into()],
+            order_id: "o".into(),
+            image: ImageRef::new("r/web", &format!("sha256:{}", "a".repeat(64))).unwrap(),
+            result: ExecResult::Exited,
+            command_exit_code: Some(7),
+            reason: None,
+            elapsed_ms: 5,
+        };
+        let text = serde_json::to_string(&Message::Summary(Summary::new(
+            "exec",
+            SummaryBody::Exec(body),
+        )))
+        .unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"event":"summary","command":"exec","exit_code":7,"env":"staging""#
+            ) && text.contains(r#""argv":["/app","exit","7"]"#)
+                && text.matches(r#""command""#).count() == 1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exec_passes_the_commands_exit_code_through() {
+        use ExecResult::*;
+        let cases = [
+            (Exited, Some(0), 0),
+            (Exited, Some(7), 7),
+            (Exited, Some(3), 3),
+            (Exited, Some(255), 255),
+            (Exited, Some(256), 255),
+            (Exited, Some(-1), 255),
+            (Exited, None, 1),
+            (Failed, None, 1),
+            (Failed, Some(0), 1),
+            (Refused, None, 3),
+        ];
+        for (result, code, want) in cases {
+            assert_eq!(exec_exit(result, code).code(), want, "{result:?} {code:?}");
+        }
     }
 }

@@ -188,7 +188,9 @@ pub fn succeeded_in(history: &[HistoryEntry], app: &str, release: &Release) -> b
     let services: Vec<&str> = release.services.keys().map(String::as_str).collect();
     let want = release.digests();
     history.iter().any(|e| {
+        // An exec proves nothing: it changes no service.
         e.app == app
+            && e.action != proto::order::Action::Exec
             && e.outcome == Some(OutcomeKind::Succeeded)
             && Release::from_entry(e, &services).is_some_and(|r| r.digests() == want)
     })

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::wire::{
-    AgentStatus, HistoryEntry, JobEvent, Outcome, Refusal, ServiceLogs, SignedOrder,
+    AgentStatus, HistoryEntry, JobEvent, Outcome, OutputLine, Refusal, Request, ServiceLogs,
+    SignedOrder,
 };
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
@@ -303,6 +304,25 @@ impl Connection {
         Ok(end)
     }
 
+    /// Submits a signed exec order and follows it to its end, passing each event to
+    /// `on_event` and each line its command writes to `on_output`, as they come.
+    pub async fn exec(
+        &mut self,
+        order: SignedOrder,
+        on_event: &mut (dyn FnMut(&JobEvent) + Send),
+        on_output: &mut (dyn FnMut(OutputLine) + Send),
+    ) -> Result<JobEnd, TransportError> {
+        let followed = async {
+            self.stream.send(&Request::Submit { order }).await?;
+            self.stream
+                .follow_with(every_event(on_event), on_output)
+                .await
+        }
+        .await;
+        let ControlFlow::Continue(end) = explain(&mut self.ssh, followed).await?;
+        Ok(end)
+    }
+
     /// Re-attaches to an order: its journaled events, then live ones, to the outcome.
     pub async fn watch(
         &mut self,
@@ -430,16 +450,7 @@ fn local_user() -> Option<String> {
 }
 
 /// Quotes a word for the remote POSIX shell sshd runs the command with.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
+pub use proto::order::shell_quote;
 
 /// The command run on the host: `<remote agent> bridge --socket <path>`.
 pub fn bridge_command(remote_agent: &str, socket: &str) -> String {

@@ -10,6 +10,9 @@
 //!   or exits 1 when `DEMO_MIGRATE_FAIL=1`.
 //! - `healthcheck`: GETs `http://127.0.0.1:$DEMO_PORT/healthz`, exit 0 on 200 else 1. Scratch
 //!   images have no shell or curl, so the binary is its own `HEALTHCHECK`.
+//! - `version`: prints the version. `exit N`: exits with code N. `wait-for PATH`: prints
+//!   `waiting for PATH`, polls until PATH exists (at most a minute), prints `found PATH`. With
+//!   no shell in the image, these are the one-off commands tests give `deployctl exec`.
 //!
 //! Environment, read once at start: `DEMO_VERSION` (default `dev`), `DEMO_MODE`
 //! (`healthy` | `unhealthy` | `crash` | `crash-later`; crash prints a line and exits 3 shortly
@@ -153,17 +156,57 @@ fn main() -> ExitCode {
             println!("{}", config.version);
             ExitCode::SUCCESS
         }
+        "exit" => match exit_code(std::env::args().nth(2).as_deref()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("demoapp exit: {e}");
+                ExitCode::from(2)
+            }
+        },
+        "wait-for" => match std::env::args().nth(2) {
+            Some(path) => wait_for(&PathBuf::from(path)),
+            None => {
+                eprintln!("demoapp wait-for: which path?");
+                ExitCode::from(2)
+            }
+        },
         "help" | "--help" | "-h" => {
-            println!("usage: demoapp [serve|worker|migrate|healthcheck|version]");
+            println!("usage: demoapp {USAGE}");
             ExitCode::SUCCESS
         }
         other => {
-            eprintln!(
-                "demoapp: unknown command {other:?}; usage: demoapp [serve|worker|migrate|healthcheck|version]"
-            );
+            eprintln!("demoapp: unknown command {other:?}; usage: demoapp {USAGE}");
             ExitCode::from(2)
         }
     }
+}
+
+const USAGE: &str = "[serve|worker|migrate|healthcheck|version|exit N|wait-for PATH]";
+/// The longest `wait-for` waits.
+const WAIT_FOR_LIMIT: Duration = Duration::from_secs(60);
+
+/// `exit N`: N as an exit code.
+fn exit_code(arg: Option<&str>) -> Result<u8, String> {
+    let arg = arg.ok_or("which exit code?")?;
+    arg.parse()
+        .map_err(|_| format!("{arg:?} is not an exit code (0-255)"))
+}
+
+/// Says it waits, waits for `path` to exist, says it found it: a command whose first line
+/// comes well before its last, so tests can see output stream.
+fn wait_for(path: &std::path::Path) -> ExitCode {
+    println!("waiting for {}", path.display());
+    eprintln!("wait-for: polling every 50ms for at most {WAIT_FOR_LIMIT:?}");
+    let deadline = Instant::now() + WAIT_FOR_LIMIT;
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            eprintln!("wait-for: gave up on {}", path.display());
+            return ExitCode::FAILURE;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!("found {}", path.display());
+    ExitCode::SUCCESS
 }
 
 fn unix_now() -> f64 {
@@ -599,6 +642,33 @@ mod tests {
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
         assert!(reply.ends_with("\r\n\r\nv9"), "{reply}");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn exit_codes_parse() {
+        let cases = [
+            (Some("7"), Ok(7)),
+            (Some("0"), Ok(0)),
+            (Some("255"), Ok(255)),
+            (
+                Some("256"),
+                Err("\"256\" is not an exit code (0-255)".to_string()),
+            ),
+            (None, Err("which exit code?".to_string())),
+        ];
+        for (arg, want) in cases {
+            assert_eq!(exit_code(arg), want, "{arg:?}");
+        }
+    }
+
+    #[test]
+    fn wait_for_returns_once_the_path_exists() {
+        let dir = std::env::temp_dir().join(format!("demoapp-wait-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let flag = dir.join("flag");
+        std::fs::write(&flag, "").unwrap();
+        assert_eq!(wait_for(&flag), ExitCode::SUCCESS);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

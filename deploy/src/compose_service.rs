@@ -374,12 +374,7 @@ impl<'a> ComposeService<'a> {
         let yaml = compose::override_yaml(&t.service, &image.to_string(), &labels);
         compose::write_atomically(&t.paths.migration, &yaml)
             .map_err(|e| Failure::start(p.name, e.to_string(), Vec::new()))?;
-        let name = plan::migration_name(
-            &cx.e.identity.container_prefix,
-            &cx.order.app,
-            &cx.e.identity.env,
-            &cx.order.order_id,
-        );
+        let name = cx.one_off_name("migrate");
         let files = [t.file.as_path(), t.paths.migration.as_path()];
         let result = cli
             .run_once(&files, &t.service, &name, command, timeout)

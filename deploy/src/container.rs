@@ -243,13 +243,7 @@ impl ContainerService<'_> {
     ) -> Result<Vec<String>, Failure> {
         let p = &self.parts;
         let rt = &cx.e.rt;
-        let id_ = &cx.e.identity;
-        let name = plan::migration_name(
-            &id_.container_prefix,
-            &cx.order.app,
-            &id_.env,
-            &cx.order.order_id,
-        );
+        let name = cx.one_off_name("migrate");
         let engine = |e: RuntimeError| Failure::engine(p.name, e);
         let fail = |class, what: String, log_tail| Failure {
             class,
@@ -258,36 +252,12 @@ impl ContainerService<'_> {
             log_tail,
             new_started: None,
         };
-        if let Some(old) = rt.inspect_container(&name).await.map_err(engine)?
-            && cx.e.is_ours(&old)
-        {
-            rt.remove_container(&old.id).await.map_err(engine)?;
-        }
-        if let Some(net) = p
-            .spec
-            .network
-            .as_ref()
-            .filter(|n| proto::spec::is_user_network(n))
-        {
-            rt.ensure_network(net).await.map_err(engine)?;
-        }
-        let mut labels = cx.container_labels(p.name);
-        labels.insert(ROLE_LABEL.to_string(), ROLE_MIGRATION.to_string());
-        let spec = ContainerSpec {
-            name: name.clone(),
-            image: cx
-                .order
-                .migration_image()
-                .unwrap_or(cx.order.image_of(p.name))
-                .to_string(),
-            cmd: Some(command.to_vec()),
-            env: p.env.clone(),
-            labels,
-            ports: Vec::new(),
-            binds: p.spec.volumes.clone(),
-            network: p.spec.network.as_ref().map(|n| (n.clone(), Vec::new())),
-            restart_unless_stopped: false,
-        };
+        clear_for_one_off(cx, p, &name).await.map_err(engine)?;
+        let image = cx
+            .order
+            .migration_image()
+            .unwrap_or(cx.order.image_of(p.name));
+        let spec = one_off_spec(cx, p, &name, image, command, ROLE_MIGRATION);
         let id = rt.create_container(&spec).await.map_err(engine)?;
         if let Err(e) = rt.start_container(&id).await {
             let tail = rt.logs_tail(&id, LOG_TAIL_LINES).await.unwrap_or_default();
@@ -348,6 +318,56 @@ impl ContainerService<'_> {
                 tail,
             )),
         }
+    }
+}
+
+/// Makes way for a one-off container (a migration, an exec) named `name`: a leftover of ours
+/// by that name is removed, and the service's user network created if it is missing.
+pub(crate) async fn clear_for_one_off(
+    cx: &OrderCtx<'_>,
+    p: &ServiceParts<'_>,
+    name: &str,
+) -> Result<(), RuntimeError> {
+    let rt = &cx.e.rt;
+    if let Some(old) = rt.inspect_container(name).await?
+        && cx.e.is_ours(&old)
+    {
+        rt.remove_container(&old.id).await?;
+    }
+    if let Some(net) = p
+        .spec
+        .network
+        .as_ref()
+        .filter(|n| proto::spec::is_user_network(n))
+    {
+        rt.ensure_network(net).await?;
+    }
+    Ok(())
+}
+
+/// A one-off container of `image` running `command` with the service's env_file, volumes and
+/// network: no ports (the service's own may be bound), no restart, our labels and its `role`,
+/// so the service's own containers are never confused with it.
+pub(crate) fn one_off_spec(
+    cx: &OrderCtx<'_>,
+    p: &ServiceParts<'_>,
+    name: &str,
+    image: &proto::ImageRef,
+    command: &[String],
+    role: &str,
+) -> ContainerSpec {
+    let mut labels = cx.container_labels(p.name);
+    labels.insert(ROLE_LABEL.to_string(), role.to_string());
+    ContainerSpec {
+        name: name.to_string(),
+        image: image.to_string(),
+        cmd: Some(command.to_vec()),
+        env: p.env.clone(),
+        labels,
+        ports: Vec::new(),
+        binds: p.spec.volumes.clone(),
+        network: p.spec.network.as_ref().map(|n| (n.clone(), Vec::new())),
+        restart_unless_stopped: false,
     }
 }
 

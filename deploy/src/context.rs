@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use proto::Order;
 use proto::order::labels;
-use proto::wire::Phase;
+use proto::wire::{OutputStream, Phase};
 
 use crate::{Engine, EventSink};
 
@@ -25,6 +25,23 @@ impl<'a> OrderCtx<'a> {
     pub fn emit(&self, phase: Phase, service: Option<&str>, message: &str) {
         tracing::info!(%phase, service = service.unwrap_or(""), "{message}");
         self.sink.emit(phase, service, message);
+    }
+
+    /// Passes on a line an exec's command wrote (not an event: it is not journaled).
+    pub fn output(&self, stream: OutputStream, line: &str) {
+        self.sink.output(stream, line);
+    }
+
+    /// The name of this order's one-off container for `what` (`migrate`, `exec`).
+    pub fn one_off_name(&self, what: &str) -> String {
+        let id = &self.e.identity;
+        crate::plan::one_off_name(
+            &id.container_prefix,
+            &self.order.app,
+            &id.env,
+            what,
+            &self.order.order_id,
+        )
     }
 
     pub fn host(&self) -> &str {

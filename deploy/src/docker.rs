@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
@@ -22,8 +23,8 @@ use proto::ImageRef;
 
 use crate::plan::{self, PullFailure, classify_pull_failure};
 use crate::runtime::{
-    BoxFuture, CheckStatus, ContainerInfo, ContainerSpec, Credentials, ImageInfo, PullError,
-    RtResult, RunState, Runtime, RuntimeError,
+    BoxFuture, BoxStream, CheckStatus, ContainerInfo, ContainerSpec, Credentials, ImageInfo,
+    OutputChunk, OutputStream, PullError, RtResult, RunState, Runtime, RuntimeError,
 };
 
 /// The local Docker engine, API version negotiated down to what the engine speaks.
@@ -318,6 +319,31 @@ impl Runtime for DockerRuntime {
             }
             Ok(crate::plan::last_lines(&text, lines))
         })
+    }
+
+    fn follow_output<'a>(&'a self, id: &'a str) -> BoxStream<'a, RtResult<OutputChunk>> {
+        let opts = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .build();
+        Box::pin(
+            self.docker
+                .logs(id, Some(opts))
+                .filter_map(|chunk| async move {
+                    let (stream, bytes) = match chunk {
+                        Ok(LogOutput::StdOut { message }) => (OutputStream::Stdout, message),
+                        Ok(LogOutput::StdErr { message }) => (OutputStream::Stderr, message),
+                        // Containers without a TTY write no other kind.
+                        Ok(LogOutput::StdIn { .. } | LogOutput::Console { .. }) => return None,
+                        Err(e) => return Some(Err(map_err(e))),
+                    };
+                    Some(Ok(OutputChunk {
+                        stream,
+                        bytes: bytes.to_vec(),
+                    }))
+                }),
+        )
     }
 
     fn inspect_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, RtResult<Option<ImageInfo>>> {

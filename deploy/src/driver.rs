@@ -143,7 +143,9 @@ pub(crate) fn prepare<'a>(
         .collect()
 }
 
-fn parts<'a>(
+/// One service's parts, checked and read on this host (with `lenient`, an unreadable env file
+/// gives no env instead of an error).
+pub(crate) fn parts<'a>(
     e: &Engine,
     app: &str,
     name: &'a str,

@@ -11,9 +11,13 @@ use proto::order::{HealthSpec, labels};
 use proto::wire::{FailureClass, OutcomeKind, Phase};
 use proto::{Action, Order, ServiceSpec, Timestamp};
 
+use futures_util::{StreamExt, stream};
+
+use crate::container::ROLE_LABEL;
+use crate::exec::ROLE_EXEC;
 use crate::runtime::{
-    BoxFuture, ContainerInfo, ContainerSpec, Credentials, ImageInfo, PullError, RtResult, RunState,
-    Runtime, RuntimeError,
+    BoxFuture, BoxStream, ContainerInfo, ContainerSpec, Credentials, ImageInfo, OutputChunk,
+    OutputStream, PullError, RtResult, RunState, Runtime, RuntimeError,
 };
 use crate::{Engine, EventSink, Identity};
 
@@ -38,6 +42,10 @@ struct Faults {
     start_fails_digest: Option<String>,
     /// A container a dead agent was creating lands just before the next rename.
     lands_before_rename: Option<ContainerInfo>,
+    /// What every container writes; a container still running after it writes nothing more.
+    output: Vec<OutputChunk>,
+    /// An exec's container exits with this code as soon as it starts; `None`: it runs on.
+    exec_exit: Option<i64>,
 }
 
 #[derive(Default)]
@@ -179,7 +187,14 @@ impl Runtime for Fake {
                     ));
                 }
                 c.started_at = Some(now.clone());
-                if digest.is_some() && digest == faults.crash_digest {
+                let exec_exit = faults
+                    .exec_exit
+                    .filter(|_| c.label(ROLE_LABEL) == Some(ROLE_EXEC));
+                if let Some(code) = exec_exit {
+                    c.state = RunState::Exited;
+                    c.exit_code = Some(code);
+                    c.finished_at = Some(now);
+                } else if digest.is_some() && digest == faults.crash_digest {
                     c.state = RunState::Exited;
                     c.exit_code = Some(3);
                     c.finished_at = Some(now);
@@ -257,6 +272,20 @@ impl Runtime for Fake {
             self.check(format!("logs {id}"))?;
             Ok(vec![format!("last words of {id:.12}")])
         })
+    }
+
+    fn follow_output<'a>(&'a self, id: &'a str) -> BoxStream<'a, RtResult<OutputChunk>> {
+        let running = self
+            .with(id, |s, id| {
+                Ok(s.containers.get(&id).is_some_and(|c| c.is_running()))
+            })
+            .unwrap_or(false);
+        let written = stream::iter(lock(&self.faults).output.clone().into_iter().map(Ok));
+        if running {
+            Box::pin(written.chain(stream::pending()))
+        } else {
+            Box::pin(written)
+        }
     }
 
     fn inspect_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, RtResult<Option<ImageInfo>>> {
@@ -345,6 +374,23 @@ impl EventSink for Interleaved {
     }
 }
 
+/// Keeps an exec's steps and its output.
+#[derive(Default)]
+struct Recorded {
+    events: Mutex<Vec<(Phase, String)>>,
+    output: Mutex<Vec<(OutputStream, String)>>,
+}
+
+impl EventSink for Recorded {
+    fn emit(&self, phase: Phase, _service: Option<&str>, message: &str) {
+        lock(&self.events).push((phase, message.to_string()));
+    }
+
+    fn output(&self, stream: OutputStream, line: &str) {
+        lock(&self.output).push((stream, line.to_string()));
+    }
+}
+
 fn digest(n: u8) -> String {
     format!("sha256:{}", format!("{n:x}").repeat(64))
 }
@@ -385,6 +431,7 @@ fn order(n: u8) -> Order {
         app: "acme".into(),
         services: [("web".to_string(), spec)].into(),
         migrate: None,
+        exec: None,
     }
 }
 
@@ -603,4 +650,122 @@ async fn recovery_survives_a_create_the_dead_agent_sent_landing_mid_undo() {
         "{:?}",
         lock(&sink.0)
     );
+}
+
+/// An exec of `command` in v1's `web`, with `timeout`.
+fn exec_order(timeout: Duration) -> Order {
+    let mut o = order(1);
+    o.order_id = "exec1".into();
+    o.action = Action::Exec;
+    o.exec = Some(proto::ExecSpec {
+        service: "web".into(),
+        command: vec!["/app".into(), "talk".into()],
+        timeout,
+    });
+    o
+}
+
+/// Every container of an exec, whatever its state.
+fn exec_containers(fake: &Fake) -> Vec<ContainerInfo> {
+    lock(&fake.state)
+        .containers
+        .values()
+        .filter(|c| c.label(ROLE_LABEL) == Some(ROLE_EXEC))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn an_exec_streams_its_lines_and_ends_with_its_exit_code() {
+    let (fake, engine) = deployed_v1().await;
+    {
+        let mut f = lock(&fake.faults);
+        let chunk = |stream, bytes: &[u8]| OutputChunk {
+            stream,
+            bytes: bytes.to_vec(),
+        };
+        f.output = vec![
+            chunk(OutputStream::Stdout, b"one\ntw"),
+            chunk(OutputStream::Stderr, b"oops\n"),
+            chunk(OutputStream::Stdout, b"o\nthree"),
+        ];
+        f.exec_exit = Some(7);
+    }
+    let sink = Recorded::default();
+    let o = engine
+        .execute(&exec_order(Duration::from_secs(5)), &sink)
+        .await;
+    assert_eq!(
+        (o.kind, o.failure, o.exit_code, o.changed),
+        (OutcomeKind::Failed, None, Some(7), false),
+        "{o:?}"
+    );
+    let out: Vec<String> = lock(&sink.output)
+        .iter()
+        .map(|(s, l)| format!("{s:?} {l}"))
+        .collect();
+    assert_eq!(
+        out,
+        ["Stdout one", "Stderr oops", "Stdout two", "Stdout three"]
+    );
+    assert!(
+        exec_containers(&fake).is_empty(),
+        "the container is removed"
+    );
+    assert_eq!(
+        fake.running_names(),
+        vec![("acme-prod-web".to_string(), digest(1))],
+        "the service is untouched"
+    );
+    let calls = lock(&fake.state).calls.clone();
+    assert!(
+        calls.iter().any(|c| c == "create acme-prod--exec-exec1"),
+        "{calls:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_exec_past_its_timeout_is_killed_and_removed() {
+    let (fake, engine) = deployed_v1().await;
+    let sink = Recorded::default();
+    let o = engine
+        .execute(&exec_order(Duration::from_millis(50)), &sink)
+        .await;
+    assert_eq!(
+        (o.kind, o.failure, o.exit_code),
+        (OutcomeKind::Failed, Some(FailureClass::ExecTimeout), None),
+        "{o:?}"
+    );
+    assert!(exec_containers(&fake).is_empty());
+    assert!(
+        lock(&sink.events)
+            .iter()
+            .any(|(p, m)| *p == Phase::Exec && m.contains("killing it")),
+        "{:?}",
+        lock(&sink.events)
+    );
+}
+
+#[tokio::test]
+async fn recovering_an_exec_removes_its_container() {
+    let (fake, engine) = deployed_v1().await;
+    let order = exec_order(Duration::from_secs(5));
+    {
+        // The agent died while the command ran: its container is still there.
+        let mut s = lock(&fake.state);
+        let mut c = s.containers.values().next().cloned().expect("v1");
+        c.id = format!("{:064x}", 777);
+        c.name = "acme-prod--exec-exec1".into();
+        c.labels.insert(ROLE_LABEL.into(), ROLE_EXEC.into());
+        c.labels.insert(labels::ORDER.into(), "exec1".into());
+        s.containers.insert(c.id.clone(), c);
+    }
+    let o = engine.recover(&order, &Recorded::default()).await;
+    assert_eq!(
+        (o.kind, o.failure, o.changed),
+        (OutcomeKind::Failed, Some(FailureClass::Interrupted), false),
+        "{o:?}"
+    );
+    assert!(exec_containers(&fake).is_empty());
+    assert_eq!(fake.running_names().len(), 1, "the service is untouched");
 }

@@ -656,6 +656,7 @@ impl<'a> Job<'a> {
             started_at: self.started_at,
             finished_at: Timestamp::now(),
             rollback_ms: ending.rollback_ms,
+            exit_code: None,
         };
         self.emit(
             Phase::Done,

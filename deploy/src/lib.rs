@@ -5,6 +5,9 @@
 //! It knows nothing of signing, sockets or journals: the agent hands it an already
 //! verified [`proto::Order`] and an [`EventSink`] that records every step.
 //!
+//! An exec order (`deployctl exec`) is no deploy: `exec` runs its one-off command in the
+//! service's running image and changes no service.
+//!
 //! Layout: decisions are pure functions — [`switch`] plans a service's switch and its undo from
 //! what is observed, [`plan`] holds the smaller ones (health verdict, retention, names, error
 //! classes). `container` is the one executor of those plans for container services and
@@ -27,6 +30,7 @@ mod context;
 pub mod docker;
 mod driver;
 pub mod durable;
+mod exec;
 mod execute;
 #[cfg(test)]
 mod fake;
@@ -41,8 +45,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::order::{ServiceKind, labels};
-use proto::wire::{Health, Outcome, Phase, ServiceLogs};
-use proto::{ImageRef, Order, ServiceSpec};
+use proto::wire::{Health, Outcome, OutputStream, Phase, ServiceLogs};
+use proto::{Action, ImageRef, Order, ServiceSpec};
 use tokio::sync::OnceCell;
 
 use crate::compose::ComposeCli;
@@ -60,6 +64,9 @@ pub struct Identity {
 /// Receives every step of a job, before the step is taken.
 pub trait EventSink: Send + Sync {
     fn emit(&self, phase: Phase, service: Option<&str>, message: &str);
+    /// A line an exec's command wrote, as it comes. Only exec jobs have output, and it is no
+    /// step: sinks that journal steps need not keep it (the default drops it).
+    fn output(&self, _stream: OutputStream, _line: &str) {}
 }
 
 /// What runs now for one service.
@@ -174,7 +181,11 @@ impl Engine {
     }
 
     /// Runs the order to an outcome; never panics; every step goes to `sink` before it is taken.
+    /// An exec order runs its one-off command, its output going to `sink` as it comes.
     pub async fn execute(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        if order.action == Action::Exec {
+            return exec::run(self, order, sink).await;
+        }
         job::Job::new(self, order, sink).execute().await
     }
 
@@ -182,6 +193,9 @@ impl Engine {
     /// only if every service already runs it healthy, else the previous one), judging from
     /// what the engine shows.
     pub async fn recover(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
+        if order.action == Action::Exec {
+            return exec::recover(self, order, sink).await;
+        }
         job::Job::new(self, order, sink).recover().await
     }
 

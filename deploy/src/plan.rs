@@ -207,9 +207,10 @@ pub fn next_name(canonical: &str) -> String {
     format!("{canonical}--next")
 }
 
-/// The one-off migration container of an order.
-pub fn migration_name(prefix: &str, app: &str, env: &str, order_id: &str) -> String {
-    format!("{prefix}{app}-{env}--migrate-{order_id}")
+/// An order's one-off container (`what`: `migrate`, `exec`): named after the app, not a
+/// service, so it is never mistaken for one of a service's containers.
+pub fn one_off_name(prefix: &str, app: &str, env: &str, what: &str, order_id: &str) -> String {
+    format!("{prefix}{app}-{env}--{what}-{order_id}")
 }
 
 pub fn classify_name(canonical: &str, name: &str) -> NameRole {

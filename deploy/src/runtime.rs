@@ -12,6 +12,9 @@ use proto::ImageRef;
 /// A boxed future, so [`Runtime`] stays object-safe (`Arc<dyn Runtime>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A boxed stream, for the same reason.
+pub type BoxStream<'a, T> = Pin<Box<dyn futures_util::Stream<Item = T> + Send + 'a>>;
+
 pub type RtResult<T> = Result<T, RuntimeError>;
 
 /// An engine call that failed.
@@ -113,6 +116,15 @@ pub struct ImageInfo {
 
 pub use proto::spec::PortMapping;
 
+/// Bytes a container wrote to one of its streams, as the engine relays them (not lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: OutputStream,
+    pub bytes: Vec<u8>,
+}
+
+pub use proto::wire::OutputStream;
+
 /// Everything needed to create one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
@@ -159,6 +171,9 @@ pub trait Runtime: Send + Sync {
     fn remove_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, RtResult<()>>;
     /// The last `lines` lines of stdout and stderr, interleaved as the engine stored them.
     fn logs_tail<'a>(&'a self, id: &'a str, lines: usize) -> BoxFuture<'a, RtResult<Vec<String>>>;
+    /// Everything the container writes from its start on, as it comes; the stream ends when
+    /// the container stops.
+    fn follow_output<'a>(&'a self, id: &'a str) -> BoxStream<'a, RtResult<OutputChunk>>;
     /// `Ok(None)` when the image is not present.
     fn inspect_image<'a>(&'a self, image: &'a str) -> BoxFuture<'a, RtResult<Option<ImageInfo>>>;
     fn pull_image<'a>(

@@ -297,7 +297,8 @@ pub fn plan_switch(i: &SwitchInput<'_>) -> SwitchPlan {
             .map(|a| &a.seen)
             .filter(|s| !s.running() && s.digest.as_deref() == Some(i.digest))
             .max_by_key(|s| time_key(s.finished_at.as_deref())),
-        Action::Deploy => None,
+        // An exec never switches a service (`exec.rs` runs it); a deploy creates its version.
+        Action::Deploy | Action::Exec => None,
     };
     steps.push(match retained {
         Some(r) => Step::Revive {

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::order::{ImageRef, Order};
+use crate::order::{Action, ImageRef, MAX_EXEC_TIMEOUT, Order, ServiceKind};
 use crate::policy::{HostFiles, HostPolicy};
 use crate::sign::{AllowedSigners, Verified, VerifyError, verify_at};
 use crate::time::Timestamp;
@@ -364,6 +364,62 @@ fn check_shape(order: &Order) -> Result<(), String> {
             m.service
         ));
     }
+    check_exec_shape(order)
+}
+
+/// Most arguments an exec's command may have.
+pub const MAX_EXEC_ARGS: usize = 256;
+
+/// An exec order asks for one command in the one service it names, in one image, and nothing
+/// else; only exec orders carry `exec`. Public so the controller can refuse before it signs.
+pub fn check_exec_shape(order: &Order) -> Result<(), String> {
+    let exec = match (&order.exec, order.action) {
+        (None, Action::Exec) => return Err("an exec order without `exec`".into()),
+        (None, _) => return Ok(()),
+        (Some(_), action) if action != Action::Exec => {
+            return Err(format!("a {action} order carries `exec`"));
+        }
+        (Some(exec), _) => exec,
+    };
+    let Some(spec) = order
+        .services
+        .get(&exec.service)
+        .filter(|_| order.services.len() == 1)
+    else {
+        return Err(format!(
+            "an exec order names exactly its service {:?} in `services`",
+            exec.service
+        ));
+    };
+    if spec.kind == ServiceKind::Compose {
+        return Err(format!(
+            "service {:?} is kind = \"compose\": exec runs one-off containers of container services \
+             only (use `docker compose run` on the host)",
+            exec.service
+        ));
+    }
+    if order.run_migration || order.migrate.is_some() || order.migrate_image.is_some() {
+        return Err("an exec order runs no migration".into());
+    }
+    if !order.images.is_empty() {
+        return Err("an exec order runs one image, `image`".into());
+    }
+    if exec.command.is_empty() || exec.command.len() > MAX_EXEC_ARGS {
+        return Err(format!(
+            "an exec command has 1 to {MAX_EXEC_ARGS} arguments, not {}",
+            exec.command.len()
+        ));
+    }
+    if exec.command.iter().any(|a| a.contains('\0')) {
+        return Err("an exec command argument holds a NUL byte".into());
+    }
+    if exec.timeout.is_zero() || exec.timeout > MAX_EXEC_TIMEOUT {
+        return Err(format!(
+            "exec timeout {} is not between 0s and {} (the command holds its service meanwhile)",
+            humantime::format_duration(exec.timeout),
+            humantime::format_duration(MAX_EXEC_TIMEOUT)
+        ));
+    }
     Ok(())
 }
 
@@ -467,6 +523,116 @@ mod tests {
             verdict(&signed, &policy).unwrap_err().0,
             RefusalKind::ImageNotAllowed
         );
+    }
+
+    #[test]
+    fn exec_orders_ask_for_one_command_in_one_container_service() {
+        let exec = |o: &mut Order| {
+            o.action = Action::Exec;
+            o.exec = Some(crate::order::ExecSpec {
+                service: "web".into(),
+                command: vec!["/app".into(), "version".into()],
+                timeout: Duration::from_secs(60),
+            });
+        };
+        let spec = |o: &mut Order| o.exec.as_mut().unwrap().clone();
+        type Adjust = Box<dyn Fn(&mut Order)>;
+        // (what, adjustment of a valid exec order, what the refusal says; None: accepted)
+        let cases: Vec<(&str, Adjust, Option<&str>)> = vec![
+            ("a valid exec", Box::new(|_| {}), None),
+            (
+                "no spec",
+                Box::new(|o| o.exec = None),
+                Some("without `exec`"),
+            ),
+            (
+                "a deploy carrying one",
+                Box::new(|o| o.action = Action::Deploy),
+                Some("a deploy order carries `exec`"),
+            ),
+            (
+                "another service",
+                Box::new(move |o| {
+                    let mut e = spec(o);
+                    e.service = "api".into();
+                    o.exec = Some(e);
+                }),
+                Some("exactly its service \"api\""),
+            ),
+            (
+                "two services",
+                Box::new(|o| {
+                    let web = o.services["web"].clone();
+                    o.services.insert("api".into(), web);
+                }),
+                Some("exactly its service"),
+            ),
+            (
+                "a compose service",
+                Box::new(|o| o.services.get_mut("web").unwrap().kind = ServiceKind::Compose),
+                Some("kind = \"compose\""),
+            ),
+            (
+                "a migration",
+                Box::new(|o| o.run_migration = true),
+                Some("runs no migration"),
+            ),
+            (
+                "a second image",
+                Box::new(|o| {
+                    let image = o.image.clone();
+                    o.images.insert("web".into(), image);
+                }),
+                Some("runs one image"),
+            ),
+            (
+                "no command",
+                Box::new(move |o| {
+                    let mut e = spec(o);
+                    e.command.clear();
+                    o.exec = Some(e);
+                }),
+                Some("1 to 256 arguments, not 0"),
+            ),
+            (
+                "a NUL byte",
+                Box::new(move |o| {
+                    let mut e = spec(o);
+                    e.command = vec!["a\0b".into()];
+                    o.exec = Some(e);
+                }),
+                Some("NUL"),
+            ),
+            (
+                "no time to run",
+                Box::new(move |o| {
+                    let mut e = spec(o);
+                    e.timeout = Duration::ZERO;
+                    o.exec = Some(e);
+                }),
+                Some("exec timeout 0s"),
+            ),
+            (
+                "longer than an hour",
+                Box::new(move |o| {
+                    let mut e = spec(o);
+                    e.timeout = MAX_EXEC_TIMEOUT + Duration::from_secs(1);
+                    o.exec = Some(e);
+                }),
+                Some("holds its service"),
+            ),
+        ];
+        for (what, adjust, refused) in cases {
+            let (signed, policy) = signed(|o| {
+                exec(o);
+                adjust(o);
+            });
+            match (verdict(&signed, &policy), refused) {
+                (Ok(()), None) => {}
+                (Err((RefusalKind::Malformed, message)), Some(want)) if message.contains(want) => {}
+                (got, _) => panic!("{what}: {got:?}, expected {refused:?}"),
+            }
+        }
     }
 
     #[test]

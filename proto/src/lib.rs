@@ -21,5 +21,5 @@ pub mod spec;
 pub mod time;
 pub mod wire;
 
-pub use order::{Action, ImageRef, MigrationSpec, Order, ServiceSpec};
+pub use order::{Action, ExecSpec, ImageRef, MigrationSpec, Order, ServiceSpec};
 pub use time::Timestamp;

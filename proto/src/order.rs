@@ -67,6 +67,10 @@ pub struct Order {
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrate: Option<MigrationSpec>,
+    /// `action = "exec"` only: the one-off command, run in the one service the order names, in
+    /// `image`, which must be what that service runs on the host when the order arrives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecSpec>,
 }
 
 /// A release: the image of every service of an app.
@@ -142,6 +146,9 @@ pub fn new_id() -> String {
 pub enum Action {
     Deploy,
     Rollback,
+    /// A one-off command in a container of a service's running image (`deployctl exec`); it
+    /// changes no service.
+    Exec,
 }
 
 impl fmt::Display for Action {
@@ -149,6 +156,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Deploy => "deploy",
             Action::Rollback => "rollback",
+            Action::Exec => "exec",
         })
     }
 }
@@ -281,6 +289,53 @@ pub struct MigrationSpec {
 impl MigrationSpec {
     fn default_timeout() -> Duration {
         Duration::from_secs(300)
+    }
+}
+
+/// How long an exec's command may run when the issuer does not say.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// The longest an exec's command may run: it holds its service against deploys meanwhile, so
+/// no signed order may hold it for longer than this.
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// `deployctl exec`: one command in a one-off container of the service's running image, with
+/// the service's env_file, volumes and network (as the migration borrows them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    pub service: String,
+    /// Replaces the image's `CMD` (its `ENTRYPOINT`, if any, stays), as `docker run IMAGE CMD…`.
+    pub command: Vec<String>,
+    /// Killed after this long.
+    #[serde(default = "ExecSpec::default_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+impl ExecSpec {
+    fn default_timeout() -> Duration {
+        DEFAULT_EXEC_TIMEOUT
+    }
+
+    /// The command as one would type it in a shell, for journals and output.
+    pub fn shown(&self) -> String {
+        self.command
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Quotes a word for a POSIX shell: as it is when it holds nothing a shell would read, else in
+/// single quotes.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
@@ -543,6 +598,7 @@ mod tests {
                 .map(|s| (s.to_string(), serde_json::from_str("{}").unwrap()))
                 .collect(),
             migrate: None,
+            exec: None,
         };
         // (service, image repository, ref, revision)
         let table = [
@@ -558,6 +614,26 @@ mod tests {
         }
         let json = serde_json::to_string(&order).unwrap();
         assert_eq!(serde_json::from_str::<Order>(&json).unwrap(), order);
+    }
+
+    #[test]
+    fn exec_commands_are_shown_as_typed() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["/app", "version"], "/app version"),
+            (&["sh", "-c", "exit 7"], "sh -c 'exit 7'"),
+            (&["echo", ""], "echo ''"),
+            (&["echo", "it's"], r"echo 'it'\''s'"),
+            (&["echo", "$(rm -rf /)"], "echo '$(rm -rf /)'"),
+            (&["env", "A=b,c"], "env A=b,c"),
+        ];
+        for (command, want) in cases {
+            let exec = ExecSpec {
+                service: "web".into(),
+                command: command.iter().map(|s| s.to_string()).collect(),
+                timeout: DEFAULT_EXEC_TIMEOUT,
+            };
+            assert_eq!(exec.shown(), *want);
+        }
     }
 
     #[test]

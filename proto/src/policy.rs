@@ -1,7 +1,7 @@
 //! What a signed order may ask of a host (README, Guarantees 9): the
 //! host's `[policy]` in `agent.toml` bounds the host paths an order mounts, the networks it
-//! joins, the files it reads, the ports it publishes, how long it stays valid and, optionally,
-//! which signer may deploy which app. A valid signature alone must not make a key root on
+//! joins, the files it reads, the ports it publishes, how long it stays valid, whether it may
+//! run one-off commands (`exec`) and, optionally, which signer may deploy which app. A valid signature alone must not make a key root on
 //! every host of an env.
 //!
 //! [`check`] is a pure decision over the order, the signer and what the host says about the
@@ -13,7 +13,7 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::order::Order;
+use crate::order::{Action, Order};
 use crate::spec::{VolumeSource, parse_port, parse_volume};
 
 /// Where `env_file` and `compose_file` may live when `[policy] files` is not given.
@@ -40,6 +40,9 @@ pub struct HostPolicy {
     /// Empty: any signer may deploy any app. Otherwise principal → apps (`*` for all); a
     /// signer whose principals are not listed may deploy nothing.
     pub apps: BTreeMap<String, Vec<String>>,
+    /// Whether exec orders (one-off commands in a service's image) may run here. On by
+    /// default: an exec can do no more than a deploy of the same image with the same spec.
+    pub exec: bool,
 }
 
 impl Default for HostPolicy {
@@ -51,6 +54,7 @@ impl Default for HostPolicy {
             ports: vec![DEFAULT_PORTS],
             max_validity: DEFAULT_MAX_VALIDITY,
             apps: BTreeMap::new(),
+            exec: true,
         }
     }
 }
@@ -145,6 +149,13 @@ pub fn check(
     files: &dyn HostFiles,
 ) -> Result<(), Denial> {
     check_app(order, principals, policy)?;
+    if order.action == Action::Exec && !policy.exec {
+        return Err(Denial {
+            rule: "exec",
+            field: "action = \"exec\"".into(),
+            why: "this host runs no one-off commands (exec = false)".into(),
+        });
+    }
     let validity = order.not_after.since(order.issued_at);
     if validity > policy.max_validity {
         return Err(Denial {

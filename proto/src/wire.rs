@@ -82,6 +82,12 @@ pub enum Reply {
     Logs {
         logs: Vec<ServiceLogs>,
     },
+    /// A line an exec's command wrote, streamed to the clients following its job as it comes.
+    /// Never journaled: the journal keeps the command, the signer and the exit code, not what
+    /// the command printed (it may print what an env file holds).
+    Output {
+        output: OutputLine,
+    },
     /// A request the agent could not serve (malformed, unknown order id, engine down).
     Error {
         message: String,
@@ -100,6 +106,22 @@ pub struct JobEvent {
     pub message: String,
 }
 
+/// One line of an exec's output, without its line ending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputLine {
+    pub order_id: String,
+    pub stream: OutputStream,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
@@ -114,6 +136,8 @@ pub enum Phase {
     Rollback,
     /// The agent restarted and is finishing or undoing this order.
     Recover,
+    /// An exec's one-off container: created, started, its command's end, removed.
+    Exec,
     Done,
 }
 
@@ -152,6 +176,9 @@ pub struct Outcome {
     /// From the failed version's start to the previous version healthy again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_ms: Option<u64>,
+    /// An exec's command's exit code, when it ran to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +247,8 @@ pub enum FailureClass {
     Engine,
     /// The agent died mid-job and recovery undid the order.
     Interrupted,
+    /// An exec's command outlived its timeout and was killed.
+    ExecTimeout,
 }
 
 /// Why an order was not accepted (README, "What the outcomes mean"). Each kind is distinct so
@@ -250,6 +279,9 @@ pub enum RefusalKind {
     /// The host's `[policy]` forbids what the order asks for; the message names the rule and
     /// the field.
     PolicyDenied,
+    /// An exec order's service does not run the order's image on this host (not at all, or
+    /// another digest since the order was made).
+    NotRunning,
     RolloutInProgress,
     Malformed,
     Oversized,
@@ -366,6 +398,9 @@ pub struct HistoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     pub run_migration: bool,
+    /// An exec: its command's exit code, when it ran to its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 impl HistoryEntry {

@@ -65,6 +65,7 @@ fn order_at(issued_at: Timestamp) -> Order {
             timeout: Duration::from_secs(60),
             image: None,
         }),
+        exec: None,
     }
 }
 
@@ -1018,6 +1019,8 @@ fn refusal_kind() -> impl Strategy<Value = RefusalKind> {
         NotYetValid,
         Replayed,
         ImageNotAllowed,
+        PolicyDenied,
+        NotRunning,
         RolloutInProgress,
         Malformed,
         Oversized,
@@ -1075,6 +1078,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         Phase::Cleanup,
         Phase::Rollback,
         Phase::Recover,
+        Phase::Exec,
         Phase::Done,
     ]);
     let event = (text(), ts(), phase, proptest::option::of(text()), text()).prop_map(
@@ -1097,6 +1101,7 @@ fn reply() -> impl Strategy<Value = Reply> {
         FailureClass::StartFailed,
         FailureClass::Engine,
         FailureClass::Interrupted,
+        FailureClass::ExecTimeout,
     ]);
     let service_result = (
         proptest::option::of(text()),
@@ -1123,12 +1128,13 @@ fn reply() -> impl Strategy<Value = Reply> {
             ts(),
             ts(),
             proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<i64>()),
         ),
     )
         .prop_map(
             |(
                 (order_id, rollout_id, kind, failure, reason, changed),
-                (log_tail, services, started_at, finished_at, rollback_ms),
+                (log_tail, services, started_at, finished_at, rollback_ms, exit_code),
             )| Outcome {
                 order_id,
                 rollout_id,
@@ -1141,6 +1147,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 started_at,
                 finished_at,
                 rollback_ms,
+                exit_code,
             },
         );
     let health = one_of(vec![
@@ -1200,7 +1207,11 @@ fn reply() -> impl Strategy<Value = Reply> {
                 running,
             },
         );
-    let action = one_of(vec![proto::Action::Deploy, proto::Action::Rollback]);
+    let action = one_of(vec![
+        proto::Action::Deploy,
+        proto::Action::Rollback,
+        proto::Action::Exec,
+    ]);
     let history_entry = (
         (text(), text(), action, text(), text(), ts(), text()),
         (image(), text(), proptest::collection::vec(text(), 0..3)),
@@ -1209,13 +1220,14 @@ fn reply() -> impl Strategy<Value = Reply> {
             proptest::option::of(text()),
             proptest::option::of(any::<u64>()),
             any::<bool>(),
+            proptest::option::of(any::<i64>()),
         ),
     )
         .prop_map(
             |(
                 (order_id, rollout_id, action, signer, issued_by, accepted_at, reference),
                 (image, app, services),
-                (outcome, reason, duration_ms, run_migration),
+                (outcome, reason, duration_ms, run_migration, exit_code),
             )| HistoryEntry {
                 order_id,
                 rollout_id,
@@ -1233,6 +1245,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 reason,
                 duration_ms,
                 run_migration,
+                exit_code,
             },
         );
     let logs = (
@@ -1271,6 +1284,18 @@ fn reply() -> impl Strategy<Value = Reply> {
         proptest::collection::vec(history_entry, 0..3)
             .prop_map(|entries| Reply::History { entries }),
         proptest::collection::vec(logs, 0..3).prop_map(|logs| Reply::Logs { logs }),
+        (
+            text(),
+            one_of(vec![OutputStream::Stdout, OutputStream::Stderr]),
+            text()
+        )
+            .prop_map(|(order_id, stream, line)| Reply::Output {
+                output: OutputLine {
+                    order_id,
+                    stream,
+                    line
+                }
+            }),
         text().prop_map(|message| Reply::Error { message }),
     ]
 }

@@ -428,6 +428,7 @@ impl AgentProc {
             app: app.to_string(),
             services: BTreeMap::from([("web".to_string(), web)]),
             migrate: None,
+            exec: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub(super) struct RawPolicy {
     max_validity: Duration,
     #[serde(default)]
     apps: BTreeMap<String, Vec<String>>,
+    #[serde(default = "default_exec")]
+    exec: bool,
 }
 
 impl Default for RawPolicy {
@@ -38,12 +40,17 @@ impl Default for RawPolicy {
             ports: None,
             max_validity: default_max_validity(),
             apps: BTreeMap::new(),
+            exec: default_exec(),
         }
     }
 }
 
 fn default_max_validity() -> Duration {
     proto::policy::DEFAULT_MAX_VALIDITY
+}
+
+fn default_exec() -> bool {
+    HostPolicy::default().exec
 }
 
 /// Checks `[policy]` and fills in the defaults; errors name the key.
@@ -87,6 +94,7 @@ pub(super) fn host_policy(raw: RawPolicy) -> Result<HostPolicy, String> {
         ports,
         max_validity,
         apps: raw.apps,
+        exec: raw.exec,
     })
 }
 
@@ -161,6 +169,7 @@ networks = ["acme", "host"]
 files = ["/etc/acme"]
 ports = "80,443,1024-65535"
 max_validity = "1h"
+exec = false
 [policy.apps]
 "ci@acme" = ["acme", "acme-admin"]
 "#,
@@ -175,6 +184,7 @@ max_validity = "1h"
         assert_eq!(p.ports, vec![80..=80, 443..=443, 1024..=65535]);
         assert_eq!(p.max_validity, Duration::from_secs(3600));
         assert_eq!(p.apps["ci@acme"], ["acme", "acme-admin"]);
+        assert!(!p.exec);
     }
 
     #[test]
@@ -195,12 +205,13 @@ max_validity = "1h"
                 "[policy.apps] \"ci\": \"../x\"",
             ),
             ("networks = [\"\"]", "[policy] networks"),
+            ("exec = 1", "invalid type: integer `1`, expected a boolean"),
         ] {
             let err = parse(&format!("[policy]\n{text}")).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");
         }
         assert!(
-            parse("[policy]\nexec = 1\nbogus = 2")
+            parse("[policy]\nexec = true\nbogus = 2")
                 .unwrap_err()
                 .contains("unknown field")
         );

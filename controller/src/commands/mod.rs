@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share: the env, the signing key, the issuer, the
 //! release resolved once in every repository, and how a command that stops early says so.
 
+pub mod exec;
 pub mod history;
 pub mod keys;
 pub mod logs;
@@ -60,12 +61,24 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
         }
         Command::Status { env } => status::status(&load()?, &env, out).await,
         Command::History { env, n } => history::history(&load()?, &env, n, out).await,
-        Command::Logs {
-            env,
-            host,
-            service,
-            n,
-        } => logs::logs(&load()?, &env, host.as_deref(), service.as_deref(), n, out).await,
+        Command::Logs { at, n } => {
+            let (host, service) = (at.host.as_deref(), at.service.as_deref());
+            logs::logs(&load()?, &at.env, host, service, n, out).await
+        }
+        Command::Exec {
+            at,
+            timeout,
+            command,
+        } => {
+            let args = exec::ExecArgs {
+                env: &at.env,
+                host: at.host.as_deref(),
+                service: at.service.as_deref(),
+                timeout,
+                command,
+            };
+            exec::exec(&load()?, args, out).await
+        }
     }
 }
 

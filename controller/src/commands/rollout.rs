@@ -81,6 +81,7 @@ impl What {
         match self.action {
             Action::Deploy => "push",
             Action::Rollback => "rollback",
+            Action::Exec => "exec",
         }
     }
 }

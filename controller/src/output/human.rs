@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use proto::order::{ImageRef, short_digest};
-use proto::wire::{HistoryEntry, Outcome, OutcomeKind};
+use proto::order::{ImageRef, shell_quote, short_digest};
+use proto::wire::{HistoryEntry, Outcome, OutcomeKind, OutputStream};
 
 use super::{
-    HostAnswer, HostRollout, HostStatus, Message, RolloutResult, RolloutSummary, StatusSummary,
-    Summary, SummaryBody,
+    ExecResult, ExecSummary, HostAnswer, HostRollout, HostStatus, Message, RolloutResult,
+    RolloutSummary, StatusSummary, Summary, SummaryBody,
 };
 use crate::ExitClass;
 use crate::release::{Digests, describe_digests};
@@ -190,6 +190,13 @@ fn render_raw(message: &Message) -> Shown {
             out.extend(lines.iter().cloned());
             return Shown::Out(out);
         }
+        // The command's own lines, as it wrote them: to stdout or stderr, like the command.
+        Message::Output { stream, line, .. } => {
+            return match stream {
+                OutputStream::Stdout => Shown::Out(vec![line.clone()]),
+                OutputStream::Stderr => Shown::Err(vec![line.clone()]),
+            };
+        }
         Message::Demo { message } => return Shown::Out(vec![message.clone()]),
         Message::Summary(s) => return summary(s),
     };
@@ -262,6 +269,8 @@ fn summary(s: &Summary) -> Shown {
             "deployctl: no host of {} could be reached",
             l.env
         )]),
+        // On stderr, so stdout holds what the command wrote there and nothing else.
+        SummaryBody::Exec(e) => Shown::Err(vec![exec_line(e, s.exit())]),
         SummaryBody::Keys(k) => Shown::Out(vec![
             format!(
                 "wrote {} (private, mode 0600) and {}",
@@ -322,6 +331,34 @@ fn release_images(image: &ImageRef, images: &BTreeMap<String, ImageRef>) -> Stri
         text.push_str(&format!(", {service} {}", short_image(&other.to_string())));
     }
     text
+}
+
+/// How an exec went, with what deployctl exits.
+fn exec_line(e: &ExecSummary, exit: ExitClass) -> String {
+    let took = format!("{:.1}s", e.elapsed_ms as f64 / 1000.0);
+    let command: Vec<String> = e.argv.iter().map(|a| shell_quote(a)).collect();
+    let what = format!(
+        "exec `{}` on {} ({} in {})",
+        command.join(" "),
+        e.host,
+        e.service,
+        short_image(&e.image.to_string())
+    );
+    let reason = e.reason.as_deref().unwrap_or("no reason given");
+    match (e.result, e.command_exit_code) {
+        (ExecResult::Exited, Some(0)) => format!("{what}: exited 0 after {took}"),
+        (ExecResult::Exited, Some(code)) => format!(
+            "{what}: exited with code {code} after {took} (deployctl exits {})",
+            exit.code()
+        ),
+        (ExecResult::Refused, _) => {
+            format!("deployctl: {what}: refused, nothing ran (exit 3): {reason}")
+        }
+        _ => format!(
+            "deployctl: {what}: did not run to its end (exit {}): {reason}",
+            exit.code()
+        ),
+    }
 }
 
 /// A rollout's result: a headline with the exit code's meaning, then one line per host.

@@ -300,6 +300,7 @@ pub(crate) fn journal_entry(
         reason: None,
         duration_ms: None,
         run_migration: false,
+        exit_code: None,
     }
 }
 

@@ -112,6 +112,8 @@ pub fn start_for<'a>(
     for holder in &status.running {
         match history.iter().find(|e| e.order_id == holder.order_id) {
             Some(e) if e.app != app => {}
+            // An exec holds its service until its command ends; there is nothing to follow.
+            Some(e) if e.action == Action::Exec => conflicts.push(holder),
             Some(e) if same(e) => {
                 follow = Some(Start::Follow {
                     order_id: e.order_id.clone(),
@@ -305,6 +307,8 @@ pub fn previous_healthy(
     let mut ok: Vec<&HistoryEntry> = history
         .iter()
         .filter(|e| e.app == app && e.outcome == Some(OutcomeKind::Succeeded))
+        // An exec that exited 0 deployed nothing.
+        .filter(|e| e.action != Action::Exec)
         .collect();
     ok.sort_by(|a, b| (b.accepted_at, &b.order_id).cmp(&(a.accepted_at, &a.order_id)));
     let mut releases = ok
@@ -408,6 +412,7 @@ pub fn build_order(
         app: cfg.app.clone(),
         services: cfg.services.clone(),
         migrate,
+        exec: None,
     }
 }
 

@@ -131,6 +131,7 @@ impl Host {
             reason: None,
             duration_ms: None,
             run_migration: migrated,
+            exit_code: None,
         });
     }
 
@@ -153,6 +154,7 @@ impl Host {
             reason: None,
             duration_ms: None,
             run_migration: order.run_migration,
+            exit_code: None,
         });
     }
 
@@ -285,6 +287,7 @@ fn outcome(order_id: &str, kind: OutcomeKind, before: &Running, now: &Running) -
         started_at: Timestamp::now(),
         finished_at: Timestamp::now(),
         rollback_ms: None,
+        exit_code: None,
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use frame_io::{FrameReader, write_frame};
 use proto::codec::{self, CodecError};
-use proto::wire::{AgentStatus, HistoryEntry, JobEvent, Reply, Request, ServiceLogs, SignedOrder};
+use proto::wire::{
+    AgentStatus, HistoryEntry, JobEvent, OutputLine, Reply, Request, ServiceLogs, SignedOrder,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{JobEnd, Peer, TransportError};
@@ -202,10 +204,21 @@ impl AgentStream {
     /// Reads a job's replies, handing each event to `on_event`, to the job's end
     /// (`Continue(end)`) or until `on_event` breaks (`Break`, as `try_fold` does). A break only
     /// stops this reader: the job goes on at the agent, and following again reads on where this
-    /// stopped. An error reply is [`TransportError::Agent`].
+    /// stopped. An error reply is [`TransportError::Agent`]. An exec's output lines are
+    /// skipped: [`Self::follow_with`] hands them over too.
     pub async fn follow<B>(
         &mut self,
+        on_event: impl FnMut(JobEvent) -> ControlFlow<B>,
+    ) -> Result<ControlFlow<B, JobEnd>, TransportError> {
+        self.follow_with(on_event, |_| {}).await
+    }
+
+    /// [`Self::follow`], handing each line an exec's command writes to `on_output`, in the
+    /// order the agent sent lines and events.
+    pub async fn follow_with<B>(
+        &mut self,
         mut on_event: impl FnMut(JobEvent) -> ControlFlow<B>,
+        mut on_output: impl FnMut(OutputLine),
     ) -> Result<ControlFlow<B, JobEnd>, TransportError> {
         loop {
             match self.recv().await? {
@@ -214,6 +227,7 @@ impl AgentStream {
                         return Ok(ControlFlow::Break(b));
                     }
                 }
+                Reply::Output { output } => on_output(output),
                 Reply::Outcome { outcome } => {
                     return Ok(ControlFlow::Continue(JobEnd::Outcome(outcome)));
                 }
@@ -235,6 +249,7 @@ fn reply_name(r: &Reply) -> &'static str {
         Reply::Status { .. } => "status",
         Reply::History { .. } => "history",
         Reply::Logs { .. } => "logs",
+        Reply::Output { .. } => "output",
         Reply::Error { .. } => "error",
     }
 }
@@ -319,6 +334,7 @@ mod tests {
             started_at: now,
             finished_at: now,
             rollback_ms: None,
+            exit_code: None,
         };
         write_frame(
             &mut replies,

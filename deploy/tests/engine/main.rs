@@ -178,6 +178,7 @@ impl World {
                 timeout: Duration::from_secs(30),
                 image: None,
             }),
+            exec: None,
         }
     }
 

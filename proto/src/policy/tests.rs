@@ -82,6 +82,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
             serde_json::from_str::<ServiceSpec>(service).unwrap(),
         )]),
         migrate: None,
+        exec: None,
     }
 }
 
@@ -374,6 +375,54 @@ fn validity_and_apps() {
         apps: wildcard               admitted
     "#]]
     .assert_eq(&out);
+}
+
+#[test]
+fn exec() {
+    let exec = |mut o: Order| {
+        o.action = crate::Action::Exec;
+        o.exec = Some(crate::order::ExecSpec {
+            service: "web".into(),
+            command: vec!["/app".into(), "version".into()],
+            timeout: Duration::from_secs(60),
+        });
+        o
+    };
+    let off = with(|p| p.exec = false);
+    let acme_only = with(|p| p.apps = BTreeMap::from([("ci@acme".into(), vec!["other".into()])]));
+    // (label, order, policy)
+    let cases = [
+        (
+            "exec, default",
+            exec(order("{}", 600)),
+            HostPolicy::default(),
+        ),
+        ("exec, exec = false", exec(order("{}", 600)), off.clone()),
+        ("deploy, exec = false", order("{}", 600), off),
+        ("exec, another's app", exec(order("{}", 600)), acme_only),
+        (
+            "exec, env_file outside",
+            exec(order(r#"{"env_file":"/etc/acme/web.env"}"#, 600)),
+            HostPolicy::default(),
+        ),
+    ];
+    let out: String = cases
+        .iter()
+        .map(|(label, o, policy)| {
+            let verdict = match check(o, "ci@acme", policy, &Host) {
+                Ok(()) => "admitted".to_string(),
+                Err(d) => d.to_string(),
+            };
+            format!("{label:<28} {verdict}\n")
+        })
+        .collect();
+    expect![[r#"
+        exec, default                admitted
+        exec, exec = false           [policy] exec denies action = "exec": this host runs no one-off commands (exec = false)
+        deploy, exec = false         admitted
+        exec, another's app          [policy] apps denies app = "acme": signer "ci@acme" may not deploy app "acme" on this host
+        exec, env_file outside       [policy] files denies services.web.env_file = "/etc/acme/web.env": "/etc/acme/web.env" is not under a directory of [policy] files = ["/etc/deploy-agent/apps"]
+    "#]].assert_eq(&out);
 }
 
 #[test]

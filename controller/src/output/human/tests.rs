@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use proto::Timestamp;
 use proto::order::ImageRef;
-use proto::wire::{AgentStatus, Health, Outcome, OutcomeKind, ServiceResult, ServiceStatus};
+use proto::wire::{
+    AgentStatus, Health, Outcome, OutcomeKind, OutputStream, ServiceResult, ServiceStatus,
+};
 
 use super::*;
 use crate::output::{HostRollout, Inconsistent, RolloutSummary, StatusSummary};
@@ -33,6 +35,7 @@ fn outcome(kind: OutcomeKind, now: char, log_tail: &[&str]) -> Outcome {
         started_at: Timestamp::from_unix_secs(100),
         finished_at: Timestamp::from_unix_secs(102),
         rollback_ms: None,
+        exit_code: None,
     }
 }
 
@@ -497,5 +500,63 @@ fn a_host_line_names_each_services_digest_when_they_differ() {
             "push v2 (r/web@sha256:aaaaaaaaaaaa, web r/web@sha256:bbbbbbbbbbbb) to staging: succeeded on 1 host(s) in 1s",
             "  h1: changed to api aaaaaaaaaaaa, web bbbbbbbbbbbb (was cccccccccccc)",
         ]
+    );
+}
+
+#[test]
+fn an_execs_lines_go_where_the_command_wrote_them_and_its_summary_to_stderr() {
+    let line = |stream, line: &str| {
+        render(&Message::Output {
+            host: "h1".into(),
+            stream,
+            line: line.into(),
+        })
+    };
+    assert_eq!(
+        line(OutputStream::Stdout, "v1"),
+        Shown::Out(vec!["v1".into()])
+    );
+    assert_eq!(
+        line(OutputStream::Stderr, "warn \u{1b}[31m"),
+        Shown::Err(vec!["warn \\u{1b}[31m".into()])
+    );
+    let summary = |result, code: Option<i64>, reason: Option<&str>| {
+        let body = crate::output::ExecSummary {
+            env: "staging".into(),
+            host: "h1".into(),
+            service: "web".into(),
+            argv: vec!["sh".into(), "-c".into(), "exit 7".into()],
+            order_id: "o".into(),
+            image: image('a'),
+            result,
+            command_exit_code: code,
+            reason: reason.map(str::to_string),
+            elapsed_ms: 1500,
+        };
+        match render(&Message::Summary(Summary::new(
+            "exec",
+            SummaryBody::Exec(body),
+        ))) {
+            Shown::Err(lines) => lines.join("\n"),
+            other => panic!("not stderr: {other:?}"),
+        }
+    };
+    use crate::output::ExecResult::*;
+    let head = "exec `sh -c 'exit 7'` on h1 (web in r/web@sha256:aaaaaaaaaaaa)";
+    assert_eq!(
+        summary(Exited, Some(0), None),
+        format!("{head}: exited 0 after 1.5s")
+    );
+    assert_eq!(
+        summary(Exited, Some(7), None),
+        format!("{head}: exited with code 7 after 1.5s (deployctl exits 7)")
+    );
+    assert_eq!(
+        summary(Refused, None, Some("not-running: gone")),
+        format!("deployctl: {head}: refused, nothing ran (exit 3): not-running: gone")
+    );
+    assert_eq!(
+        summary(Failed, None, Some("killed")),
+        format!("deployctl: {head}: did not run to its end (exit 1): killed")
     );
 }

@@ -58,6 +58,7 @@ fn outcome_with(services: BTreeMap<String, ServiceResult>) -> Outcome {
         started_at: Timestamp::now(),
         finished_at: Timestamp::now(),
         rollback_ms: None,
+        exit_code: None,
     }
 }
 
@@ -259,11 +260,15 @@ fn pairs(release: &[(&str, char)]) -> Vec<(String, char)> {
 #[test]
 fn previous_healthy_skips_failures_other_apps_and_the_current_digest() {
     let s = Some(OutcomeKind::Succeeded);
+    let mut exec = entry("05", 5, 'f', s, "web");
+    exec.action = Action::Exec;
     let history = vec![
         entry("03", 3, 'c', Some(OutcomeKind::RolledBack), "web"),
         entry("02", 2, 'b', s, "web"),
         entry("01", 1, 'a', s, "web"),
         entry("04", 4, 'e', s, "other"),
+        // an exec that exited 0 is no healthy deploy
+        exec,
     ];
     let web = &["web"][..];
     let previous = |history: &[HistoryEntry], current: &[(&str, char)]| {
@@ -398,12 +403,15 @@ fn release_of(services: &[(&str, char)]) -> Release {
 fn a_host_joins_by_a_new_order_by_following_or_not_at_all() {
     let mut migrated = entry("m", 5, 'b', None, "web");
     migrated.run_migration = true;
+    let mut exec = entry("exec", 7, 'b', None, "web");
+    exec.action = Action::Exec;
     let history = vec![
         entry("same", 1, 'b', None, "web"),
         entry("other-digest", 2, 'c', None, "web"),
         entry("other-app", 4, 'e', None, "other"),
         migrated,
         release_entry("both", 6, &[("api", 'a'), ("web", 'b')], None, "web"),
+        exec,
     ];
     let follow = |id: &str, run_migration| {
         Ok(Start::Follow {
@@ -444,6 +452,8 @@ fn a_host_joins_by_a_new_order_by_following_or_not_at_all() {
         ),
         (&["both"], &[("api", 'c'), ("web", 'b')], Err(vec!["both"])),
         (&["same"], &[("api", 'a'), ("web", 'b')], Err(vec!["same"])),
+        // an exec in the very digest holds the service: nothing to follow
+        (&["exec"], &[("web", 'b')], Err(vec!["exec"])),
     ];
     for (running, release, want) in cases {
         let st = status(Some('a'), running);
