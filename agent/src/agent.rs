@@ -236,6 +236,14 @@ impl<B: Backend> Agent<B> {
                 holder: None,
             });
         }
+        if let Err(why) = self.backend.check_proxies(&order).await {
+            tracing::warn!(order_id = %order.order_id, "order refused: {why}");
+            return Submitted::Refused(Refusal {
+                kind: RefusalKind::ProxyUnreachable,
+                message: format!("{why}; nothing was changed"),
+                holder: None,
+            });
+        }
         let signer = SignerInfo {
             principal: accepted.signer.principal,
             fingerprint: accepted.signer.fingerprint,
@@ -394,9 +402,16 @@ impl<B: Backend> Agent<B> {
     /// Journals the acceptance and runs the job; nothing runs unless the journal says so.
     fn start(self: &Arc<Self>, job: Arc<Job>, skipped_migration: Option<String>) -> Submitted {
         let o = &job.order;
-        let accepted_message = match &o.exec {
-            Some(exec) => crate::exec::accepted_message(o, exec, &job.holder.signer),
-            None => format!(
+        let accepted_message = match (&o.exec, &o.maintenance) {
+            (Some(exec), _) => crate::exec::accepted_message(o, exec, &job.holder.signer),
+            (None, Some(m)) => format!(
+                "accepted maintenance {} for {} signed by {}, issued by {}",
+                if m.on { "on" } else { "off" },
+                o.services.keys().cloned().collect::<Vec<_>>().join(", "),
+                job.holder.signer,
+                o.issued_by,
+            ),
+            (None, None) => format!(
                 "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",
                 o.action,
                 o.describe_release(),
@@ -464,11 +479,11 @@ impl<B: Backend> Agent<B> {
         }
         lock(&self.index).update(&record);
         // The job just proved what runs healthy: that is the health watch's starting point.
-        // (An exec proves nothing of its service.)
+        // (An exec or a maintenance page proves nothing of its service.)
         if matches!(
             outcome.kind,
             OutcomeKind::Succeeded | OutcomeKind::RolledBack
-        ) && job.order.action != proto::Action::Exec
+        ) && job.order.action.deploys()
         {
             for service in job.order.services.keys() {
                 self.observe(
@@ -570,6 +585,10 @@ impl<B: Backend> Agent<B> {
                     .current(&t.app, &t.service)
                     .map_or(now, |e| e.since)
             };
+            let maintenance = self
+                .backend
+                .maintenance_of(&t.app, &t.service, &t.spec)
+                .await;
             let current = snap.image.as_ref().map(|i| i.digest().to_string());
             let previous =
                 lock(&self.index).previous_digest(&t.app, &t.service, current.as_deref());
@@ -584,6 +603,7 @@ impl<B: Backend> Agent<B> {
                 last_outcome: t.last_outcome,
                 last_order: Some(t.last_order),
                 previous_digest: previous,
+                maintenance,
             });
         }
         AgentStatus {

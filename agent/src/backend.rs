@@ -28,6 +28,19 @@ pub trait Backend: Send + Sync + 'static {
         spec: &ServiceSpec,
         lines: usize,
     ) -> impl Future<Output = Result<ServiceLogs, String>> + Send;
+    /// Every proxy the order's services name answers; else why not (nothing is changed yet).
+    fn check_proxies(&self, _order: &Order) -> impl Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+    /// The maintenance page's text, when a proxied service shows one.
+    fn maintenance_of(
+        &self,
+        _app: &str,
+        _service: &str,
+        _spec: &ServiceSpec,
+    ) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
 }
 
 impl Backend for deploy::Engine {
@@ -58,5 +71,18 @@ impl Backend for deploy::Engine {
         deploy::Engine::logs(self, app, service, spec, lines)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    fn check_proxies(&self, order: &Order) -> impl Future<Output = Result<(), String>> + Send {
+        deploy::Engine::check_proxies(self, order)
+    }
+
+    fn maintenance_of(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> impl Future<Output = Option<String>> + Send {
+        deploy::Engine::maintenance_of(self, app, service, spec)
     }
 }

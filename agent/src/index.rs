@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proto::time::Timestamp;
 use proto::wire::{HistoryEntry, Outcome, OutcomeKind};
-use proto::{Action, ImageRef, Order, ServiceSpec};
+use proto::{ImageRef, Order, ServiceSpec};
 
 use crate::journal::{OrderRecord, SignerInfo};
 
@@ -127,7 +127,7 @@ impl Index {
         let deploys = self
             .newest_first()
             .into_iter()
-            .filter(|s| s.order.action != Action::Exec);
+            .filter(|s| s.order.action.deploys());
         for s in deploys {
             for (service, spec) in &s.order.services {
                 if seen.insert((s.order.app.as_str(), service.as_str())) {
@@ -155,7 +155,7 @@ impl Index {
         self.newest_first()
             .into_iter()
             .filter(|s| s.order.app == app && s.order.services.contains_key(service))
-            .filter(|s| s.order.action != Action::Exec)
+            .filter(|s| s.order.action.deploys())
             .filter(|s| {
                 s.outcome
                     .as_ref()
@@ -171,6 +171,7 @@ impl Index {
 mod tests {
     use super::*;
     use crate::journal::tests::record;
+    use proto::Action;
 
     fn digest(c: char) -> String {
         format!("sha256:{}", std::iter::repeat_n(c, 64).collect::<String>())

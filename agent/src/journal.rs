@@ -251,6 +251,7 @@ pub(crate) mod tests {
                 image: None,
             }),
             exec: None,
+            maintenance: None,
         }
     }
 

@@ -143,7 +143,7 @@ fn policy_summary(p: &proto::policy::HostPolicy) -> String {
         .collect();
     format!(
         "\n  policy: volumes {} · networks {} · files {} · ports {} · max_validity {} · apps {} · \
-         exec {}",
+         exec {} · proxies {}",
         list(&p.volumes, "named only"),
         p.networks
             .as_deref()
@@ -153,6 +153,7 @@ fn policy_summary(p: &proto::policy::HostPolicy) -> String {
         proto::time::format_duration(p.max_validity),
         list(&apps, "any signer"),
         if p.exec { "allowed" } else { "denied" },
+        list(&p.proxies, "none"),
     )
 }
 

@@ -34,7 +34,7 @@ pub enum LockDecision {
 /// by the same action. Following one for the other changes nothing the second asked for. An
 /// exec is never that: each runs its command once, so one never follows another.
 pub fn same_release(a: &Order, b: &Order) -> bool {
-    a.action != proto::Action::Exec
+    a.action.deploys()
         && a.app == b.app
         && a.env == b.env
         && a.action == b.action

@@ -271,6 +271,7 @@ shutdown_grace = "10s"
                 image: None,
             }),
             exec: None,
+            maintenance: None,
         }
     }
 

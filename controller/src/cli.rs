@@ -89,6 +89,21 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Put up (on) or take down (off) the maintenance page of the services behind Caddy: a
+    /// signed order to every host of the env; the route answers 503 with the message and
+    /// Retry-After meanwhile, and the containers keep running.
+    Maintenance {
+        #[arg(value_enum)]
+        state: Switch,
+        #[arg(long)]
+        env: String,
+        /// Only this service (default: every service with a `proxy`).
+        #[arg(long)]
+        service: Option<String>,
+        /// The page's text (with `on`).
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+    },
     /// Signing keys for deploy orders.
     Keys {
         #[command(subcommand)]
@@ -98,6 +113,13 @@ pub enum Command {
     /// Only in builds with the `demo` cargo feature (scripts/demo).
     #[cfg_attr(not(feature = "demo"), command(hide = true))]
     Demo,
+}
+
+/// `maintenance on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Which host and service of an env `logs` and `exec` are about.
@@ -123,6 +145,7 @@ impl Command {
             Command::History { .. } => "history",
             Command::Logs { .. } => "logs",
             Command::Exec { .. } => "exec",
+            Command::Maintenance { .. } => "maintenance",
             Command::Keys { .. } => "keys generate",
             Command::Demo => "demo",
         }

@@ -417,7 +417,7 @@ fn check_service(name: &str, spec: &ServiceSpec) -> Result<(), String> {
     if let Some(repo) = &spec.image {
         check_repository(repo).map_err(|e| format!("service {name:?}: {e}"))?;
     }
-    Ok(())
+    proto::accept::check_proxy_shape(name, spec)
 }
 
 /// A repository reference without tag or digest: `registry.example.com/acme/web`, `acme/web`.

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 
 use proto::order::{Action, ImageRef};
 use proto::wire::{
-    AgentStatus, HistoryEntry, JobEvent, LockHolder, Outcome, OutputStream, Refusal, ServiceStatus,
+    AgentStatus, HistoryEntry, JobEvent, LockHolder, Outcome, OutcomeKind, OutputStream, Refusal,
+    ServiceStatus,
 };
 use serde::Serialize;
 
@@ -204,6 +205,7 @@ pub enum SummaryBody {
     History(HistorySummary),
     Logs(LogsSummary),
     Exec(ExecSummary),
+    Maintenance(MaintenanceSummary),
     Keys(KeysSummary),
     Demo(DemoSummary),
 }
@@ -217,6 +219,7 @@ impl SummaryBody {
             SummaryBody::History(h) => unreachable_exit(h.hosts, h.unreachable.len()),
             SummaryBody::Logs(l) => unreachable_exit(l.hosts, l.unreachable),
             SummaryBody::Exec(e) => exec_exit(e.result, e.command_exit_code),
+            SummaryBody::Maintenance(m) => m.exit(),
             SummaryBody::Keys(_) => ExitClass::Success,
             SummaryBody::Demo(d) => match d.result {
                 DemoResult::Succeeded => ExitClass::Success,
@@ -383,6 +386,65 @@ pub fn exec_exit(result: ExecResult, command_exit_code: Option<i64>) -> ExitClas
         }
         (ExecResult::Exited | ExecResult::Failed, _) => ExitClass::Failed,
         (ExecResult::Refused, _) => ExitClass::Refused,
+    }
+}
+
+/// The summary of `maintenance on|off`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintenanceSummary {
+    pub env: String,
+    pub on: bool,
+    pub services: Vec<String>,
+    /// The page's text (`on`).
+    pub message: Option<String>,
+    pub hosts: Vec<MaintenanceHost>,
+    pub elapsed_ms: u64,
+}
+
+/// How one host took a maintenance order.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaintenanceHost {
+    pub host: String,
+    /// The order's outcome (`None`: refused, or never sent).
+    pub result: Option<OutcomeKind>,
+    pub refused: bool,
+    pub reason: Option<String>,
+}
+
+impl MaintenanceHost {
+    pub fn refused(host: &str, reason: String) -> Self {
+        MaintenanceHost {
+            host: host.to_string(),
+            result: None,
+            refused: true,
+            reason: Some(reason),
+        }
+    }
+
+    pub fn failed(host: &str, kind: OutcomeKind, reason: String) -> Self {
+        MaintenanceHost {
+            host: host.to_string(),
+            result: Some(kind),
+            refused: false,
+            reason: Some(reason),
+        }
+    }
+}
+
+impl MaintenanceSummary {
+    /// 0 when every host changed its routes, 3 when every host refused, else 1.
+    pub fn exit(&self) -> ExitClass {
+        if self
+            .hosts
+            .iter()
+            .all(|h| h.result == Some(OutcomeKind::Succeeded))
+        {
+            ExitClass::Success
+        } else if self.hosts.iter().all(|h| h.refused) {
+            ExitClass::Refused
+        } else {
+            ExitClass::Failed
+        }
     }
 }
 

@@ -90,7 +90,12 @@ impl ContainerService<'_> {
             digest: cx.order.image_of(p.name).digest(),
             canonical: &p.canonical,
             action: cx.order.action,
-            strategy: p.spec.strategy,
+            // Behind a proxy the old version serves until the new one is routed to.
+            strategy: if p.spec.proxy.is_some() {
+                proto::order::Strategy::StartFirst
+            } else {
+                p.spec.strategy
+            },
             fixed_port: plan::binds_fixed_host_port(&p.ports),
             view: &obs.view,
             condition: condition.as_ref(),
@@ -106,6 +111,9 @@ impl ContainerService<'_> {
         for step in &plan.steps {
             ex.run(step).await.map_err(|err| err.into_failure(p.name))?;
         }
+        ex.settle_route()
+            .await
+            .map_err(|err| err.into_failure(p.name))?;
         if !plan.changes
             && let Some(c) = obs.canonical()
         {
@@ -161,6 +169,7 @@ impl ContainerService<'_> {
         for step in &plan.steps {
             ex.run(step).await?;
         }
+        ex.settle_route().await?;
         let (digest, kept_serving) = match ex.restored.take() {
             Some(r) => (r.digest, r.kept_serving),
             // Nothing was restored: what serves (if anything) is what served before the order.

@@ -11,6 +11,7 @@ use crate::context::OrderCtx;
 use crate::driver::{Failure, ServiceParts, digest_of, short};
 use crate::health::{self, HealthEnd, Proving, describe_health, secs, wait_healthy, wait_proven};
 use crate::plan::{self, LOG_TAIL_LINES};
+use crate::proxy::{Drained, Proxied, Switched};
 use crate::runtime::{BoxFuture, ContainerInfo, ContainerSpec, RtResult, RunState};
 use crate::switch::Step;
 
@@ -28,6 +29,16 @@ pub(crate) enum StepError {
 }
 
 impl StepError {
+    fn proxy(service: &str, e: crate::caddy::CaddyError) -> StepError {
+        StepError::Failed(Failure {
+            class: proto::wire::FailureClass::Proxy,
+            service: service.to_string(),
+            what: e.to_string(),
+            log_tail: Vec::new(),
+            new_started: None,
+        })
+    }
+
     pub fn into_failure(self, service: &str) -> Failure {
         match self {
             StepError::Engine(why) => Failure::engine(service, why),
@@ -398,6 +409,7 @@ impl<'c, 'a> Executor<'c, 'a> {
                     return Err(StepError::Failed(f));
                 }
             }
+            self.route_over(&id, old).await?;
             if let Err(err) = self
                 .call("take the old version off the network", || {
                     rt.disconnect_network(old, net)
@@ -412,11 +424,138 @@ impl<'c, 'a> Executor<'c, 'a> {
                 }
             }
         }
+        if self.user_network().is_none() {
+            self.route_over(&id, old).await?;
+        }
         self.set_aside(old, aside).await?;
         self.call(&format!("rename the new version to {canonical}"), || {
             rt.rename_container(&id, canonical)
         })
         .await
+    }
+
+    fn proxied(&self) -> Option<Proxied<'c>> {
+        let cx = self.cx;
+        Proxied::new(
+            &cx.e.http,
+            &cx.order.app,
+            &cx.order.env,
+            self.svc.name,
+            self.svc.spec,
+        )
+    }
+
+    /// Behind a proxy: the route goes to the proven candidate in one config change, then the
+    /// old version finishes the requests it has (at most `drain`) before it is stopped. The old
+    /// one stays reachable meanwhile: it leaves its network only after this.
+    async fn route_over(&self, new: &str, old: &str) -> Result<(), StepError> {
+        let Some(px) = self.proxied() else {
+            return Ok(());
+        };
+        let name = self.svc.name;
+        let new_c = self.inspect(new).await?;
+        let dial = px.dial(&new_c).ok_or_else(|| {
+            StepError::Engine(format!("{} has no address on its network", new_c.name))
+        })?;
+        let old_dial = match self.cx.e.rt.inspect_container(old).await {
+            Ok(Some(c)) if c.is_running() => px.dial(&c),
+            _ => None,
+        };
+        self.emit(
+            Phase::Switch,
+            &format!(
+                "switching route {} in Caddy ({}) to {} at {dial}",
+                px.id,
+                px.admin(),
+                new_c.name
+            ),
+        );
+        match px
+            .switch_to(&dial, old_dial.as_deref())
+            .await
+            .map_err(|e| StepError::proxy(name, e))?
+        {
+            Switched::InMaintenance => {
+                self.emit(
+                    Phase::Switch,
+                    &format!(
+                        "route {} shows the maintenance page and keeps it; `maintenance off` sends \
+                         requests to the new version",
+                        px.id
+                    ),
+                );
+                return Ok(());
+            }
+            Switched::Routed | Switched::Already => self.emit(
+                Phase::Switch,
+                &format!("route {} switched to {} at {dial}", px.id, new_c.name),
+            ),
+        }
+        let Some(old_dial) = old_dial else {
+            return Ok(());
+        };
+        self.emit(
+            Phase::Switch,
+            &format!(
+                "draining {}: its requests in flight may finish (at most {})",
+                self.name_of(old),
+                secs(px.spec.drain)
+            ),
+        );
+        let drained = px
+            .drain(&old_dial)
+            .await
+            .map_err(|e| StepError::proxy(name, e))?;
+        self.emit(
+            Phase::Switch,
+            &match drained {
+                Drained::Idle { after } => {
+                    format!("{} drained ({})", self.name_of(old), secs(after))
+                }
+                Drained::Unknown => {
+                    format!("Caddy keeps no count for {old_dial}: nothing in flight to wait for")
+                }
+                Drained::TimedOut { in_flight } => format!(
+                    "{} still had {in_flight} requests in flight after {}; stopping it anyway",
+                    self.name_of(old),
+                    secs(px.spec.drain)
+                ),
+            },
+        );
+        Ok(())
+    }
+
+    /// Behind a proxy: the route goes to the serving container and nothing else (a drained
+    /// version's entry is dropped, a missing route created). Run after every switch and undo.
+    pub async fn settle_route(&self) -> Result<(), StepError> {
+        let Some(px) = self.proxied() else {
+            return Ok(());
+        };
+        let rt = &self.cx.e.rt;
+        let canonical = &self.svc.canonical;
+        let serving = self
+            .call("inspect it", || rt.inspect_container(canonical))
+            .await?
+            .filter(|c| c.is_running());
+        let Some(c) = serving else {
+            return Ok(());
+        };
+        let Some(dial) = px.dial(&c) else {
+            return Err(StepError::Engine(format!(
+                "{canonical} has no address on its network"
+            )));
+        };
+        let switched = px
+            .switch_to(&dial, None)
+            .await
+            .map_err(|e| StepError::proxy(self.svc.name, e))?;
+        if switched == Switched::Routed {
+            self.emit(
+                Phase::Switch,
+                &format!("route {} switched to {canonical} at {dial}", px.id),
+            );
+        }
+        Ok(())
     }
 
     async fn restore(&mut self, id: &str, prove: bool) -> Result<(), StepError> {

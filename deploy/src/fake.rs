@@ -432,6 +432,7 @@ fn order(n: u8) -> Order {
         services: [("web".to_string(), spec)].into(),
         migrate: None,
         exec: None,
+        maintenance: None,
     }
 }
 

@@ -23,6 +23,7 @@
 //! only touches containers labelled with its own host and env.
 #![forbid(unsafe_code)]
 
+mod caddy;
 pub mod compose;
 mod compose_service;
 mod container;
@@ -36,7 +37,10 @@ mod execute;
 mod fake;
 mod health;
 mod job;
+mod maintenance;
 pub mod plan;
+mod proxy;
+pub mod route;
 pub mod runtime;
 pub mod switch;
 
@@ -183,20 +187,57 @@ impl Engine {
     /// Runs the order to an outcome; never panics; every step goes to `sink` before it is taken.
     /// An exec order runs its one-off command, its output going to `sink` as it comes.
     pub async fn execute(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
-        if order.action == Action::Exec {
-            return exec::run(self, order, sink).await;
+        match order.action {
+            Action::Exec => exec::run(self, order, sink).await,
+            Action::Maintenance => maintenance::run(self, order, sink).await,
+            Action::Deploy | Action::Rollback => job::Job::new(self, order, sink).execute().await,
         }
-        job::Job::new(self, order, sink).execute().await
     }
 
     /// After a crash: brings every service of `order` back to one healthy version (the new one
     /// only if every service already runs it healthy, else the previous one), judging from
     /// what the engine shows.
     pub async fn recover(&self, order: &Order, sink: &dyn EventSink) -> Outcome {
-        if order.action == Action::Exec {
-            return exec::recover(self, order, sink).await;
+        match order.action {
+            Action::Exec => exec::recover(self, order, sink).await,
+            // Setting a route is idempotent: an interrupted maintenance order is simply run again.
+            Action::Maintenance => maintenance::run(self, order, sink).await,
+            Action::Deploy | Action::Rollback => job::Job::new(self, order, sink).recover().await,
         }
-        job::Job::new(self, order, sink).recover().await
+    }
+
+    /// Every Caddy admin API the order's services name answers; else why not. Checked before an
+    /// order takes its services, so an unreachable proxy changes nothing.
+    pub async fn check_proxies(&self, order: &Order) -> Result<(), String> {
+        let mut checked: Vec<&str> = Vec::new();
+        for (name, spec) in &order.services {
+            let Some(px) = proxy::Proxied::new(&self.http, &order.app, &order.env, name, spec)
+            else {
+                continue;
+            };
+            if checked.contains(&px.admin()) {
+                continue;
+            }
+            px.check_reachable()
+                .await
+                .map_err(|e| format!("service {name}: {e}"))?;
+            checked.push(&spec.proxy.as_ref().map_or("", |p| p.caddy.as_str()));
+        }
+        Ok(())
+    }
+
+    /// The maintenance page's text when a proxied service's route shows it.
+    pub async fn maintenance_of(
+        &self,
+        app: &str,
+        service: &str,
+        spec: &ServiceSpec,
+    ) -> Option<String> {
+        let px = proxy::Proxied::new(&self.http, app, &self.identity.env, service, spec)?;
+        match px.handling().await {
+            Ok(Some(route::Handling::Maintenance { message, .. })) => Some(message),
+            _ => None,
+        }
     }
 
     /// What runs now for one service, with a fresh health probe.

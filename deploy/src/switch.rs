@@ -298,7 +298,8 @@ pub fn plan_switch(i: &SwitchInput<'_>) -> SwitchPlan {
             .filter(|s| !s.running() && s.digest.as_deref() == Some(i.digest))
             .max_by_key(|s| time_key(s.finished_at.as_deref())),
         // An exec never switches a service (`exec.rs` runs it); a deploy creates its version.
-        Action::Deploy | Action::Exec => None,
+        // Exec and maintenance orders never switch a service (`exec.rs`, `lib.rs` run them).
+        Action::Deploy | Action::Exec | Action::Maintenance => None,
     };
     steps.push(match retained {
         Some(r) => Step::Revive {

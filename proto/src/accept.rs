@@ -16,7 +16,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
-use crate::order::{Action, ImageRef, MAX_EXEC_TIMEOUT, Order, ServiceKind};
+use crate::order::{
+    Action, ImageRef, MAX_EXEC_TIMEOUT, MaintenanceSpec, Order, ProxySpec, ServiceKind, ServiceSpec,
+};
 use crate::policy::{HostFiles, HostPolicy};
 use crate::sign::{AllowedSigners, Verified, VerifyError, verify_at};
 use crate::time::Timestamp;
@@ -364,7 +366,99 @@ fn check_shape(order: &Order) -> Result<(), String> {
             m.service
         ));
     }
-    check_exec_shape(order)
+    for (name, spec) in &order.services {
+        check_proxy_shape(name, spec)?;
+    }
+    check_exec_shape(order)?;
+    check_maintenance_shape(order)
+}
+
+/// A proxied service: a container service Caddy reaches at a known port, on addresses the
+/// agent can read, with a bounded drain. Public so the controller refuses it when it loads
+/// deploy.toml.
+pub fn check_proxy_shape(name: &str, spec: &ServiceSpec) -> Result<(), String> {
+    let Some(proxy) = &spec.proxy else {
+        return Ok(());
+    };
+    let bad = |why: String| Err(format!("service {name:?}: proxy: {why}"));
+    if spec.kind == ServiceKind::Compose {
+        return bad("a compose service cannot be proxied (it is switched by compose)".into());
+    }
+    if !spec.ports.is_empty() {
+        return bad(
+            "a proxied service publishes no host port (Caddy reaches the container on its \
+             network): remove `ports`"
+                .into(),
+        );
+    }
+    if proxy.upstream_port(&spec.health).is_none() {
+        return bad("no port to send requests to: set `proxy.port` or `health.port`".into());
+    }
+    if crate::spec::admin_address(&proxy.caddy).is_none() {
+        return bad(format!(
+            "caddy = {:?} is not host:port of Caddy's admin API",
+            proxy.caddy
+        ));
+    }
+    if proxy.listen.is_empty() {
+        return bad("listen names no address".into());
+    }
+    if let Some(l) = proxy
+        .listen
+        .iter()
+        .find(|l| crate::spec::listen_port(l).is_none())
+    {
+        return bad(format!("listen {l:?} is not [host]:port"));
+    }
+    if let Some(h) = proxy
+        .hosts
+        .iter()
+        .find(|h| h.is_empty() || h.len() > 253 || h.chars().any(|c| c.is_control() || c == ' '))
+    {
+        return bad(format!("hosts entry {h:?} is not a host name"));
+    }
+    if proxy.drain > ProxySpec::MAX_DRAIN {
+        return bad(format!(
+            "drain {} is longer than {}",
+            humantime::format_duration(proxy.drain),
+            humantime::format_duration(ProxySpec::MAX_DRAIN)
+        ));
+    }
+    Ok(())
+}
+
+/// A maintenance order names only proxied container services and changes nothing else; only
+/// maintenance orders carry `maintenance`.
+pub fn check_maintenance_shape(order: &Order) -> Result<(), String> {
+    let m = match (&order.maintenance, order.action) {
+        (None, Action::Maintenance) => {
+            return Err("a maintenance order without `maintenance`".into());
+        }
+        (None, _) => return Ok(()),
+        (Some(_), action) if action != Action::Maintenance => {
+            return Err(format!("a {action} order carries `maintenance`"));
+        }
+        (Some(m), _) => m,
+    };
+    if let Some(name) = order
+        .services
+        .iter()
+        .find_map(|(n, s)| s.proxy.is_none().then_some(n))
+    {
+        return Err(format!(
+            "service {name:?} has no proxy: maintenance is a page Caddy serves in its place"
+        ));
+    }
+    if order.run_migration || order.migrate.is_some() || order.migrate_image.is_some() {
+        return Err("a maintenance order runs no migration".into());
+    }
+    if m.message().len() > MaintenanceSpec::MAX_MESSAGE || m.message().contains('\0') {
+        return Err(format!(
+            "a maintenance message is at most {} bytes, without NUL",
+            MaintenanceSpec::MAX_MESSAGE
+        ));
+    }
+    Ok(())
 }
 
 /// Most arguments an exec's command may have.
@@ -625,6 +719,137 @@ mod tests {
         for (what, adjust, refused) in cases {
             let (signed, policy) = signed(|o| {
                 exec(o);
+                adjust(o);
+            });
+            match (verdict(&signed, &policy), refused) {
+                (Ok(()), None) => {}
+                (Err((RefusalKind::Malformed, message)), Some(want)) if message.contains(want) => {}
+                (got, _) => panic!("{what}: {got:?}, expected {refused:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn proxied_services_and_maintenance_orders_have_their_shape() {
+        let proxied = |o: &mut Order| {
+            let web = o.services.get_mut("web").unwrap();
+            web.health.port = Some(8080);
+            web.proxy = Some(
+                serde_json::from_str(r#"{"caddy":"localhost:2019","listen":[":8443"]}"#).unwrap(),
+            );
+        };
+        let proxy = |o: &mut Order| -> ProxySpec {
+            o.services.get_mut("web").unwrap().proxy.clone().unwrap()
+        };
+        let set = |o: &mut Order, p: ProxySpec| o.services.get_mut("web").unwrap().proxy = Some(p);
+        let maintenance = |o: &mut Order| {
+            o.action = Action::Maintenance;
+            o.maintenance = Some(MaintenanceSpec {
+                on: true,
+                message: Some("back soon".into()),
+                retry_after: Duration::from_secs(60),
+            });
+        };
+        type Adjust = Box<dyn Fn(&mut Order)>;
+        // (what, adjustment of a valid deploy of a proxied service, the refusal; None: accepted)
+        let cases: Vec<(&str, Adjust, Option<&str>)> = vec![
+            ("a proxied deploy", Box::new(|_| {}), None),
+            (
+                "with a host port",
+                Box::new(|o| o.services.get_mut("web").unwrap().ports = vec!["8080:8080".into()]),
+                Some("publishes no host port"),
+            ),
+            (
+                "no port",
+                Box::new(|o| o.services.get_mut("web").unwrap().health.port = None),
+                Some("set `proxy.port` or `health.port`"),
+            ),
+            (
+                "a URL for caddy",
+                Box::new(move |o| {
+                    let mut p = proxy(o);
+                    p.caddy = "http://localhost:2019/".into();
+                    set(o, p);
+                }),
+                Some("not host:port of Caddy's admin API"),
+            ),
+            (
+                "no listen",
+                Box::new(move |o| {
+                    let mut p = proxy(o);
+                    p.listen.clear();
+                    set(o, p);
+                }),
+                Some("listen names no address"),
+            ),
+            (
+                "a port range",
+                Box::new(move |o| {
+                    let mut p = proxy(o);
+                    p.listen = vec![":8000-8010".into()];
+                    set(o, p);
+                }),
+                Some("is not [host]:port"),
+            ),
+            (
+                "an endless drain",
+                Box::new(move |o| {
+                    let mut p = proxy(o);
+                    p.drain = ProxySpec::MAX_DRAIN + Duration::from_secs(1);
+                    set(o, p);
+                }),
+                Some("drain 15m 1s is longer than 15m"),
+            ),
+            (
+                "a compose service",
+                Box::new(|o| o.services.get_mut("web").unwrap().kind = ServiceKind::Compose),
+                Some("compose service cannot be proxied"),
+            ),
+            ("maintenance on", Box::new(maintenance), None),
+            (
+                "maintenance of a service without proxy",
+                Box::new(move |o| {
+                    maintenance(o);
+                    o.services.get_mut("web").unwrap().proxy = None;
+                }),
+                Some("has no proxy"),
+            ),
+            (
+                "maintenance without its spec",
+                Box::new(move |o| {
+                    maintenance(o);
+                    o.maintenance = None;
+                }),
+                Some("a maintenance order without `maintenance`"),
+            ),
+            (
+                "a deploy carrying maintenance",
+                Box::new(move |o| {
+                    maintenance(o);
+                    o.action = Action::Deploy;
+                }),
+                Some("a deploy order carries `maintenance`"),
+            ),
+            (
+                "maintenance with a migration",
+                Box::new(move |o| {
+                    maintenance(o);
+                    o.run_migration = true;
+                }),
+                Some("runs no migration"),
+            ),
+            (
+                "a huge page",
+                Box::new(move |o| {
+                    maintenance(o);
+                    o.maintenance.as_mut().unwrap().message = Some("x".repeat(5000));
+                }),
+                Some("at most 4096 bytes"),
+            ),
+        ];
+        for (what, adjust, refused) in cases {
+            let (signed, policy) = signed(|o| {
+                proxied(o);
                 adjust(o);
             });
             match (verdict(&signed, &policy), refused) {

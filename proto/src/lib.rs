@@ -21,5 +21,7 @@ pub mod spec;
 pub mod time;
 pub mod wire;
 
-pub use order::{Action, ExecSpec, ImageRef, MigrationSpec, Order, ServiceSpec};
+pub use order::{
+    Action, ExecSpec, ImageRef, MaintenanceSpec, MigrationSpec, Order, ProxySpec, ServiceSpec,
+};
 pub use time::Timestamp;

@@ -71,6 +71,10 @@ pub struct Order {
     /// `image`, which must be what that service runs on the host when the order arrives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecSpec>,
+    /// `action = "maintenance"` only: turn the maintenance page of every service the order
+    /// names (each behind a `proxy`) on or off. The services keep running either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceSpec>,
 }
 
 /// A release: the image of every service of an app.
@@ -149,6 +153,17 @@ pub enum Action {
     /// A one-off command in a container of a service's running image (`deployctl exec`); it
     /// changes no service.
     Exec,
+    /// The maintenance page of proxied services on or off (`deployctl maintenance`); it changes
+    /// no container, only what the proxy answers.
+    Maintenance,
+}
+
+impl Action {
+    /// Whether an order of this action puts a release on its services: only such orders say
+    /// what a host runs (history's releases, `requires`, the previous healthy release).
+    pub fn deploys(self) -> bool {
+        matches!(self, Action::Deploy | Action::Rollback)
+    }
 }
 
 impl fmt::Display for Action {
@@ -157,6 +172,7 @@ impl fmt::Display for Action {
             Action::Deploy => "deploy",
             Action::Rollback => "rollback",
             Action::Exec => "exec",
+            Action::Maintenance => "maintenance",
         })
     }
 }
@@ -194,6 +210,77 @@ pub struct ServiceSpec {
     /// After health: the running code must say which release it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// Served through the host's Caddy: switched start-first at the proxy, drained, no host port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// `proxy = { caddy, listen, hosts, drain, port }`: the service is reached through the host's
+/// Caddy, whose admin API (`caddy`) the agent drives. Its route (`@id` [`route_id`]) lives in
+/// the server listening on `listen` and sends requests for `hosts` (none: any host) to the
+/// serving container's address on `port` (default: the health port).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySpec {
+    /// The admin API, `host:port` (Caddy's default is `localhost:2019`).
+    pub caddy: String,
+    /// The server's listen addresses, in Caddy's form (`:443`, `127.0.0.1:8443`).
+    pub listen: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// How long the old container may finish the requests it has after the switch.
+    #[serde(default = "ProxySpec::default_drain", with = "duration")]
+    pub drain: Duration,
+    /// The container port Caddy sends requests to; default: `health.port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+impl ProxySpec {
+    /// Longest `drain` an order may ask: the old container holds the service meanwhile.
+    pub const MAX_DRAIN: Duration = Duration::from_secs(15 * 60);
+
+    fn default_drain() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// The container port requests go to, when the spec names one.
+    pub fn upstream_port(&self, health: &HealthSpec) -> Option<u16> {
+        self.port.or(health.port)
+    }
+}
+
+/// The `@id` of a service's route in Caddy's config: how the agent finds the one route it owns.
+pub fn route_id(app: &str, env: &str, service: &str) -> String {
+    format!("deployctl-{app}-{env}-{service}")
+}
+
+/// `deployctl maintenance on|off`: what the proxy answers for the order's services meanwhile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSpec {
+    pub on: bool,
+    /// The 503 page's text (`on` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What `Retry-After` tells clients.
+    #[serde(default = "MaintenanceSpec::default_retry_after", with = "duration")]
+    pub retry_after: Duration,
+}
+
+impl MaintenanceSpec {
+    /// The page's text when the order gives none.
+    pub const DEFAULT_MESSAGE: &'static str = "down for maintenance; back soon";
+    /// Longest message an order may carry.
+    pub const MAX_MESSAGE: usize = 4096;
+
+    fn default_retry_after() -> Duration {
+        Duration::from_secs(60)
+    }
+
+    pub fn message(&self) -> &str {
+        self.message.as_deref().unwrap_or(Self::DEFAULT_MESSAGE)
+    }
 }
 
 /// `verify = { path, expect }`: once healthy, `GET path` on the health port must answer 2xx with
@@ -599,6 +686,7 @@ mod tests {
                 .collect(),
             migrate: None,
             exec: None,
+            maintenance: None,
         };
         // (service, image repository, ref, revision)
         let table = [

@@ -43,7 +43,14 @@ pub struct HostPolicy {
     /// Whether exec orders (one-off commands in a service's image) may run here. On by
     /// default: an exec can do no more than a deploy of the same image with the same spec.
     pub exec: bool,
+    /// Caddy admin APIs (`host:port`) an order's `proxy` may drive. Caddy's own default
+    /// address on loopback by default: an order could otherwise point the agent's requests at
+    /// any address.
+    pub proxies: Vec<String>,
 }
+
+/// The admin API addresses `[policy] proxies` admits by default: Caddy's own default.
+pub const DEFAULT_PROXIES: [&str; 3] = ["localhost:2019", "127.0.0.1:2019", "[::1]:2019"];
 
 impl Default for HostPolicy {
     fn default() -> Self {
@@ -55,6 +62,7 @@ impl Default for HostPolicy {
             max_validity: DEFAULT_MAX_VALIDITY,
             apps: BTreeMap::new(),
             exec: true,
+            proxies: DEFAULT_PROXIES.map(String::from).to_vec(),
         }
     }
 }
@@ -191,6 +199,13 @@ pub fn check(
                 why,
             })?;
         }
+        if let Some(proxy) = &spec.proxy {
+            check_proxy(proxy, policy).map_err(|(what, why)| Denial {
+                rule: what.rule(),
+                field: field(&what.field()),
+                why,
+            })?;
+        }
         for (key, path) in [
             ("env_file", &spec.env_file),
             ("compose_file", &spec.compose_file),
@@ -281,11 +296,61 @@ fn check_network(net: &str, policy: &HostPolicy) -> Result<(), String> {
     }
 }
 
+/// Which part of a `proxy` a denial is about.
+enum ProxyPart<'a> {
+    Caddy(&'a str),
+    Listen(usize, &'a str),
+}
+
+impl ProxyPart<'_> {
+    fn rule(&self) -> &'static str {
+        match self {
+            ProxyPart::Caddy(_) => "proxies",
+            ProxyPart::Listen(..) => "ports",
+        }
+    }
+
+    fn field(&self) -> String {
+        match self {
+            ProxyPart::Caddy(c) => format!("proxy.caddy = {c:?}"),
+            ProxyPart::Listen(i, l) => format!("proxy.listen[{i}] = {l:?}"),
+        }
+    }
+}
+
+/// The admin API must be one the host lists; the ports Caddy is asked to listen on count as
+/// ports the order publishes.
+fn check_proxy<'a>(
+    proxy: &'a crate::order::ProxySpec,
+    policy: &HostPolicy,
+) -> Result<(), (ProxyPart<'a>, String)> {
+    if !policy.proxies.iter().any(|p| *p == proxy.caddy) {
+        return Err((
+            ProxyPart::Caddy(&proxy.caddy),
+            format!(
+                "this host lets orders drive only the Caddy admin APIs {:?}",
+                policy.proxies
+            ),
+        ));
+    }
+    for (i, listen) in proxy.listen.iter().enumerate() {
+        let part = || ProxyPart::Listen(i, listen);
+        let port = crate::spec::listen_port(listen)
+            .ok_or_else(|| (part(), format!("{listen:?} is not [host]:port")))?;
+        check_host_port(port, policy).map_err(|why| (part(), why))?;
+    }
+    Ok(())
+}
+
 fn check_port(p: &str, policy: &HostPolicy) -> Result<(), String> {
     let mapping = parse_port(p)?;
     let Some(port) = mapping.host_port else {
         return Ok(());
     };
+    check_host_port(port, policy)
+}
+
+fn check_host_port(port: u16, policy: &HostPolicy) -> Result<(), String> {
     if policy.ports.iter().any(|r| r.contains(&port)) {
         return Ok(());
     }

@@ -51,6 +51,34 @@ pub fn parse_port(s: &str) -> Result<PortMapping, String> {
     })
 }
 
+/// The port of a Caddy listen address: `:443`, `127.0.0.1:8443`, `[::1]:443`, `tcp/:443`.
+/// Port ranges and unix sockets are not ours to ask for.
+pub fn listen_port(listen: &str) -> Option<u16> {
+    let addr = listen.strip_prefix("tcp/").unwrap_or(listen);
+    let (host, port) = addr.rsplit_once(':')?;
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return None;
+    }
+    port.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
+/// `host:port` of an admin API, read into its parts; the host is a name or an address, never
+/// a path or a URL (the agent builds the URL itself).
+pub fn admin_address(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let plain = |h: &str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+    };
+    let bracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    (plain(host) || bracketed).then_some((host, port))
+}
+
 /// One volume of a service: `name:/path[:opts]` or `/host/path:/path[:opts]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume<'a> {
@@ -139,6 +167,37 @@ fn is_volume_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caddy_addresses_read_or_refused() {
+        let listen = [
+            (":443", Some(443)),
+            ("127.0.0.1:8443", Some(8443)),
+            ("[::1]:443", Some(443)),
+            ("tcp/:80", Some(80)),
+            ("localhost:8000-8010", None),
+            ("unix//run/caddy.sock", None),
+            (":0", None),
+            ("::1:443", None),
+            ("443", None),
+        ];
+        for (input, want) in listen {
+            assert_eq!(listen_port(input), want, "{input}");
+        }
+        let admin = [
+            ("127.0.0.1:2019", Some(("127.0.0.1", 2019))),
+            ("localhost:2019", Some(("localhost", 2019))),
+            ("[::1]:2019", Some(("[::1]", 2019))),
+            ("http://127.0.0.1:2019", None),
+            ("127.0.0.1:2019/config", None),
+            ("host@evil:2019", None),
+            (":2019", None),
+            ("127.0.0.1", None),
+        ];
+        for (input, want) in admin {
+            assert_eq!(admin_address(input), want, "{input}");
+        }
+    }
 
     #[test]
     fn ports_parse_or_explain() {

@@ -245,6 +245,8 @@ pub enum FailureClass {
     StartFailed,
     /// The engine itself misbehaved (API error).
     Engine,
+    /// The host's Caddy refused or did not answer a change of the service's route.
+    Proxy,
     /// The agent died mid-job and recovery undid the order.
     Interrupted,
     /// An exec's command outlived its timeout and was killed.
@@ -282,6 +284,9 @@ pub enum RefusalKind {
     /// An exec order's service does not run the order's image on this host (not at all, or
     /// another digest since the order was made).
     NotRunning,
+    /// A service's `proxy` names a Caddy admin API the agent cannot reach: refused before any
+    /// change, so no switch can strand a route.
+    ProxyUnreachable,
     RolloutInProgress,
     Malformed,
     Oversized,
@@ -344,6 +349,9 @@ pub struct ServiceStatus {
     pub last_order: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_digest: Option<String>,
+    /// Behind a proxy in maintenance: the page's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

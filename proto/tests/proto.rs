@@ -66,6 +66,7 @@ fn order_at(issued_at: Timestamp) -> Order {
             image: None,
         }),
         exec: None,
+        maintenance: None,
     }
 }
 

@@ -406,6 +406,7 @@ impl AgentProc {
             compose_service: None,
             image: None,
             verify: None,
+            proxy: None,
         };
         Order {
             order_id: proto::order::new_id(),
@@ -429,6 +430,7 @@ impl AgentProc {
             services: BTreeMap::from([("web".to_string(), web)]),
             migrate: None,
             exec: None,
+            maintenance: None,
         }
     }
 

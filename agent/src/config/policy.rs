@@ -29,6 +29,8 @@ pub(super) struct RawPolicy {
     apps: BTreeMap<String, Vec<String>>,
     #[serde(default = "default_exec")]
     exec: bool,
+    #[serde(default)]
+    proxies: Option<Vec<String>>,
 }
 
 impl Default for RawPolicy {
@@ -41,6 +43,7 @@ impl Default for RawPolicy {
             max_validity: default_max_validity(),
             apps: BTreeMap::new(),
             exec: default_exec(),
+            proxies: None,
         }
     }
 }
@@ -87,6 +90,16 @@ pub(super) fn host_policy(raw: RawPolicy) -> Result<HostPolicy, String> {
             ));
         }
     }
+    if let Some(bad) = raw
+        .proxies
+        .iter()
+        .flatten()
+        .find(|p| proto::spec::admin_address(p).is_none())
+    {
+        return Err(format!(
+            "[policy] proxies: {bad:?} is not host:port of a Caddy admin API"
+        ));
+    }
     Ok(HostPolicy {
         volumes: raw.volumes,
         networks: raw.networks,
@@ -95,6 +108,7 @@ pub(super) fn host_policy(raw: RawPolicy) -> Result<HostPolicy, String> {
         max_validity,
         apps: raw.apps,
         exec: raw.exec,
+        proxies: raw.proxies.unwrap_or(defaults.proxies),
     })
 }
 

@@ -272,6 +272,7 @@ fn exec_order(
         services,
         migrate: None,
         exec: Some(exec),
+        maintenance: None,
     }
 }
 
@@ -365,6 +366,7 @@ mod tests {
             last_outcome: None,
             last_order: None,
             previous_digest: None,
+            maintenance: None,
         };
         let status = |services| AgentStatus {
             agent_version: "1".into(),

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod history;
 pub mod keys;
 pub mod logs;
+pub mod maintenance;
 pub mod rollout;
 pub mod status;
 
@@ -78,6 +79,20 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
                 command,
             };
             exec::exec(&load()?, args, out).await
+        }
+        Command::Maintenance {
+            state,
+            env,
+            service,
+            message,
+        } => {
+            let args = maintenance::MaintenanceArgs {
+                env: &env,
+                on: state == crate::cli::Switch::On,
+                service: service.as_deref(),
+                message,
+            };
+            maintenance::maintenance(&load()?, args, out).await
         }
     }
 }

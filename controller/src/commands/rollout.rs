@@ -82,6 +82,7 @@ impl What {
             Action::Deploy => "push",
             Action::Rollback => "rollback",
             Action::Exec => "exec",
+            Action::Maintenance => "maintenance",
         }
     }
 }

@@ -139,6 +139,7 @@ mod tests {
             last_outcome: None,
             last_order: None,
             previous_digest: None,
+            maintenance: None,
         };
         let mut all: Vec<ServiceStatus> = services
             .iter()

@@ -8,8 +8,8 @@ use proto::order::{ImageRef, shell_quote, short_digest};
 use proto::wire::{HistoryEntry, Outcome, OutcomeKind, OutputStream};
 
 use super::{
-    ExecResult, ExecSummary, HostAnswer, HostRollout, HostStatus, Message, RolloutResult,
-    RolloutSummary, StatusSummary, Summary, SummaryBody,
+    ExecResult, ExecSummary, HostAnswer, HostRollout, HostStatus, MaintenanceSummary, Message,
+    RolloutResult, RolloutSummary, StatusSummary, Summary, SummaryBody,
 };
 use crate::ExitClass;
 use crate::release::{Digests, describe_digests};
@@ -271,6 +271,7 @@ fn summary(s: &Summary) -> Shown {
         )]),
         // On stderr, so stdout holds what the command wrote there and nothing else.
         SummaryBody::Exec(e) => Shown::Err(vec![exec_line(e, s.exit())]),
+        SummaryBody::Maintenance(m) => Shown::Out(maintenance_lines(m)),
         SummaryBody::Keys(k) => Shown::Out(vec![
             format!(
                 "wrote {} (private, mode 0600) and {}",
@@ -334,6 +335,53 @@ fn release_images(image: &ImageRef, images: &BTreeMap<String, ImageRef>) -> Stri
 }
 
 /// How an exec went, with what deployctl exits.
+fn maintenance_lines(m: &MaintenanceSummary) -> Vec<String> {
+    let what = if m.on {
+        "maintenance page up"
+    } else {
+        "maintenance over"
+    };
+    let mut lines: Vec<String> = m
+        .hosts
+        .iter()
+        .map(|h| {
+            let state = match (h.refused, h.result) {
+                (true, _) => "refused (nothing changed)".to_string(),
+                (false, Some(OutcomeKind::Succeeded)) => what.to_string(),
+                (false, Some(kind)) => kind.to_string(),
+                (false, None) => "not sent".to_string(),
+            };
+            match &h.reason {
+                Some(r) if h.result != Some(OutcomeKind::Succeeded) => {
+                    format!("  {}: {state}: {r}", h.host)
+                }
+                _ => format!("  {}: {state}", h.host),
+            }
+        })
+        .collect();
+    let services = m.services.join(", ");
+    let ok = m
+        .hosts
+        .iter()
+        .filter(|h| h.result == Some(OutcomeKind::Succeeded))
+        .count();
+    lines.push(if ok == m.hosts.len() {
+        let message = m
+            .message
+            .as_ref()
+            .map(|msg| format!(" ({msg:?})"))
+            .unwrap_or_default();
+        format!("{}: {what} for {services} on every host{message}", m.env)
+    } else {
+        format!(
+            "{}: {what} on {ok} of {} host(s) for {services}",
+            m.env,
+            m.hosts.len()
+        )
+    });
+    lines
+}
+
 fn exec_line(e: &ExecSummary, exit: ExitClass) -> String {
     let took = format!("{:.1}s", e.elapsed_ms as f64 / 1000.0);
     let command: Vec<String> = e.argv.iter().map(|a| shell_quote(a)).collect();
@@ -481,6 +529,13 @@ fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
         ]));
     }
     for svc in services {
+        let mut last = svc
+            .last_outcome
+            .map(|o| o.to_string())
+            .unwrap_or_else(|| "-".into());
+        if let Some(message) = &svc.maintenance {
+            last = format!("{last}; maintenance: {message:?}");
+        }
         rows.push(row([
             &s.host,
             "yes",
@@ -490,9 +545,7 @@ fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
             svc.image.as_ref().map(|i| i.short_digest()).unwrap_or("-"),
             &svc.health.to_string(),
             &svc.since.to_string(),
-            &svc.last_outcome
-                .map(|o| o.to_string())
-                .unwrap_or_else(|| "-".into()),
+            &last,
         ]));
     }
     for job in running {

@@ -413,6 +413,7 @@ pub fn build_order(
         services: cfg.services.clone(),
         migrate,
         exec: None,
+        maintenance: None,
     }
 }
 

@@ -194,6 +194,7 @@ impl Host {
                     last_outcome: None,
                     last_order: None,
                     previous_digest: None,
+                    maintenance: None,
                 })
                 .collect(),
             running: self.job.iter().cloned().collect(),

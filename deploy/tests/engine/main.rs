@@ -138,6 +138,7 @@ impl World {
             compose_service: None,
             image: None,
             verify: None,
+            proxy: None,
         }
     }
 
@@ -179,6 +180,7 @@ impl World {
                 image: None,
             }),
             exec: None,
+            maintenance: None,
         }
     }
 
@@ -837,6 +839,7 @@ fn compose_api(w: &mut World) -> anyhow::Result<(String, ServiceSpec)> {
         health: w.web().health,
         image: None,
         verify: None,
+        proxy: None,
     };
     Ok((project, api))
 }

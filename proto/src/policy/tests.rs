@@ -83,6 +83,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
         )]),
         migrate: None,
         exec: None,
+        maintenance: None,
     }
 }
 
@@ -423,6 +424,63 @@ fn exec() {
         exec, another's app          [policy] apps denies app = "acme": signer "ci@acme" may not deploy app "acme" on this host
         exec, env_file outside       [policy] files denies services.web.env_file = "/etc/acme/web.env": "/etc/acme/web.env" is not under a directory of [policy] files = ["/etc/deploy-agent/apps"]
     "#]].assert_eq(&out);
+}
+
+#[test]
+fn proxies() {
+    let proxy = |caddy: &str, listen: &str| {
+        format!(
+            r#"{{"health":{{"port":8080}},"proxy":{{"caddy":"{caddy}","listen":["{listen}"]}}}}"#
+        )
+    };
+    let listed = with(|p| p.proxies = vec!["127.0.0.1:2999".into()]);
+    let cases: Vec<(&str, String, HostPolicy)> = vec![
+        (
+            "caddy's default",
+            proxy("localhost:2019", ":8443"),
+            HostPolicy::default(),
+        ),
+        (
+            "another admin API",
+            proxy("10.0.0.9:2019", ":8443"),
+            HostPolicy::default(),
+        ),
+        (
+            "listed admin API",
+            proxy("127.0.0.1:2999", ":8443"),
+            listed.clone(),
+        ),
+        (
+            "default no longer listed",
+            proxy("localhost:2019", ":8443"),
+            listed,
+        ),
+        (
+            "listen :443, default",
+            proxy("localhost:2019", ":443"),
+            HostPolicy::default(),
+        ),
+        (
+            "listen :443, listed",
+            proxy("localhost:2019", ":443"),
+            with(|p| p.ports = parse_port_ranges("443,1024-65535").unwrap()),
+        ),
+    ];
+    let cases: Vec<(&str, &str, HostPolicy)> = cases
+        .iter()
+        .map(|(l, s, p)| (*l, s.as_str(), p.clone()))
+        .collect();
+    table(
+        &cases,
+        expect![[r#"
+            caddy's default              admitted
+            another admin API            [policy] proxies denies services.web.proxy.caddy = "10.0.0.9:2019": this host lets orders drive only the Caddy admin APIs ["localhost:2019", "127.0.0.1:2019", "[::1]:2019"]
+            listed admin API             admitted
+            default no longer listed     [policy] proxies denies services.web.proxy.caddy = "localhost:2019": this host lets orders drive only the Caddy admin APIs ["127.0.0.1:2999"]
+            listen :443, default         [policy] ports denies services.web.proxy.listen[0] = ":443": host port 443 is outside [policy] ports = "1024-65535"
+            listen :443, listed          admitted
+        "#]],
+    );
 }
 
 #[test]

@@ -374,6 +374,7 @@ fn status_of(release: &[(&str, char)], running: &[&str]) -> AgentStatus {
                 last_outcome: None,
                 last_order: None,
                 previous_digest: None,
+                maintenance: None,
             })
             .collect(),
         running: running.iter().map(|id| holder(id)).collect(),
