@@ -31,6 +31,9 @@ for tool in ssh ssh-keygen ssh-agent ssh-add; do
     need openssh-client command -v "$tool"
 done
 need docker-compose command -v docker-compose
+# The reverse proxy of the zero-downtime tests. Where systemd runs, the package also starts a
+# caddy.service on :80 and :2019; the tests use neither (their Caddy listens on free ports).
+need caddy command -v caddy
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
 # Static glibc for the demo app's crt-static build.
@@ -40,6 +43,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Caddy replaces its listeners at every config change; unless the kernel hands the connections
+# queued on a closing listener to its successor, it resets them, and a route switch drops requests.
+if [ "$(cat /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null)" != 1 ]; then
+    say "setting net.ipv4.tcp_migrate_req=1 (Caddy resets queued connections at each config change otherwise)"
+    as_root sysctl -q -w net.ipv4.tcp_migrate_req=1
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -3,7 +3,10 @@
 //!
 //! Subcommands (the first argument; none means `serve`):
 //! - `serve`: answers `GET /healthz` (200 `ok`, or 500 when unhealthy), `GET /version` (the
-//!   version baked into the image) and `GET /` (a one-line description) on `0.0.0.0:$DEMO_PORT`.
+//!   version baked into the image), `GET /slow?ms=N` (the version, after N ms, at most a minute:
+//!   a request still in flight when a proxy switches versions) and `GET /` (a one-line
+//!   description) on `0.0.0.0:$DEMO_PORT`. Each connection has a thread of its own, so a slow
+//!   request never holds up a health probe.
 //! - `worker`: the same server with role `worker`, so a worker service can be probed like a web
 //!   one; only the startup line and `GET /` differ.
 //! - `migrate`: appends `migrated <version> <unix time>` to `$DEMO_MIGRATION_FILE` and exits 0,
@@ -24,7 +27,8 @@
 //! The server logs a startup line and one line per request to stdout, since tests read log
 //! tails. It exits 0 on SIGTERM/SIGINT after in-flight requests finish (at most 2 s): as PID 1
 //! of a container a process without a handler ignores SIGTERM and `docker stop` would wait for
-//! its full timeout before killing it.
+//! its full timeout before killing it. The bound is short on purpose: a `/slow` request that
+//! survives a version switch proves that whatever stopped the app waited for it to drain.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -46,6 +50,8 @@ const CRASH_LATER_AFTER: Duration = Duration::from_millis(300);
 /// Requests larger than this are refused: the app only serves tiny GETs.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `/slow` waits, so a typo cannot hold a connection (and a drain) for hours.
+const SLOW_CAP: Duration = Duration::from_secs(60);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +264,12 @@ fn serve(config: &Config, role: Role) -> ExitCode {
         mode: config.mode,
         role,
     });
+    accept_loop(&listener, &state, &in_flight);
+    ExitCode::SUCCESS
+}
+
+/// One thread per connection: a `/slow` request must not hold up the health probes behind it.
+fn accept_loop(listener: &TcpListener, state: &Arc<State>, in_flight: &Arc<AtomicUsize>) {
     for conn in listener.incoming() {
         let stream = match conn {
             Ok(s) => s,
@@ -267,14 +279,13 @@ fn serve(config: &Config, role: Role) -> ExitCode {
             }
         };
         in_flight.fetch_add(1, Ordering::SeqCst);
-        let state = Arc::clone(&state);
-        let in_flight = Arc::clone(&in_flight);
+        let state = Arc::clone(state);
+        let in_flight = Arc::clone(in_flight);
         thread::spawn(move || {
             handle(stream, &state);
             in_flight.fetch_sub(1, Ordering::SeqCst);
         });
     }
-    ExitCode::SUCCESS
 }
 
 /// On SIGTERM/SIGINT: stop, letting requests already accepted finish first (bounded).
@@ -305,6 +316,8 @@ struct State {
 struct Response {
     status: u16,
     body: String,
+    /// How long to wait before answering: routing stays pure, the connection's thread sleeps.
+    delay: Duration,
 }
 
 impl Response {
@@ -312,7 +325,13 @@ impl Response {
         Response {
             status,
             body: body.into(),
+            delay: Duration::ZERO,
         }
+    }
+
+    fn after(mut self, delay: Duration) -> Response {
+        self.delay = delay;
+        self
     }
 }
 
@@ -328,8 +347,17 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Parses `GET /path HTTP/1.1` into method and path (query string dropped).
-fn parse_request_line(line: &str) -> Option<(&str, &str)> {
+/// What the app reads of a request line: `GET /slow?ms=5 HTTP/1.1` → `GET`, `/slow`, `ms=5`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    /// After the first `?`, undecoded; empty when there is none.
+    query: &'a str,
+}
+
+/// Parses `GET /path?query HTTP/1.1`.
+fn parse_request_line(line: &str) -> Option<Request<'_>> {
     let mut parts = line.split(' ');
     let method = parts.next().filter(|m| !m.is_empty())?;
     let target = parts.next().filter(|t| t.starts_with('/'))?;
@@ -337,20 +365,47 @@ fn parse_request_line(line: &str) -> Option<(&str, &str)> {
     if !version.starts_with("HTTP/1.") || parts.next().is_some() {
         return None;
     }
-    let path = target.split('?').next().unwrap_or(target);
-    Some((method, path))
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Some(Request {
+        method,
+        path,
+        query,
+    })
 }
 
-fn route(method: &str, path: &str, state: &State) -> Response {
-    if method != "GET" && method != "HEAD" {
+/// The value of the first `name=value` pair of a query string (no percent-decoding: the app's
+/// parameters are numbers).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `/slow`'s wait: `ms=N`, capped at [`SLOW_CAP`].
+fn slow_delay(query: &str) -> Result<Duration, String> {
+    let ms = query_param(query, "ms").ok_or("/slow needs ?ms=N\n")?;
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| format!("ms={ms:?}: expected milliseconds\n"))?;
+    Ok(Duration::from_millis(ms).min(SLOW_CAP))
+}
+
+fn route(request: &Request<'_>, state: &State) -> Response {
+    if request.method != "GET" && request.method != "HEAD" {
         return Response::new(405, "only GET and HEAD\n");
     }
-    match path {
+    match request.path {
         "/healthz" => match state.mode {
             Mode::Unhealthy => Response::new(500, "unhealthy"),
             _ => Response::new(200, "ok"),
         },
         "/version" => Response::new(200, state.version.clone()),
+        "/slow" => match slow_delay(request.query) {
+            Ok(delay) => Response::new(200, state.version.clone()).after(delay),
+            Err(why) => Response::new(400, why),
+        },
         "/" => Response::new(
             200,
             format!(
@@ -398,9 +453,11 @@ fn handle(mut stream: TcpStream, state: &State) {
         Ok(head) => {
             let line = head.lines().next().unwrap_or("").trim_end().to_string();
             match parse_request_line(&line) {
-                Some((method, path)) => {
-                    (line.clone(), method.to_string(), route(method, path, state))
-                }
+                Some(request) => (
+                    line.clone(),
+                    request.method.to_string(),
+                    route(&request, state),
+                ),
                 None if line.is_empty() => return, // connection opened and closed: a port probe
                 None => (
                     line.clone(),
@@ -410,6 +467,9 @@ fn handle(mut stream: TcpStream, state: &State) {
             }
         }
     };
+    if !response.delay.is_zero() {
+        thread::sleep(response.delay);
+    }
     println!("{:.3} {peer} \"{line}\" {}", unix_now(), response.status);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -553,10 +613,20 @@ mod tests {
 
     #[test]
     fn request_lines() {
-        let cases: &[(&str, Option<(&str, &str)>)] = &[
-            ("GET /healthz HTTP/1.1", Some(("GET", "/healthz"))),
-            ("HEAD /version?x=1 HTTP/1.0", Some(("HEAD", "/version"))),
-            ("GET / HTTP/1.1", Some(("GET", "/"))),
+        let req = |method, path, query| {
+            Some(Request {
+                method,
+                path,
+                query,
+            })
+        };
+        let cases: &[(&str, Option<Request>)] = &[
+            ("GET /healthz HTTP/1.1", req("GET", "/healthz", "")),
+            ("HEAD /version?x=1 HTTP/1.0", req("HEAD", "/version", "x=1")),
+            ("GET /slow?ms=5&x HTTP/1.1", req("GET", "/slow", "ms=5&x")),
+            ("GET /slow? HTTP/1.1", req("GET", "/slow", "")),
+            ("GET /a?b?c HTTP/1.1", req("GET", "/a", "b?c")),
+            ("GET / HTTP/1.1", req("GET", "/", "")),
             ("GET healthz HTTP/1.1", None),
             ("GET /healthz", None),
             ("GET /healthz HTTP/2 extra", None),
@@ -566,6 +636,22 @@ mod tests {
         ];
         for (line, want) in cases {
             assert_eq!(parse_request_line(line), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn query_params() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("ms=5", "ms", Some("5")),
+            ("a=1&ms=5&ms=6", "ms", Some("5")),
+            ("ms", "ms", Some("")),
+            ("ms=", "ms", Some("")),
+            ("xms=5", "ms", None),
+            ("", "ms", None),
+            ("a=ms", "ms", None),
+        ];
+        for (query, name, want) in cases {
+            assert_eq!(query_param(query, name), *want, "{query:?} {name}");
         }
     }
 
@@ -581,27 +667,51 @@ mod tests {
             mode: Mode::Unhealthy,
             role: Role::Worker,
         };
-        let cases: &[(&State, &str, &str, u16, &str)] = &[
-            (&healthy, "GET", "/healthz", 200, "ok"),
-            (&sick, "GET", "/healthz", 500, "unhealthy"),
-            (&healthy, "GET", "/version", 200, "v1"),
-            (&sick, "GET", "/version", 200, "v3"),
+        // (state, method, target, status, body, delay in ms)
+        let cases: &[(&State, &str, &str, u16, &str, u64)] = &[
+            (&healthy, "GET", "/healthz", 200, "ok", 0),
+            (&sick, "GET", "/healthz", 500, "unhealthy", 0),
+            (&healthy, "GET", "/version", 200, "v1", 0),
+            (&sick, "GET", "/version?ms=9", 200, "v3", 0),
             (
                 &sick,
                 "GET",
                 "/",
                 200,
                 "demoapp v3 role=worker mode=unhealthy\n",
+                0,
             ),
-            (&healthy, "HEAD", "/healthz", 200, "ok"),
-            (&healthy, "POST", "/healthz", 405, "only GET and HEAD\n"),
-            (&healthy, "GET", "/nope", 404, "not found\n"),
+            (&healthy, "HEAD", "/healthz", 200, "ok", 0),
+            (&healthy, "POST", "/healthz", 405, "only GET and HEAD\n", 0),
+            (&healthy, "GET", "/nope", 404, "not found\n", 0),
+            (&healthy, "GET", "/slow?ms=5000", 200, "v1", 5000),
+            (&sick, "GET", "/slow?x=1&ms=0", 200, "v3", 0),
+            (&healthy, "GET", "/slow?ms=3600000", 200, "v1", 60_000),
+            (&healthy, "GET", "/slow", 400, "/slow needs ?ms=N\n", 0),
+            (
+                &healthy,
+                "GET",
+                "/slow?ms=-1",
+                400,
+                "ms=\"-1\": expected milliseconds\n",
+                0,
+            ),
+            (
+                &healthy,
+                "POST",
+                "/slow?ms=5",
+                405,
+                "only GET and HEAD\n",
+                0,
+            ),
         ];
-        for (state, method, path, status, body) in cases {
+        for (state, method, target, status, body, delay) in cases {
+            let line = format!("{method} {target} HTTP/1.1");
+            let request = parse_request_line(&line).unwrap();
             assert_eq!(
-                route(method, path, state),
-                Response::new(*status, *body),
-                "{method} {path}"
+                route(&request, state),
+                Response::new(*status, *body).after(Duration::from_millis(*delay)),
+                "{method} {target}"
             );
         }
     }
@@ -642,6 +752,45 @@ mod tests {
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
         assert!(reply.ends_with("\r\n\r\nv9"), "{reply}");
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_slow_request_does_not_hold_up_the_probes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            version: "v9".into(),
+            mode: Mode::Healthy,
+            role: Role::Web,
+        });
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&in_flight);
+        // The accept loop never returns; the thread ends with the test process.
+        thread::spawn(move || accept_loop(&listener, &state, &counter));
+        let slow = thread::spawn(move || {
+            let started = Instant::now();
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            (reply, started.elapsed())
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while in_flight.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the slow request never arrived");
+            thread::sleep(Duration::from_millis(5));
+        }
+        let probed = Instant::now();
+        assert_eq!(probe(port).unwrap(), 200);
+        assert!(
+            probed.elapsed() < Duration::from_millis(1000),
+            "a probe waited {:?} behind a slow request",
+            probed.elapsed()
+        );
+        let (reply, took) = slow.join().unwrap();
+        assert!(reply.ends_with("\r\n\r\nv9"), "{reply}");
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
     }
 
     #[test]

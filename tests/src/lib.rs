@@ -1,6 +1,7 @@
 //! The shared end-to-end harness (crate `harness`): a private image registry, the demo app's
-//! images, a real OpenSSH server, Docker cleanup guards and polling helpers. Every end-to-end
-//! test builds on it; see `tests/e2e/smoke.rs` for the whole kit in use.
+//! images, a real OpenSSH server, a real Caddy in front of services ([`caddy`]), traffic that
+//! counts what a deploy drops ([`probe`]), Docker cleanup guards and polling helpers. Every
+//! end-to-end test builds on it; see `tests/e2e/smoke.rs` for the whole kit in use.
 //!
 //! Everything is blocking (std processes and sockets) but the agents' socket client
 //! ([`agents::AgentClient`], over the controller's own `transport::AgentStream`) and
@@ -22,6 +23,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod caddy;
 pub mod command;
 pub mod docker;
 pub mod error;
@@ -29,9 +31,11 @@ pub mod flood;
 pub mod images;
 pub mod net;
 pub mod prereqs;
+pub mod probe;
 pub mod sshd;
 pub mod wait;
 
+pub use caddy::{Caddy, free_listen_addr};
 pub use demokit::Registry;
 pub use docker::{
     Cleanup, TEST_LABEL, container_exists, container_health, container_ip, container_logs,
@@ -42,8 +46,9 @@ pub use images::{
     Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, derive_image,
     fake_git_sha,
 };
-pub use net::{HttpResponse, free_port, http_get};
+pub use net::{HttpResponse, free_port, http_get, http_request, http_send};
 pub use prereqs::require_prereqs;
+pub use probe::{Probe, ProbeReport};
 pub use sshd::{ClientKey, Sshd, SshdOptions};
 pub use wait::{wait_until, wait_until_async};
 pub mod agents;

@@ -39,6 +39,18 @@ pub fn http_request(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<HttpResponse> {
+    http_send(method, url, headers, None, timeout)
+}
+
+/// One request, with a body when `body` is given (its `Content-Length` set), e.g. JSON for
+/// Caddy's admin API.
+pub fn http_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let (host, path) = split_url(url)?;
     let deadline = Instant::now() + timeout;
     let addr: SocketAddr = host
@@ -57,8 +69,13 @@ pub fn http_request(
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).ctx(what)?;
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).ctx(what)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ctx(what)?;
     parse_response(&raw).map_err(|why| Error::Unexpected(format!("{method} {url}: {why}")))

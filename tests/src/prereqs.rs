@@ -19,10 +19,16 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("ssh-agent", "openssh-client"),
     ("ssh-add", "openssh-client"),
     ("docker-compose", "docker-compose"),
+    ("caddy", "caddy"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.
 const STATIC_LIBC: (&str, &str) = ("/usr/lib/x86_64-linux-gnu/libc.a", "libc6-dev");
+
+/// Caddy replaces its listeners at each config change: without this the kernel resets the
+/// connections queued on a closing listener instead of handing them to its successor, and a
+/// route switch drops requests that no deploy should.
+const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
 
 /// Checks once per process that every program is installed and the Docker engine answers.
 pub fn require_prereqs() -> Result<()> {
@@ -51,6 +57,11 @@ fn check() -> std::result::Result<(), (String, String)> {
     if !missing.is_empty() {
         return Err((missing.join(", "), install_command(&packages)));
     }
+    let migrate_req = std::fs::read_to_string(TCP_MIGRATE_REQ).unwrap_or_default();
+    if let Err(what) = migrate_req_enabled(&migrate_req) {
+        let sudo = if is_root() { "" } else { "sudo " };
+        return Err((what, format!("{sudo}sysctl -w net.ipv4.tcp_migrate_req=1")));
+    }
     let answer = run_with_timeout(
         Command::new("docker").args(["version", "--format", "{{.Server.APIVersion}}"]),
         Duration::from_secs(20),
@@ -64,6 +75,20 @@ fn check() -> std::result::Result<(), (String, String)> {
         ));
     }
     Ok(())
+}
+
+/// `Ok` when the sysctl's file reads `1`; what is wrong otherwise.
+fn migrate_req_enabled(text: &str) -> std::result::Result<(), String> {
+    match text.trim() {
+        "1" => Ok(()),
+        "" => Err(format!(
+            "{TCP_MIGRATE_REQ} cannot be read (a kernel older than 5.14?)"
+        )),
+        other => Err(format!(
+            "net.ipv4.tcp_migrate_req is {other}: Caddy would reset queued connections at \
+             every config change"
+        )),
+    }
 }
 
 /// `apt-get install …`, with sudo when not root.
@@ -107,6 +132,14 @@ mod tests {
             cmd.ends_with("apt-get install -y docker-registry openssh-server"),
             "{cmd}"
         );
+    }
+
+    #[test]
+    fn tcp_migrate_req_must_be_one() {
+        assert_eq!(migrate_req_enabled("1\n"), Ok(()));
+        for text in ["0\n", "", "2"] {
+            assert!(migrate_req_enabled(text).is_err(), "{text:?}");
+        }
     }
 
     #[test]

@@ -1,16 +1,19 @@
 //! The harness itself, end to end: registry up, every demo image pushed and pulled back by
-//! digest, each version behaving as its name says, and a real sshd that lets the right key in.
+//! digest, each version behaving as its name says, a real sshd that lets the right key in, and
+//! a real Caddy switching a route under the probe's traffic without dropping a request.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use harness::caddy::{self, Caddy};
 use harness::{
-    Behaviour, Cleanup, ClientKey, DemoImages, Registry, Sshd, SshdOptions, TEST_LABEL,
-    container_health, container_logs, docker, http_get, published_port, require_prereqs,
-    unique_name, wait_until,
+    Behaviour, Cleanup, ClientKey, DemoImages, Probe, Registry, Sshd, SshdOptions, TEST_LABEL,
+    build_demo_images, container_health, container_ip, container_logs, docker, free_listen_addr,
+    http_get, published_port, require_prereqs, unique_name, wait_until,
 };
+use serde_json::json;
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -339,6 +342,115 @@ fn sshd_lets_in_the_authorized_key_only() -> anyhow::Result<()> {
         String::from_utf8_lossy(&unknown_host.stderr).contains("Host key verification failed"),
         "{unknown_host:?}"
     );
+    Ok(())
+}
+
+/// Caddy and the probe before any deployctl code drives them: a route switched back and forth
+/// under 50 requests a second drops none, and a request in flight at a switch finishes on the
+/// upstream it started on. What the proxy tests assert of deployctl rests on this.
+#[test]
+fn caddy_switches_a_route_under_load_without_dropping_a_request() -> anyhow::Result<()> {
+    require_prereqs()?;
+    let caddy = Caddy::start()?;
+    let config = caddy.config()?;
+    ensure!(
+        config == json!({ "admin": { "listen": caddy.admin_addr() } }),
+        "Caddy starts with its admin API only: {config}"
+    );
+    let run_id = unique_name("smoke-caddy");
+    let _cleanup = Cleanup::label(TEST_LABEL, &run_id);
+    let mut upstreams = Vec::new();
+    for image in &build_demo_images()?[..2] {
+        let name = format!("{run_id}-{}", image.version);
+        run_labelled(
+            &name,
+            &image.id,
+            &["--label", &format!("{TEST_LABEL}={run_id}")],
+        )?;
+        let upstream = format!("{}:8080", container_ip(&name)?);
+        wait_until(
+            &format!("{name} to answer /healthz"),
+            Duration::from_secs(20),
+            || match http_get(&format!("http://{upstream}/healthz"), HTTP_TIMEOUT) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                Err(e) => Err(e.to_string()),
+            },
+        )?;
+        upstreams.push(upstream);
+    }
+    let listen = free_listen_addr()?;
+    caddy.add_server(
+        "smoke",
+        caddy::server(
+            &listen,
+            vec![caddy::reverse_proxy_route("smoke-web", &upstreams[0])],
+        ),
+    )?;
+    let url = format!("http://{listen}/version");
+    wait_until(
+        "Caddy to proxy to v1",
+        Duration::from_secs(10),
+        || match http_get(&url, HTTP_TIMEOUT) {
+            Ok(r) if r.status == 200 && r.body == "v1" => Ok(()),
+            Ok(r) => Err(format!("{} {}", r.status, r.body)),
+            Err(e) => Err(e.to_string()),
+        },
+    )?;
+
+    let probe = Probe::start(&url, 50);
+    let slow_url = format!("http://{listen}/slow?ms=3000");
+    let slow = std::thread::spawn(move || http_get(&slow_url, Duration::from_secs(10)));
+    wait_until(
+        "the slow request to reach v1",
+        Duration::from_secs(10),
+        || match caddy.in_flight(&upstreams[0]) {
+            Ok(Some(n)) if n > 0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )?;
+    for (version, upstream) in [
+        ("v2", &upstreams[1]),
+        ("v1", &upstreams[0]),
+        ("v2", &upstreams[1]),
+    ] {
+        caddy.api_ok(
+            "PATCH",
+            "/id/smoke-web/handle/0/upstreams",
+            Some(&json!([{ "dial": upstream }])),
+        )?;
+        wait_until(
+            &format!("the probe to see {version}"),
+            Duration::from_secs(10),
+            || {
+                let seen = probe.snapshot();
+                if seen.versions().last().map(String::as_str) == Some(version) {
+                    Ok(())
+                } else {
+                    Err(seen.to_string())
+                }
+            },
+        )?;
+    }
+    let slow = slow
+        .join()
+        .map_err(|_| anyhow::anyhow!("the slow request's thread panicked"))??;
+    let report = probe.stop();
+    ensure!(
+        (slow.status, slow.body.as_str()) == (200, "v1"),
+        "the request in flight at the switch: {slow:?}"
+    );
+    ensure!(
+        report.failed == 0,
+        "{report}\nCaddy's log:\n{}",
+        caddy.log()
+    );
+    ensure!(
+        report.versions() == ["v1", "v2", "v1", "v2"] && report.total > 20,
+        "{report}"
+    );
+    let route = caddy.by_id("smoke-web")?.context("the route by its @id")?;
+    ensure!(caddy::dials(&route) == [upstreams[1].as_str()], "{route}");
     Ok(())
 }
 
