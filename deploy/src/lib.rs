@@ -209,6 +209,10 @@ impl Engine {
     /// Every Caddy admin API the order's services name answers; else why not. Checked before an
     /// order takes its services, so an unreachable proxy changes nothing.
     pub async fn check_proxies(&self, order: &Order) -> Result<(), String> {
+        // An exec runs beside the service and never touches its route.
+        if order.action == Action::Exec {
+            return Ok(());
+        }
         let mut checked: Vec<&str> = Vec::new();
         for (name, spec) in &order.services {
             let Some(px) = proxy::Proxied::new(&self.http, &order.app, &order.env, name, spec)
@@ -234,8 +238,9 @@ impl Engine {
         spec: &ServiceSpec,
     ) -> Option<String> {
         let px = proxy::Proxied::new(&self.http, app, &self.identity.env, service, spec)?;
-        match px.handling().await {
-            Ok(Some(route::Handling::Maintenance { message, .. })) => Some(message),
+        // Status waits for this: a Caddy that hangs must not hold it up.
+        match tokio::time::timeout(caddy::REACH_TIMEOUT, px.handling()).await {
+            Ok(Ok(Some(route::Handling::Maintenance { message, .. }))) => Some(message),
             _ => None,
         }
     }
