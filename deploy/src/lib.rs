@@ -225,7 +225,7 @@ impl Engine {
             px.check_reachable()
                 .await
                 .map_err(|e| format!("service {name}: {e}"))?;
-            checked.push(&spec.proxy.as_ref().map_or("", |p| p.caddy.as_str()));
+            checked.push(spec.proxy.as_ref().map_or("", |p| p.caddy.as_str()));
         }
         Ok(())
     }

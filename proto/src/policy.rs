@@ -324,7 +324,7 @@ fn check_proxy<'a>(
     proxy: &'a crate::order::ProxySpec,
     policy: &HostPolicy,
 ) -> Result<(), (ProxyPart<'a>, String)> {
-    if !policy.proxies.iter().any(|p| *p == proxy.caddy) {
+    if !policy.proxies.contains(&proxy.caddy) {
         return Err((
             ProxyPart::Caddy(&proxy.caddy),
             format!(

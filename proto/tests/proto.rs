@@ -1172,12 +1172,13 @@ fn reply() -> impl Strategy<Value = Reply> {
             proptest::option::of(outcome_kind()),
             proptest::option::of(text()),
             proptest::option::of(text()),
+            proptest::option::of(text()),
         ),
     )
         .prop_map(
             |(
                 (app, service, container_id, image, reference),
-                (health, since, last_outcome, last_order, previous_digest),
+                (health, since, last_outcome, last_order, previous_digest, maintenance),
             )| {
                 ServiceStatus {
                     app,
@@ -1190,6 +1191,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                     last_outcome,
                     last_order,
                     previous_digest,
+                    maintenance,
                 }
             },
         );
