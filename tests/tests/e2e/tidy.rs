@@ -141,6 +141,37 @@ fn russh_stays_in_the_controllers_transport() -> anyhow::Result<()> {
     )
 }
 
+/// Caddy's admin API is spoken to by `deploy::caddy` alone, with paths `deploy::route` builds:
+/// no other code may name one of its endpoints (the harness under `tests/` aside).
+#[test]
+fn caddys_admin_api_stays_in_the_engines_caddy_modules() -> anyhow::Result<()> {
+    let allowed = ["deploy/src/caddy.rs", "deploy/src/route.rs"];
+    let mut bad = Vec::new();
+    for path in sources()? {
+        let name = rel(&path);
+        if allowed.contains(&name.as_str())
+            || name.starts_with("tests/")
+            || name.starts_with("bench/")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for (n, line) in code_lines(&text) {
+            if ["\"/config/", "/reverse_proxy/", "\"/id/", "\"/load\""]
+                .iter()
+                .any(|endpoint| line.contains(endpoint))
+            {
+                bad.push(format!("{name}:{n}: {}", line.trim()));
+            }
+        }
+    }
+    ensure!(
+        bad.is_empty(),
+        "Caddy's admin API outside {allowed:?}: {bad:#?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn no_source_file_passes_800_lines_of_non_test_code() -> anyhow::Result<()> {
     let mut bad = Vec::new();
