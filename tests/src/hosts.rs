@@ -319,4 +319,140 @@ impl Fleet {
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
     }
+
+    /// Starts `deployctl args…` and lets the test read its stdout lines as they come (for
+    /// `--json` runs the test acts on mid-way); killed if dropped before it ends.
+    pub fn spawn(&self, args: &[&str]) -> Result<Live> {
+        Live::start(self.command(args))
+    }
+}
+
+/// A running `deployctl` whose stdout lines arrive as it writes them.
+pub struct Live {
+    command: String,
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    deadline: std::time::Instant,
+}
+
+impl Live {
+    fn start(mut cmd: Command) -> Result<Live> {
+        use std::io::{BufRead, Read};
+        let what = describe(&cmd);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ctx(|| format!("starting {what}"))?;
+        let missing = |what: &str| Error::Unexpected(format!("no {what} pipe"));
+        let stdout = child.stdout.take().ok_or_else(|| missing("stdout"))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| missing("stderr"))?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Ok(Live {
+            command: what,
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+            deadline: std::time::Instant::now() + DEPLOYCTL_TIMEOUT,
+        })
+    }
+
+    /// The JSON lines read up to and including the first one `until` accepts.
+    pub fn read_until(
+        &mut self,
+        mut until: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        let mut read = Vec::new();
+        loop {
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            let line = self.lines.recv_timeout(left).map_err(|e| {
+                Error::Unexpected(format!(
+                    "{e} before the line awaited; `{}` printed:\n{}",
+                    self.command,
+                    self.seen.join("\n")
+                ))
+            })?;
+            self.seen.push(line.clone());
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let done = until(&value);
+            read.push(value);
+            if done {
+                return Ok(read);
+            }
+        }
+    }
+
+    /// The first JSON line `until` accepts.
+    pub fn until(
+        &mut self,
+        until: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let mut read = self.read_until(until)?;
+        read.pop()
+            .ok_or_else(|| Error::Unexpected("no line read".into()))
+    }
+
+    /// Reads the rest and waits for the exit.
+    pub fn finish(mut self) -> Result<Run> {
+        loop {
+            let left = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(e) => {
+                    return Err(Error::Unexpected(format!(
+                        "`{}`: {e}:\n{}",
+                        self.command,
+                        self.seen.join("\n")
+                    )));
+                }
+            }
+        }
+        let status = self
+            .child
+            .wait()
+            .ctx(|| format!("waiting for {}", self.command))?;
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        Ok(Run {
+            command: self.command.clone(),
+            code: status.code(),
+            stdout: self.seen.join("\n"),
+            stderr,
+        })
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -5,17 +5,9 @@
 //! does not run or the host's `[policy] exec = false`. The demo image has no shell: the commands
 //! are the demo app's own (`version`, `exit N`, `wait-for PATH`).
 
-use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::mpsc;
-use std::time::Instant;
-
 use proto::order::labels;
 
 use super::*;
-
-/// How long any one exec may take here.
-const LIMIT: Duration = Duration::from_secs(120);
 
 /// The exec containers left on `host` (there must be none once an exec ended).
 fn exec_containers(host: &SshHost) -> anyhow::Result<String> {
@@ -35,65 +27,6 @@ fn exec_entries(run: &Run) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|v| v["event"] == "history" && v["entry"]["action"] == "exec")
         .collect()
-}
-
-/// A running `deployctl` whose stdout lines arrive on a channel as it writes them; killed if
-/// the test gives up on it.
-struct Streaming {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Streaming {
-    fn start(w: &World, args: &[&str]) -> anyhow::Result<Streaming> {
-        let mut child = w
-            .fleet
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Streaming { child, lines })
-    }
-
-    /// The JSON lines up to and including the first one `until` accepts.
-    fn read_until(
-        &self,
-        mut until: impl FnMut(&serde_json::Value) -> bool,
-    ) -> anyhow::Result<Vec<serde_json::Value>> {
-        let deadline = Instant::now() + LIMIT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .map_err(|e| anyhow::anyhow!("{e} after {} lines: {seen:#?}", seen.len()))?;
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let done = until(&value);
-            seen.push(value);
-            if done {
-                return Ok(seen);
-            }
-        }
-    }
-}
-
-impl Drop for Streaming {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -142,19 +75,16 @@ fn exec_runs_a_signed_one_off_command_in_the_running_image() -> anyhow::Result<(
     // 3. Output streams: the command waits for a file in the service's volume that is made
     //    only once its first line has reached deployctl's stdout.
     let flag = w.fleet.home().join("data/exec-flag");
-    let streaming = Streaming::start(
-        &w,
-        &[
-            "--json",
-            "exec",
-            "--env",
-            "staging",
-            "--",
-            "/app",
-            "wait-for",
-            "/data/exec-flag",
-        ],
-    )?;
+    let mut streaming = w.fleet.spawn(&[
+        "--json",
+        "exec",
+        "--env",
+        "staging",
+        "--",
+        "/app",
+        "wait-for",
+        "/data/exec-flag",
+    ])?;
     let before = streaming.read_until(|v| v["event"] == "output" && v["stream"] == "stdout")?;
     let first_line = before.last().context("a line")?;
     ensure!(

@@ -9,10 +9,6 @@
 //! What the proxy serves is checked through Caddy itself (the demo app's `/version`), where the
 //! route points through the admin API (`GET /id/<route id>`), and what runs through Docker.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::Child;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use harness::caddy::{self, Caddy};
@@ -23,8 +19,6 @@ use super::*;
 
 /// Requests a second sent through Caddy while versions change.
 const RATE: u32 = 50;
-/// How long any one deployctl command followed line by line may take here.
-const LIMIT: Duration = Duration::from_secs(180);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `@id` of the route the agent keeps for `web` in `env`.
@@ -129,101 +123,6 @@ fn is_switch(v: &Value, env: &str) -> bool {
     says(v, &format!("route {} switched to", route_id(env)))
 }
 
-/// A `deployctl --json` command read line by line as it writes them; killed if the test gives
-/// up on it.
-struct Live {
-    command: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
-    deadline: Instant,
-}
-
-impl Live {
-    fn start(w: &World, args: &[&str]) -> anyhow::Result<Live> {
-        let mut command = w.fleet.command(args);
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut stderr = child.stderr.take().context("stderr")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
-        Ok(Live {
-            command: harness::command::describe(&command),
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr: Some(stderr),
-            deadline: Instant::now() + LIMIT,
-        })
-    }
-
-    /// Reads up to the first JSON line `until` accepts, and returns it.
-    fn until(&mut self, mut until: impl FnMut(&Value) -> bool) -> anyhow::Result<Value> {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).map_err(|e| {
-                anyhow::anyhow!(
-                    "{e} before the line awaited; `{}` printed:\n{}",
-                    self.command,
-                    self.seen.join("\n")
-                )
-            })?;
-            self.seen.push(line.clone());
-            if let Ok(value) = serde_json::from_str::<Value>(&line)
-                && until(&value)
-            {
-                return Ok(value);
-            }
-        }
-    }
-
-    /// Reads the rest and waits for the exit.
-    fn finish(mut self) -> anyhow::Result<Run> {
-        loop {
-            let left = self.deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(e) => anyhow::bail!("`{}`: {e}:\n{}", self.command, self.seen.join("\n")),
-            }
-        }
-        let status = self.child.wait()?;
-        let stderr = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        Ok(Run {
-            command: self.command.clone(),
-            code: status.code(),
-            stdout: self.seen.join("\n"),
-            stderr,
-        })
-    }
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn deploys_behind_caddy_drop_no_request() -> anyhow::Result<()> {
     let caddy = Caddy::start()?;
@@ -252,7 +151,9 @@ fn deploys_behind_caddy_drop_no_request() -> anyhow::Result<()> {
     //    the new container is started and its health is being proven, at least `healthy_for`
     //    (1 s) before the switch.
     let probe = Probe::start(&url, RATE);
-    let mut push = Live::start(&w, &["--json", "push", "v2", "--env", "staging"])?;
+    let mut push = w
+        .fleet
+        .spawn(&["--json", "push", "v2", "--env", "staging"])?;
     push.until(|v| is_job_event(v, "health"))?;
     let slow_url = format!("http://{listen}/slow?ms=5000");
     let slow = std::thread::spawn(move || {
