@@ -164,7 +164,12 @@ impl ContainerService<'_> {
             .observe(cx)
             .await
             .map_err(|e| StepError::Engine(format!("the Docker engine failed: {e}")))?;
-        let plan = switch::plan_undo(&cx.order.order_id, &p.canonical, &obs.view);
+        let plan = switch::plan_undo(
+            &cx.order.order_id,
+            &p.canonical,
+            &obs.view,
+            p.spec.proxy.is_some(),
+        );
         let mut ex = Executor::new(cx, p, &obs.all);
         for step in &plan.steps {
             ex.run(step).await?;

@@ -208,6 +208,23 @@ impl<'c, 'a> Executor<'c, 'a> {
                 .await
             }
             Step::Restore { id, prove } => self.restore(id, *prove).await,
+            Step::MakeRoom { id, name } => {
+                self.emit(
+                    Phase::Rollback,
+                    &format!(
+                        "{} goes on serving as {name} until the previous version is back",
+                        self.name_of(id)
+                    ),
+                );
+                self.call(&format!("rename it to {name}"), || {
+                    rt.rename_container(id, name)
+                })
+                .await
+            }
+            Step::Reroute { from } => {
+                let canonical = self.svc.canonical.clone();
+                self.route_over(&canonical, from).await
+            }
         }
     }
 

@@ -220,6 +220,12 @@ pub enum Step {
     /// proven healthy only if it was healthy before the order (`prove`), else it is back as it
     /// was.
     Restore { id: String, prove: bool },
+    /// Undo behind a proxy: the serving container leaves the canonical name for `name` and goes
+    /// on serving (its route unchanged) while the previous version comes back.
+    MakeRoom { id: String, name: String },
+    /// Undo behind a proxy: the route goes to the restored version, and `from` (what served
+    /// until now) finishes its requests in flight before it is taken off.
+    Reroute { from: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +346,11 @@ pub struct UndoPlan {
 /// Puts a service back to what it was before `order_id`, judging only from container names and
 /// labels: what the order created is removed, what it set aside is restored as it was. A
 /// serving container the order never touched is left exactly as it is.
-pub fn plan_undo(order_id: &str, canonical: &str, view: &ServiceView) -> UndoPlan {
+///
+/// Behind a proxy (`proxied`) what serves keeps serving until the previous version is back and
+/// the route goes to it: it makes room, the previous version is restored, the route switched,
+/// and only then is it taken off.
+pub fn plan_undo(order_id: &str, canonical: &str, view: &ServiceView, proxied: bool) -> UndoPlan {
     let mine = |s: &Seen| s.order.as_deref() == Some(order_id);
     let take_off = |s: &Seen| {
         if mine(s) {
@@ -359,11 +369,25 @@ pub fn plan_undo(order_id: &str, canonical: &str, view: &ServiceView) -> UndoPla
         (Some(previous), current) => {
             changed = true;
             previous_failing = previous.failing;
-            steps.extend(current.iter().map(take_off));
-            steps.push(Step::Restore {
+            let restore = Step::Restore {
                 id: previous.seen.id.clone(),
                 prove: !previous.failing,
-            });
+            };
+            match current.as_ref().filter(|c| proxied && c.running()) {
+                Some(c) => {
+                    steps.push(Step::MakeRoom {
+                        id: c.id.clone(),
+                        name: next_name(canonical),
+                    });
+                    steps.push(restore);
+                    steps.push(Step::Reroute { from: c.id.clone() });
+                    steps.push(take_off(c));
+                }
+                None => {
+                    steps.extend(current.iter().map(take_off));
+                    steps.push(restore);
+                }
+            }
             true
         }
         // Created by this order with nothing set aside: a first deploy, which leaves nothing.
@@ -442,6 +466,8 @@ mod tests {
                 Step::Remove { id } => format!("remove {id}"),
                 Step::Retire { id, name } => format!("retire {id} as {name}"),
                 Step::Restore { id, prove } => format!("restore {id} prove={prove}"),
+                Step::MakeRoom { id, name } => format!("make room: {id} as {name}"),
+                Step::Reroute { from } => format!("reroute from {from}"),
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -724,7 +750,7 @@ mod tests {
         let out: Vec<String> = rows
             .iter()
             .map(|(name, v)| {
-                let p = plan_undo(O, C, v);
+                let p = plan_undo(O, C, v, false);
                 format!(
                     "{name:<55} | {} | changed={} serving={} failing={}",
                     render(&p.steps),
@@ -752,6 +778,34 @@ mod tests {
             start-first: candidate renamed, not yet healthy         | remove new; restore old prove=true | changed=true serving=true failing=false
             rollback revived a retained version                     | retire ret as app-env-web--NEW-ret; restore old prove=true | changed=true serving=true failing=false
             another order's aside is not ours to restore            | remove new | changed=true serving=false failing=false"#]],
+        );
+        // Behind a proxy, only a running version that serves in place of one set aside plans
+        // differently: it serves on until the route goes back.
+        let proxied: Vec<String> = rows
+            .iter()
+            .map(|(name, v)| {
+                let p = plan_undo(O, C, v, true);
+                format!("{name:<55} | {}", render(&p.steps))
+            })
+            .collect();
+        check(
+            proxied.join("\n"),
+            expect![[r#"
+            nothing there                                           | 
+            before any step: old untouched                          | 
+            untouched old was crash-looping                         | 
+            stop-first: renamed aside, stop in flight               | restore old prove=true
+            stop-first: set aside and stopped                       | restore old prove=true
+            stop-first: new created                                 | remove new; restore old prove=true
+            stop-first: new started, failed its health              | make room: new as app-env-web--next; restore old prove=true; reroute from new; remove new
+            failing old replaced, new failed too                    | make room: new as app-env-web--next; restore old prove=false; reroute from new; remove new
+            first deploy: new created                               | remove new
+            start-first: candidate created                          | remove new
+            start-first: candidate failed its health                | remove new
+            start-first: old set aside, candidate not yet renamed   | remove new; restore old prove=true
+            start-first: candidate renamed, not yet healthy         | make room: new as app-env-web--next; restore old prove=true; reroute from new; remove new
+            rollback revived a retained version                     | make room: ret as app-env-web--next; restore old prove=true; reroute from ret; retire ret as app-env-web--NEW-ret
+            another order's aside is not ours to restore            | remove new"#]],
         );
     }
 

@@ -623,6 +623,74 @@ async fn two_services_deploy_and_roll_back_together() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Behind Caddy, an order whose second service fails after the first one switched puts the
+/// first back without a failed request: the new version serves on while the previous one comes
+/// back, the route goes to it, and only then is the new one removed.
+#[tokio::test]
+async fn a_proxied_service_is_undone_after_its_switch_without_a_failed_request()
+-> anyhow::Result<()> {
+    let w = World::new().await?;
+    let caddy = harness::Caddy::start()?;
+    let listen = harness::free_listen_addr()?;
+    let mut web = w.web();
+    web.proxy = Some(serde_json::from_value(serde_json::json!({
+        "caddy": caddy.admin_addr(), "listen": [listen], "drain": "5s"
+    }))?);
+    let mut worker = w.web();
+    worker.command = Some(vec!["/app".into(), "worker".into()]);
+    worker.health.path = None;
+    worker.health.port = None;
+    let (o, ev) = w
+        .run(&w.order_v(
+            1,
+            &[("web", web.clone()), ("worker", worker.clone())],
+            false,
+        ))
+        .await;
+    expect(&o, OutcomeKind::Succeeded, &ev)?;
+    let web1 = id_of(&o, "web")?;
+
+    let probe = harness::Probe::start(&format!("http://{listen}/version"), 50);
+    let answered = |from: Duration| {
+        move |p: &harness::Probe| {
+            let n = p.snapshot().window(from, Duration::MAX).total;
+            if n > 10 {
+                Ok(())
+            } else {
+                Err(format!("{n} requests"))
+            }
+        }
+    };
+    harness::wait_until(
+        "the probe's first requests",
+        Duration::from_secs(10),
+        || answered(Duration::ZERO)(&probe),
+    )?;
+    let mut broken = worker;
+    broken.command = Some(vec!["/app".into(), "no-such-subcommand".into()]);
+    let (o, ev) = w
+        .run(&w.order_v(2, &[("web", web), ("worker", broken)], false))
+        .await;
+    let settled = probe.elapsed();
+    harness::wait_until("requests after the order", Duration::from_secs(10), || {
+        answered(settled)(&probe)
+    })?;
+    let report = probe.stop();
+    expect(&o, OutcomeKind::RolledBack, &ev)?;
+    ensure!(id_of(&o, "web")? == web1, "{o:?}");
+    let text = ev.text();
+    for step in ["switched to", "goes on serving as", "drained"] {
+        ensure!(text.contains(step), "no {step:?} in:\n{text}");
+    }
+    ensure!(report.failed == 0, "{report}\n{text}");
+    ensure!(
+        report.versions() == ["v1", "v2", "v1"],
+        "{:?}\n{text}",
+        report.versions()
+    );
+    Ok(())
+}
+
 /// Every container of the host answering to `alias` on `network`, with its address.
 fn aliased(w: &World, alias: &str) -> anyhow::Result<Vec<(String, String)>> {
     let filter = format!("label={}={}", proto::order::labels::HOST, w.host);
