@@ -48,6 +48,21 @@ pub enum Command {
         #[arg(long, conflicts_with = "skip_migrations")]
         rerun_migration: bool,
     },
+    /// Roll out exactly the release that runs, healthy, on every host of --from (its digests,
+    /// not its ref resolved again) to --to; refused, naming the hosts, when --from is mixed,
+    /// unhealthy, busy or partly unreachable.
+    Promote {
+        #[arg(long, value_name = "ENV")]
+        from: String,
+        #[arg(long, value_name = "ENV")]
+        to: String,
+        /// Do not run [migrate] on the first host of --to.
+        #[arg(long)]
+        skip_migrations: bool,
+        /// Run [migrate] even if this digest's migration already succeeded there.
+        #[arg(long, conflicts_with = "skip_migrations")]
+        rerun_migration: bool,
+    },
     /// Go back to the previous healthy release (or --to REF); no migration, no promotion gate.
     Rollback {
         #[arg(long)]
@@ -141,6 +156,7 @@ impl Command {
         match self {
             Command::Push { .. } => "push",
             Command::Rollback { .. } => "rollback",
+            Command::Promote { .. } => "promote",
             Command::Status { .. } => "status",
             Command::History { .. } => "history",
             Command::Logs { .. } => "logs",

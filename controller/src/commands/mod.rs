@@ -6,6 +6,7 @@ pub mod history;
 pub mod keys;
 pub mod logs;
 pub mod maintenance;
+pub mod promote;
 pub mod rollout;
 pub mod status;
 
@@ -55,6 +56,15 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
             let what = rollout::What::push(&reference, migrations).with_sets(one_each(sets)?);
             rollout::rollout(&load()?, &env, what, out).await
+        }
+        Command::Promote {
+            from,
+            to,
+            skip_migrations,
+            rerun_migration,
+        } => {
+            let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
+            promote::promote(&load()?, &from, &to, migrations, out).await
         }
         Command::Rollback { env, to } => {
             let what = rollout::What::rollback(to.as_deref());

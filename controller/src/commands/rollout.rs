@@ -93,7 +93,7 @@ pub async fn rollout(
     what: What,
     out: &dyn Output,
 ) -> Result<ExitClass, Error> {
-    let env = find_env(cfg, env_name)?;
+    find_env(cfg, env_name)?;
     let target = match &what.reference {
         Some(reference) => {
             let migration = what.action == Action::Deploy;
@@ -102,6 +102,20 @@ pub async fn rollout(
         }
         None => Target::PreviousHealthy,
     };
+    roll_out(cfg, env_name, what, target, out).await
+}
+
+/// Rolls `target` out to `env_name`: the promotion gate (a deploy to an env that `requires`
+/// another), every host connected and checked, then driven; `promote` comes in here with the
+/// release it read off the env it promotes from.
+pub(crate) async fn roll_out(
+    cfg: &DeployConfig,
+    env_name: &str,
+    what: What,
+    target: Target,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
+    let env = find_env(cfg, env_name)?;
     if let (Action::Deploy, Some(required), Target::Release(release)) =
         (what.action, &env.requires, &target)
     {

@@ -22,6 +22,7 @@ mod exec;
 mod failing;
 mod labels;
 mod policy;
+mod promote;
 mod proxy;
 mod release;
 mod secrets;
