@@ -604,6 +604,7 @@ impl<B: Backend> Agent<B> {
                 last_order: Some(t.last_order),
                 previous_digest: previous,
                 maintenance,
+                restarts: snap.restarts,
             });
         }
         AgentStatus {

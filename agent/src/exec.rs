@@ -84,6 +84,7 @@ mod tests {
             reference: Some("v1".into()),
             order_id: None,
             health,
+            restarts: 0,
         }
     }
 

@@ -125,6 +125,7 @@ impl Backend for Fake {
                 Health::Missing
             },
             image,
+            restarts: 0,
         }
     }
 

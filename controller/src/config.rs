@@ -41,7 +41,19 @@ pub struct EnvConfig {
     pub requires: Option<String>,
     pub signing_key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    pub canary: Option<Canary>,
 }
+
+/// `canary = { hosts, watch }`: the rollout holds after its first `hosts` hosts for `watch`,
+/// and goes on only if every service there stayed healthy, unrestarted, the same container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Canary {
+    pub hosts: usize,
+    pub watch: std::time::Duration,
+}
+
+/// The longest canary watch deploy.toml may ask for: the rollout holds its hosts meanwhile.
+pub const MAX_CANARY_WATCH: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// One host of an env and how to reach its agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +215,15 @@ struct RawEnv {
     requires: Option<Spanned<String>>,
     signing_key: Option<String>,
     known_hosts: Option<String>,
+    canary: Option<Spanned<RawCanary>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCanary {
+    hosts: i64,
+    #[serde(with = "proto::time::duration")]
+    watch: std::time::Duration,
 }
 
 fn default_max_parallel() -> Spanned<i64> {
@@ -376,7 +397,29 @@ impl RawEnv {
                 ));
             }
         }
+        let canary = match &self.canary {
+            None => None,
+            Some(c) => {
+                let raw = c.get_ref();
+                let bad = |why: String| Err((span_of(c), why));
+                if raw.hosts < 1 || raw.hosts as usize > hosts.len() {
+                    return bad(format!(
+                        "canary.hosts must be between 1 and the env's {} host(s), not {}",
+                        hosts.len(),
+                        raw.hosts
+                    ));
+                }
+                if raw.watch.is_zero() || raw.watch > MAX_CANARY_WATCH {
+                    return bad("canary.watch must be longer than 0s and at most 24h".into());
+                }
+                Some(Canary {
+                    hosts: raw.hosts as usize,
+                    watch: raw.watch,
+                })
+            }
+        };
         Ok(EnvConfig {
+            canary,
             name: name.to_string(),
             hosts,
             max_parallel: max_parallel as usize,

@@ -7,6 +7,7 @@
 //! any [`Connector`]: the real agents, or the fake agents of the tests. Every decision is a pure
 //! function of [`decide`]; this module only does the IO.
 
+pub mod canary;
 pub mod decide;
 #[cfg(test)]
 mod fake;
@@ -27,7 +28,7 @@ pub use decide::{
 };
 
 use crate::Error;
-use crate::config::{DeployConfig, EnvConfig, HostSpec};
+use crate::config::{Canary, DeployConfig, EnvConfig, HostSpec};
 use crate::connector::{AgentConn, Connector, connect_all, report_connections};
 use crate::output::{Message, Output};
 use crate::release::Release;
@@ -230,6 +231,7 @@ pub async fn drive<C: Connector, S: OrderSigner>(
     d: &Driver<'_, C, S>,
     ready: Ready<C::Conn>,
     max_parallel: usize,
+    canary: Option<Canary>,
 ) -> RolloutReport {
     let started = Instant::now();
     let Ready { spec, mut links } = ready;
@@ -237,7 +239,10 @@ pub async fn drive<C: Connector, S: OrderSigner>(
     let mut states = vec![HostState::Untouched; n];
     let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
     let mut migrated = vec![false; n];
-    for batch in plan_batches(n, max_parallel) {
+    let (batches, hold_after) =
+        canary::canary_batches(n, max_parallel, canary.map_or(0, |c| c.hosts));
+    let mut regressed: Option<(Vec<usize>, String)> = None;
+    for (b, batch) in batches.into_iter().enumerate() {
         let runs = links
             .iter_mut()
             .enumerate()
@@ -254,12 +259,31 @@ pub async fn drive<C: Connector, S: OrderSigner>(
         if !batch.iter().all(|&i| states[i].is_success()) {
             break;
         }
+        if let (Some(c), true) = (canary, hold_after == Some(b)) {
+            let hosts: Vec<usize> = (0..c.hosts.min(n)).collect();
+            if let Err(why) = watch_canary(d, &mut links, &hosts, c.watch).await {
+                d.out.emit(&Message::Note {
+                    message: format!(
+                        "canary regressed during its watch: {why}; rolling the canary back, the \
+                         other hosts are not touched"
+                    ),
+                });
+                regressed = Some((hosts, why));
+                break;
+            }
+        }
     }
-    let (rollbacks, rollback_outcomes) = if states.iter().all(HostState::is_success) {
-        Default::default()
-    } else {
-        revert(d, &spec, &mut links, (&states, &outcomes)).await
-    };
+    let (rollbacks, rollback_outcomes) =
+        if states.iter().all(HostState::is_success) && regressed.is_none() {
+            Default::default()
+        } else {
+            revert(d, &spec, &mut links, (&states, &outcomes)).await
+        };
+    if let Some((hosts, why)) = &regressed {
+        for &i in hosts {
+            states[i] = canary::after_regression(&states[i], rollbacks.get(&i), why);
+        }
+    }
     let conclusion = conclude(&states, &rollbacks);
     RolloutReport {
         spec,
@@ -272,6 +296,55 @@ pub async fn drive<C: Connector, S: OrderSigner>(
         conclusion,
         elapsed_ms: started.elapsed().as_millis() as u64,
     }
+}
+
+/// How often the canary hosts are asked how they are doing during the watch.
+const CANARY_POLL: Duration = Duration::from_millis(500);
+
+/// Holds the rollout while the canary `hosts` run the release for `watch`: each is asked for
+/// its status every [`CANARY_POLL`]; the first regression ends the watch (see
+/// [`canary::regression`]), as does a canary host that stops answering.
+async fn watch_canary<C: Connector, S: OrderSigner>(
+    d: &Driver<'_, C, S>,
+    links: &mut [HostLink<C::Conn>],
+    hosts: &[usize],
+    watch: Duration,
+) -> Result<(), String> {
+    let services: Vec<&str> = d.cfg.services.keys().map(String::as_str).collect();
+    let names: Vec<String> = hosts.iter().map(|&i| links[i].spec.name.clone()).collect();
+    d.out.emit(&Message::Note {
+        message: format!(
+            "canary: holding the rollout for {} while {} run(s) it",
+            proto::time::format_duration(watch),
+            names.join(", ")
+        ),
+    });
+    let mut baseline = Vec::new();
+    for &i in hosts {
+        let link = &mut links[i];
+        let status = link.conn.status().await;
+        baseline.push(status.map_err(|e| format!("{}: status: {e}", link.spec.name))?);
+    }
+    let started = Instant::now();
+    while started.elapsed() < watch {
+        tokio::time::sleep(CANARY_POLL.min(watch.saturating_sub(started.elapsed()))).await;
+        for (k, &i) in hosts.iter().enumerate() {
+            let link = &mut links[i];
+            let now = link.conn.status().await;
+            let now = now.map_err(|e| format!("{}: status: {e}", link.spec.name))?;
+            if let Some(why) = canary::regression(&d.cfg.app, &services, &baseline[k], &now) {
+                return Err(format!("{}: {why}", link.spec.name));
+            }
+        }
+    }
+    d.out.emit(&Message::Note {
+        message: format!(
+            "canary: {} stayed healthy for {}; going on",
+            names.join(", "),
+            proto::time::format_duration(watch)
+        ),
+    });
+    Ok(())
 }
 
 /// Host `i`'s job in the rollout, and whether it runs the migration.

@@ -21,7 +21,7 @@
 //! (`healthy` | `unhealthy` | `crash` | `crash-later`; crash prints a line and exits 3 shortly
 //! after start; crash-later serves healthily for 0.3 s, then exits 1, as a release that turns
 //! bad after it was deployed does),
-//! `DEMO_PORT` (default 8080), `DEMO_MIGRATION_FILE` (default `/data/migrations.log`),
+//! `DEMO_CRASH_AFTER_MS` (crash-later's 0.3 s), `DEMO_PORT` (default 8080), `DEMO_MIGRATION_FILE` (default `/data/migrations.log`),
 //! `DEMO_MIGRATE_FAIL` (`1` makes `migrate` fail).
 //!
 //! The server logs a startup line and one line per request to stdout, since tests read log
@@ -44,8 +44,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Exit code of `DEMO_MODE=crash`, distinct from usage (2) and failure (1) so tests can tell.
 const CRASH_EXIT: u8 = 3;
-/// How long `DEMO_MODE=crash-later` serves before it dies: long enough to pass a health check
-/// with `healthy_for = "0s"`, short enough that the engine's restarts become a crash loop.
+/// How long `DEMO_MODE=crash-later` serves before it dies, unless `DEMO_CRASH_AFTER_MS` says:
+/// long enough to pass a health check with `healthy_for = "0s"`, short enough that the
+/// engine's restarts become a crash loop. (A canary test sets seconds: a release that passes
+/// its deploy's health gate and turns bad while it is watched.)
 const CRASH_LATER_AFTER: Duration = Duration::from_millis(300);
 /// Requests larger than this are refused: the app only serves tiny GETs.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -109,6 +111,7 @@ struct Config {
     port: u16,
     migration_file: PathBuf,
     migrate_fail: bool,
+    crash_after: Duration,
 }
 
 impl Config {
@@ -129,6 +132,14 @@ impl Config {
             Some("1") => true,
             Some(other) => return Err(format!("DEMO_MIGRATE_FAIL={other:?}: expected 0 or 1")),
         };
+        let crash_after = match get("DEMO_CRASH_AFTER_MS") {
+            None => CRASH_LATER_AFTER,
+            Some(ms) => ms
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("DEMO_CRASH_AFTER_MS={ms:?}: expected milliseconds"))?,
+        };
         Ok(Config {
             version: get("DEMO_VERSION")
                 .filter(|v| !v.is_empty())
@@ -140,6 +151,7 @@ impl Config {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/data/migrations.log")),
             migrate_fail,
+            crash_after,
         })
     }
 }
@@ -253,8 +265,9 @@ fn serve(config: &Config, role: Role) -> ExitCode {
     );
     if config.mode == Mode::CrashLater {
         let version = config.version.clone();
+        let after = config.crash_after;
         thread::spawn(move || {
-            thread::sleep(CRASH_LATER_AFTER);
+            thread::sleep(after);
             println!("demoapp {version} mode=crash-later: dying as configured (exit 1)");
             std::process::exit(1);
         });
@@ -579,7 +592,8 @@ mod tests {
                 mode: Mode::Healthy,
                 port: 8080,
                 migration_file: "/data/migrations.log".into(),
-                migrate_fail: false
+                migrate_fail: false,
+                crash_after: CRASH_LATER_AFTER,
             }
         );
         let c = Config::from_lookup(env(&[
@@ -588,8 +602,10 @@ mod tests {
             ("DEMO_PORT", "9000"),
             ("DEMO_MIGRATION_FILE", "/m/log"),
             ("DEMO_MIGRATE_FAIL", "1"),
+            ("DEMO_CRASH_AFTER_MS", "3000"),
         ]))
         .unwrap();
+        assert_eq!(c.crash_after, Duration::from_secs(3));
         assert_eq!(
             (c.version.as_str(), c.mode, c.port, c.migrate_fail),
             ("v3", Mode::Unhealthy, 9000, true)
@@ -605,6 +621,7 @@ mod tests {
             ("DEMO_PORT", "70000"),
             ("DEMO_PORT", "http"),
             ("DEMO_MIGRATE_FAIL", "yes"),
+            ("DEMO_CRASH_AFTER_MS", "soon"),
         ] {
             let err = Config::from_lookup(env(&[(key, value)])).unwrap_err();
             assert!(err.contains(key), "{key}={value}: {err}");

@@ -83,6 +83,8 @@ pub struct ServiceSnapshot {
     /// The order that created the running container.
     pub order_id: Option<String>,
     pub health: Health,
+    /// How many times the engine restarted it.
+    pub restarts: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +264,7 @@ impl Engine {
             reference: None,
             order_id: None,
             health: Health::Unknown,
+            restarts: 0,
         };
         let c = match found {
             Ok(Some(c)) => c,
@@ -284,6 +287,7 @@ impl Engine {
             reference: c.label(labels::REF).map(str::to_owned),
             order_id: c.label(labels::ORDER).map(str::to_owned),
             health,
+            restarts: u64::try_from(c.restart_count).unwrap_or(0),
         }
     }
 

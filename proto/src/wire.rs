@@ -352,6 +352,13 @@ pub struct ServiceStatus {
     /// Behind a proxy in maintenance: the page's text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<String>,
+    /// How many times the engine restarted the serving container (a canary's watch compares).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1192,6 +1192,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                     last_order,
                     previous_digest,
                     maintenance,
+                    restarts: 0,
                 }
             },
         );

@@ -31,6 +31,8 @@ pub struct EnvPlan {
     pub hosts: usize,
     pub max_parallel: usize,
     pub requires: Option<String>,
+    /// More lines of the env's table, as written (`canary = { … }`).
+    pub lines: Vec<String>,
 }
 
 impl EnvPlan {
@@ -40,6 +42,7 @@ impl EnvPlan {
             hosts,
             max_parallel: 1,
             requires: None,
+            lines: Vec::new(),
         }
     }
 
@@ -50,6 +53,12 @@ impl EnvPlan {
 
     pub fn requires(mut self, env: &str) -> EnvPlan {
         self.requires = Some(env.to_string());
+        self
+    }
+
+    /// One more line of the env's table in deploy.toml.
+    pub fn line(mut self, line: &str) -> EnvPlan {
+        self.lines.push(line.to_string());
         self
     }
 }
@@ -267,6 +276,9 @@ impl Fleet {
             out.push_str(&format!("]\nmax_parallel = {}\n", plan.max_parallel));
             if let Some(r) = &plan.requires {
                 out.push_str(&format!("requires = {}\n", quote(r)));
+            }
+            for line in &plan.lines {
+                out.push_str(&format!("{line}\n"));
             }
         }
         out

@@ -367,6 +367,7 @@ mod tests {
             last_order: None,
             previous_digest: None,
             maintenance: None,
+            restarts: 0,
         };
         let status = |services| AgentStatus {
             agent_version: "1".into(),

@@ -138,7 +138,7 @@ pub(crate) async fn roll_out(
         out,
     };
     let report = tokio::select! {
-        report = rollout::drive(&driver, ready, env.max_parallel) => report,
+        report = rollout::drive(&driver, ready, env.max_parallel, env.canary) => report,
         _ = tokio::signal::ctrl_c() => return Err(interrupted(&env.name)),
     };
     let summary = Summary::new(

@@ -140,6 +140,7 @@ mod tests {
             last_order: None,
             previous_digest: None,
             maintenance: None,
+            restarts: 0,
         };
         let mut all: Vec<ServiceStatus> = services
             .iter()

@@ -482,6 +482,12 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
                 ""
             }
         ),
+        // Its order succeeded, and then the rollout judged it failed (a canary that regressed).
+        (state @ (HostState::Failed { .. } | HostState::Broken { .. }), Some(o))
+            if o.kind == OutcomeKind::Succeeded =>
+        {
+            describe(state)
+        }
         (state, Some(o)) if !matches!(state, HostState::Succeeded { .. }) => {
             let serving = now(o).map(|d| format!("; serving {d}")).unwrap_or_default();
             format!("{}{serving}", outcome_line(o))

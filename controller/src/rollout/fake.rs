@@ -195,6 +195,7 @@ impl Host {
                     last_order: None,
                     previous_digest: None,
                     maintenance: None,
+                    restarts: 0,
                 })
                 .collect(),
             running: self.job.iter().cloned().collect(),

@@ -59,7 +59,7 @@ async fn roll(fleet: &Fleet, cfg: &DeployConfig, plan: Plan) -> Result<RolloutRe
         signer: &FakeSigner,
         out: &out,
     };
-    Ok(drive(&d, ready, env.max_parallel).await)
+    Ok(drive(&d, ready, env.max_parallel, env.canary).await)
 }
 
 fn hosts_on(c: char, n: usize) -> Vec<Host> {

@@ -30,6 +30,7 @@ fn service(name: &str, c: char, health: Health) -> ServiceStatus {
         last_order: None,
         previous_digest: None,
         maintenance: None,
+        restarts: 0,
     }
 }
 

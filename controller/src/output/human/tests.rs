@@ -203,6 +203,7 @@ fn a_status_with_hostile_labels_is_printed_as_text() {
             last_order: Some("o\u{1b}[2J".into()),
             previous_digest: Some(odd_digest.into()),
             maintenance: None,
+            restarts: 0,
         }],
         running: vec![],
     };

@@ -375,6 +375,7 @@ fn status_of(release: &[(&str, char)], running: &[&str]) -> AgentStatus {
                 last_order: None,
                 previous_digest: None,
                 maintenance: None,
+                restarts: 0,
             })
             .collect(),
         running: running.iter().map(|id| holder(id)).collect(),
