@@ -407,6 +407,7 @@ pub fn build_order(
         revision: release.revision(),
         reference: release.reference.clone(),
         refs: release.refs(),
+        tags: BTreeMap::new(),
         run_migration,
         rerun_migration: run_migration && spec.rerun_migration,
         app: cfg.app.clone(),
