@@ -194,6 +194,10 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         }
     ));
     report.push_str(&policy_summary(&config.policy));
+    report.push_str(&config::release_policy_summary(
+        &config.release_policy,
+        proto::Timestamp::now(),
+    ));
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
     }
