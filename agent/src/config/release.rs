@@ -99,7 +99,7 @@ fn ref_rules(raw: RawRefs) -> Result<RefRules, String> {
 /// How `check-config` shows the release policy at `now`.
 pub fn summary(policy: &ReleasePolicy, now: proto::Timestamp) -> String {
     let freeze = if policy.freeze.is_empty() {
-        "none".to_string()
+        " none".to_string()
     } else {
         let windows: Vec<String> = policy
             .freeze
@@ -122,7 +122,7 @@ pub fn summary(policy: &ReleasePolicy, now: proto::Timestamp) -> String {
             )
         }
     };
-    format!("\n  freeze: {freeze}\n  refs: {refs}")
+    format!("\n  freeze:{freeze}\n  refs: {refs}")
 }
 
 #[cfg(test)]
@@ -183,7 +183,7 @@ prerelease = false
         let shown = summary(&p, at("2026-12-05T12:00:00Z"));
         assert_eq!(
             shown,
-            "\n  freeze: \
+            "\n  freeze:\
              \n    \"weekend\" (weekly Fri 16:00 to Mon 08:00, Europe/Amsterdam) — holds now\
              \n    \"holidays\" (2026-12-20T00:00:00Z to 2027-01-04T00:00:00Z, UTC)\
              \n  refs: allow semver, calver · pre-releases refused · ephemeral-* refused"
