@@ -318,3 +318,27 @@ fn bad_windows_are_told_which_key_and_why() {
     "#]]
     .assert_eq(&out);
 }
+
+/// Weekday times, dates and times with or without an offset (years 0000 to 9999, so at the
+/// ends of what jiff and RFC 3339 hold), and any text.
+const TIME_TEXT: &str = "((Mon|fri|Sunday) [0-2][0-9]:[0-5][0-9]|[0-9]{4}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9](:[0-5][0-9])?(Z|[+-][01][0-9]:[0-5][0-9])?|\\PC{0,24})";
+
+proptest::proptest! {
+    /// agent.toml is the operator's, but no text of it may take the agent down.
+    #[test]
+    fn any_text_is_a_window_or_an_error(
+        from in TIME_TEXT,
+        to in TIME_TEXT,
+        tz in "(UTC|Europe/Amsterdam|\\PC{0,16})",
+        secs in 0u64..253_402_300_799,
+    ) {
+        let made = [
+            Window::weekly(&from, &to, &tz, "r"),
+            Window::once(&from, &to, &tz, "r"),
+        ];
+        for w in made.into_iter().flatten() {
+            let now = Timestamp::from_unix_secs(secs);
+            let _ = (w.holds(now), w.refusal(now));
+        }
+    }
+}

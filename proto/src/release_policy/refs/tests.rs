@@ -243,3 +243,15 @@ fn forms_parse_by_name() {
         r#""SemVer" is not a tag form (semver, calver)"#
     );
 }
+
+proptest::proptest! {
+    /// Tags are the signer's text: any of them is judged, never a panic.
+    #[test]
+    fn any_tags_are_judged(tags in proptest::collection::vec("\\PC{0,24}", 0..4)) {
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let _ = check(&prod(), &order(&tags, None));
+        for t in tags {
+            let _ = (semver(t), is_calver(t), examined(t));
+        }
+    }
+}
