@@ -104,17 +104,35 @@ pub async fn rollout(
         }
         None => Target::PreviousHealthy,
     };
-    roll_out(cfg, env_name, what, target, out).await
+    let proved = match &target {
+        Target::Release(release) => release::resolved_tags(release),
+        Target::PreviousHealthy => Vec::new(),
+    };
+    roll_out_proved(cfg, env_name, what, target, proved, out).await
 }
 
 /// Rolls `target` out to `env_name`: the promotion gate (a deploy to an env that `requires`
 /// another), every host connected and checked, then driven; `promote` comes in here with the
-/// release it read off the env it promotes from.
+/// release it read off the env it promotes from. Its refs are a journal's, which may name tags
+/// that have moved since, so none of them counts as a tag of its digest: the orders carry the
+/// tags the registry has now.
 pub(crate) async fn roll_out(
     cfg: &DeployConfig,
     env_name: &str,
     what: What,
     target: Target,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
+    roll_out_proved(cfg, env_name, what, target, Vec::new(), out).await
+}
+
+/// [`roll_out`], with the (digest, tag) pairs the resolution of `target` just proved.
+async fn roll_out_proved(
+    cfg: &DeployConfig,
+    env_name: &str,
+    what: What,
+    target: Target,
+    resolved: Vec<(String, String)>,
     out: &dyn Output,
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
@@ -123,10 +141,6 @@ pub(crate) async fn roll_out(
     {
         check_promotion(cfg, &env.name, required, release, out).await?;
     }
-    let resolved = match &target {
-        Target::Release(release) => release::resolved_tags(release),
-        Target::PreviousHealthy => Vec::new(),
-    };
     let signer = load_signer(env).await?;
     let connector = Transport::for_env(env);
     let plan = Plan {
