@@ -55,7 +55,9 @@ impl fmt::Display for Refused {
 }
 
 /// Judges `order` at the agent's `now`: a freeze first (no release at all, whatever its tags),
-/// then the tags. Orders that put no release on the host pass.
+/// then the tags. Orders that put no release on the host pass. An approved override of a
+/// freeze (`--override-freeze`, which needs approvals first) is not implemented; it would be
+/// an order field judged here, before the windows.
 pub fn check(policy: &ReleasePolicy, order: &Order, now: Timestamp) -> Result<(), Refused> {
     if !order.action.deploys() {
         return Ok(());
