@@ -320,6 +320,7 @@ impl<B: Backend> Agent<B> {
             self.config.allowed_images.clone(),
         );
         policy.host_policy = self.config.policy.clone();
+        policy.release_policy = self.config.release_policy.clone();
         policy.host_keys = host_keys;
         Ok(policy)
     }

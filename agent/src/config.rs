@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proto::policy::HostPolicy;
+use proto::release_policy::ReleasePolicy;
 use proto::sign::{AllowedSigners, AllowedSignersError};
 use serde::Deserialize;
 
 mod policy;
+mod release;
 pub use policy::DEFAULT_HOST_KEY_DIR;
+pub use release::summary as release_policy_summary;
 
 /// Where `deploy-agent run` and `check-config` look when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/deploy-agent/agent.toml";
@@ -41,6 +44,8 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// `[policy]`: what any order may ask of this host.
     pub policy: HostPolicy,
+    /// `[[freeze]]` and `[refs]`: when this host takes releases, and which tags make one.
+    pub release_policy: ReleasePolicy,
     /// Files holding this host's SSH public keys; None: sshd's, in [`DEFAULT_HOST_KEY_DIR`].
     pub host_keys: Option<Vec<PathBuf>>,
     /// How much abuse the socket takes (README, "Under abuse").
@@ -89,6 +94,10 @@ struct RawConfig {
     shutdown_grace: Duration,
     #[serde(default)]
     policy: policy::RawPolicy,
+    #[serde(default)]
+    freeze: Vec<release::RawFreeze>,
+    #[serde(default)]
+    refs: Option<release::RawRefs>,
     #[serde(default)]
     host_keys: Option<Vec<PathBuf>>,
     #[serde(default = "default_max_connections")]
@@ -231,6 +240,7 @@ impl AgentConfig {
         }
         let limits = raw.limits().map_err(invalid)?;
         let policy = policy::host_policy(raw.policy).map_err(invalid)?;
+        let release_policy = release::release_policy(raw.freeze, raw.refs).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         Ok(AgentConfig {
@@ -245,6 +255,7 @@ impl AgentConfig {
             socket_group: raw.socket_group,
             shutdown_grace: raw.shutdown_grace,
             policy,
+            release_policy,
             host_keys: raw
                 .host_keys
                 .map(|keys| keys.into_iter().map(resolve).collect()),

@@ -240,6 +240,7 @@ pub(crate) mod tests {
             revision: None,
             reference: "v1".into(),
             refs: Default::default(),
+            tags: Default::default(),
             run_migration: true,
             rerun_migration: false,
             app: "acme".into(),

@@ -194,6 +194,10 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         }
     ));
     report.push_str(&policy_summary(&config.policy));
+    report.push_str(&config::release_policy_summary(
+        &config.release_policy,
+        proto::Timestamp::now(),
+    ));
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
     }
@@ -201,4 +205,44 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         report.push_str(&format!("\n  note: {note}"));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_config_shows_the_release_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("allowed_signers"), "").unwrap();
+        let config = dir.path().join("agent.toml");
+        let base = "host = \"h\"\nenv = \"prod\"\nallowed_signers = \"allowed_signers\"\n\
+                    allowed_images = [\"r/*\"]\nhost_keys = []\n";
+        std::fs::write(&config, base).unwrap();
+        let report = check_config(&config).unwrap();
+        assert!(
+            report.contains("\n  freeze: none\n  refs: any tag (no [refs])"),
+            "{report}"
+        );
+        std::fs::write(
+            &config,
+            format!(
+                "{base}[[freeze]]\nweekly = {{ from = \"Fri 16:00\", to = \"Mon 08:00\" }}\n\
+                 tz = \"Europe/Amsterdam\"\nreason = \"weekend\"\n\
+                 [refs]\nallow = [\"calver\"]\n"
+            ),
+        )
+        .unwrap();
+        let report = check_config(&config).unwrap();
+        assert!(
+            report.contains(
+                "\n  freeze:\n    \"weekend\" (weekly Fri 16:00 to Mon 08:00, Europe/Amsterdam)"
+            ) && report
+                .contains("\n  refs: allow calver · pre-releases refused · ephemeral-* refused"),
+            "{report}"
+        );
+        std::fs::write(&config, format!("{base}[refs]\nallow = [\"semver2\"]\n")).unwrap();
+        let err = check_config(&config).unwrap_err().to_string();
+        assert!(err.contains("[refs] allow: \"semver2\""), "{err}");
+    }
 }

@@ -261,6 +261,7 @@ shutdown_grace = "10s"
             revision: None,
             reference: "v1".into(),
             refs: Default::default(),
+            tags: Default::default(),
             run_migration: true,
             rerun_migration: false,
             app: "acme".into(),

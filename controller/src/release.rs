@@ -196,6 +196,46 @@ pub fn succeeded_in(history: &[HistoryEntry], app: &str, release: &Release) -> b
     })
 }
 
+/// The tags a fresh resolution proved, as (digest, tag): each image with the ref it was
+/// resolved from, unless that ref was a digest. Only a release resolved now: a ref read from a
+/// journal may have moved since.
+pub fn resolved_tags(release: &Release) -> Vec<(String, String)> {
+    let pins = release
+        .services
+        .values()
+        .map(|p| (&p.image, p.reference.as_str()));
+    let migrate = release
+        .migrate_image
+        .iter()
+        .map(|i| (i, release.reference.as_str()));
+    pins.chain(migrate)
+        .filter(|(_, r)| !proto::order::is_digest(r))
+        .map(|(i, r)| (i.digest().to_string(), r.to_string()))
+        .collect()
+}
+
+/// Every digest a rollout of `release` may order, by repository: the release's own, and what
+/// each host runs of `app` now (where a failure sends it back).
+pub fn digests_to_tag(
+    release: &Release,
+    before: &[&AgentStatus],
+    app: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let running = before
+        .iter()
+        .flat_map(|s| &s.services)
+        .filter(|s| s.app == app)
+        .filter_map(|s| s.image.as_ref());
+    let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let ordered = release.services.values().map(|p| &p.image);
+    for image in ordered.chain(&release.migrate_image).chain(running) {
+        all.entry(image.repository().to_string())
+            .or_default()
+            .insert(image.digest().to_string());
+    }
+    all
+}
+
 /// One ref to resolve in one repository.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Lookup {

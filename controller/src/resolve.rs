@@ -283,6 +283,41 @@ pub fn pick_tags<'a>(prefix: &str, tags: &'a [String]) -> Vec<&'a str> {
     found
 }
 
+/// At most this many tags of one repository are looked up to find the tags of a release's
+/// digests (README, "Release policy"): one `HEAD` each, [`TAG_LOOKUPS_AT_ONCE`] at a time.
+pub const MAX_TAG_LOOKUPS: usize = 100;
+pub const TAG_LOOKUPS_AT_ONCE: usize = 8;
+
+/// Which of a repository's `tags` are looked up, and how many that might matter were left out:
+/// only tags a `[refs]` rule can judge ([`proto::release_policy::refs::examined`]); past
+/// `limit`, `ephemeral-*` ones first (missing one would let a throwaway build through), then
+/// the others from the last in lexical order, where the newest versions of a scheme sort.
+pub fn tags_to_look_up(tags: &[String], limit: usize) -> (Vec<&str>, usize) {
+    use proto::release_policy::refs::{EPHEMERAL_PREFIX, examined};
+    let mut wanted: Vec<&str> = tags
+        .iter()
+        .map(String::as_str)
+        .filter(|t| examined(t))
+        .collect();
+    wanted.sort_unstable_by(|a, b| {
+        let ephemeral = |t: &str| t.starts_with(EPHEMERAL_PREFIX);
+        ephemeral(b).cmp(&ephemeral(a)).then(b.cmp(a))
+    });
+    wanted.dedup();
+    let left_out = wanted.len().saturating_sub(limit);
+    wanted.truncate(limit);
+    (wanted, left_out)
+}
+
+/// The tags of some digests of a repository, as far as [`tags_to_look_up`] looked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TagsFound {
+    /// digest → its tags, sorted.
+    pub tags: std::collections::BTreeMap<String, Vec<String>>,
+    /// Tags that might have mattered but were not looked up.
+    pub left_out: usize,
+}
+
 /// The outcome of resolution: the pinned image and what the user's ref meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -292,6 +327,7 @@ pub struct Resolved {
 }
 
 /// A registry client for one repository.
+#[derive(Clone)]
 pub struct Resolver {
     repo: Repository,
     http: reqwest::Client,
@@ -368,6 +404,44 @@ impl Resolver {
                 })
             }
         }
+    }
+
+    /// The tags pointing at each of `digests`: the repository's tags listed, those a rule can
+    /// judge looked up (at most [`MAX_TAG_LOOKUPS`], several at a time). A tag deleted between
+    /// the listing and its lookup is no tag.
+    pub async fn tags_of(
+        &mut self,
+        digests: &std::collections::BTreeSet<String>,
+    ) -> Result<TagsFound, ResolveError> {
+        use futures_util::StreamExt as _;
+        let all = self.tags().await?;
+        let (wanted, left_out) = tags_to_look_up(&all, MAX_TAG_LOOKUPS);
+        // Each lookup on its own client: the token the listing obtained is shared, and no
+        // lookup waits for another's answer.
+        let answers: Vec<(String, Result<String, ResolveError>)> =
+            futures_util::stream::iter(wanted)
+                .map(|tag| {
+                    let mut r = self.clone();
+                    async move { (tag.to_string(), r.manifest_digest(tag).await) }
+                })
+                .buffer_unordered(TAG_LOOKUPS_AT_ONCE)
+                .collect()
+                .await;
+        let mut found = TagsFound {
+            left_out,
+            ..TagsFound::default()
+        };
+        for (tag, answer) in answers {
+            match answer {
+                Ok(digest) if digests.contains(&digest) => {
+                    found.tags.entry(digest).or_default().push(tag)
+                }
+                Ok(_) | Err(ResolveError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        found.tags.values_mut().for_each(|t| t.sort());
+        Ok(found)
     }
 
     fn pin(&self, digest: &str) -> Result<ImageRef, ResolveError> {
@@ -818,6 +892,40 @@ mod tests {
     }
 
     #[test]
+    fn the_tags_looked_up_are_those_a_rule_can_judge_ephemeral_first() {
+        let tags: Vec<String> = [
+            "latest",
+            "0123456789abcdef0123456789abcdef01234567",
+            "v1.2.0",
+            "v1.10.0",
+            "2023.06.1",
+            "ephemeral-pr-7",
+            "v1.3.0-rc.1",
+            "v1",
+            "v1.2.0",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (all, left_out) = tags_to_look_up(&tags, 100);
+        assert_eq!(
+            (all, left_out),
+            (
+                vec![
+                    "ephemeral-pr-7",
+                    "v1.3.0-rc.1",
+                    "v1.2.0",
+                    "v1.10.0",
+                    "2023.06.1"
+                ],
+                0
+            )
+        );
+        let (few, left_out) = tags_to_look_up(&tags, 2);
+        assert_eq!((few, left_out), (vec!["ephemeral-pr-7", "v1.3.0-rc.1"], 3));
+        assert_eq!(tags_to_look_up(&[], 100), (vec![], 0));
+    }
+
+    #[test]
     fn link_headers_give_the_next_page() {
         assert_eq!(
             next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(),
@@ -857,7 +965,9 @@ mod tests {
                         "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\",scope=\"repository:acme/web:pull\"\r\n"
                     );
                     ("401 Unauthorized", challenge, String::new())
-                } else if line.starts_with("HEAD /v2/acme/web/manifests/v1 ") {
+                } else if line.starts_with("HEAD /v2/acme/web/manifests/v1 ")
+                    || line.starts_with("HEAD /v2/acme/web/manifests/v1.0.0 ")
+                {
                     (
                         "200 OK",
                         format!("Docker-Content-Digest: sha256:{}\r\n", "a".repeat(64)),
@@ -867,7 +977,7 @@ mod tests {
                     (
                         "200 OK",
                         String::new(),
-                        r#"{"name":"acme/web","tags":["v1","0123456789","0123456abc"]}"#
+                        r#"{"name":"acme/web","tags":["v1","0123456789","0123456abc","v1.0.0","ephemeral-gone"]}"#
                             .to_string(),
                     )
                 } else {
@@ -904,6 +1014,17 @@ mod tests {
             r.resolve("fedcba9").await,
             Err(ResolveError::NotFound(_))
         ));
+        // v1.0.0 names the digest; ephemeral-gone was deleted after the listing; v1 and the
+        // SHA-like tags are no release tag, so not looked up.
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let found = r.tags_of(&[digest.clone()].into()).await.unwrap();
+        assert_eq!(
+            found,
+            TagsFound {
+                tags: [(digest, vec!["v1.0.0".to_string()])].into(),
+                left_out: 0
+            }
+        );
         server.abort();
     }
 }

@@ -144,6 +144,7 @@ pub async fn prepare<C: Connector>(
         issued_by: plan.issued_by,
         migrate_first: plan.migrate_first,
         rerun_migration: plan.rerun_migration,
+        tags: BTreeMap::new(),
     };
     Ok(Ready { spec, links })
 }

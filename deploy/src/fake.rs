@@ -426,6 +426,7 @@ fn order(n: u8) -> Order {
         revision: None,
         reference: format!("v{n}"),
         refs: Default::default(),
+        tags: Default::default(),
         run_migration: false,
         rerun_migration: false,
         app: "acme".into(),

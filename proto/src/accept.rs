@@ -5,8 +5,9 @@
 //! The checks run in a fixed order so that nothing is parsed before it is authenticated and
 //! the cheapest refusal wins: size → signature over the payload bytes → strict JSON → env →
 //! host (name, then host key) → validity window (with skew) → replay → image repository →
-//! host policy ([`crate::policy`]). Whether a rollout already holds the service is the agent's
-//! call, not this module's.
+//! host policy ([`crate::policy`]) → release policy ([`crate::release_policy`]: freeze windows,
+//! then tags, judged at the agent's `now`). Whether a rollout already holds the service is the
+//! agent's call, not this module's.
 //!
 //! Replay protection needs memory that survives restarts, which is the agent's: it remembers
 //! the id of an accepted order durably, until [`Accepted::remember_until`], before the order
@@ -20,6 +21,7 @@ use crate::order::{
     Action, ImageRef, MAX_EXEC_TIMEOUT, MaintenanceSpec, Order, ProxySpec, ServiceKind, ServiceSpec,
 };
 use crate::policy::{HostFiles, HostPolicy};
+use crate::release_policy::{self, ReleasePolicy};
 use crate::sign::{AllowedSigners, Verified, VerifyError, verify_at};
 use crate::time::Timestamp;
 use crate::wire::{Refusal, RefusalKind, SignedOrder};
@@ -45,6 +47,8 @@ pub struct AcceptPolicy {
     pub max_payload: usize,
     /// What an order may ask of this host.
     pub host_policy: HostPolicy,
+    /// When this host takes releases, and which tags make one (`[[freeze]]`, `[refs]`).
+    pub release_policy: ReleasePolicy,
     /// `SHA256:…` fingerprints of this host's SSH host keys: an order that names a
     /// `host_key` must name one of these.
     pub host_keys: Vec<String>,
@@ -66,6 +70,7 @@ impl AcceptPolicy {
             max_skew: DEFAULT_MAX_SKEW,
             max_payload: DEFAULT_MAX_PAYLOAD,
             host_policy: HostPolicy::default(),
+            release_policy: ReleasePolicy::default(),
             host_keys: Vec::new(),
         }
     }
@@ -171,6 +176,13 @@ pub fn accept(
     check_images(&order, policy)?;
     crate::policy::check(&order, &signer.principal, &policy.host_policy, files)
         .map_err(|denial| Rejection::new(RefusalKind::PolicyDenied, denial.to_string()))?;
+    release_policy::check(&policy.release_policy, &order, now).map_err(|refused| {
+        let kind = match refused {
+            release_policy::Refused::Frozen { .. } => RefusalKind::Frozen,
+            release_policy::Refused::Ref(_) => RefusalKind::RefNotAllowed,
+        };
+        Rejection::new(kind, refused.to_string())
+    })?;
 
     let remember_until = order.not_after.plus(policy.max_skew);
     Ok(Accepted {
@@ -369,8 +381,29 @@ fn check_shape(order: &Order) -> Result<(), String> {
     for (name, spec) in &order.services {
         check_proxy_shape(name, spec)?;
     }
+    check_tags_shape(order)?;
     check_exec_shape(order)?;
     check_maintenance_shape(order)
+}
+
+/// `tags` maps digests to registry tags, as a registry spells them
+/// (`[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`): they end up in refusals and journals.
+fn check_tags_shape(order: &Order) -> Result<(), String> {
+    if let Some(key) = order.tags.keys().find(|k| !crate::order::is_digest(k)) {
+        return Err(format!("tags key {key:?} is not a sha256 digest"));
+    }
+    let is_tag = |t: &str| {
+        let mut bytes = t.bytes();
+        t.len() <= 128
+            && bytes
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    match order.tags.values().flatten().find(|t| !is_tag(t)) {
+        Some(bad) => Err(format!("tags holds {bad:?}, which is not a registry tag")),
+        None => Ok(()),
+    }
 }
 
 /// A proxied service: a container service Caddy reaches at a known port, on addresses the
@@ -617,6 +650,81 @@ mod tests {
             verdict(&signed, &policy).unwrap_err().0,
             RefusalKind::ImageNotAllowed
         );
+    }
+
+    #[test]
+    fn the_release_policy_is_judged_at_the_agents_now_after_the_host_policy() {
+        use crate::release_policy::{freeze::Window, refs};
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let tagged = |tags: &[&str]| {
+            let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+            move |o: &mut Order| {
+                o.tags.insert(digest.into(), tags.clone());
+            }
+        };
+        let (rc, mut policy) = signed(tagged(&["v1.3.0-rc.1"]));
+        let (calver, _) = signed(tagged(&["2023.06.1"]));
+        policy.release_policy.refs = Some(refs::RefRules {
+            allow: vec![refs::Form::Semver, refs::Form::Calver],
+            prerelease: false,
+        });
+        let (kind, message) = verdict(&rc, &policy).unwrap_err();
+        assert_eq!(kind, RefusalKind::RefNotAllowed);
+        assert!(
+            message.contains("[refs] prerelease denies services.web"),
+            "{message}"
+        );
+        assert_eq!(kind.to_string(), "ref-not-allowed");
+        assert_eq!(verdict(&calver, &policy), Ok(()));
+
+        // A window around the agent's clock refuses even an order issued before it began.
+        let now = Timestamp::now();
+        let hour = Duration::from_secs(3600);
+        let (from, to) = (now.minus(hour).to_string(), now.plus(hour).to_string());
+        policy.release_policy.freeze =
+            vec![Window::once(&from, &to, "UTC", "release day").unwrap()];
+        let (kind, message) = verdict(&calver, &policy).unwrap_err();
+        assert_eq!(
+            (kind, kind.to_string().as_str()),
+            (RefusalKind::Frozen, "frozen")
+        );
+        assert!(
+            message.contains("\"release day\"") && message.contains(&from),
+            "{message}"
+        );
+        // The host policy speaks first.
+        let (denied, _) =
+            signed(|o| o.services.get_mut("web").unwrap().volumes = vec!["/:/h".into()]);
+        assert_eq!(
+            verdict(&denied, &policy).unwrap_err().0,
+            RefusalKind::PolicyDenied
+        );
+    }
+
+    #[test]
+    fn tags_name_digests_and_look_like_registry_tags() {
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (digest, "v1.3.0", None),
+            (digest, "_under.score-1", None),
+            ("sha256:00", "v1", Some("is not a sha256 digest")),
+            ("v1.3.0", "v1", Some("is not a sha256 digest")),
+            (digest, "", Some("is not a registry tag")),
+            (digest, "-rm", Some("is not a registry tag")),
+            (digest, "a b", Some("is not a registry tag")),
+            (digest, "v1\n[refs] allow", Some("is not a registry tag")),
+            (digest, &"x".repeat(129), Some("is not a registry tag")),
+        ];
+        for (key, tag, refused) in cases {
+            let (signed, policy) = signed(|o| {
+                o.tags.insert(key.to_string(), vec![tag.to_string()]);
+            });
+            match (verdict(&signed, &policy), refused) {
+                (Ok(()), None) => {}
+                (Err((RefusalKind::Malformed, message)), Some(want)) if message.contains(want) => {}
+                (got, _) => panic!("{key} {tag:?}: {got:?}, expected {refused:?}"),
+            }
+        }
     }
 
     #[test]

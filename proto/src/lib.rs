@@ -1,7 +1,8 @@
 //! `proto` owns everything two deployctl processes must agree on: the deploy order and the
 //! service spec it carries ([`order`]), the messages on the wire ([`wire`]), the frame codec
 //! ([`codec`]), and order signing and acceptance in the OpenSSH SSHSIG format ([`sign`],
-//! [`accept`], with OpenSSH's wildcard patterns in [`pattern`]).
+//! [`accept`], with OpenSSH's wildcard patterns in [`pattern`]), and what a host lets on it
+//! ([`policy`], [`release_policy`]).
 //!
 //! No other crate knows the byte format of a frame or a signature. `proto` does no IO, so all
 //! of it can be tested and fuzzed as functions over bytes: no files, sockets, tokio or russh
@@ -16,6 +17,7 @@ pub mod order;
 pub mod pattern;
 pub mod policy;
 pub mod registry;
+pub mod release_policy;
 pub mod sign;
 pub mod spec;
 pub mod time;

@@ -56,6 +56,11 @@ pub struct Order {
     /// Their containers carry it, and their `verify` expects its commit, not `revision`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub refs: BTreeMap<String, String>,
+    /// For each digest of the release (`sha256:…`), the registry tags the controller found
+    /// pointing at it when it resolved the release: what a host's `[refs]` judges (README,
+    /// "Release policy"). Orders before it parse with none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, Vec<String>>,
     /// True on the env's first host only.
     pub run_migration: bool,
     /// Run the migration even if this digest's migration already succeeded on the host (README,
@@ -677,6 +682,7 @@ mod tests {
                 ("web".to_string(), other.to_string()),
                 ("worker".to_string(), "2023.05.4".to_string()),
             ]),
+            tags: BTreeMap::from([(D.to_string(), vec!["v1.2.0".to_string()])]),
             run_migration: false,
             rerun_migration: false,
             app: "acme".into(),

@@ -287,6 +287,12 @@ pub enum RefusalKind {
     /// A service's `proxy` names a Caddy admin API the agent cannot reach: refused before any
     /// change, so no switch can strand a route.
     ProxyUnreachable,
+    /// A deploy or rollback while one of the host's `[[freeze]]` windows holds; the message
+    /// names the window, its zone and its reason.
+    Frozen,
+    /// An image of the release has no tag the host's `[refs]` admits (or an `ephemeral-*`
+    /// one); the message names the rule, the service and the tags.
+    RefNotAllowed,
     RolloutInProgress,
     Malformed,
     Oversized,

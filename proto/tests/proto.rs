@@ -55,6 +55,7 @@ fn order_at(issued_at: Timestamp) -> Order {
         revision: None,
         reference: "v1".into(),
         refs: Default::default(),
+        tags: Default::default(),
         run_migration: true,
         rerun_migration: false,
         app: "acme".into(),

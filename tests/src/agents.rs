@@ -424,6 +424,7 @@ impl AgentProc {
             revision: None,
             reference: reference.to_string(),
             refs: Default::default(),
+            tags: Default::default(),
             run_migration: false,
             rerun_migration: false,
             app: app.to_string(),

@@ -266,6 +266,7 @@ fn exec_order(
         revision: None,
         reference: reference.to_string(),
         refs: BTreeMap::new(),
+        tags: BTreeMap::new(),
         run_migration: false,
         rerun_migration: false,
         app: cfg.app.clone(),

@@ -221,6 +221,7 @@ fn maintenance_order(
         }
         .to_string(),
         refs: BTreeMap::new(),
+        tags: BTreeMap::new(),
         run_migration: false,
         rerun_migration: false,
         app: cfg.app.clone(),

@@ -3,19 +3,21 @@
 //! promotion gate (`requires`: the same digest for every service), the migration on the first
 //! host. Rollback: `--to REF` or the previous healthy release every host agrees on; no
 //! migration, no gate. Then both: connect and check every host ([`crate::rollout::prepare`]),
-//! drive ([`crate::rollout::drive`]), summarize, emit.
+//! find the registry tags of every digest the orders may name (the hosts' `[refs]` judge
+//! them), drive ([`crate::rollout::drive`]), summarize, emit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::future::join_all;
 use proto::order::Action;
-use proto::wire::{HistoryEntry, OutcomeKind};
+use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
 use super::{find_env, issued_by, load_signer, resolve_release};
 use crate::config::DeployConfig;
 use crate::connector::{Transport, connect_all, report_connections};
 use crate::output::{Message, Output, Summary, SummaryBody};
 use crate::release::{self, Release};
+use crate::resolve::{MAX_TAG_LOOKUPS, Resolver};
 use crate::rollout::{self, Driver, Plan, Target};
 use crate::{Error, ExitClass};
 
@@ -102,17 +104,35 @@ pub async fn rollout(
         }
         None => Target::PreviousHealthy,
     };
-    roll_out(cfg, env_name, what, target, out).await
+    let proved = match &target {
+        Target::Release(release) => release::resolved_tags(release),
+        Target::PreviousHealthy => Vec::new(),
+    };
+    roll_out_proved(cfg, env_name, what, target, proved, out).await
 }
 
 /// Rolls `target` out to `env_name`: the promotion gate (a deploy to an env that `requires`
 /// another), every host connected and checked, then driven; `promote` comes in here with the
-/// release it read off the env it promotes from.
+/// release it read off the env it promotes from. Its refs are a journal's, which may name tags
+/// that have moved since, so none of them counts as a tag of its digest: the orders carry the
+/// tags the registry has now.
 pub(crate) async fn roll_out(
     cfg: &DeployConfig,
     env_name: &str,
     what: What,
     target: Target,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
+    roll_out_proved(cfg, env_name, what, target, Vec::new(), out).await
+}
+
+/// [`roll_out`], with the (digest, tag) pairs the resolution of `target` just proved.
+async fn roll_out_proved(
+    cfg: &DeployConfig,
+    env_name: &str,
+    what: What,
+    target: Target,
+    resolved: Vec<(String, String)>,
     out: &dyn Output,
 ) -> Result<ExitClass, Error> {
     let env = find_env(cfg, env_name)?;
@@ -130,7 +150,10 @@ pub(crate) async fn roll_out(
         rerun_migration: what.migrations == Migrations::Rerun,
         issued_by: issued_by(),
     };
-    let ready = rollout::prepare(cfg, env, plan, &connector, out).await?;
+    let mut ready = rollout::prepare(cfg, env, plan, &connector, out).await?;
+    let before: Vec<&AgentStatus> = ready.links.iter().map(|l| &l.before).collect();
+    let wanted = release::digests_to_tag(&ready.spec.release, &before, &cfg.app);
+    ready.spec.tags = registry_tags(wanted, resolved, out).await;
     let driver = Driver {
         cfg,
         connector: &connector,
@@ -148,6 +171,56 @@ pub(crate) async fn roll_out(
     let exit = summary.exit();
     out.emit(&Message::Summary(summary));
     Ok(exit)
+}
+
+/// The registry tags of `wanted` (repository → digests), with those the resolution itself
+/// proved (`resolved`, digest → tag), for the hosts' `[refs]`. A repository whose tags cannot
+/// be listed is said in a note and leaves its digests with the proved tags only: a host
+/// without `[refs]` needs none, and one with it refuses what it cannot judge.
+async fn registry_tags(
+    wanted: BTreeMap<String, BTreeSet<String>>,
+    resolved: Vec<(String, String)>,
+    out: &dyn Output,
+) -> BTreeMap<String, Vec<String>> {
+    let answers = join_all(wanted.iter().map(|(repository, digests)| async move {
+        let found = match Resolver::new(repository) {
+            Ok(mut r) => r.tags_of(digests).await,
+            Err(e) => Err(e),
+        };
+        (repository, found)
+    }))
+    .await;
+    let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (digest, tag) in resolved {
+        tags.entry(digest).or_default().insert(tag);
+    }
+    for (repository, found) in answers {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                out.emit(&Message::Note {
+                    message: format!(
+                        "cannot list the tags of {repository} ({e}): its orders name only the tag                          the release was resolved from"
+                    ),
+                });
+                continue;
+            }
+        };
+        if found.left_out > 0 {
+            out.emit(&Message::Note {
+                message: format!(
+                    "{repository} has {} more release-like tags than the {MAX_TAG_LOOKUPS} looked                      up; orders name the tags found among those",
+                    found.left_out
+                ),
+            });
+        }
+        for (digest, found) in found.tags {
+            tags.entry(digest).or_default().extend(found);
+        }
+    }
+    tags.into_iter()
+        .map(|(digest, t)| (digest, t.into_iter().collect()))
+        .collect()
 }
 
 /// Ctrl-C during a rollout: the agents finish (or undo) what they accepted on their own, but

@@ -388,3 +388,60 @@ fn requires_admits_only_the_very_same_set_of_digests() {
         assert!(!succeeded_in(&history, "other-app", &pushed));
     }
 }
+
+#[test]
+fn the_digests_to_tag_are_the_releases_and_what_the_hosts_run() {
+    let cfg = two_repos();
+    let answers = answer(&[
+        (lookup("r/api", "v2"), Some(('a', "v2"))),
+        (lookup("r/web", "v2"), Some(('b', "v2"))),
+        (lookup("r/migrate", "v2"), Some(('c', "v2"))),
+        (lookup("r/api", &d('e')), Some(('e', &d('e')))),
+    ]);
+    let r = assemble(&cfg, "v2", &sets(&[("worker", &d('e'))]), &answers).unwrap();
+    // A digest typed is no tag.
+    assert_eq!(
+        resolved_tags(&r),
+        vec![
+            (d('a'), "v2".to_string()),
+            (d('b'), "v2".to_string()),
+            (d('c'), "v2".to_string()),
+        ]
+    );
+    let status = |services: &[(&str, &str, char)]| AgentStatus {
+        agent_version: "1".into(),
+        host: "h".into(),
+        env: "e".into(),
+        uptime_secs: 1,
+        services: services
+            .iter()
+            .map(|(app, service, c)| proto::wire::ServiceStatus {
+                app: app.to_string(),
+                service: service.to_string(),
+                container_id: None,
+                image: Some(img(if *service == "web" { "r/web" } else { "r/api" }, *c)),
+                reference: None,
+                health: proto::wire::Health::Healthy,
+                since: Timestamp::now(),
+                last_outcome: None,
+                last_order: None,
+                previous_digest: None,
+                maintenance: None,
+            })
+            .collect(),
+        running: Vec::new(),
+    };
+    let app = cfg.app.as_str();
+    let h1 = status(&[(app, "api", 'f'), (app, "web", '9')]);
+    // Another app's image on the host is none of this rollout's business.
+    let h2 = status(&[(app, "api", 'a'), ("other", "web", '8')]);
+    let set = |cs: &[char]| cs.iter().map(|c| d(*c)).collect::<BTreeSet<_>>();
+    assert_eq!(
+        digests_to_tag(&r, &[&h1, &h2], app),
+        BTreeMap::from([
+            ("r/api".to_string(), set(&['a', 'e', 'f'])),
+            ("r/migrate".to_string(), set(&['c'])),
+            ("r/web".to_string(), set(&['9', 'b'])),
+        ])
+    );
+}

@@ -369,6 +369,10 @@ pub struct RolloutSpec {
     pub migrate_first: bool,
     /// Whether it runs even if this digest's migration already succeeded there (`--rerun-migration`).
     pub rerun_migration: bool,
+    /// digest → the registry tags found pointing at it when the rollout started, for the
+    /// release and for what each host ran before (where a failure sends it back): each order
+    /// carries those of its own digests, for the hosts' `[refs]`.
+    pub tags: BTreeMap<String, Vec<String>>,
 }
 
 /// Builds one host's order: `action` to `release` (the rollout's, or a host's previous one when
@@ -391,7 +395,7 @@ pub fn build_order(
         let service = release.services.get(&m.service).map(|p| &p.image);
         (service != Some(own)).then(|| own.clone())
     });
-    Order {
+    let mut order = Order {
         order_id: order::new_id(),
         rollout_id: spec.rollout_id.clone(),
         env: spec.env.clone(),
@@ -407,6 +411,7 @@ pub fn build_order(
         revision: release.revision(),
         reference: release.reference.clone(),
         refs: release.refs(),
+        tags: BTreeMap::new(),
         run_migration,
         rerun_migration: run_migration && spec.rerun_migration,
         app: cfg.app.clone(),
@@ -414,7 +419,13 @@ pub fn build_order(
         migrate,
         exec: None,
         maintenance: None,
-    }
+    };
+    order.tags = order
+        .all_images()
+        .into_iter()
+        .filter_map(|i| Some((i.digest().to_string(), spec.tags.get(i.digest())?.clone())))
+        .collect();
+    order
 }
 
 /// Everything a finished rollout learned, host by host in deploy.toml order.

@@ -166,6 +166,7 @@ impl World {
             revision: None,
             reference: reference.into(),
             refs: Default::default(),
+            tags: Default::default(),
             run_migration: migrate,
             rerun_migration: false,
             app: self.app.clone(),

@@ -74,6 +74,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
         revision: None,
         reference: "v1".into(),
         refs: Default::default(),
+        tags: Default::default(),
         run_migration: false,
         rerun_migration: false,
         app: "acme".into(),

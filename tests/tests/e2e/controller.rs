@@ -26,6 +26,7 @@ mod policy;
 mod promote;
 mod proxy;
 mod release;
+mod release_policy;
 mod secrets;
 
 const APP: &str = "acme";

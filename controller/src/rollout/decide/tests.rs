@@ -617,3 +617,49 @@ fn reverts_put_each_service_back_on_the_digest_it_ran() {
         BTreeMap::from([("web".into(), img("web", 'b'))])
     );
 }
+
+#[test]
+fn each_order_carries_the_tags_of_its_own_digests() {
+    let cfg = two_services();
+    let spec = RolloutSpec {
+        rollout_id: "r".into(),
+        env: "e".into(),
+        action: Action::Deploy,
+        release: release_of(&[("api", 'a'), ("web", 'b')]),
+        issued_by: "ci".into(),
+        migrate_first: false,
+        rerun_migration: false,
+        tags: BTreeMap::from([
+            (d('a'), vec!["v1.0.0".to_string()]),
+            (
+                d('b'),
+                vec!["2023.06.1".to_string(), "ephemeral-x".to_string()],
+            ),
+            (d('c'), vec!["v0.9.0".to_string()]),
+        ]),
+    };
+    let peer = Peer {
+        host: "h".into(),
+        env: "e".into(),
+        agent_version: "1".into(),
+        host_key: None,
+    };
+    let order = build_order(&cfg, &spec, &peer, Action::Deploy, &spec.release, false);
+    assert_eq!(
+        order.tags,
+        BTreeMap::from([
+            (d('a'), vec!["v1.0.0".to_string()]),
+            (
+                d('b'),
+                vec!["2023.06.1".to_string(), "ephemeral-x".to_string()]
+            ),
+        ])
+    );
+    // A revert to api c / web d: c's tags, and none for d, which has none.
+    let back = release_of(&[("api", 'c'), ("web", 'd')]);
+    let order = build_order(&cfg, &spec, &peer, Action::Rollback, &back, false);
+    assert_eq!(
+        order.tags,
+        BTreeMap::from([(d('c'), vec!["v0.9.0".to_string()])])
+    );
+}
