@@ -427,6 +427,7 @@ fn the_digests_to_tag_are_the_releases_and_what_the_hosts_run() {
                 last_order: None,
                 previous_digest: None,
                 maintenance: None,
+                restarts: 0,
             })
             .collect(),
         running: Vec::new(),
