@@ -13,14 +13,10 @@ use clap::{Args, Parser, Subcommand};
     about = "Push one immutable image digest to your hosts, health-gated, with automatic rollback"
 )]
 pub struct Cli {
-    /// The app's deploy.toml.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "deploy.toml"
-    )]
-    pub config: PathBuf,
+    /// The app's deploy.toml [default: $DEPLOYCTL_CONFIG, else the first deploy.toml in this
+    /// directory or a parent].
+    #[arg(long, global = true, value_name = "PATH", env = "DEPLOYCTL_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print one JSON object per event and a final summary object.
     #[arg(long, global = true)]
     pub json: bool,
@@ -119,6 +115,13 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         message: Option<String>,
     },
+    /// Print a shell completion script: `deployctl completions bash > /etc/bash_completion.d/deployctl`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `deployctl man > /usr/local/share/man/man1/deployctl.1`.
+    Man,
     /// Signing keys for deploy orders.
     Keys {
         #[command(subcommand)]
@@ -156,6 +159,8 @@ impl Command {
         match self {
             Command::Push { .. } => "push",
             Command::Rollback { .. } => "rollback",
+            Command::Completions { .. } => "completions",
+            Command::Man => "man",
             Command::Promote { .. } => "promote",
             Command::Status { .. } => "status",
             Command::History { .. } => "history",
@@ -212,7 +217,7 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
             assert!(cli.json);
-            assert_eq!(cli.config, PathBuf::from("x.toml"));
+            assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
         }
         let cli = Cli::try_parse_from([
             "deployctl",

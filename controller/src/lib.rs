@@ -90,6 +90,34 @@ impl Error {
 }
 
 /// Runs a parsed command line to its exit class.
+/// A command line clap refused: its message on stderr, or as the one summary line under
+/// `--json` (command `usage`), exit 64.
+pub fn usage_error(e: &clap::Error, json: bool) -> ExitClass {
+    if !json {
+        let _ = e.print();
+        return ExitClass::Usage;
+    }
+    let body = output::SummaryBody::Stopped {
+        result: ExitClass::Usage,
+        error: usage_message(&e.to_string()),
+    };
+    let summary = output::Summary::new("usage", body);
+    output::for_run(true).emit(&output::Message::Summary(summary));
+    ExitClass::Usage
+}
+
+/// clap's message without its `error: ` and the usage and help lines after it, on one line.
+fn usage_message(rendered: &str) -> String {
+    rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_string()
+}
+
 pub async fn run(cli: cli::Cli) -> ExitClass {
     let out = output::for_run(cli.json);
     commands::dispatch(cli, out.as_ref()).await

@@ -10,16 +10,19 @@ use deployctl::{ExitClass, cli::Cli};
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        // `--help` and `--version` print and succeed; a mistake is a usage error, said as a
+        // JSON summary under `--json` so a script reading stdout sees why.
+        Err(e) if e.use_stderr() => {
+            let json = std::env::args().any(|a| a == "--json");
+            return ExitCode::from(deployctl::usage_error(&e, json).code());
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(ExitClass::Usage.code())
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
         }
     };
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEPLOYCTL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

@@ -39,9 +39,23 @@ pub async fn dispatch(cli: Cli, out: &dyn Output) -> ExitClass {
 }
 
 async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
-    let path = cli.config;
+    let path = match cli.config {
+        Some(path) => path,
+        None => find_config(&std::env::current_dir().unwrap_or_default()),
+    };
     let load = || DeployConfig::load(&path);
     match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "deployctl", &mut std::io::stdout());
+            Ok(ExitClass::Success)
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout())
+                .map_err(|e| Error::Refused(format!("writing the man page: {e}")))?;
+            Ok(ExitClass::Success)
+        }
         Command::Keys {
             command: KeysCommand::Generate { out: file },
         } => keys::generate(file, out),
@@ -119,6 +133,16 @@ async fn demo(_out: &dyn Output) -> Result<ExitClass, Error> {
          from a checkout of deployctl"
             .into(),
     ))
+}
+
+/// The deploy.toml a command uses when neither `--config` nor `DEPLOYCTL_CONFIG` names one: the
+/// first in `dir` or a parent of it (as git finds its repository), else `deploy.toml` here,
+/// whose absence the loader reports.
+pub fn find_config(dir: &std::path::Path) -> PathBuf {
+    dir.ancestors()
+        .map(|d| d.join("deploy.toml"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("deploy.toml"))
 }
 
 /// Says why `command` stopped before doing its job, and returns its exit class.
@@ -266,6 +290,18 @@ pub(crate) async fn resolve_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deploy_toml_is_found_here_or_in_a_parent() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(find_config(&deep), PathBuf::from("deploy.toml"));
+        std::fs::write(root.path().join("a/deploy.toml"), "").unwrap();
+        assert_eq!(find_config(&deep), root.path().join("a/deploy.toml"));
+        std::fs::write(deep.join("deploy.toml"), "").unwrap();
+        assert_eq!(find_config(&deep), deep.join("deploy.toml"));
+    }
 
     #[test]
     fn passwd_lookup() {
