@@ -67,6 +67,7 @@ fn order_at(issued_at: Timestamp) -> Order {
         }),
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 
@@ -1208,6 +1209,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 uptime_secs,
                 services,
                 running,
+                approvals: None,
             },
         );
     let action = one_of(vec![
@@ -1249,6 +1251,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 duration_ms,
                 run_migration,
                 exit_code,
+                proposal: None,
             },
         );
     let logs = (

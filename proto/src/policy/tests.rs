@@ -84,6 +84,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
         migrate: None,
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 
