@@ -26,6 +26,7 @@ use crate::index::Index;
 use crate::job::{Job, blocking, lock};
 use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_order_id};
 use crate::locks::{LockDecision, ServiceKey, decide, keys_of};
+use crate::proposals::ProposalStore;
 use crate::replay::{self, ReplayStore};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -81,6 +82,8 @@ pub struct Agent<B: Backend> {
     running: Mutex<Running>,
     /// Held across the replay check and the remembering of the id ([`replay::admit`]).
     replay: Mutex<ReplayStore>,
+    /// Proposals waiting for approvals ([`crate::proposals`]); never held across a signature check.
+    pub(crate) proposals: Mutex<ProposalStore>,
     next_seq: AtomicU64,
     health: Mutex<HealthBook>,
     health_file: HealthFile,
@@ -149,6 +152,11 @@ impl<B: Backend> Agent<B> {
             .collect();
         let replay = ReplayStore::open(&config.state_dir.join("replay.json"), Timestamp::now())
             .map_err(OpenError::ReplayStore)?;
+        let (proposals, problem) =
+            ProposalStore::open(&config.state_dir.join("proposals.json"), Timestamp::now());
+        if let Some(p) = problem {
+            tracing::error!("{p}");
+        }
         let health_file = HealthFile::new(&config.state_dir);
         let (book, problem) = health_file.load();
         if let Some(p) = problem {
@@ -161,6 +169,7 @@ impl<B: Backend> Agent<B> {
             index: Mutex::new(index),
             running: Mutex::new(Running::default()),
             replay: Mutex::new(replay),
+            proposals: Mutex::new(proposals),
             next_seq,
             health: Mutex::new(book),
             health_file,
@@ -226,6 +235,10 @@ impl<B: Backend> Agent<B> {
             }
         };
         let order = accepted.order;
+        if let Err(refusal) = self.check_approval(&order) {
+            tracing::warn!(order_id = %order.order_id, kind = %refusal.kind, "order refused: {}", refusal.message);
+            return Submitted::Refused(refusal);
+        }
         if !is_valid_order_id(&order.order_id) {
             return Submitted::Refused(Refusal {
                 kind: RefusalKind::Malformed,
@@ -613,6 +626,7 @@ impl<B: Backend> Agent<B> {
             uptime_secs: self.started.elapsed().as_secs(),
             services,
             running: self.running(),
+            approvals: self.config.approvals.clone(),
         }
     }
 

@@ -115,6 +115,7 @@ impl Index {
                 duration_ms: s.duration_ms,
                 run_migration: s.order.run_migration,
                 exit_code: s.outcome.as_ref().and_then(|o| o.exit_code),
+                proposal: s.order.proposal.clone(),
             })
             .collect()
     }

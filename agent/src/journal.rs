@@ -252,6 +252,7 @@ pub(crate) mod tests {
             }),
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

@@ -272,6 +272,7 @@ shutdown_grace = "10s"
             }),
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

@@ -433,6 +433,7 @@ fn order(n: u8) -> Order {
         migrate: None,
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 

@@ -32,8 +32,9 @@ pub const NAMESPACE: &str = "deployctl-approval";
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// The longest a proposal may wait: an approval is for a release now, not some day.
 pub const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
-/// A proposal names a handful of images; anything near this is not one.
-pub const MAX_PROPOSAL: usize = 64 * 1024;
+/// A proposal names a handful of images; anything near this is not one. (A hundred held fit
+/// one 4 MiB frame when listed.)
+pub const MAX_PROPOSAL: usize = 16 * 1024;
 /// How far a proposer's clock may run ahead of the agent's.
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
 

@@ -431,6 +431,7 @@ impl AgentProc {
             migrate: None,
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

@@ -273,6 +273,7 @@ fn exec_order(
         migrate: None,
         exec: Some(exec),
         maintenance: None,
+        proposal: None,
     }
 }
 
@@ -375,6 +376,7 @@ mod tests {
             uptime_secs: 1,
             services,
             running: vec![],
+            approvals: None,
         };
         // (services on the host, the ref ordered or what the refusal says)
         let cases = [

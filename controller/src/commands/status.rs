@@ -153,6 +153,7 @@ mod tests {
             uptime_secs: 1,
             services: all,
             running: vec![],
+            approvals: None,
         })
     }
 

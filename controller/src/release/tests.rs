@@ -301,6 +301,7 @@ pub(crate) fn journal_entry(
         duration_ms: None,
         run_migration: false,
         exit_code: None,
+        proposal: None,
     }
 }
 

@@ -414,6 +414,7 @@ pub fn build_order(
         migrate,
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 

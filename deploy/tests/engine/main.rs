@@ -181,6 +181,7 @@ impl World {
             }),
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

@@ -255,7 +255,7 @@ fn proposals() {
             outsider               unknown-signer: proposal signed by key SHA256:LA4QoSmstGCy/UHfdU3jKjnPz56pQzud9OmslMh3g8w, which this agent does not trust for env "prod": the key (ssh-ed25519) is not in allowed_signers
             tampered               bad-signature: proposal signature refused: does not verify over the payload (tampered or corrupt)
             not a proposal         malformed: proposal payload is not a proposal: missing field `env` at line 1 column 20
-            oversized              oversized: proposal is 65537 bytes with a 310-byte signature; the limits are 65536 and 65536
+            oversized              oversized: proposal is 16385 bytes with a 310-byte signature; the limits are 16384 and 65536
             other env              env-mismatch: proposal is for env "prod", but this agent serves env "staging"
             expired                expired: proposal p1 expired at 2026-01-01T01:00:00Z (agent clock: 2026-01-01T01:06:40Z); propose it again
             from the future        not-yet-valid: proposal was made at 2026-01-01T00:00:00Z, in the future (agent clock: 2025-12-31T23:58:00Z); check the clocks
