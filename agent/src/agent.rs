@@ -237,7 +237,7 @@ impl<B: Backend> Agent<B> {
         let order = accepted.order;
         if let Err(refusal) = self.check_approval(&order) {
             tracing::warn!(order_id = %order.order_id, kind = %refusal.kind, "order refused: {}", refusal.message);
-            return Submitted::Refused(refusal);
+            return Submitted::Refused(refusal.into());
         }
         if !is_valid_order_id(&order.order_id) {
             return Submitted::Refused(Refusal {

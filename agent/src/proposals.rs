@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 
 use deploy::durable;
 use proto::Order;
+use proto::accept::Rejection;
 use proto::approval::{
     self, Approval, ApprovalRules, HeldProposal, SignedProposal, check_order, valid_approvals,
     verify_approval, verify_proposal,
 };
 use proto::sign::AllowedSigners;
 use proto::time::Timestamp;
-use proto::wire::{Refusal, RefusalKind};
+use proto::wire::RefusalKind;
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Agent;
@@ -147,21 +148,17 @@ fn expired(h: &HeldProposal, now: Timestamp) -> bool {
     h.proposal().map_or(true, |p| p.is_expired(now))
 }
 
-fn refused(kind: RefusalKind, message: String) -> Refusal {
-    Refusal {
-        kind,
-        message,
-        holder: None,
-    }
+fn refused(kind: RefusalKind, message: String) -> Rejection {
+    Rejection { kind, message }
 }
 
-fn not_saved(e: io::Error) -> Refusal {
+fn not_saved(e: io::Error) -> Rejection {
     refused(RefusalKind::Internal, format!("{e}; nothing was changed"))
 }
 
 impl<B: Backend> Agent<B> {
     /// The rules and the trust of this moment, or why this host takes no proposals.
-    fn approval_context(&self) -> Result<(&ApprovalRules, AllowedSigners), Refusal> {
+    fn approval_context(&self) -> Result<(&ApprovalRules, AllowedSigners), Rejection> {
         let rules = self.config().approvals.as_ref().ok_or_else(|| {
             refused(
                 RefusalKind::PolicyDenied,
@@ -193,7 +190,7 @@ impl<B: Backend> Agent<B> {
     }
 
     /// Holds a signed proposal until it expires; returns it as held and the approvals required.
-    pub fn propose(&self, signed: SignedProposal) -> Result<(HeldProposal, usize), Refusal> {
+    pub fn propose(&self, signed: SignedProposal) -> Result<(HeldProposal, usize), Rejection> {
         let (rules, signers) = self.approval_context()?;
         let now = Timestamp::now();
         let (proposal, proposer) = verify_proposal(&signed, &signers, &self.config().env, now)?;
@@ -243,7 +240,7 @@ impl<B: Backend> Agent<B> {
 
     /// Adds an approval (an SSHSIG over the proposal's payload) after `proto::approval`'s
     /// checks; the signature is verified with no lock held.
-    pub fn approve(&self, id: &str, signature: &str) -> Result<(HeldProposal, usize), Refusal> {
+    pub fn approve(&self, id: &str, signature: &str) -> Result<(HeldProposal, usize), Rejection> {
         let (rules, signers) = self.approval_context()?;
         let now = Timestamp::now();
         let unknown = || {
@@ -294,7 +291,7 @@ impl<B: Backend> Agent<B> {
 
     /// Whether this host may run `order` as far as approvals go (`proto::approval::check_order`);
     /// the signatures are verified with no lock held.
-    pub(crate) fn check_approval(&self, order: &Order) -> Result<(), Refusal> {
+    pub(crate) fn check_approval(&self, order: &Order) -> Result<(), Rejection> {
         let Some(rules) = self.config().approvals.as_ref() else {
             return Ok(());
         };

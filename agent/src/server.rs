@@ -310,7 +310,7 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
             Ok((proposal, required)) => {
                 write_frame(wr, &Reply::Proposal { proposal, required }).await
             }
-            Err(refusal) => write_frame(wr, &Reply::Refused { refusal }).await,
+            Err(r) => write_frame(wr, &Reply::Refused { refusal: r.into() }).await,
         },
         Request::Proposals {} => {
             let (proposals, required) = agent.proposals();
@@ -327,7 +327,7 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
             Ok((proposal, required)) => {
                 write_frame(wr, &Reply::Proposal { proposal, required }).await
             }
-            Err(refusal) => write_frame(wr, &Reply::Refused { refusal }).await,
+            Err(r) => write_frame(wr, &Reply::Refused { refusal: r.into() }).await,
         },
         Request::Logs { service, lines } => match agent.logs(service.as_deref(), lines).await {
             Ok(logs) => {

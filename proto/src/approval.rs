@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::accept::Rejection;
 use crate::order::{Action, ImageRef, Order, is_valid_name};
 use crate::sign::{self, AllowedSigners, Verified, VerifyError, verify_in};
 use crate::time::Timestamp;
-use crate::wire::{Refusal, RefusalKind};
+use crate::wire::RefusalKind;
 
 /// The SSHSIG namespace of approvals.
 pub const NAMESPACE: &str = "deployctl-approval";
@@ -235,12 +236,8 @@ impl HeldProposal {
     }
 }
 
-fn refusal(kind: RefusalKind, message: String) -> Refusal {
-    Refusal {
-        kind,
-        message,
-        holder: None,
-    }
+fn refusal(kind: RefusalKind, message: String) -> Rejection {
+    Rejection { kind, message }
 }
 
 /// A proposal as an agent of `env` receives it: size, the proposer's signature (a key trusted
@@ -250,7 +247,7 @@ pub fn verify_proposal(
     signers: &AllowedSigners,
     env: &str,
     now: Timestamp,
-) -> Result<(Proposal, Approver), Refusal> {
+) -> Result<(Proposal, Approver), Rejection> {
     if signed.payload.len() > MAX_PROPOSAL || signed.signature.len() > sign::MAX_SIGNATURE {
         return Err(refusal(
             RefusalKind::Oversized,
@@ -286,7 +283,7 @@ pub fn verify_proposal(
 }
 
 /// What serde cannot say about a proposal, and whether it is for this env, now.
-fn check_shape(p: &Proposal, env: &str, now: Timestamp) -> Result<(), Refusal> {
+fn check_shape(p: &Proposal, env: &str, now: Timestamp) -> Result<(), Rejection> {
     let malformed = |why: String| {
         refusal(
             RefusalKind::Malformed,
@@ -339,7 +336,7 @@ fn check_shape(p: &Proposal, env: &str, now: Timestamp) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn expired(p: &Proposal, now: Timestamp) -> Refusal {
+fn expired(p: &Proposal, now: Timestamp) -> Rejection {
     refusal(
         RefusalKind::Expired,
         format!(
@@ -367,7 +364,7 @@ pub fn verify_approval(
     signers: &AllowedSigners,
     rules: &ApprovalRules,
     now: Timestamp,
-) -> Result<Approver, Refusal> {
+) -> Result<Approver, Rejection> {
     if proposal.is_expired(now) {
         return Err(expired(proposal, now));
     }
@@ -384,7 +381,7 @@ fn judge(
     signers: &AllowedSigners,
     rules: &ApprovalRules,
     now: Timestamp,
-) -> Result<Approver, Refusal> {
+) -> Result<Approver, Rejection> {
     let id = &proposal.proposal_id;
     let proposer = &held.proposer;
     let self_approval = || {
@@ -488,7 +485,7 @@ pub fn check_order(
     signers: &AllowedSigners,
     rules: Option<&ApprovalRules>,
     now: Timestamp,
-) -> Result<Option<usize>, Refusal> {
+) -> Result<Option<usize>, Rejection> {
     let Some(rules) = rules.filter(|_| order.action.deploys()) else {
         return Ok(None);
     };

@@ -6,13 +6,14 @@
 //! drive ([`crate::rollout::drive`]), summarize, emit.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use proto::order::Action;
 use proto::wire::{HistoryEntry, OutcomeKind};
 
 use super::{find_env, issued_by, load_signer, resolve_release};
-use crate::config::DeployConfig;
+use crate::config::{DeployConfig, EnvConfig};
 use crate::connector::{Transport, connect_all, report_connections};
 use crate::output::{Message, Output, Summary, SummaryBody};
 use crate::release::{self, Release};
@@ -49,6 +50,8 @@ pub struct What {
     /// `--set SERVICE=REF`: services resolved at a ref of their own.
     pub sets: BTreeMap<String, String>,
     pub migrations: Migrations,
+    /// To an env that needs approvals: how long the proposal waits for them.
+    pub expires: Duration,
 }
 
 impl What {
@@ -59,7 +62,13 @@ impl What {
             reference: Some(reference.to_string()),
             sets: BTreeMap::new(),
             migrations,
+            expires: proto::approval::DEFAULT_EXPIRY,
         }
+    }
+
+    /// `--expires`.
+    pub fn with_expiry(self, expires: Duration) -> What {
+        What { expires, ..self }
     }
 
     /// `--set SERVICE=REF…`.
@@ -74,10 +83,11 @@ impl What {
             reference: to.map(str::to_string),
             sets: BTreeMap::new(),
             migrations: Migrations::Skip,
+            expires: proto::approval::DEFAULT_EXPIRY,
         }
     }
 
-    fn command(&self) -> &'static str {
+    pub(crate) fn command(&self) -> &'static str {
         match self.action {
             Action::Deploy => "push",
             Action::Rollback => "rollback",
@@ -107,6 +117,19 @@ pub async fn rollout(
     {
         check_promotion(cfg, &env.name, required, release, out).await?;
     }
+    roll(cfg, env, &what, target, out).await
+}
+
+/// A rollout whose target is known: connect and check every host, then — to an env that needs
+/// approvals, only with a proposal approved for exactly this release ([`super::approvals::gate`])
+/// — drive, summarize, emit.
+pub(crate) async fn roll(
+    cfg: &DeployConfig,
+    env: &EnvConfig,
+    what: &What,
+    target: Target,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
     let signer = load_signer(env).await?;
     let connector = Transport::for_env(env);
     let plan = Plan {
@@ -116,7 +139,12 @@ pub async fn rollout(
         rerun_migration: what.migrations == Migrations::Rerun,
         issued_by: issued_by(),
     };
-    let ready = rollout::prepare(cfg, env, plan, &connector, out).await?;
+    let mut ready = rollout::prepare(cfg, env, plan, &connector, out).await?;
+    let gate = super::approvals::gate(cfg, &mut ready, &signer, what, out).await?;
+    let signer = match gate {
+        super::approvals::Gate::Go(proposal) => super::approvals::Naming::new(&signer, proposal),
+        super::approvals::Gate::Wait(exit) => return Ok(exit),
+    };
     let driver = Driver {
         cfg,
         connector: &connector,

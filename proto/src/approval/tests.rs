@@ -115,7 +115,7 @@ fn approve(h: &HeldProposal, name: &str) -> String {
     sign_in(NAMESPACE, &key(name), h.signed.payload.as_bytes()).unwrap()
 }
 
-fn verdict<T: std::fmt::Debug>(r: Result<T, Refusal>) -> String {
+fn verdict<T: std::fmt::Debug>(r: Result<T, Rejection>) -> String {
     match r {
         Ok(v) => format!("ok {v:?}"),
         Err(r) => format!("{}: {}", r.kind, r.message),
