@@ -152,24 +152,20 @@ impl<B: Backend> Agent<B> {
             .collect();
         let replay = ReplayStore::open(&config.state_dir.join("replay.json"), Timestamp::now())
             .map_err(OpenError::ReplayStore)?;
-        let (proposals, problem) =
-            ProposalStore::open(&config.state_dir.join("proposals.json"), Timestamp::now());
-        if let Some(p) = problem {
-            tracing::error!("{p}");
-        }
         let health_file = HealthFile::new(&config.state_dir);
         let (book, problem) = health_file.load();
         if let Some(p) = problem {
             tracing::warn!("{p}");
         }
+        let proposals = Mutex::new(ProposalStore::open_in(&config.state_dir));
         Ok(Arc::new(Agent {
+            proposals,
             config,
             backend,
             journal,
             index: Mutex::new(index),
             running: Mutex::new(Running::default()),
             replay: Mutex::new(replay),
-            proposals: Mutex::new(proposals),
             next_seq,
             health: Mutex::new(book),
             health_file,
@@ -236,7 +232,6 @@ impl<B: Backend> Agent<B> {
         };
         let order = accepted.order;
         if let Err(refusal) = self.check_approval(&order) {
-            tracing::warn!(order_id = %order.order_id, kind = %refusal.kind, "order refused: {}", refusal.message);
             return Submitted::Refused(refusal.into());
         }
         if !is_valid_order_id(&order.order_id) {

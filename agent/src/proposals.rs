@@ -74,6 +74,16 @@ impl ProposalStore {
         (store, problem)
     }
 
+    /// The store of the agent whose state directory is `state_dir`, what became of an
+    /// unreadable one logged.
+    pub fn open_in(state_dir: &Path) -> ProposalStore {
+        let (store, problem) = Self::open(&state_dir.join("proposals.json"), Timestamp::now());
+        if let Some(p) = problem {
+            tracing::error!("{p}");
+        }
+        store
+    }
+
     fn set_aside(&self, why: &str) -> String {
         let aside = self.path.with_extension("json.corrupt");
         let moved = std::fs::rename(&self.path, &aside)
@@ -310,7 +320,10 @@ impl<B: Backend> Agent<B> {
             &signers,
             Some(rules),
             Timestamp::now(),
-        )?;
+        )
+        .inspect_err(|r| {
+            tracing::warn!(order_id = %order.order_id, kind = %r.kind, "order refused: {}", r.message)
+        })?;
         if let (Some(n), Some(id)) = (counted, &order.proposal) {
             tracing::info!(order_id = %order.order_id, proposal = %id, "order carries proposal {id}, approved {n} of {}", rules.required);
         }
