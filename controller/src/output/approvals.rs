@@ -189,3 +189,34 @@ impl ApprovalsSummary {
         lines
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_approvals_exits_4_and_says_how_to_approve() {
+        let mut s = ApprovalsSummary::new("prod", ApprovalsResult::Waiting);
+        s.proposal = Some("01abc".into());
+        s.held = Some(1);
+        s.required = Some(2);
+        assert_eq!(s.exit().code(), 4);
+        assert_eq!(
+            s.lines(),
+            [
+                "proposal 01abc waits for approvals in prod: 1 of 2 approvals",
+                "approve it with `deployctl approve 01abc --env prod`, then run it with `--run`",
+            ]
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["result"], "waiting");
+        for (result, code) in [
+            (ApprovalsResult::Listed, 0),
+            (ApprovalsResult::Approved, 0),
+            (ApprovalsResult::Shown, 0),
+            (ApprovalsResult::Refused, 3),
+        ] {
+            assert_eq!(ApprovalsSummary::new("e", result).exit().code(), code);
+        }
+    }
+}
