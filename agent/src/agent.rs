@@ -26,6 +26,7 @@ use crate::index::Index;
 use crate::job::{Job, blocking, lock};
 use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_order_id};
 use crate::locks::{LockDecision, ServiceKey, decide, keys_of};
+use crate::proposals::ProposalStore;
 use crate::replay::{self, ReplayStore};
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -77,10 +78,12 @@ pub struct Agent<B: Backend> {
     backend: B,
     journal: Journal,
     /// Lock order: `running` before `index`; `health` alone.
-    index: Mutex<Index>,
+    pub(crate) index: Mutex<Index>,
     running: Mutex<Running>,
     /// Held across the replay check and the remembering of the id ([`replay::admit`]).
     replay: Mutex<ReplayStore>,
+    /// Proposals waiting for approvals ([`crate::proposals`]); never held across a signature check.
+    pub(crate) proposals: Mutex<ProposalStore>,
     next_seq: AtomicU64,
     health: Mutex<HealthBook>,
     health_file: HealthFile,
@@ -154,7 +157,9 @@ impl<B: Backend> Agent<B> {
         if let Some(p) = problem {
             tracing::warn!("{p}");
         }
+        let proposals = Mutex::new(ProposalStore::open_in(&config.state_dir));
         Ok(Arc::new(Agent {
+            proposals,
             config,
             backend,
             journal,
@@ -226,6 +231,9 @@ impl<B: Backend> Agent<B> {
             }
         };
         let order = accepted.order;
+        if let Err(refusal) = self.check_approval(&order) {
+            return Submitted::Refused(refusal.into());
+        }
         if !is_valid_order_id(&order.order_id) {
             return Submitted::Refused(Refusal {
                 kind: RefusalKind::Malformed,
@@ -615,6 +623,7 @@ impl<B: Backend> Agent<B> {
             uptime_secs: self.started.elapsed().as_secs(),
             services,
             running: self.running(),
+            approvals: self.config.approvals.clone(),
         }
     }
 

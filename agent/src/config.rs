@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proto::approval::ApprovalRules;
 use proto::policy::HostPolicy;
 use proto::release_policy::ReleasePolicy;
 use proto::sign::{AllowedSigners, AllowedSignersError};
@@ -50,6 +51,8 @@ pub struct AgentConfig {
     pub host_keys: Option<Vec<PathBuf>>,
     /// How much abuse the socket takes (README, "Under abuse").
     pub limits: SocketLimits,
+    /// `[approvals]`: deploys and rollbacks need a proposal approved so (README, "Approvals").
+    pub approvals: Option<ApprovalRules>,
 }
 
 /// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
@@ -106,6 +109,8 @@ struct RawConfig {
     frame_timeout: Duration,
     #[serde(default = "default_idle_timeout", with = "proto::time::duration")]
     idle_timeout: Duration,
+    #[serde(default)]
+    approvals: Option<ApprovalRules>,
 }
 
 fn default_socket() -> PathBuf {
@@ -239,6 +244,9 @@ impl AgentConfig {
             ));
         }
         let limits = raw.limits().map_err(invalid)?;
+        if let Some(rules) = &raw.approvals {
+            rules.check().map_err(invalid)?;
+        }
         let policy = policy::host_policy(raw.policy).map_err(invalid)?;
         let release_policy = release::release_policy(raw.freeze, raw.refs).map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -260,6 +268,7 @@ impl AgentConfig {
                 .host_keys
                 .map(|keys| keys.into_iter().map(resolve).collect()),
             limits,
+            approvals: raw.approvals,
         })
     }
 }
@@ -473,6 +482,36 @@ allowed_images = ["registry.example.com/acme/*"]
         )
         .unwrap_err();
         assert!(err.to_string().contains("container_prefix"), "{err}");
+    }
+
+    #[test]
+    fn approvals_are_read_and_must_be_satisfiable() {
+        let c = AgentConfig::parse(GOOD, Path::new("agent.toml")).unwrap();
+        assert_eq!(c.approvals, None);
+        let text = format!(
+            "{GOOD}\n[approvals]\nrequired = 2\nprincipals = [\"alice@acme\", \"bob@acme\"]\n"
+        );
+        let c = AgentConfig::parse(&text, Path::new("agent.toml")).unwrap();
+        assert_eq!(
+            c.approvals,
+            Some(ApprovalRules {
+                required: 2,
+                principals: vec!["alice@acme".into(), "bob@acme".into()],
+            })
+        );
+        for (body, fragment) in [
+            ("required = 0\nprincipals = [\"a\"]", "at least 1"),
+            (
+                "required = 3\nprincipals = [\"a\", \"b\"]",
+                "could ever be approved",
+            ),
+            ("required = 1\nprincipals = [\"a\"]\nquorum = 1", "quorum"),
+            ("required = -1\nprincipals = [\"a\"]", "expected usize"),
+        ] {
+            let text = format!("{GOOD}\n[approvals]\n{body}\n");
+            let err = AgentConfig::parse(&text, Path::new("agent.toml")).unwrap_err();
+            assert!(err.to_string().contains(fragment), "{body}: {err}");
+        }
     }
 
     #[test]

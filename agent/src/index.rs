@@ -64,6 +64,19 @@ impl Index {
             .insert(record.order_id().to_string(), Summary::from(record));
     }
 
+    /// The finished orders of `rollout_id` that named `proposal`, newest first.
+    pub fn approved_in_rollout(&self, rollout_id: &str, proposal: &str) -> Vec<&Summary> {
+        let mut found: Vec<&Summary> = self
+            .by_id
+            .values()
+            .filter(|s| s.order.rollout_id == rollout_id)
+            .filter(|s| s.order.proposal.as_deref() == Some(proposal))
+            .filter(|s| s.outcome.is_some())
+            .collect();
+        found.sort_by_key(|s| std::cmp::Reverse(s.seq));
+        found
+    }
+
     pub fn get(&self, order_id: &str) -> Option<&Summary> {
         self.by_id.get(order_id)
     }
@@ -115,6 +128,7 @@ impl Index {
                 duration_ms: s.duration_ms,
                 run_migration: s.order.run_migration,
                 exit_code: s.outcome.as_ref().and_then(|o| o.exit_code),
+                proposal: s.order.proposal.clone(),
             })
             .collect()
     }

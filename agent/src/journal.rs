@@ -253,6 +253,7 @@ pub(crate) mod tests {
             }),
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

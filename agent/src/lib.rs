@@ -9,7 +9,7 @@
 //! serves; afterwards it probes the health of what it deployed.
 //!
 //! Module map: [`config`] (agent.toml, allowed_signers) · [`replay`] (accepted order ids) ·
-//! [`journal`] (the per-order files) · [`index`] (in-memory view of the journal) · [`locks`]
+//! [`journal`] (the per-order files) · [`proposals`] (proposals waiting for approvals) · [`index`] (in-memory view of the journal) · [`locks`]
 //! (one rollout per service) · [`job`] (a running order) · [`agent`] (shared state, one method
 //! per request) · [`exec`] (what an exec order needs of the agent) · [`server`] (socket,
 //! frames, shutdown) · [`admission`] (which connections stay open under a flood) · [`health`]
@@ -31,6 +31,7 @@ pub mod index;
 pub mod job;
 pub mod journal;
 pub mod locks;
+pub mod proposals;
 pub mod replay;
 pub mod server;
 
@@ -198,6 +199,13 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         &config.release_policy,
         proto::Timestamp::now(),
     ));
+    if let Some(a) = &config.approvals {
+        report.push_str(&format!(
+            "\n  approvals: {} of {} for every deploy and rollback",
+            a.required,
+            a.principals.join(", ")
+        ));
+    }
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
     }

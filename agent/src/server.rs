@@ -306,6 +306,29 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
             }
             write_frame(wr, &Reply::History { entries }).await
         }
+        Request::Propose { proposal } => match agent.propose(proposal) {
+            Ok((proposal, required)) => {
+                write_frame(wr, &Reply::Proposal { proposal, required }).await
+            }
+            Err(r) => write_frame(wr, &Reply::Refused { refusal: r.into() }).await,
+        },
+        Request::Proposals {} => {
+            let (proposals, required) = agent.proposals();
+            write_frame(
+                wr,
+                &Reply::Proposals {
+                    proposals,
+                    required,
+                },
+            )
+            .await
+        }
+        Request::Approve { id, signature } => match agent.approve(&id, &signature) {
+            Ok((proposal, required)) => {
+                write_frame(wr, &Reply::Proposal { proposal, required }).await
+            }
+            Err(r) => write_frame(wr, &Reply::Refused { refusal: r.into() }).await,
+        },
         Request::Logs { service, lines } => match agent.logs(service.as_deref(), lines).await {
             Ok(logs) => {
                 let logs = fit_logs(logs);

@@ -274,6 +274,7 @@ shutdown_grace = "10s"
             }),
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

@@ -43,6 +43,9 @@ pub enum Command {
         /// (by default a retried rollout of the same digest does not migrate again).
         #[arg(long, conflicts_with = "skip_migrations")]
         rerun_migration: bool,
+        /// To an env that needs approvals: how long the proposal waits for them (at most 7d).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = proto::time::parse_duration)]
+        expires: Duration,
     },
     /// Roll out exactly the release that runs, healthy, on every host of --from (its digests,
     /// not its ref resolved again) to --to; refused, naming the hosts, when --from is mixed,
@@ -65,6 +68,34 @@ pub enum Command {
         env: String,
         #[arg(long, value_name = "REF")]
         to: Option<String>,
+        /// To an env that needs approvals: how long the proposal waits for them (at most 7d).
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = proto::time::parse_duration)]
+        expires: Duration,
+    },
+    /// The proposals waiting for approvals in an env ([approvals] on its hosts).
+    Approvals {
+        #[arg(long)]
+        env: String,
+        /// Write the exact bytes of this proposal to --out, to sign with
+        /// `ssh-keygen -Y sign -n deployctl-approval`.
+        #[arg(long, value_name = "ID", requires = "out")]
+        show: Option<String>,
+        #[arg(long, value_name = "FILE", requires = "show")]
+        out: Option<PathBuf>,
+    },
+    /// Approve a proposal: sign its bytes (namespace deployctl-approval) with the env's signing
+    /// key, or hand over a signature made elsewhere; with --run, roll it out once approved.
+    Approve {
+        #[arg(value_name = "ID")]
+        id: String,
+        #[arg(long)]
+        env: String,
+        /// Roll the proposal out if it has the approvals it needs.
+        #[arg(long)]
+        run: bool,
+        /// An armored signature of the proposal's bytes (`ssh-keygen -Y sign` writes FILE.sig).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
     },
     /// Per host and service: agent, ref, digest, health; whether every host runs one release.
     Status {
@@ -168,6 +199,8 @@ impl Command {
             Command::Exec { .. } => "exec",
             Command::Maintenance { .. } => "maintenance",
             Command::Keys { .. } => "keys generate",
+            Command::Approvals { .. } => "approvals",
+            Command::Approve { .. } => "approve",
             Command::Demo => "demo",
         }
     }

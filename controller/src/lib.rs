@@ -42,6 +42,8 @@ pub enum ExitClass {
     Inconsistent,
     /// 3: refused before anything changed (`status`: a host cannot be reached).
     Refused,
+    /// 4: nothing changed yet: a proposal waits for approvals (README, "Approvals").
+    Waiting,
     /// 64: usage error.
     Usage,
     /// `exec`: the exit code of the command it ran (non-zero; a command that exits 0 is
@@ -56,6 +58,7 @@ impl ExitClass {
             ExitClass::Failed => 1,
             ExitClass::Inconsistent => 2,
             ExitClass::Refused => 3,
+            ExitClass::Waiting => 4,
             ExitClass::Usage => 64,
             ExitClass::Command(code) => code,
         }

@@ -8,8 +8,11 @@
 //!
 //! Commands never print: they gather, summarize (pure), then emit messages here.
 
+mod approvals;
 pub mod human;
 mod terminal;
+
+pub use approvals::{ApprovalsResult, ApprovalsSummary, ProposalRow};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -107,6 +110,8 @@ pub enum Message {
     Demo {
         message: String,
     },
+    /// `approvals`, `approve`, a push or rollback that proposes: a proposal as a host holds it.
+    Proposal(ProposalRow),
     /// The last message of every command.
     Summary(Summary),
 }
@@ -208,6 +213,7 @@ pub enum SummaryBody {
     Maintenance(MaintenanceSummary),
     Keys(KeysSummary),
     Demo(DemoSummary),
+    Approvals(ApprovalsSummary),
 }
 
 impl SummaryBody {
@@ -221,6 +227,7 @@ impl SummaryBody {
             SummaryBody::Exec(e) => exec_exit(e.result, e.command_exit_code),
             SummaryBody::Maintenance(m) => m.exit(),
             SummaryBody::Keys(_) => ExitClass::Success,
+            SummaryBody::Approvals(a) => a.exit(),
             SummaryBody::Demo(d) => match d.result {
                 DemoResult::Succeeded => ExitClass::Success,
                 DemoResult::Failed => ExitClass::Failed,

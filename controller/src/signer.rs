@@ -190,15 +190,20 @@ impl Signer {
 
     /// An armored SSHSIG (`-----BEGIN SSH SIGNATURE-----`) over exactly `payload`.
     pub async fn sign(&self, payload: &[u8]) -> Result<String, SignError> {
+        self.sign_in(sign::NAMESPACE, payload).await
+    }
+
+    /// [`Signer::sign`] in another SSHSIG namespace (approvals: `proto::approval::NAMESPACE`).
+    pub async fn sign_in(&self, namespace: &str, payload: &[u8]) -> Result<String, SignError> {
         let (socket, key) = match &self.source {
-            SignerSource::Key(key) => return Ok(sign::sign(key, payload)?),
+            SignerSource::Key(key) => return Ok(sign::sign_in(namespace, key, payload)?),
             SignerSource::Agent { socket, key } => (socket, key),
         };
         let agent_err = |why: String| SignError::Agent {
             socket: socket.to_owned(),
             why,
         };
-        let data = sign::signed_data(payload)?;
+        let data = sign::signed_data_in(namespace, payload)?;
         let mut agent = SshAgent::connect(socket)
             .await
             .map_err(|e| agent_err(format!("cannot connect: {e}")))?;
@@ -206,7 +211,7 @@ impl Signer {
             .sign(key, &data)
             .await
             .map_err(|e| agent_err(format!("refused to sign: {e}")))?;
-        sign::armor(key, raw, payload).map_err(|e| match e {
+        sign::armor_in(namespace, key, raw, payload).map_err(|e| match e {
             sign::SignError::DoesNotVerify(why) => {
                 agent_err(format!("returned a signature that does not verify: {why}"))
             }

@@ -27,7 +27,7 @@ use crate::known_hosts::{self, KnownHosts, Verdict};
 pub(crate) mod ssh_agent;
 use ssh_agent::SshAgent;
 mod stream;
-pub use stream::AgentStream;
+pub use stream::{AgentStream, Held};
 
 /// Environment variable naming the command that starts the agent's bridge on SSH hosts
 /// (default `deploy-agent`; e.g. `sudo -n /usr/local/bin/deploy-agent`).
@@ -289,6 +289,42 @@ impl Connection {
         within_query_timeout("logs", async {
             let logs = self.stream.logs(service, lines).await;
             explain(&mut self.ssh, logs).await
+        })
+        .await
+    }
+
+    /// Hands a signed proposal to the agent to hold.
+    pub async fn propose(
+        &mut self,
+        proposal: proto::approval::SignedProposal,
+    ) -> Result<stream::Held, TransportError> {
+        within_query_timeout("propose", async {
+            let held = self.stream.propose(proposal).await;
+            explain(&mut self.ssh, held).await
+        })
+        .await
+    }
+
+    /// The agent's unexpired proposals and the approvals each needs.
+    pub async fn proposals(
+        &mut self,
+    ) -> Result<(Vec<proto::approval::HeldProposal>, usize), TransportError> {
+        within_query_timeout("proposals", async {
+            let all = self.stream.proposals().await;
+            explain(&mut self.ssh, all).await
+        })
+        .await
+    }
+
+    /// Sends an approval of proposal `id`.
+    pub async fn approve(
+        &mut self,
+        id: &str,
+        signature: &str,
+    ) -> Result<stream::Held, TransportError> {
+        within_query_timeout("approve", async {
+            let held = self.stream.approve(id, signature).await;
+            explain(&mut self.ssh, held).await
         })
         .await
     }

@@ -434,6 +434,7 @@ fn order(n: u8) -> Order {
         migrate: None,
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod accept;
+pub mod approval;
 pub mod codec;
 pub mod order;
 pub mod pattern;

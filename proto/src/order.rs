@@ -80,6 +80,11 @@ pub struct Order {
     /// names (each behind a `proxy`) on or off. The services keep running either way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<MaintenanceSpec>,
+    /// The approved proposal this deploy or rollback carries out (`proto::approval`): a host
+    /// with `[approvals]` runs it only if it holds that proposal, approved, for exactly this
+    /// release. Absent from orders to hosts without approvals and from older orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
 }
 
 /// A release: the image of every service of an app.
@@ -693,6 +698,7 @@ mod tests {
             migrate: None,
             exec: None,
             maintenance: None,
+            proposal: None,
         };
         // (service, image repository, ref, revision)
         let table = [

@@ -76,8 +76,14 @@ pub fn order_payload(order: &Order) -> Result<String, SignError> {
 
 /// An armored SSHSIG (`-----BEGIN SSH SIGNATURE-----`) by `key` over exactly `payload`.
 pub fn sign(key: &PrivateKey, payload: &[u8]) -> Result<String, SignError> {
+    sign_in(NAMESPACE, key, payload)
+}
+
+/// [`sign`] in another namespace (approvals are signed in their own, so an approval can never
+/// pass for an order nor an order for an approval).
+pub fn sign_in(namespace: &str, key: &PrivateKey, payload: &[u8]) -> Result<String, SignError> {
     let sig = key
-        .sign(NAMESPACE, HASH, payload)
+        .sign(namespace, HASH, payload)
         .map_err(|e| SignError::Sign(e.to_string()))?;
     pem(&sig)
 }
@@ -92,16 +98,31 @@ pub fn sign_order(key: &PrivateKey, order: &Order) -> Result<SignedOrder, SignEr
 /// What a signer holding the key elsewhere (an ssh-agent) must sign for an SSHSIG over
 /// `payload`; its raw signature then goes to [`armor`].
 pub fn signed_data(payload: &[u8]) -> Result<Vec<u8>, SignError> {
-    SshSig::signed_data(NAMESPACE, HASH, payload).map_err(|e| SignError::Sign(e.to_string()))
+    signed_data_in(NAMESPACE, payload)
+}
+
+/// [`signed_data`] in another namespace.
+pub fn signed_data_in(namespace: &str, payload: &[u8]) -> Result<Vec<u8>, SignError> {
+    SshSig::signed_data(namespace, HASH, payload).map_err(|e| SignError::Sign(e.to_string()))
 }
 
 /// The armored SSHSIG from `raw`, a signature by `key` over [`signed_data`]`(payload)`. It is
 /// verified first: a signer that got it wrong should fail here, not as a puzzling refusal on
 /// every host ([`SignError::DoesNotVerify`]).
 pub fn armor(key: &PublicKey, raw: Signature, payload: &[u8]) -> Result<String, SignError> {
-    let sig = SshSig::new(key.key_data().clone(), NAMESPACE, HASH, raw)
+    armor_in(NAMESPACE, key, raw, payload)
+}
+
+/// [`armor`] of a signature over [`signed_data_in`]`(namespace, payload)`.
+pub fn armor_in(
+    namespace: &str,
+    key: &PublicKey,
+    raw: Signature,
+    payload: &[u8],
+) -> Result<String, SignError> {
+    let sig = SshSig::new(key.key_data().clone(), namespace, HASH, raw)
         .map_err(|e| SignError::Sign(e.to_string()))?;
-    key.verify(NAMESPACE, payload, &sig)
+    key.verify(namespace, payload, &sig)
         .map_err(|e| SignError::DoesNotVerify(e.to_string()))?;
     pem(&sig)
 }
@@ -452,6 +473,18 @@ pub fn verify_at(
     allowed: &AllowedSigners,
     now: Timestamp,
 ) -> Result<Verified, VerifyError> {
+    verify_in(NAMESPACE, payload, armored_sig, allowed, now)
+}
+
+/// [`verify_at`] for signatures made in `namespace`: the allowed_signers line must admit
+/// the key for that namespace.
+pub fn verify_in(
+    namespace: &str,
+    payload: &[u8],
+    armored_sig: &str,
+    allowed: &AllowedSigners,
+    now: Timestamp,
+) -> Result<Verified, VerifyError> {
     let bad = |why: String| VerifyError::BadSignature(why);
     if armored_sig.len() > MAX_SIGNATURE {
         return Err(bad(format!(
@@ -466,9 +499,9 @@ pub fn verify_at(
         .map(|s| s.strip_suffix('\r').unwrap_or(s))
         .unwrap_or(armored_sig);
     let sig = SshSig::from_pem(armored).map_err(|e| bad(format!("not an SSH signature ({e})")))?;
-    if sig.namespace() != NAMESPACE {
+    if sig.namespace() != namespace {
         return Err(bad(format!(
-            "made for namespace {:?}, not {NAMESPACE:?}",
+            "made for namespace {:?}, not {namespace:?}",
             sig.namespace()
         )));
     }
@@ -481,7 +514,7 @@ pub fn verify_at(
     // tampered key blob is then a bad signature, and "unknown signer" always means a genuine
     // signature by a key nobody listed.
     let key = PublicKey::from(sig.public_key().clone());
-    key.verify(NAMESPACE, payload, &sig)
+    key.verify(namespace, payload, &sig)
         .map_err(|_| bad("does not verify over the payload (tampered or corrupt)".into()))?;
 
     let fingerprint = fingerprint(&key);
@@ -494,7 +527,7 @@ pub fn verify_at(
         let refusal = if entry
             .namespaces
             .as_deref()
-            .is_some_and(|ns| !pattern::matches_list(ns, NAMESPACE, Case::Sensitive))
+            .is_some_and(|ns| !pattern::matches_list(ns, namespace, Case::Sensitive))
         {
             Some(format!(
                 "{} allows it only for namespaces {:?}",

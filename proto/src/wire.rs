@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::approval::{ApprovalRules, HeldProposal, SignedProposal};
 use crate::order::{Action, ImageRef};
 use crate::time::Timestamp;
 
@@ -51,6 +52,19 @@ pub enum Request {
         service: Option<String>,
         lines: usize,
     },
+    /// Hold a signed proposal until it is approved or expires (hosts with `[approvals]`);
+    /// answered by a `proposal` or a `refused`.
+    Propose {
+        proposal: SignedProposal,
+    },
+    /// The unexpired proposals held; answered by `proposals`.
+    Proposals {},
+    /// An approval of proposal `id`: an armored SSHSIG over its payload, namespace
+    /// `deployctl-approval`; answered by a `proposal` or a `refused`.
+    Approve {
+        id: String,
+        signature: String,
+    },
 }
 
 /// Agent → controller.
@@ -87,6 +101,17 @@ pub enum Reply {
     /// the command printed (it may print what an env file holds).
     Output {
         output: OutputLine,
+    },
+    /// A proposal as held after a `propose` or an `approve`: its approvals that count now,
+    /// of the `required`.
+    Proposal {
+        proposal: HeldProposal,
+        required: usize,
+    },
+    /// Every unexpired proposal held (none on a host without `[approvals]`: `required` 0).
+    Proposals {
+        proposals: Vec<HeldProposal>,
+        required: usize,
     },
     /// A request the agent could not serve (malformed, unknown order id, engine down).
     Error {
@@ -299,6 +324,17 @@ pub enum RefusalKind {
     ProtocolVersion,
     /// The agent could not complete its checks (e.g. its replay store is not writable); nothing changed.
     Internal,
+    /// A deploy or rollback order to a host with `[approvals]` that does not name a proposal
+    /// it holds with enough valid approvals for exactly this release.
+    ApprovalRequired,
+    /// An approval by the proposal's own key or principal.
+    SelfApproval,
+    /// An approval by a key whose principal is not in `[approvals] principals`.
+    NotAnApprover,
+    /// A second approval of one proposal by the same key or principal.
+    DuplicateApproval,
+    /// An approval of a proposal this host does not hold (never proposed, or expired and pruned).
+    UnknownProposal,
 }
 
 impl fmt::Display for RefusalKind {
@@ -333,6 +369,9 @@ pub struct AgentStatus {
     /// Jobs running right now.
     #[serde(default)]
     pub running: Vec<LockHolder>,
+    /// `[approvals]`: deploys and rollbacks here need a proposal approved so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<ApprovalRules>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -422,6 +461,9 @@ pub struct HistoryEntry {
     /// An exec: its command's exit code, when it ran to its end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i64>,
+    /// The approved proposal the order carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proposal: Option<String>,
 }
 
 impl HistoryEntry {

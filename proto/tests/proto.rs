@@ -68,6 +68,7 @@ fn order_at(issued_at: Timestamp) -> Order {
         }),
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 
@@ -1210,6 +1211,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 uptime_secs,
                 services,
                 running,
+                approvals: None,
             },
         );
     let action = one_of(vec![
@@ -1251,6 +1253,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 duration_ms,
                 run_migration,
                 exit_code,
+                proposal: None,
             },
         );
     let logs = (

@@ -432,6 +432,7 @@ impl AgentProc {
             migrate: None,
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

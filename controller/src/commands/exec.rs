@@ -274,6 +274,7 @@ fn exec_order(
         migrate: None,
         exec: Some(exec),
         maintenance: None,
+        proposal: None,
     }
 }
 
@@ -377,6 +378,7 @@ mod tests {
             uptime_secs: 1,
             services,
             running: vec![],
+            approvals: None,
         };
         // (services on the host, the ref ordered or what the refusal says)
         let cases = [

@@ -229,6 +229,7 @@ fn maintenance_order(
         migrate: None,
         exec: None,
         maintenance: Some(spec),
+        proposal: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share: the env, the signing key, the issuer, the
 //! release resolved once in every repository, and how a command that stops early says so.
 
+pub mod approvals;
 pub mod exec;
 pub mod history;
 pub mod keys;
@@ -66,9 +67,14 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             sets,
             skip_migrations,
             rerun_migration,
+            expires,
         } => {
             let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
             let what = rollout::What::push(&reference, migrations).with_sets(one_each(sets)?);
+            rollout::rollout(&load()?, &env, what.with_expiry(expires), out).await
+        }
+        Command::Rollback { env, to, expires } => {
+            let what = rollout::What::rollback(to.as_deref()).with_expiry(expires);
             rollout::rollout(&load()?, &env, what, out).await
         }
         Command::Promote {
@@ -80,9 +86,27 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
             promote::promote(&load()?, &from, &to, migrations, out).await
         }
-        Command::Rollback { env, to } => {
-            let what = rollout::What::rollback(to.as_deref());
-            rollout::rollout(&load()?, &env, what, out).await
+        Command::Approvals {
+            env,
+            show,
+            out: file,
+        } => match (show, file) {
+            (Some(id), Some(file)) => approvals::show(&load()?, &env, &id, &file, out).await,
+            _ => approvals::list(&load()?, &env, out).await,
+        },
+        Command::Approve {
+            id,
+            env,
+            run,
+            signature,
+        } => {
+            let args = approvals::ApproveArgs {
+                env: &env,
+                id: &id,
+                run,
+                signature: signature.as_deref(),
+            };
+            approvals::approve(&load()?, args, out).await
         }
         Command::Status { env } => status::status(&load()?, &env, out).await,
         Command::History { env, n } => history::history(&load()?, &env, n, out).await,

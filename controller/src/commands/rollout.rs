@@ -7,13 +7,14 @@
 //! them), drive ([`crate::rollout::drive`]), summarize, emit.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use proto::order::Action;
 use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
 use super::{find_env, issued_by, load_signer, resolve_release};
-use crate::config::DeployConfig;
+use crate::config::{DeployConfig, EnvConfig};
 use crate::connector::{Transport, connect_all, report_connections};
 use crate::output::{Message, Output, Summary, SummaryBody};
 use crate::release::{self, Release};
@@ -51,6 +52,8 @@ pub struct What {
     /// `--set SERVICE=REF`: services resolved at a ref of their own.
     pub sets: BTreeMap<String, String>,
     pub migrations: Migrations,
+    /// To an env that needs approvals: how long the proposal waits for them.
+    pub expires: Duration,
 }
 
 impl What {
@@ -61,7 +64,13 @@ impl What {
             reference: Some(reference.to_string()),
             sets: BTreeMap::new(),
             migrations,
+            expires: proto::approval::DEFAULT_EXPIRY,
         }
+    }
+
+    /// `--expires`.
+    pub fn with_expiry(self, expires: Duration) -> What {
+        What { expires, ..self }
     }
 
     /// `--set SERVICE=REF…`.
@@ -76,10 +85,11 @@ impl What {
             reference: to.map(str::to_string),
             sets: BTreeMap::new(),
             migrations: Migrations::Skip,
+            expires: proto::approval::DEFAULT_EXPIRY,
         }
     }
 
-    fn command(&self) -> &'static str {
+    pub(crate) fn command(&self) -> &'static str {
         match self.action {
             Action::Deploy => "push",
             Action::Rollback => "rollback",
@@ -141,6 +151,20 @@ async fn roll_out_proved(
     {
         check_promotion(cfg, &env.name, required, release, out).await?;
     }
+    roll(cfg, env, &what, target, resolved, out).await
+}
+
+/// A rollout whose target is known: connect and check every host, then — to an env that needs
+/// approvals, only with a proposal approved for exactly this release ([`super::approvals::gate`])
+/// — drive, summarize, emit.
+pub(crate) async fn roll(
+    cfg: &DeployConfig,
+    env: &EnvConfig,
+    what: &What,
+    target: Target,
+    resolved: Vec<(String, String)>,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
     let signer = load_signer(env).await?;
     let connector = Transport::for_env(env);
     let plan = Plan {
@@ -154,6 +178,11 @@ async fn roll_out_proved(
     let before: Vec<&AgentStatus> = ready.links.iter().map(|l| &l.before).collect();
     let wanted = release::digests_to_tag(&ready.spec.release, &before, &cfg.app);
     ready.spec.tags = registry_tags(wanted, resolved, out).await;
+    let gate = super::approvals::gate(cfg, &mut ready, &signer, what, out).await?;
+    let signer = match gate {
+        super::approvals::Gate::Go(proposal) => super::approvals::Naming::new(&signer, proposal),
+        super::approvals::Gate::Wait(exit) => return Ok(exit),
+    };
     let driver = Driver {
         cfg,
         connector: &connector,

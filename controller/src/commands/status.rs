@@ -154,6 +154,7 @@ mod tests {
             uptime_secs: 1,
             services: all,
             running: vec![],
+            approvals: None,
         })
     }
 

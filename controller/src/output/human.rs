@@ -198,6 +198,7 @@ fn render_raw(message: &Message) -> Shown {
             };
         }
         Message::Demo { message } => return Shown::Out(vec![message.clone()]),
+        Message::Proposal(row) => return Shown::Out(vec![row.line()]),
         Message::Summary(s) => return summary(s),
     };
     Shown::Progress(shown)
@@ -272,6 +273,8 @@ fn summary(s: &Summary) -> Shown {
         // On stderr, so stdout holds what the command wrote there and nothing else.
         SummaryBody::Exec(e) => Shown::Err(vec![exec_line(e, s.exit())]),
         SummaryBody::Maintenance(m) => Shown::Out(maintenance_lines(m)),
+        SummaryBody::Approvals(a) if s.exit() == ExitClass::Refused => Shown::Err(a.lines()),
+        SummaryBody::Approvals(a) => Shown::Out(a.lines()),
         SummaryBody::Keys(k) => Shown::Out(vec![
             format!(
                 "wrote {} (private, mode 0600) and {}",

@@ -301,6 +301,7 @@ pub(crate) fn journal_entry(
         duration_ms: None,
         run_migration: false,
         exit_code: None,
+        proposal: None,
     }
 }
 
@@ -431,6 +432,7 @@ fn the_digests_to_tag_are_the_releases_and_what_the_hosts_run() {
             })
             .collect(),
         running: Vec::new(),
+        approvals: None,
     };
     let app = cfg.app.as_str();
     let h1 = status(&[(app, "api", 'f'), (app, "web", '9')]);

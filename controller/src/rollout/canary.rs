@@ -150,6 +150,7 @@ mod tests {
                 })
                 .collect(),
             running: Vec::new(),
+            approvals: None,
         }
     }
 

@@ -419,6 +419,7 @@ pub fn build_order(
         migrate,
         exec: None,
         maintenance: None,
+        proposal: None,
     };
     order.tags = order
         .all_images()

@@ -132,6 +132,7 @@ impl Host {
             duration_ms: None,
             run_migration: migrated,
             exit_code: None,
+            proposal: None,
         });
     }
 
@@ -155,6 +156,7 @@ impl Host {
             duration_ms: None,
             run_migration: order.run_migration,
             exit_code: None,
+            proposal: None,
         });
     }
 
@@ -199,6 +201,7 @@ impl Host {
                 })
                 .collect(),
             running: self.job.iter().cloned().collect(),
+            approvals: None,
         }
     }
 

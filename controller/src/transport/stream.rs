@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use frame_io::{FrameReader, write_frame};
+use proto::approval::{HeldProposal, SignedProposal};
 use proto::codec::{self, CodecError};
 use proto::wire::{
     AgentStatus, HistoryEntry, JobEvent, OutputLine, Reply, Request, ServiceLogs, SignedOrder,
@@ -17,6 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::{JobEnd, Peer, TransportError};
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A proposal as the agent holds it after a `propose` or `approve`, with the approvals it needs;
+/// or why the agent refused.
+pub type Held = Result<(HeldProposal, usize), proto::wire::Refusal>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// One stream to an agent, however it was reached. Requests are sequential; nothing is sent
@@ -178,6 +183,42 @@ impl AgentStream {
         }
     }
 
+    /// Hands a signed proposal to the agent to hold: `Ok(Err)` when it refuses it.
+    pub async fn propose(&mut self, proposal: SignedProposal) -> Result<Held, TransportError> {
+        self.send(&Request::Propose { proposal }).await?;
+        self.held("propose").await
+    }
+
+    /// The agent's unexpired proposals and the approvals each needs (0: it needs none).
+    pub async fn proposals(&mut self) -> Result<(Vec<HeldProposal>, usize), TransportError> {
+        self.send(&Request::Proposals {}).await?;
+        match self.recv().await? {
+            Reply::Proposals {
+                proposals,
+                required,
+            } => Ok((proposals, required)),
+            other => Err(unexpected("proposals", other)),
+        }
+    }
+
+    /// Sends an approval of proposal `id`: `Ok(Err)` when the agent refuses it.
+    pub async fn approve(&mut self, id: &str, signature: &str) -> Result<Held, TransportError> {
+        self.send(&Request::Approve {
+            id: id.to_string(),
+            signature: signature.to_string(),
+        })
+        .await?;
+        self.held("approve").await
+    }
+
+    async fn held(&mut self, what: &str) -> Result<Held, TransportError> {
+        match self.recv().await? {
+            Reply::Proposal { proposal, required } => Ok(Ok((proposal, required))),
+            Reply::Refused { refusal } => Ok(Err(refusal)),
+            other => Err(unexpected(what, other)),
+        }
+    }
+
     /// Submits a signed order and [follows](Self::follow) its job.
     pub async fn submit<B>(
         &mut self,
@@ -251,6 +292,8 @@ fn reply_name(r: &Reply) -> &'static str {
         Reply::Logs { .. } => "logs",
         Reply::Output { .. } => "output",
         Reply::Error { .. } => "error",
+        Reply::Proposal { .. } => "proposal",
+        Reply::Proposals { .. } => "proposals",
     }
 }
 

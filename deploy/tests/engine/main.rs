@@ -182,6 +182,7 @@ impl World {
             }),
             exec: None,
             maintenance: None,
+            proposal: None,
         }
     }
 

@@ -85,6 +85,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
         migrate: None,
         exec: None,
         maintenance: None,
+        proposal: None,
     }
 }
 

@@ -18,6 +18,7 @@ use harness::{
 };
 use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
+mod approvals;
 mod canary;
 mod exec;
 mod failing;

@@ -67,6 +67,7 @@ fn host(name: &str, services: Vec<ServiceStatus>, running: usize) -> Seen {
         uptime_secs: 1,
         services,
         running: vec![holder; running],
+        approvals: None,
     };
     let history = vec![
         entry('b', "v2", OutcomeKind::Succeeded),

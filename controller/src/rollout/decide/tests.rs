@@ -379,6 +379,7 @@ fn status_of(release: &[(&str, char)], running: &[&str]) -> AgentStatus {
             })
             .collect(),
         running: running.iter().map(|id| holder(id)).collect(),
+        approvals: None,
     }
 }
 
