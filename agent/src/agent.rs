@@ -435,6 +435,20 @@ impl<B: Backend> Agent<B> {
                 }
             ),
         };
+        let accepted_message = match (&o.override_freeze, o.action.deploys()) {
+            (Some(reason), true) => format!(
+                "{accepted_message}; OVERRIDES the freeze{} with reason {reason:?}, under \
+                 approved proposal {}",
+                proto::release_policy::freeze::active(
+                    &self.config.release_policy.freeze,
+                    Timestamp::now()
+                )
+                .map(|w| format!(" window {w}"))
+                .unwrap_or_default(),
+                o.proposal.as_deref().unwrap_or("-")
+            ),
+            _ => accepted_message,
+        };
         tracing::info!(order_id = %job.order_id(), phase = %Phase::Accepted, "{accepted_message}");
         if let Err(e) = job.record_event(Phase::Accepted, None, &accepted_message) {
             // Nothing may change a host unless the journal can say so.

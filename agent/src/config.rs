@@ -248,7 +248,9 @@ impl AgentConfig {
             rules.check().map_err(invalid)?;
         }
         let policy = policy::host_policy(raw.policy).map_err(invalid)?;
-        let release_policy = release::release_policy(raw.freeze, raw.refs).map_err(invalid)?;
+        let mut release_policy = release::release_policy(raw.freeze, raw.refs).map_err(invalid)?;
+        // Only approvers can grant an override of a freeze.
+        release_policy.overridable = raw.approvals.is_some();
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         Ok(AgentConfig {

@@ -129,6 +129,7 @@ impl Index {
                 run_migration: s.order.run_migration,
                 exit_code: s.outcome.as_ref().and_then(|o| o.exit_code),
                 proposal: s.order.proposal.clone(),
+                override_freeze: s.order.override_freeze.clone(),
             })
             .collect()
     }

@@ -254,6 +254,7 @@ pub(crate) mod tests {
             exec: None,
             maintenance: None,
             proposal: None,
+            override_freeze: None,
         }
     }
 

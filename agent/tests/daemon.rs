@@ -275,6 +275,7 @@ shutdown_grace = "10s"
             exec: None,
             maintenance: None,
             proposal: None,
+            override_freeze: None,
         }
     }
 

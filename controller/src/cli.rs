@@ -46,6 +46,10 @@ pub enum Command {
         /// To an env that needs approvals: how long the proposal waits for them (at most 7d).
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = proto::time::parse_duration)]
         expires: Duration,
+        /// Run although a [[freeze]] window holds, saying why: the env's agents admit it only
+        /// with their [approvals] (the proposal says so, and the journal records the override).
+        #[arg(long, value_name = "REASON")]
+        override_freeze: Option<String>,
     },
     /// Roll out exactly the release that runs, healthy, on every host of --from (its digests,
     /// not its ref resolved again) to --to; refused, naming the hosts, when --from is mixed,
@@ -61,6 +65,10 @@ pub enum Command {
         /// Run [migrate] even if this digest's migration already succeeded there.
         #[arg(long, conflicts_with = "skip_migrations")]
         rerun_migration: bool,
+        /// Run although a [[freeze]] window holds, saying why: the env's agents admit it only
+        /// with their [approvals] (the proposal says so, and the journal records the override).
+        #[arg(long, value_name = "REASON")]
+        override_freeze: Option<String>,
     },
     /// Go back to the previous healthy release (or --to REF); no migration, no promotion gate.
     Rollback {
@@ -71,6 +79,10 @@ pub enum Command {
         /// To an env that needs approvals: how long the proposal waits for them (at most 7d).
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = proto::time::parse_duration)]
         expires: Duration,
+        /// Run although a [[freeze]] window holds, saying why: the env's agents admit it only
+        /// with their [approvals] (the proposal says so, and the journal records the override).
+        #[arg(long, value_name = "REASON")]
+        override_freeze: Option<String>,
     },
     /// The proposals waiting for approvals in an env ([approvals] on its hosts).
     Approvals {

@@ -61,6 +61,8 @@ pub struct Plan {
     /// `--rerun-migration`.
     pub rerun_migration: bool,
     pub issued_by: String,
+    /// `--override-freeze REASON`.
+    pub override_freeze: Option<String>,
 }
 
 /// One host of the rollout with its open connection and what it said before anything was sent.
@@ -145,6 +147,7 @@ pub async fn prepare<C: Connector>(
         migrate_first: plan.migrate_first,
         rerun_migration: plan.rerun_migration,
         tags: BTreeMap::new(),
+        override_freeze: plan.override_freeze,
     };
     Ok(Ready { spec, links })
 }

@@ -435,6 +435,7 @@ fn order(n: u8) -> Order {
         exec: None,
         maintenance: None,
         proposal: None,
+        override_freeze: None,
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Accepted {
     /// Until when the order's id must be remembered against replay: past it, the order would
     /// be refused as expired anyway (`not_after` plus the allowed skew).
     pub remember_until: Timestamp,
+    /// The freeze window the order overrides (`override_freeze`), for the journal.
+    pub overrides: Option<String>,
 }
 
 /// Why an order was refused, in words a human can act on.
@@ -176,19 +178,22 @@ pub fn accept(
     check_images(&order, policy)?;
     crate::policy::check(&order, &signer.principal, &policy.host_policy, files)
         .map_err(|denial| Rejection::new(RefusalKind::PolicyDenied, denial.to_string()))?;
-    release_policy::check(&policy.release_policy, &order, now).map_err(|refused| {
-        let kind = match refused {
-            release_policy::Refused::Frozen { .. } => RefusalKind::Frozen,
-            release_policy::Refused::Ref(_) => RefusalKind::RefNotAllowed,
-        };
-        Rejection::new(kind, refused.to_string())
-    })?;
+    let overrides = release_policy::check(&policy.release_policy, &order, now)
+        .map_err(|refused| {
+            let kind = match refused {
+                release_policy::Refused::Frozen { .. } => RefusalKind::Frozen,
+                release_policy::Refused::Ref(_) => RefusalKind::RefNotAllowed,
+            };
+            Rejection::new(kind, refused.to_string())
+        })?
+        .map(|window| window.to_string());
 
     let remember_until = order.not_after.plus(policy.max_skew);
     Ok(Accepted {
         order,
         signer,
         remember_until,
+        overrides,
     })
 }
 

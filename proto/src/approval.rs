@@ -107,6 +107,9 @@ pub struct Proposal {
     pub proposed_by: String,
     pub proposed_at: Timestamp,
     pub expires_at: Timestamp,
+    /// `--override-freeze REASON`: the approvals grant the release inside a freeze window too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_freeze: Option<String>,
 }
 
 impl Proposal {
@@ -129,6 +132,7 @@ impl Proposal {
             proposed_by: order.issued_by.clone(),
             proposed_at,
             expires_at,
+            override_freeze: order.override_freeze.clone(),
         }
     }
 
@@ -151,6 +155,7 @@ impl Proposal {
             && self.image == order.image
             && self.images == order.images
             && self.migrate_image == order.migrate_image
+            && self.override_freeze == order.override_freeze
     }
 
     pub fn is_expired(&self, now: Timestamp) -> bool {
@@ -159,8 +164,12 @@ impl Proposal {
 
     /// `deploy of r/web@sha256:… (v2) for acme in prod`
     pub fn describe(&self) -> String {
-        describe_release(self.action, &self.image, &self.images, &self.reference)
-            + &format!(" for {} in {}", self.app, self.env)
+        let mut text = describe_release(self.action, &self.image, &self.images, &self.reference)
+            + &format!(" for {} in {}", self.app, self.env);
+        if let Some(reason) = &self.override_freeze {
+            text.push_str(&format!(", OVERRIDING any freeze: {reason:?}"));
+        }
+        text
     }
 }
 

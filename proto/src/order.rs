@@ -85,6 +85,10 @@ pub struct Order {
     /// release. Absent from orders to hosts without approvals and from older orders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proposal: Option<String>,
+    /// `--override-freeze REASON`: run although a `[[freeze]]` window holds; admitted only by
+    /// hosts with `[approvals]`, under a proposal approved for exactly it (reason included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_freeze: Option<String>,
 }
 
 /// A release: the image of every service of an app.
@@ -699,6 +703,7 @@ mod tests {
             exec: None,
             maintenance: None,
             proposal: None,
+            override_freeze: None,
         };
         // (service, image repository, ref, revision)
         let table = [

@@ -25,6 +25,10 @@ pub struct ReleasePolicy {
     pub freeze: Vec<freeze::Window>,
     /// `None`: no `[refs]`, any tag (or none) will do.
     pub refs: Option<refs::RefRules>,
+    /// The host has `[approvals]`: an order that overrides a freeze (`override_freeze`) passes
+    /// the windows, since it cannot run without the env's approvals anyway. Without approvals
+    /// there is no one to grant an override, and the windows hold.
+    pub overridable: bool,
 }
 
 impl ReleasePolicy {
@@ -40,6 +44,8 @@ pub enum Refused {
     Frozen {
         window: Box<freeze::Window>,
         now: Timestamp,
+        /// The order asked to override it, on a host without `[approvals]`.
+        override_refused: bool,
     },
     /// An image of the release has no tag `[refs]` admits, or one it never admits.
     Ref(refs::RefDenial),
@@ -48,30 +54,55 @@ pub enum Refused {
 impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refused::Frozen { window, now } => f.write_str(&window.refusal(*now)),
+            Refused::Frozen {
+                window,
+                now,
+                override_refused,
+            } => {
+                f.write_str(&window.refusal(*now))?;
+                if *override_refused {
+                    f.write_str(
+                        "; --override-freeze needs the env's approvals, and this host has no \
+                         [approvals] to grant it",
+                    )?;
+                }
+                Ok(())
+            }
             Refused::Ref(denial) => denial.fmt(f),
         }
     }
 }
 
 /// Judges `order` at the agent's `now`: a freeze first (no release at all, whatever its tags),
-/// then the tags. Orders that put no release on the host pass. An approved override of a
-/// freeze (`--override-freeze`, which needs approvals first) is not implemented; it would be
-/// an order field judged here, before the windows.
-pub fn check(policy: &ReleasePolicy, order: &Order, now: Timestamp) -> Result<(), Refused> {
+/// then the tags. Orders that put no release on the host pass. An order that overrides the
+/// freeze passes the windows where the host has `[approvals]` (the agent then admits it only
+/// with a proposal approved for exactly it, override included); `Ok(Some(window))` says which
+/// window it overrides, for the journal.
+pub fn check<'p>(
+    policy: &'p ReleasePolicy,
+    order: &Order,
+    now: Timestamp,
+) -> Result<Option<&'p freeze::Window>, Refused> {
     if !order.action.deploys() {
-        return Ok(());
+        return Ok(None);
     }
+    let mut overridden = None;
     if let Some(window) = freeze::active(&policy.freeze, now) {
-        return Err(Refused::Frozen {
-            window: Box::new(window.clone()),
-            now,
-        });
+        let overriding = order.override_freeze.is_some();
+        if !(overriding && policy.overridable) {
+            return Err(Refused::Frozen {
+                window: Box::new(window.clone()),
+                now,
+                override_refused: overriding,
+            });
+        }
+        overridden = Some(window);
     }
     match &policy.refs {
-        Some(rules) => refs::check(rules, order).map_err(Refused::Ref),
-        None => Ok(()),
+        Some(rules) => refs::check(rules, order).map_err(Refused::Ref)?,
+        None => {}
     }
+    Ok(overridden)
 }
 
 #[cfg(test)]

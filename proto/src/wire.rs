@@ -464,6 +464,9 @@ pub struct HistoryEntry {
     /// The approved proposal the order carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proposal: Option<String>,
+    /// The `--override-freeze` reason, when the order ran inside a freeze window by approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_freeze: Option<String>,
 }
 
 impl HistoryEntry {

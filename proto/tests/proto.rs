@@ -69,6 +69,7 @@ fn order_at(issued_at: Timestamp) -> Order {
         exec: None,
         maintenance: None,
         proposal: None,
+        override_freeze: None,
     }
 }
 
@@ -1254,6 +1255,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 run_migration,
                 exit_code,
                 proposal: None,
+                override_freeze: None,
             },
         );
     let logs = (

@@ -433,6 +433,7 @@ impl AgentProc {
             exec: None,
             maintenance: None,
             proposal: None,
+            override_freeze: None,
         }
     }
 

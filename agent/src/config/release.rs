@@ -53,7 +53,12 @@ pub(super) fn release_policy(
         .map(|(i, raw)| window(raw).map_err(|why| format!("[[freeze]] #{}: {why}", i + 1)))
         .collect::<Result<Vec<_>, _>>()?;
     let refs = refs.map(ref_rules).transpose()?;
-    Ok(ReleasePolicy { freeze, refs })
+    // Set once `[approvals]` is known (AgentConfig::parse).
+    Ok(ReleasePolicy {
+        freeze,
+        refs,
+        overridable: false,
+    })
 }
 
 fn window(raw: RawFreeze) -> Result<Window, String> {

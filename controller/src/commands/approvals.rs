@@ -380,7 +380,8 @@ async fn run(
     let what = match p.action {
         Action::Rollback => What::rollback(Some(&p.reference)),
         _ => What::push(&p.reference, Migrations::Once),
-    };
+    }
+    .with_override(p.override_freeze.clone());
     roll(cfg, env, &what, Target::Release(release), Vec::new(), out).await
 }
 

@@ -275,6 +275,7 @@ fn exec_order(
         exec: Some(exec),
         maintenance: None,
         proposal: None,
+        override_freeze: None,
     }
 }
 

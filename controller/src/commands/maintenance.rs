@@ -230,6 +230,7 @@ fn maintenance_order(
         exec: None,
         maintenance: Some(spec),
         proposal: None,
+        override_freeze: None,
     })
 }
 

@@ -68,13 +68,24 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             skip_migrations,
             rerun_migration,
             expires,
+            override_freeze,
         } => {
             let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
-            let what = rollout::What::push(&reference, migrations).with_sets(one_each(sets)?);
-            rollout::rollout(&load()?, &env, what.with_expiry(expires), out).await
+            let what = rollout::What::push(&reference, migrations)
+                .with_sets(one_each(sets)?)
+                .with_expiry(expires)
+                .with_override(override_freeze);
+            rollout::rollout(&load()?, &env, what, out).await
         }
-        Command::Rollback { env, to, expires } => {
-            let what = rollout::What::rollback(to.as_deref()).with_expiry(expires);
+        Command::Rollback {
+            env,
+            to,
+            expires,
+            override_freeze,
+        } => {
+            let what = rollout::What::rollback(to.as_deref())
+                .with_expiry(expires)
+                .with_override(override_freeze);
             rollout::rollout(&load()?, &env, what, out).await
         }
         Command::Promote {
@@ -82,9 +93,11 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             to,
             skip_migrations,
             rerun_migration,
+            override_freeze,
         } => {
             let migrations = rollout::Migrations::from_flags(skip_migrations, rerun_migration);
-            promote::promote(&load()?, &from, &to, migrations, out).await
+            let envs = (from.as_str(), to.as_str());
+            promote::promote(&load()?, envs, migrations, override_freeze, out).await
         }
         Command::Approvals {
             env,

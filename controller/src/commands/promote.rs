@@ -26,9 +26,9 @@ pub struct Seen {
 
 pub async fn promote(
     cfg: &DeployConfig,
-    from: &str,
-    to: &str,
+    (from, to): (&str, &str),
     migrations: Migrations,
+    override_freeze: Option<String>,
     out: &dyn Output,
 ) -> Result<ExitClass, Error> {
     if from == to {
@@ -55,7 +55,7 @@ pub async fn promote(
             release.reference
         ),
     });
-    let what = What::push(&release.reference, migrations);
+    let what = What::push(&release.reference, migrations).with_override(override_freeze);
     roll_out(cfg, to, what, Target::Release(release), out).await
 }
 

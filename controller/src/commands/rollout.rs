@@ -54,6 +54,8 @@ pub struct What {
     pub migrations: Migrations,
     /// To an env that needs approvals: how long the proposal waits for them.
     pub expires: Duration,
+    /// `--override-freeze REASON`.
+    pub override_freeze: Option<String>,
 }
 
 impl What {
@@ -65,12 +67,21 @@ impl What {
             sets: BTreeMap::new(),
             migrations,
             expires: proto::approval::DEFAULT_EXPIRY,
+            override_freeze: None,
         }
     }
 
     /// `--expires`.
     pub fn with_expiry(self, expires: Duration) -> What {
         What { expires, ..self }
+    }
+
+    /// `--override-freeze REASON`.
+    pub fn with_override(self, override_freeze: Option<String>) -> What {
+        What {
+            override_freeze,
+            ..self
+        }
     }
 
     /// `--set SERVICE=REF…`.
@@ -86,6 +97,7 @@ impl What {
             sets: BTreeMap::new(),
             migrations: Migrations::Skip,
             expires: proto::approval::DEFAULT_EXPIRY,
+            override_freeze: None,
         }
     }
 
@@ -173,6 +185,7 @@ pub(crate) async fn roll(
         migrate_first: cfg.migrate.is_some() && what.migrations != Migrations::Skip,
         rerun_migration: what.migrations == Migrations::Rerun,
         issued_by: issued_by(),
+        override_freeze: what.override_freeze.clone(),
     };
     let mut ready = rollout::prepare(cfg, env, plan, &connector, out).await?;
     let before: Vec<&AgentStatus> = ready.links.iter().map(|l| &l.before).collect();

@@ -35,6 +35,9 @@ pub struct ProposalRow {
     pub held: usize,
     pub required: usize,
     pub expires_at: Timestamp,
+    /// It asks to run inside a freeze window, for this reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_freeze: Option<String>,
 }
 
 impl ProposalRow {
@@ -61,6 +64,7 @@ impl ProposalRow {
             held: held.approvals.len(),
             required,
             expires_at: p.expires_at,
+            override_freeze: p.override_freeze,
         })
     }
 
@@ -74,8 +78,13 @@ impl ProposalRow {
         for (s, i) in &self.images {
             release.push_str(&format!(", {s}={i}"));
         }
+        let overriding = self
+            .override_freeze
+            .as_ref()
+            .map(|r| format!(" OVERRIDING any freeze ({r:?})"))
+            .unwrap_or_default();
         format!(
-            "{}  {}  {} of {release} ({}) proposed by {} ({}): {} of {} approvals{}, expires {}",
+            "{}  {}  {} of {release} ({}){overriding} proposed by {} ({}): {} of {} approvals{}, expires {}",
             self.host,
             self.id,
             self.action,

@@ -602,7 +602,13 @@ fn history_row(host: &str, e: &HistoryEntry) -> Vec<String> {
             .unwrap_or_else(|| "-".into()),
         if e.run_migration { "yes" } else { "-" }.into(),
         e.issued_by.clone(),
-        e.reason.clone().unwrap_or_default(),
+        match &e.override_freeze {
+            Some(why) => format!(
+                "OVERRODE a freeze ({why:?}); {}",
+                e.reason.clone().unwrap_or_default()
+            ),
+            None => e.reason.clone().unwrap_or_default(),
+        },
     ]
 }
 

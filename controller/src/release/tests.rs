@@ -302,6 +302,7 @@ pub(crate) fn journal_entry(
         run_migration: false,
         exit_code: None,
         proposal: None,
+        override_freeze: None,
     }
 }
 

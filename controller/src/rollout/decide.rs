@@ -373,6 +373,8 @@ pub struct RolloutSpec {
     /// release and for what each host ran before (where a failure sends it back): each order
     /// carries those of its own digests, for the hosts' `[refs]`.
     pub tags: BTreeMap<String, Vec<String>>,
+    /// `--override-freeze REASON`, carried by every order of the rollout (its reverts too).
+    pub override_freeze: Option<String>,
 }
 
 /// Builds one host's order: `action` to `release` (the rollout's, or a host's previous one when
@@ -420,6 +422,7 @@ pub fn build_order(
         exec: None,
         maintenance: None,
         proposal: None,
+        override_freeze: spec.override_freeze.clone(),
     };
     order.tags = order
         .all_images()

@@ -133,6 +133,7 @@ impl Host {
             run_migration: migrated,
             exit_code: None,
             proposal: None,
+            override_freeze: None,
         });
     }
 
@@ -157,6 +158,7 @@ impl Host {
             run_migration: order.run_migration,
             exit_code: None,
             proposal: None,
+            override_freeze: None,
         });
     }
 

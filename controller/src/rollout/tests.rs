@@ -35,6 +35,7 @@ fn push(c: char) -> Plan {
         migrate_first: true,
         rerun_migration: false,
         issued_by: "test".into(),
+        override_freeze: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn rollback() -> Plan {
         migrate_first: false,
         rerun_migration: false,
         issued_by: "test".into(),
+        override_freeze: None,
     }
 }
 

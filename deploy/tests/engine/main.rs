@@ -183,6 +183,7 @@ impl World {
             exec: None,
             maintenance: None,
             proposal: None,
+            override_freeze: None,
         }
     }
 

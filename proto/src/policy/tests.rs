@@ -86,6 +86,7 @@ fn order(service: &str, validity_secs: u64) -> Order {
         exec: None,
         maintenance: None,
         proposal: None,
+        override_freeze: None,
     }
 }
 

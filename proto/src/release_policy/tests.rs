@@ -29,6 +29,7 @@ fn deploys_and_rollbacks_are_judged_exec_and_maintenance_never() {
             allow: vec![refs::Form::Semver],
             prerelease: false,
         }),
+        overridable: false,
     };
     let saturday = Timestamp::parse("2026-12-05T12:00:00Z").unwrap();
     let wednesday = Timestamp::parse("2026-12-09T12:00:00Z").unwrap();
@@ -74,7 +75,8 @@ fn deploys_and_rollbacks_are_judged_exec_and_maintenance_never() {
         .iter()
         .map(|(label, o, now)| {
             let verdict = match check(&policy, o, *now) {
-                Ok(()) => "admitted".to_string(),
+                Ok(None) => "admitted".to_string(),
+                Ok(Some(w)) => format!("admitted, overriding {:?}", w.reason),
                 Err(Refused::Frozen { window, .. }) => format!("frozen by {:?}", window.reason),
                 Err(Refused::Ref(d)) => format!("{} ({})", d.rule, d.tags.join(" ")),
             };
@@ -99,6 +101,52 @@ fn deploys_and_rollbacks_are_judged_exec_and_maintenance_never() {
             &order(Action::Deploy, &[]),
             saturday
         ),
-        Ok(())
+        Ok(None)
     );
+}
+
+#[test]
+fn only_a_host_with_approvals_lets_an_order_override_a_freeze() {
+    let policy = |overridable| ReleasePolicy {
+        freeze: vec![freeze::Window::weekly("Fri 16:00", "Mon 08:00", "UTC", "weekend").unwrap()],
+        refs: Some(refs::RefRules {
+            allow: vec![refs::Form::Semver],
+            prerelease: false,
+        }),
+        overridable,
+    };
+    let saturday = Timestamp::parse("2026-12-05T12:00:00Z").unwrap();
+    let overriding = |tags: &[&str]| {
+        let mut o = order(Action::Deploy, tags);
+        o.override_freeze = Some("hotfix for the outage".into());
+        o
+    };
+    let cases = [
+        ("override, no approvals", overriding(&["v1.0.0"]), false),
+        ("override, approvals", overriding(&["v1.0.0"]), true),
+        ("override of an rc", overriding(&["v1.1.0-rc.1"]), true),
+        (
+            "no override, approvals",
+            order(Action::Deploy, &["v1.0.0"]),
+            true,
+        ),
+    ];
+    let out: String = cases
+        .iter()
+        .map(|(label, o, overridable)| {
+            let p = policy(*overridable);
+            let verdict = match check(&p, o, saturday) {
+                Ok(None) => "admitted".to_string(),
+                Ok(Some(w)) => format!("admitted, overriding {:?}", w.reason),
+                Err(refused) => refused.to_string(),
+            };
+            format!("{label:<24} {verdict}\n")
+        })
+        .collect();
+    expect![[r#"
+        override, no approvals   [[freeze]] "weekend" (weekly Fri 16:00 to Mon 08:00, UTC) holds now (Sat 2026-12-05 12:00 UTC): this host takes no deploy or rollback until it ends; --override-freeze needs the env's approvals, and this host has no [approvals] to grant it
+        override, approvals      admitted, overriding "weekend"
+        override of an rc        [refs] prerelease denies services.web (111111111111): its only release tags are pre-releases (v1.1.0-rc.1), which this host does not take (prerelease = false)
+        no override, approvals   [[freeze]] "weekend" (weekly Fri 16:00 to Mon 08:00, UTC) holds now (Sat 2026-12-05 12:00 UTC): this host takes no deploy or rollback until it ends
+    "#]].assert_eq(&out);
 }

@@ -638,6 +638,7 @@ fn each_order_carries_the_tags_of_its_own_digests() {
             ),
             (d('c'), vec!["v0.9.0".to_string()]),
         ]),
+        override_freeze: None,
     };
     let peer = Peer {
         host: "h".into(),

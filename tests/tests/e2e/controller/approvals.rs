@@ -306,3 +306,70 @@ fn an_approved_canary_that_regresses_is_rolled_back_without_new_approvals() -> a
     );
     Ok(())
 }
+
+/// A freeze holds on an env with approvals: a push is refused (`frozen`) however approved;
+/// `--override-freeze REASON` proposes the release *with* the override, and once approved it
+/// runs, the journal saying it overrode the window and why.
+#[test]
+fn an_approved_override_runs_inside_a_freeze_and_is_journaled_as_one() -> anyhow::Result<()> {
+    let keys = Keys::generate()?;
+    let now = Timestamp::now().unix_secs();
+    let from = Timestamp::from_unix_secs(now.saturating_sub(3600)).to_string();
+    let to = Timestamp::from_unix_secs(now + 3600).to_string();
+    let w = world(&[EnvPlan::new("prod", 1)], |_, _, setup| {
+        setup.extra_signers.extend(keys.approver_lines());
+        setup.policy.push_str(&format!(
+            "\n[approvals]\nrequired = 1\nprincipals = [\"alice@acme\"]\n\n\
+             [[freeze]]\nfrom = \"{from}\"\nto = \"{to}\"\nreason = \"year-end freeze\"\n"
+        ));
+    })?;
+    let propose = |args: &[&str]| -> anyhow::Result<String> {
+        let run = w.run(args)?;
+        run.expect(4)?;
+        Ok(run.summary()?["proposal"]
+            .as_str()
+            .context("proposal id")?
+            .to_string())
+    };
+    // Approved, but without an override: the window holds.
+    let id = propose(&["push", "v1", "--env", "prod", "--json"])?;
+    w.run_as(&keys.alice, &["approve", &id, "--env", "prod"])?
+        .expect(0)?;
+    let run = w.run(&["push", "v1", "--env", "prod"])?;
+    refused(&run, "frozen", "an approved push inside a freeze")?;
+    ensure!(run.output().contains("year-end freeze"), "{}", run.output());
+    w.expect_versions("prod", "")?;
+
+    // With the override: a proposal of its own, approved, then it runs.
+    let reason = "hotfix for the checkout outage";
+    let push = ["push", "v1", "--env", "prod", "--override-freeze", reason];
+    let mut json = push.to_vec();
+    json.push("--json");
+    let id = propose(&json)?;
+    let rows = listed(&w)?;
+    ensure!(
+        rows.iter()
+            .any(|r| r["id"] == id.as_str() && r.to_string().contains(reason)),
+        "approvers see the override: {rows:?}"
+    );
+    w.run_as(&keys.alice, &["approve", &id, "--env", "prod"])?
+        .expect(0)?;
+    w.run(&push)?.expect(0)?;
+    w.expect_versions("prod", "v1")?;
+    let host = &w.fleet.hosts("prod")[0];
+    let entry = &history(host)?[0];
+    let journal = host.agent.journal(&entry.order_id)?;
+    ensure!(
+        journal.to_string().contains("OVERRIDES the freeze")
+            && journal.to_string().contains("year-end freeze")
+            && journal.to_string().contains(reason),
+        "the journal records the override: {journal}"
+    );
+    ensure!(
+        entry.override_freeze.as_deref() == Some(reason),
+        "history says it overrode a freeze: {entry:?}"
+    );
+    let run = w.run(&["history", "--env", "prod"])?;
+    ensure!(run.stdout.contains("OVERRODE a freeze"), "{}", run.output());
+    Ok(())
+}
