@@ -98,9 +98,8 @@ pub fn check<'p>(
         }
         overridden = Some(window);
     }
-    match &policy.refs {
-        Some(rules) => refs::check(rules, order).map_err(Refused::Ref)?,
-        None => {}
+    if let Some(rules) = &policy.refs {
+        refs::check(rules, order).map_err(Refused::Ref)?;
     }
     Ok(overridden)
 }
