@@ -25,6 +25,7 @@ use crate::config::{SshTarget, Target};
 use crate::known_hosts::{self, KnownHosts, Verdict};
 
 pub(crate) mod ssh_agent;
+mod ssh_config;
 use ssh_agent::SshAgent;
 mod stream;
 pub use stream::{AgentStream, Held};
@@ -111,6 +112,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Sent in `hello`, shown in agent logs.
     pub client_name: String,
+    /// `~/.ssh/config`'s text, when there is one: aliases, users, ports and keys per host.
+    pub ssh_config: Option<String>,
 }
 
 impl ConnectOptions {
@@ -143,6 +146,7 @@ impl ConnectOptions {
                 .unwrap_or_else(|| "deploy-agent".into()),
             timeout: Duration::from_secs(10),
             client_name: format!("deployctl/{}", env!("CARGO_PKG_VERSION")),
+            ssh_config: std::fs::read_to_string(home.join(".ssh/config")).ok(),
         }
     }
 }
@@ -498,6 +502,16 @@ pub fn bridge_command(remote_agent: &str, socket: &str) -> String {
 }
 
 async fn connect_ssh(t: &SshTarget, opts: &ConnectOptions) -> Result<Connection, TransportError> {
+    let (resolved, identities) = ssh_config::apply(t, opts.ssh_config.as_deref());
+    let t = &resolved;
+    let mut with_config;
+    let opts = if identities.is_empty() {
+        opts
+    } else {
+        with_config = opts.clone();
+        with_config.identities.splice(0..0, identities);
+        &with_config
+    };
     let display = known_hosts::host_pattern(&t.addr, t.port);
     let user = match &t.user {
         Some(u) => u.clone(),
