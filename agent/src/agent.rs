@@ -411,44 +411,18 @@ impl<B: Backend> Agent<B> {
     /// Journals the acceptance and runs the job; nothing runs unless the journal says so.
     fn start(self: &Arc<Self>, job: Arc<Job>, skipped_migration: Option<String>) -> Submitted {
         let o = &job.order;
-        let accepted_message = match (&o.exec, &o.maintenance) {
-            (Some(exec), _) => crate::exec::accepted_message(o, exec, &job.holder.signer),
-            (None, Some(m)) => format!(
-                "accepted maintenance {} for {} signed by {}, issued by {}",
-                if m.on { "on" } else { "off" },
-                o.services.keys().cloned().collect::<Vec<_>>().join(", "),
-                job.holder.signer,
-                o.issued_by,
-            ),
-            (None, None) => format!(
-                "accepted {} of {} ({}) for {} signed by {}, issued by {}{}",
-                o.action,
-                o.describe_release(),
-                o.reference,
-                o.services.keys().cloned().collect::<Vec<_>>().join(", "),
-                job.holder.signer,
-                o.issued_by,
-                if o.run_migration {
-                    "; runs the migration"
-                } else {
-                    ""
-                }
-            ),
-        };
-        let accepted_message = match (&o.override_freeze, o.action.deploys()) {
-            (Some(reason), true) => format!(
-                "{accepted_message}; OVERRIDES the freeze{} with reason {reason:?}, under \
-                 approved proposal {}",
+        let overridden = o
+            .override_freeze
+            .as_ref()
+            .and_then(|_| {
                 proto::release_policy::freeze::active(
                     &self.config.release_policy.freeze,
-                    Timestamp::now()
+                    Timestamp::now(),
                 )
-                .map(|w| format!(" window {w}"))
-                .unwrap_or_default(),
-                o.proposal.as_deref().unwrap_or("-")
-            ),
-            _ => accepted_message,
-        };
+            })
+            .map(|w| w.to_string());
+        let accepted_message =
+            crate::job::accepted_message(o, &job.holder.signer, overridden.as_deref());
         tracing::info!(order_id = %job.order_id(), phase = %Phase::Accepted, "{accepted_message}");
         if let Err(e) = job.record_event(Phase::Accepted, None, &accepted_message) {
             // Nothing may change a host unless the journal can say so.

@@ -262,6 +262,43 @@ impl EventSink for Job {
     }
 }
 
+/// The `accepted` step of an order's journal: what it asks, signed by whom, issued by whom —
+/// and when it overrides a freeze (`overridden`: the window that holds), that it does and why.
+pub(crate) fn accepted_message(o: &Order, signer: &str, overridden: Option<&str>) -> String {
+    let accepted = match (&o.exec, &o.maintenance) {
+        (Some(exec), _) => crate::exec::accepted_message(o, exec, signer),
+        (None, Some(m)) => format!(
+            "accepted maintenance {} for {} signed by {signer}, issued by {}",
+            if m.on { "on" } else { "off" },
+            o.services.keys().cloned().collect::<Vec<_>>().join(", "),
+            o.issued_by,
+        ),
+        (None, None) => format!(
+            "accepted {} of {} ({}) for {} signed by {signer}, issued by {}{}",
+            o.action,
+            o.describe_release(),
+            o.reference,
+            o.services.keys().cloned().collect::<Vec<_>>().join(", "),
+            o.issued_by,
+            if o.run_migration {
+                "; runs the migration"
+            } else {
+                ""
+            }
+        ),
+    };
+    match (&o.override_freeze, o.action.deploys()) {
+        (Some(reason), true) => format!(
+            "{accepted}; OVERRIDES the freeze{} with reason {reason:?}, under approved proposal {}",
+            overridden
+                .map(|w| format!(" window {w}"))
+                .unwrap_or_default(),
+            o.proposal.as_deref().unwrap_or("-")
+        ),
+        _ => accepted,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

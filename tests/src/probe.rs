@@ -227,6 +227,43 @@ impl ProbeReport {
         out
     }
 
+    /// [`Self::versions`], but a reply of the version just replaced, to a request sent within
+    /// `overlap` of the first reply of its successor, does not count as a flip back: Caddy 2.6
+    /// starts a new config's listener (SO_REUSEPORT) before it closes the old config's, and for
+    /// those few milliseconds the kernel may hand a new connection to either, the old one still
+    /// routing to the old upstream. Such replies are [`Self::reload_blips`].
+    pub fn settled_versions(&self, overlap: Duration) -> Vec<String> {
+        self.settle(overlap).0
+    }
+
+    /// How many replies [`Self::settled_versions`] set aside as the reload overlap's.
+    pub fn reload_blips(&self, overlap: Duration) -> usize {
+        self.settle(overlap).1
+    }
+
+    fn settle(&self, overlap: Duration) -> (Vec<String>, usize) {
+        let mut out: Vec<String> = Vec::new();
+        let mut changed_at = Duration::ZERO;
+        let mut blips = 0;
+        for record in self.records.iter().filter(|r| r.is_ok()) {
+            let Ok((_, body)) = &record.reply else {
+                continue;
+            };
+            let body = body.trim();
+            if out.last().map(String::as_str) == Some(body) {
+                continue;
+            }
+            let previous = out.len().checked_sub(2).map(|i| out[i].as_str());
+            if previous == Some(body) && record.at < changed_at + overlap {
+                blips += 1;
+                continue;
+            }
+            out.push(body.to_string());
+            changed_at = record.at;
+        }
+        (out, blips)
+    }
+
     /// The requests sent in `from..to` (probe time, [`Probe::elapsed`]), e.g. during one deploy.
     pub fn window(&self, from: Duration, to: Duration) -> ProbeReport {
         ProbeReport::from_records(
@@ -238,6 +275,10 @@ impl ProbeReport {
         )
     }
 }
+
+/// How long after a switch an answer of the replaced version is Caddy's reload overlap (see
+/// [`ProbeReport::settled_versions`]), not a flip back.
+pub const RELOAD_OVERLAP: Duration = Duration::from_millis(250);
 
 impl std::fmt::Display for ProbeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,6 +362,51 @@ mod tests {
                 "{records:?}"
             );
             assert_eq!(report.examples.len(), failed);
+        }
+    }
+
+    #[test]
+    fn an_old_reply_within_the_reload_overlap_is_no_flip_back() {
+        let ok = |ms, v| rec(ms, Ok((200, v)));
+        let overlap = Duration::from_millis(100);
+        let cases: Vec<(Vec<Record>, Vec<&str>, usize)> = vec![
+            (
+                vec![ok(0, "v1"), ok(20, "v2"), ok(40, "v1"), ok(60, "v2")],
+                vec!["v1", "v2"],
+                1,
+            ),
+            (
+                vec![ok(0, "v1"), ok(20, "v2"), ok(200, "v1")],
+                vec!["v1", "v2", "v1"],
+                0,
+            ),
+            (
+                vec![
+                    ok(0, "v1"),
+                    ok(20, "v2"),
+                    ok(40, "v1"),
+                    ok(300, "v1"),
+                    ok(500, "v2"),
+                ],
+                vec!["v1", "v2", "v1", "v2"],
+                1,
+            ),
+            (
+                vec![ok(0, "v1"), ok(20, "v2"), ok(40, "v3")],
+                vec!["v1", "v2", "v3"],
+                0,
+            ),
+        ];
+        for (records, want, blips) in cases {
+            let report = ProbeReport::from_records(records.clone());
+            assert_eq!(
+                (
+                    report.settled_versions(overlap),
+                    report.reload_blips(overlap)
+                ),
+                (want.iter().map(|v| v.to_string()).collect(), blips),
+                "{records:?}"
+            );
         }
     }
 

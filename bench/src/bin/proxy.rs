@@ -126,6 +126,12 @@ fn main() -> anyhow::Result<()> {
         println!("failures, e.g.: {}", report.examples.join("; "));
     }
     println!("versions seen in turn: {}", report.versions().join(" → "));
+    let overlap = harness::probe::RELOAD_OVERLAP;
+    println!(
+        "replies of the replaced version within {} ms of a switch (Caddy's reload overlap): {}",
+        overlap.as_millis(),
+        report.reload_blips(overlap)
+    );
     Ok(())
 }
 

@@ -213,7 +213,12 @@ fn deploys_behind_caddy_drop_no_request() -> anyhow::Result<()> {
         "{report}\nCaddy's log:\n{}",
         caddy.log()
     );
-    ensure!(report.versions() == ["v1", "v2", "v1"], "{report}");
+    // One flip per switch; an answer of the replaced version within Caddy's reload overlap
+    // (its old listener still taking a connection for a few ms) is no flip back.
+    ensure!(
+        report.settled_versions(harness::probe::RELOAD_OVERLAP) == ["v1", "v2", "v1"],
+        "{report}"
+    );
     ensure!(report.total >= 100, "the probe hardly ran: {report}");
     expect_answer(&url, 200, "v1")?;
     expect_route(&caddy, &listen, host)?;
