@@ -732,6 +732,24 @@ mod tests {
         }
     }
 
+    type Adjust = Box<dyn Fn(&mut Order)>;
+
+    /// Each case adjusts a valid order made by `base`; `refused`: what the `malformed`
+    /// refusal says (`None`: accepted).
+    fn shape_table(base: impl Fn(&mut Order), cases: Vec<(&str, Adjust, Option<&str>)>) {
+        for (what, adjust, refused) in cases {
+            let (signed, policy) = signed(|o| {
+                base(o);
+                adjust(o);
+            });
+            match (verdict(&signed, &policy), refused) {
+                (Ok(()), None) => {}
+                (Err((RefusalKind::Malformed, message)), Some(want)) if message.contains(want) => {}
+                (got, _) => panic!("{what}: {got:?}, expected {refused:?}"),
+            }
+        }
+    }
+
     #[test]
     fn exec_orders_ask_for_one_command_in_one_container_service() {
         let exec = |o: &mut Order| {
@@ -743,7 +761,6 @@ mod tests {
             });
         };
         let spec = |o: &mut Order| o.exec.as_mut().unwrap().clone();
-        type Adjust = Box<dyn Fn(&mut Order)>;
         // (what, adjustment of a valid exec order, what the refusal says; None: accepted)
         let cases: Vec<(&str, Adjust, Option<&str>)> = vec![
             ("a valid exec", Box::new(|_| {}), None),
@@ -829,17 +846,7 @@ mod tests {
                 Some("holds its service"),
             ),
         ];
-        for (what, adjust, refused) in cases {
-            let (signed, policy) = signed(|o| {
-                exec(o);
-                adjust(o);
-            });
-            match (verdict(&signed, &policy), refused) {
-                (Ok(()), None) => {}
-                (Err((RefusalKind::Malformed, message)), Some(want)) if message.contains(want) => {}
-                (got, _) => panic!("{what}: {got:?}, expected {refused:?}"),
-            }
-        }
+        shape_table(exec, cases);
     }
 
     #[test]
@@ -863,7 +870,6 @@ mod tests {
                 retry_after: Duration::from_secs(60),
             });
         };
-        type Adjust = Box<dyn Fn(&mut Order)>;
         // (what, adjustment of a valid deploy of a proxied service, the refusal; None: accepted)
         let cases: Vec<(&str, Adjust, Option<&str>)> = vec![
             ("a proxied deploy", Box::new(|_| {}), None),
@@ -960,17 +966,7 @@ mod tests {
                 Some("at most 4096 bytes"),
             ),
         ];
-        for (what, adjust, refused) in cases {
-            let (signed, policy) = signed(|o| {
-                proxied(o);
-                adjust(o);
-            });
-            match (verdict(&signed, &policy), refused) {
-                (Ok(()), None) => {}
-                (Err((RefusalKind::Malformed, message)), Some(want)) if message.contains(want) => {}
-                (got, _) => panic!("{what}: {got:?}, expected {refused:?}"),
-            }
-        }
+        shape_table(proxied, cases);
     }
 
     #[test]
