@@ -402,6 +402,27 @@ pub struct ServiceStatus {
     pub restarts: u64,
 }
 
+impl ServiceStatus {
+    /// A service with its health and nothing else known yet: what status rows start from
+    /// (and test fixtures, which name only what they are about).
+    pub fn new(app: &str, service: &str, health: Health, since: Timestamp) -> ServiceStatus {
+        ServiceStatus {
+            app: app.to_string(),
+            service: service.to_string(),
+            container_id: None,
+            image: None,
+            reference: None,
+            health,
+            since,
+            last_outcome: None,
+            last_order: None,
+            previous_digest: None,
+            maintenance: None,
+            restarts: 0,
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

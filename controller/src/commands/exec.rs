@@ -359,18 +359,10 @@ mod tests {
     fn the_image_is_what_runs() {
         let image = ImageRef::new("r/acme", &format!("sha256:{}", "a".repeat(64))).unwrap();
         let service = |app: &str, name: &str, health, reference: Option<&str>| ServiceStatus {
-            app: app.into(),
-            service: name.into(),
             container_id: Some("c".into()),
             image: Some(image.clone()),
             reference: reference.map(str::to_string),
-            health,
-            since: Timestamp::now(),
-            last_outcome: None,
-            last_order: None,
-            previous_digest: None,
-            maintenance: None,
-            restarts: 0,
+            ..ServiceStatus::new(app, name, health, Timestamp::now())
         };
         let status = |services| AgentStatus {
             agent_version: "1".into(),

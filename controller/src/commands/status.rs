@@ -125,22 +125,17 @@ mod tests {
     /// A host whose services of app `web` are (service, digest, healthy); `other` runs too.
     fn host(services: &[(&str, char, bool)]) -> Result<AgentStatus, String> {
         let svc = |app: &str, name: &str, c: char, healthy: bool| ServiceStatus {
-            app: app.into(),
-            service: name.into(),
-            container_id: None,
             image: Some(ImageRef::new("r/web", &d(c)).unwrap()),
-            reference: None,
-            health: if healthy {
-                Health::Healthy
-            } else {
-                Health::Unhealthy
-            },
-            since: Timestamp::now(),
-            last_outcome: None,
-            last_order: None,
-            previous_digest: None,
-            maintenance: None,
-            restarts: 0,
+            ..ServiceStatus::new(
+                app,
+                name,
+                if healthy {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                },
+                Timestamp::now(),
+            )
         };
         let mut all: Vec<ServiceStatus> = services
             .iter()

@@ -418,18 +418,13 @@ fn the_digests_to_tag_are_the_releases_and_what_the_hosts_run() {
         services: services
             .iter()
             .map(|(app, service, c)| proto::wire::ServiceStatus {
-                app: app.to_string(),
-                service: service.to_string(),
-                container_id: None,
                 image: Some(img(if *service == "web" { "r/web" } else { "r/api" }, *c)),
-                reference: None,
-                health: proto::wire::Health::Healthy,
-                since: Timestamp::now(),
-                last_outcome: None,
-                last_order: None,
-                previous_digest: None,
-                maintenance: None,
-                restarts: 0,
+                ..proto::wire::ServiceStatus::new(
+                    app,
+                    service,
+                    proto::wire::Health::Healthy,
+                    Timestamp::now(),
+                )
             })
             .collect(),
         running: Vec::new(),

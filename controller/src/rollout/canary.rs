@@ -135,18 +135,9 @@ mod tests {
             services: services
                 .iter()
                 .map(|&(name, id, health, restarts)| ServiceStatus {
-                    app: "acme".into(),
-                    service: name.into(),
                     container_id: Some(id.into()),
-                    image: None,
-                    reference: None,
-                    health,
-                    since: Timestamp::from_unix_secs(0),
-                    last_outcome: None,
-                    last_order: None,
-                    previous_digest: None,
-                    maintenance: None,
                     restarts,
+                    ..ServiceStatus::new("acme", name, health, Timestamp::from_unix_secs(0))
                 })
                 .collect(),
             running: Vec::new(),

@@ -188,18 +188,9 @@ impl Host {
                 .running
                 .iter()
                 .map(|(service, (image, r))| ServiceStatus {
-                    app: APP.into(),
-                    service: service.clone(),
-                    container_id: None,
                     image: Some(image.clone()),
                     reference: Some(r.clone()),
-                    health: Health::Healthy,
-                    since: Timestamp::now(),
-                    last_outcome: None,
-                    last_order: None,
-                    previous_digest: None,
-                    maintenance: None,
-                    restarts: 0,
+                    ..ServiceStatus::new(APP, service, Health::Healthy, Timestamp::now())
                 })
                 .collect(),
             running: self.job.iter().cloned().collect(),

@@ -19,18 +19,10 @@ fn image(c: char) -> ImageRef {
 
 fn service(name: &str, c: char, health: Health) -> ServiceStatus {
     ServiceStatus {
-        app: APP.into(),
-        service: name.into(),
         container_id: Some("c".into()),
         image: Some(image(c)),
         reference: Some("v1".into()),
-        health,
-        since: Timestamp::from_unix_secs(0),
-        last_outcome: None,
-        last_order: None,
-        previous_digest: None,
-        maintenance: None,
-        restarts: 0,
+        ..ServiceStatus::new(APP, name, health, Timestamp::from_unix_secs(0))
     }
 }
 

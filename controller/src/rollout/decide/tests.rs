@@ -364,18 +364,9 @@ fn status_of(release: &[(&str, char)], running: &[&str]) -> AgentStatus {
         services: release
             .iter()
             .map(|(service, c)| ServiceStatus {
-                app: "web".into(),
-                service: service.to_string(),
-                container_id: None,
                 image: Some(img(service, *c)),
                 reference: Some(format!("v-{c}")),
-                health: Health::Healthy,
-                since: Timestamp::now(),
-                last_outcome: None,
-                last_order: None,
-                previous_digest: None,
-                maintenance: None,
-                restarts: 0,
+                ..ServiceStatus::new("web", service, Health::Healthy, Timestamp::now())
             })
             .collect(),
         running: running.iter().map(|id| holder(id)).collect(),
