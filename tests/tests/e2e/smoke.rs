@@ -409,6 +409,14 @@ fn caddy_switches_a_route_under_load_without_dropping_a_request() -> anyhow::Res
             other => Err(format!("{other:?}")),
         },
     )?;
+    // The probe must have read the starting version before the first switch.
+    wait_until("the probe to read v1", Duration::from_secs(10), || {
+        let seen = probe.snapshot();
+        match seen.versions().as_slice() {
+            [v] if v == "v1" => Ok(()),
+            _ => Err(seen.to_string()),
+        }
+    })?;
     for (version, upstream) in [
         ("v2", &upstreams[1]),
         ("v1", &upstreams[0]),
