@@ -158,6 +158,34 @@ pub enum Command {
         #[arg(long, value_name = "TEXT")]
         message: Option<String>,
     },
+    /// Install or upgrade the agent on every host of an env over SSH (a root or sudo login):
+    /// the deploy-agent binary matching this deployctl (checksum verified), its user and the
+    /// deployctl group, agent.toml and allowed_signers, the systemd unit; then check it answers.
+    /// A second run changes nothing.
+    Setup {
+        #[arg(long)]
+        env: String,
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace an agent binary other than this deployctl's, once no job runs there.
+        #[arg(long)]
+        upgrade: bool,
+        /// Log in as this user for setup (root, or a user with passwordless sudo).
+        #[arg(long, value_name = "USER", default_value = "root")]
+        ssh_user: String,
+        /// The deploy-agent to install [default: $DEPLOYCTL_AGENT_BINARY, else the deploy-agent
+        /// next to this deployctl].
+        #[arg(long, value_name = "PATH", env = "DEPLOYCTL_AGENT_BINARY")]
+        agent_binary: Option<PathBuf>,
+    },
+    /// Check every host of an env, in triage order: SSH and host key, the agent and its
+    /// version, the Docker engine, the image with the registry credentials, disk space, clock;
+    /// each problem with its fix.
+    Doctor {
+        #[arg(long)]
+        env: String,
+    },
     /// Print a shell completion script: `deployctl completions bash > /etc/bash_completion.d/deployctl`.
     Completions {
         #[arg(value_enum)]
@@ -214,6 +242,8 @@ impl Command {
             Command::Approvals { .. } => "approvals",
             Command::Approve { .. } => "approve",
             Command::Demo => "demo",
+            Command::Setup { .. } => "setup",
+            Command::Doctor { .. } => "doctor",
         }
     }
 }

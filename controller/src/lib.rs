@@ -9,7 +9,8 @@
 //! [`known_hosts`] + [`transport`] (reaching agents; the only russh user), [`signer`] (key
 //! files and ssh-agent keys that sign orders), [`connector`] (what commands need from agents,
 //! as traits), [`rollout`] (the plan as pure functions, and its driver), [`output`] (every
-//! message and its two renderers), [`commands`] (one module per subcommand), `demo` (with the
+//! message and its two renderers), [`setup`] (what `setup` does to a host, decided from a
+//! probe's facts), [`commands`] (one module per subcommand), `demo` (with the
 //! `demo` cargo feature).
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod output;
 pub mod release;
 pub mod resolve;
 pub mod rollout;
+pub mod setup;
 pub mod signer;
 pub mod transport;
 

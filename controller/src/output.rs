@@ -9,10 +9,14 @@
 //! Commands never print: they gather, summarize (pure), then emit messages here.
 
 mod approvals;
+mod setup;
 pub mod human;
 mod terminal;
 
 pub use approvals::{ApprovalsResult, ApprovalsSummary, ProposalRow};
+pub use setup::{
+    CheckRow, DoctorSummary, SetupHost, SetupResult, SetupSummary, StepState,
+};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -112,6 +116,14 @@ pub enum Message {
     },
     /// `approvals`, `approve`, a push or rollback that proposes: a proposal as a host holds it.
     Proposal(ProposalRow),
+    /// `setup`: a step on one host, planned, done or failed.
+    SetupStep {
+        host: String,
+        step: String,
+        state: StepState,
+    },
+    /// `doctor`: one check of one host.
+    Check(CheckRow),
     /// The last message of every command.
     Summary(Summary),
 }
@@ -214,6 +226,8 @@ pub enum SummaryBody {
     Keys(KeysSummary),
     Demo(DemoSummary),
     Approvals(ApprovalsSummary),
+    Setup(SetupSummary),
+    Doctor(DoctorSummary),
 }
 
 impl SummaryBody {
@@ -228,6 +242,8 @@ impl SummaryBody {
             SummaryBody::Maintenance(m) => m.exit(),
             SummaryBody::Keys(_) => ExitClass::Success,
             SummaryBody::Approvals(a) => a.exit(),
+            SummaryBody::Setup(s) => s.exit(),
+            SummaryBody::Doctor(d) => d.exit(),
             SummaryBody::Demo(d) => match d.result {
                 DemoResult::Succeeded => ExitClass::Success,
                 DemoResult::Failed => ExitClass::Failed,

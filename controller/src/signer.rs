@@ -276,6 +276,17 @@ pub fn generate_key_files(out: &Path, comment: &str) -> Result<GeneratedKey, Sig
     write_new(out, private_text.as_bytes(), 0o600)?;
     write_new(&public_path, format!("{public_text}\n").as_bytes(), 0o644)?;
 
+    Ok(GeneratedKey {
+        private_path: out.to_owned(),
+        public_path,
+        allowed_signers_line: allowed_signers_line(key.public_key())?,
+    })
+}
+
+/// The allowed_signers line of `key`: its comment is the principal (who holds the key) when it
+/// can be one (no spaces, commas or quotes), else `deployctl`.
+pub fn allowed_signers_line(key: &PublicKey) -> Result<String, SignError> {
+    let comment: &str = key.comment().as_ref();
     let principal = if !comment.is_empty()
         && !comment.contains(|c: char| c.is_whitespace() || c == ',' || c == '"')
     {
@@ -283,11 +294,7 @@ pub fn generate_key_files(out: &Path, comment: &str) -> Result<GeneratedKey, Sig
     } else {
         "deployctl"
     };
-    Ok(GeneratedKey {
-        private_path: out.to_owned(),
-        public_path,
-        allowed_signers_line: sign::allowed_signers_line(principal, key.public_key())?,
-    })
+    Ok(sign::allowed_signers_line(principal, key)?)
 }
 
 /// Creates `path` (never replacing a file: a key is not something to overwrite by accident).

@@ -2,6 +2,7 @@
 //! release resolved once in every repository, and how a command that stops early says so.
 
 pub mod approvals;
+pub mod doctor;
 pub mod exec;
 pub mod history;
 pub mod keys;
@@ -9,6 +10,7 @@ pub mod logs;
 pub mod maintenance;
 pub mod promote;
 pub mod rollout;
+pub mod setup;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -121,6 +123,26 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             };
             approvals::approve(&load()?, args, out).await
         }
+        Command::Setup {
+            env,
+            dry_run,
+            upgrade,
+            ssh_user,
+            agent_binary,
+        } => {
+            let args = setup::SetupArgs {
+                env: &env,
+                dry_run,
+                mode: match upgrade {
+                    true => crate::setup::Mode::Upgrade,
+                    false => crate::setup::Mode::Install,
+                },
+                ssh_user,
+                agent_binary,
+            };
+            setup::setup(&load()?, args, out).await
+        }
+        Command::Doctor { env } => doctor::doctor(&load()?, &env, out).await,
         Command::Status { env } => status::status(&load()?, &env, out).await,
         Command::History { env, n } => history::history(&load()?, &env, n, out).await,
         Command::Logs { at, n } => {

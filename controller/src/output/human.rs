@@ -198,6 +198,14 @@ fn render_raw(message: &Message) -> Shown {
             };
         }
         Message::Demo { message } => return Shown::Out(vec![message.clone()]),
+        Message::SetupStep { host, step, state } => {
+            let shown = about(host, format!("{}: {step}", setup_state(*state)));
+            match state {
+                crate::output::StepState::Failed => shown.failed(),
+                _ => shown,
+            }
+        }
+        Message::Check(row) => return Shown::Out(row.lines()),
         Message::Proposal(row) => return Shown::Out(vec![row.line()]),
         Message::Summary(s) => return summary(s),
     };
@@ -275,6 +283,8 @@ fn summary(s: &Summary) -> Shown {
         SummaryBody::Maintenance(m) => Shown::Out(maintenance_lines(m)),
         SummaryBody::Approvals(a) if s.exit() == ExitClass::Refused => Shown::Err(a.lines()),
         SummaryBody::Approvals(a) => Shown::Out(a.lines()),
+        SummaryBody::Setup(v) => Shown::Out(v.lines()),
+        SummaryBody::Doctor(d) => Shown::Out(vec![d.line()]),
         SummaryBody::Keys(k) => Shown::Out(vec![
             format!(
                 "wrote {} (private, mode 0600) and {}",
@@ -288,6 +298,14 @@ fn summary(s: &Summary) -> Shown {
         SummaryBody::History(_) | SummaryBody::Logs(_) | SummaryBody::Demo(_) => {
             Shown::Out(Vec::new())
         }
+    }
+}
+
+fn setup_state(state: crate::output::StepState) -> &'static str {
+    match state {
+        crate::output::StepState::Planned => "would",
+        crate::output::StepState::Done => "done",
+        crate::output::StepState::Failed => "FAILED",
     }
 }
 
