@@ -34,6 +34,11 @@ need docker-compose command -v docker-compose
 # The reverse proxy of the zero-downtime tests. Where systemd runs, the package also starts a
 # caddy.service on :80 and :2019; the tests use neither (their Caddy listens on free ports).
 need caddy command -v caddy
+# `deployctl setup`'s test: the unit it installs is checked by `systemd-analyze verify`, and its
+# bare host is assembled from this machine's useradd (passwd) and setpriv (util-linux).
+need systemd command -v systemd-analyze
+need passwd test -x /usr/sbin/useradd
+need util-linux test -x /usr/bin/setpriv
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
 # Static glibc for the demo app's crt-static build.

@@ -9,14 +9,12 @@
 //! Commands never print: they gather, summarize (pure), then emit messages here.
 
 mod approvals;
-mod setup;
 pub mod human;
+mod setup;
 mod terminal;
 
 pub use approvals::{ApprovalsResult, ApprovalsSummary, ProposalRow};
-pub use setup::{
-    CheckRow, DoctorSummary, SetupHost, SetupResult, SetupSummary, StepState,
-};
+pub use setup::{CheckRow, DoctorSummary, SetupHost, SetupResult, SetupSummary, StepState};
 
 use std::collections::BTreeMap;
 use std::io::Write;

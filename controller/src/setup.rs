@@ -59,7 +59,9 @@ pub enum Refusal {
          `apt install docker.io`), then run setup again"
     )]
     NoDocker,
-    #[error("the host is {host}, but this deploy-agent binary is built for {binary}: pass --agent-binary with a {host} build")]
+    #[error(
+        "the host is {host}, but this deploy-agent binary is built for {binary}: pass --agent-binary with a {host} build"
+    )]
     ArchMismatch { host: String, binary: String },
     #[error(
         "the host runs another deploy-agent ({BINARY} sha256 {installed}, this deployctl ships \

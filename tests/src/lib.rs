@@ -23,6 +23,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bare_host;
 pub mod caddy;
 pub mod command;
 pub mod docker;
@@ -35,6 +36,7 @@ pub mod probe;
 pub mod sshd;
 pub mod wait;
 
+pub use bare_host::BareHost;
 pub use caddy::{Caddy, free_listen_addr};
 pub use demokit::Registry;
 pub use docker::{

@@ -20,6 +20,9 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("ssh-add", "openssh-client"),
     ("docker-compose", "docker-compose"),
     ("caddy", "caddy"),
+    ("systemd-analyze", "systemd"),
+    ("/usr/sbin/useradd", "passwd"),
+    ("/usr/bin/setpriv", "util-linux"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.

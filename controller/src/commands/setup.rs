@@ -38,7 +38,11 @@ struct Binary {
     arch: String,
 }
 
-pub async fn setup(cfg: &DeployConfig, args: SetupArgs<'_>, out: &dyn Output) -> Result<ExitClass, Error> {
+pub async fn setup(
+    cfg: &DeployConfig,
+    args: SetupArgs<'_>,
+    out: &dyn Output,
+) -> Result<ExitClass, Error> {
     let env = find_env(cfg, args.env)?;
     let binary = load_binary(args.agent_binary.as_deref())?;
     let signer = load_signer(env).await?;
@@ -65,7 +69,10 @@ pub async fn setup(cfg: &DeployConfig, args: SetupArgs<'_>, out: &dyn Output) ->
         hosts,
     };
     let exit = summary.exit();
-    out.emit(&Message::Summary(Summary::new("setup", SummaryBody::Setup(summary))));
+    out.emit(&Message::Summary(Summary::new(
+        "setup",
+        SummaryBody::Setup(summary),
+    )));
     Ok(exit)
 }
 
@@ -136,7 +143,9 @@ impl HostJob<'_> {
         let result = self.set_up().await;
         let (result, steps, error, agent_version) = match result {
             Ok((plan, version)) if plan.unchanged() => (SetupResult::Unchanged, 0, None, version),
-            Ok((plan, _)) if self.args.dry_run => (SetupResult::Planned, plan.steps.len(), None, None),
+            Ok((plan, _)) if self.args.dry_run => {
+                (SetupResult::Planned, plan.steps.len(), None, None)
+            }
             Ok((plan, version)) => (SetupResult::Changed, plan.steps.len(), None, version),
             Err(Stop::Refused(e)) => (SetupResult::Refused, 0, Some(e), None),
             Err(Stop::Failed { taken, error }) => (SetupResult::Failed, taken, Some(error), None),
@@ -190,7 +199,8 @@ impl HostJob<'_> {
             unit: setup::UNIT.to_string(),
             login_user,
         };
-        let plan = setup::plan(&facts, &want, self.args.mode).map_err(|e| Stop::Refused(e.to_string()))?;
+        let plan =
+            setup::plan(&facts, &want, self.args.mode).map_err(|e| Stop::Refused(e.to_string()))?;
         for note in &plan.notes {
             self.note(note.clone());
         }

@@ -70,14 +70,20 @@ impl SetupSummary {
                     SetupResult::Changed => format!("set up ({} steps)", h.steps),
                     SetupResult::Planned => format!("{} steps planned, nothing changed", h.steps),
                     SetupResult::Refused => "refused, nothing changed".into(),
-                    SetupResult::Failed => "FAILED part-way: fix the cause and run setup again".into(),
+                    SetupResult::Failed => {
+                        "FAILED part-way: fix the cause and run setup again".into()
+                    }
                 };
                 let agent = h
                     .agent_version
                     .as_deref()
                     .map(|v| format!("; deploy-agent {v} answers"))
                     .unwrap_or_default();
-                let error = h.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                let error = h
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
                 format!("{}  {what}{agent}{error}", h.host)
             })
             .collect()
@@ -100,7 +106,10 @@ pub struct CheckRow {
 impl CheckRow {
     pub fn lines(&self) -> Vec<String> {
         let mark = if self.ok { "ok  " } else { "FAIL" };
-        let mut lines = vec![format!("{}  {mark} {:<6} {}", self.host, self.check, self.detail)];
+        let mut lines = vec![format!(
+            "{}  {mark} {:<6} {}",
+            self.host, self.check, self.detail
+        )];
         if let Some(fix) = &self.fix {
             lines.push(format!("{}       fix: {fix}", self.host));
         }
@@ -127,7 +136,10 @@ impl DoctorSummary {
     pub fn line(&self) -> String {
         match self.problems {
             0 => format!("{}: {} host(s), every check passed", self.env, self.hosts),
-            n => format!("{}: {n} problem(s) on {} host(s); each has its fix above", self.env, self.hosts),
+            n => format!(
+                "{}: {n} problem(s) on {} host(s); each has its fix above",
+                self.env, self.hosts
+            ),
         }
     }
 }

@@ -40,7 +40,9 @@ pub fn agent_toml(cfg: &DeployConfig, env: &str, host: &HostSpec) -> String {
             }
         }
         for f in [&spec.env_file, &spec.compose_file].into_iter().flatten() {
-            let dir = std::path::Path::new(f).parent().map(|d| d.display().to_string());
+            let dir = std::path::Path::new(f)
+                .parent()
+                .map(|d| d.display().to_string());
             if let Some(dir) = dir.filter(|d| !d.starts_with(DEFAULT_FILES) && d.starts_with('/')) {
                 files.insert(dir);
             }
@@ -97,7 +99,9 @@ pub fn merge_allowed_signers(existing: Option<&str>, lines: &[String]) -> String
     let existing = existing.unwrap_or_default();
     let key_of = |line: &str| -> Option<String> {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let at = fields.iter().position(|f| f.starts_with("ssh-") || f.starts_with("ecdsa-") || f.starts_with("sk-"))?;
+        let at = fields.iter().position(|f| {
+            f.starts_with("ssh-") || f.starts_with("ecdsa-") || f.starts_with("sk-")
+        })?;
         fields.get(at + 1).map(|k| k.to_string())
     };
     let have: BTreeSet<String> = existing.lines().filter_map(key_of).collect();

@@ -45,9 +45,9 @@ impl Step {
                 format!("create system user {AGENT_USER} (group {GROUP}, in docker)")
             }
             Step::AddAgentToDocker => format!("add {AGENT_USER} to group docker"),
-            Step::CreateLoginUser { user } => format!(
-                "create user {user} (in {GROUP}) with the setup login's authorized_keys"
-            ),
+            Step::CreateLoginUser { user } => {
+                format!("create user {user} (in {GROUP}) with the setup login's authorized_keys")
+            }
             Step::AddLoginToGroup { user } => format!("add {user} to group {GROUP}"),
             Step::InstallBinary { replace: false } => {
                 format!("install {BINARY} (checksum verified)")
@@ -66,7 +66,9 @@ impl Step {
     /// `setup_user` the login whose authorized_keys a new deploy user gets.
     pub fn script(&self, sha256: &str, setup_user: &str) -> String {
         match self {
-            Step::CreateGroup => format!("getent group {GROUP} >/dev/null || groupadd --system {GROUP}"),
+            Step::CreateGroup => {
+                format!("getent group {GROUP} >/dev/null || groupadd --system {GROUP}")
+            }
             Step::CreateAgentUser => format!(
                 "id -u {AGENT_USER} >/dev/null 2>&1 || useradd --system --no-create-home \
                  --home-dir /nonexistent --shell /usr/sbin/nologin --gid {GROUP} --groups docker {AGENT_USER}"

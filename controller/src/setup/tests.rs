@@ -76,44 +76,98 @@ fn the_plan_goes_from_what_a_host_has_to_what_it_should() {
         ("a bare host", bare(), Mode::Install),
         ("set up", set_up(), Mode::Install),
         ("set up, --upgrade", set_up(), Mode::Upgrade),
-        ("no systemd", HostFacts { systemd: false, ..bare() }, Mode::Install),
-        ("no docker", HostFacts { docker_group: false, ..bare() }, Mode::Install),
-        ("arm host", HostFacts { arch: "aarch64".into(), ..bare() }, Mode::Install),
+        (
+            "no systemd",
+            HostFacts {
+                systemd: false,
+                ..bare()
+            },
+            Mode::Install,
+        ),
+        (
+            "no docker",
+            HostFacts {
+                docker_group: false,
+                ..bare()
+            },
+            Mode::Install,
+        ),
+        (
+            "arm host",
+            HostFacts {
+                arch: "aarch64".into(),
+                ..bare()
+            },
+            Mode::Install,
+        ),
         (
             "another binary",
-            HostFacts { binary_sha256: Some("bbbb".into()), ..set_up() },
-            Mode::Install,
-        ),
-        (
-            "another binary, --upgrade",
-            HostFacts { binary_sha256: Some("bbbb".into()), ..set_up() },
-            Mode::Upgrade,
-        ),
-        (
-            "agent.toml edited on the host",
-            HostFacts { agent_toml: Some("host = \"h1\"\n[approvals]\n".into()), ..set_up() },
-            Mode::Install,
-        ),
-        (
-            "another key in allowed_signers",
-            HostFacts { allowed_signers: Some("alice ssh-ed25519 AAAAalice\n".into()), ..set_up() },
-            Mode::Install,
-        ),
-        (
-            "an old unit",
-            HostFacts { unit: Some("[Unit]\nold\n".into()), ..set_up() },
-            Mode::Install,
-        ),
-        ("stopped", HostFacts { unit_active: false, ..set_up() }, Mode::Install),
-        (
-            "deploy user outside the group, without keys",
             HostFacts {
-                login: Some(LoginFacts { exists: true, in_group: false, has_keys: false }),
+                binary_sha256: Some("bbbb".into()),
                 ..set_up()
             },
             Mode::Install,
         ),
-        ("agent user outside docker", HostFacts { agent_in_docker: false, ..set_up() }, Mode::Install),
+        (
+            "another binary, --upgrade",
+            HostFacts {
+                binary_sha256: Some("bbbb".into()),
+                ..set_up()
+            },
+            Mode::Upgrade,
+        ),
+        (
+            "agent.toml edited on the host",
+            HostFacts {
+                agent_toml: Some("host = \"h1\"\n[approvals]\n".into()),
+                ..set_up()
+            },
+            Mode::Install,
+        ),
+        (
+            "another key in allowed_signers",
+            HostFacts {
+                allowed_signers: Some("alice ssh-ed25519 AAAAalice\n".into()),
+                ..set_up()
+            },
+            Mode::Install,
+        ),
+        (
+            "an old unit",
+            HostFacts {
+                unit: Some("[Unit]\nold\n".into()),
+                ..set_up()
+            },
+            Mode::Install,
+        ),
+        (
+            "stopped",
+            HostFacts {
+                unit_active: false,
+                ..set_up()
+            },
+            Mode::Install,
+        ),
+        (
+            "deploy user outside the group, without keys",
+            HostFacts {
+                login: Some(LoginFacts {
+                    exists: true,
+                    in_group: false,
+                    has_keys: false,
+                }),
+                ..set_up()
+            },
+            Mode::Install,
+        ),
+        (
+            "agent user outside docker",
+            HostFacts {
+                agent_in_docker: false,
+                ..set_up()
+            },
+            Mode::Install,
+        ),
     ];
     let table: String = rows
         .into_iter()
@@ -163,7 +217,11 @@ fn probe_output_reads_back() {
     assert_eq!(facts.allowed_signers.as_deref(), Some("alice\n"));
     assert_eq!(
         facts.login,
-        Some(LoginFacts { exists: true, in_group: false, has_keys: true })
+        Some(LoginFacts {
+            exists: true,
+            in_group: false,
+            has_keys: true
+        })
     );
     let err = HostFacts::parse("arch=x86_64\n").unwrap_err();
     assert!(err.contains("systemd"), "{err}");
@@ -174,7 +232,10 @@ fn probe_output_reads_back() {
 #[test]
 fn allowed_signers_gain_the_env_keys_and_keep_the_rest() {
     let alice = "alice@acme namespaces=\"deployctl-order\" ssh-ed25519 AAAAalice alice";
-    assert_eq!(merge_allowed_signers(None, &[KEY.into()]), format!("{KEY}\n"));
+    assert_eq!(
+        merge_allowed_signers(None, &[KEY.into()]),
+        format!("{KEY}\n")
+    );
     assert_eq!(
         merge_allowed_signers(Some(alice), &[KEY.into()]),
         format!("{alice}\n{KEY}\n")
@@ -213,7 +274,8 @@ image = "127.0.0.1:5000/acme/worker"
 [env.prod]
 hosts = [{ name = "prod-1", ssh = "deploy@10.0.0.5" }]
 "#;
-    let cfg = crate::config::DeployConfig::parse(text, std::path::Path::new("deploy.toml")).unwrap();
+    let cfg =
+        crate::config::DeployConfig::parse(text, std::path::Path::new("deploy.toml")).unwrap();
     let host = &cfg.envs["prod"].hosts[0];
     expect![[r##"
         # Written by `deployctl setup --env prod` from acme's deploy.toml. Setup never

@@ -81,9 +81,14 @@ impl RemoteShell {
     pub async fn run(&self, command: &str, stdin: &[u8]) -> Result<ShellOutput, TransportError> {
         let display = &self.login.display;
         let exchange = async {
-            let mut channel = self.login.handle.channel_open_session().await.map_err(|e| {
-                TransportError::Closed(format!("{display}: cannot open an SSH channel: {e}"))
-            })?;
+            let mut channel = self
+                .login
+                .handle
+                .channel_open_session()
+                .await
+                .map_err(|e| {
+                    TransportError::Closed(format!("{display}: cannot open an SSH channel: {e}"))
+                })?;
             channel.exec(true, command.as_bytes()).await.map_err(|e| {
                 TransportError::Closed(format!("{display}: cannot run a command: {e}"))
             })?;

@@ -276,4 +276,3 @@ async fn rsa_hash(
         None
     }
 }
-

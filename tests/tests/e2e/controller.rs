@@ -29,6 +29,7 @@ mod proxy;
 mod release;
 mod release_policy;
 mod secrets;
+mod setup;
 mod ssh_config;
 
 const APP: &str = "acme";

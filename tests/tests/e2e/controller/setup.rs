@@ -1,0 +1,271 @@
+//! `deployctl setup` (issue 14) against a bare host over real SSH: a container with its own
+//! filesystem root, a root login by key, and nothing of deployctl (harness `BareHost`). Setup
+//! takes it to an agent that a push then uses; a dry run and a second run change nothing; the
+//! installed unit passes the real `systemd-analyze verify`; another binary needs `--upgrade`;
+//! a host without systemd is refused with the manual steps.
+//!
+//! What is proven how: users, groups, files, modes, the upload and its checksum, and the agent
+//! answering through the `deploy` login are real. Starting the unit is done by the bare host's
+//! stand-in `systemctl` (no systemd runs in a container), which runs the unit's own `ExecStart`
+//! as its `User`/`Group`; the unit file is checked by `systemd-analyze verify`.
+
+use std::process::Command;
+
+use harness::command::output_with_timeout;
+use harness::hosts::{DEPLOYCTL_TIMEOUT, deployctl_binary};
+use harness::{BareHost, ClientKey, unique_name};
+use sha2::{Digest, Sha256};
+
+use super::*;
+
+struct Setup {
+    home: tempfile::TempDir,
+    key: ClientKey,
+    host: BareHost,
+    name: String,
+    app: String,
+    images: DemoImages,
+    _registry: Registry,
+    _cleanup: Cleanup,
+}
+
+impl Setup {
+    fn start() -> anyhow::Result<Setup> {
+        require_prereqs()?;
+        let registry = Registry::start()?;
+        let app = unique_name("setup");
+        let images = DemoImages::publish(&registry, &format!("{app}/web"))?;
+        let home = tempfile::tempdir()?;
+        let ssh = home.path().join(".ssh");
+        std::fs::create_dir_all(&ssh)?;
+        let key = ClientKey::generate(&ssh)?;
+        let host = BareHost::start(&key.public_line)?;
+        std::fs::write(ssh.join("known_hosts"), host.known_hosts_line() + "\n")?;
+        let name = unique_name("bare");
+        let cleanup = Cleanup::label("deployctl.host", &name);
+        let s = Setup {
+            home,
+            key,
+            host,
+            name,
+            app,
+            images,
+            _registry: registry,
+            _cleanup: cleanup,
+        };
+        std::fs::write(
+            s.home.path().join("deploy.toml"),
+            format!(
+                r#"app = "{app}"
+image = {image}
+
+[services.web]
+health = {{ path = "/healthz", port = 8080, interval = "200ms", healthy_for = "1s", deadline = "30s" }}
+
+[env.staging]
+hosts = [{{ name = "{name}", ssh = "deploy@127.0.0.1:{port}" }}]
+signing_key = {signing}
+"#,
+                app = s.app,
+                image = quote(s.images.repository()),
+                name = s.name,
+                port = s.host.port(),
+                signing = quote(&s.key.private_path.display().to_string()),
+            ),
+        )?;
+        Ok(s)
+    }
+
+    fn deployctl(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let mut cmd = Command::new(deployctl_binary()?);
+        cmd.args(args)
+            .current_dir(self.home.path())
+            .env("HOME", self.home.path())
+            .env("DEPLOYCTL_SSH_IDENTITY", &self.key.private_path)
+            .env("DEPLOYCTL_ISSUED_BY", "e2e@deployctl-test")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("DEPLOYCTL_SIGNING_KEY")
+            .env_remove("DEPLOYCTL_REMOTE_AGENT")
+            .env_remove("DEPLOYCTL_AGENT_BINARY");
+        let out = output_with_timeout(&mut cmd, DEPLOYCTL_TIMEOUT)?;
+        Ok(Run {
+            command: format!("deployctl {}", args.join(" ")),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// `setup --json` with `extra` flags: its exit code, and the host's result and step count.
+    fn setup(&self, extra: &[&str]) -> anyhow::Result<(Run, String, u64)> {
+        let mut args = vec!["setup", "--env", "staging", "--json"];
+        args.extend_from_slice(extra);
+        let run = self.deployctl(&args)?;
+        let summary = run.summary()?;
+        let host = &summary["hosts"][0];
+        let result = host["result"].as_str().unwrap_or_default().to_string();
+        Ok((run, result, host["steps"].as_u64().unwrap_or(0)))
+    }
+}
+
+fn sha256_hex(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(format!("{:x}", Sha256::digest(std::fs::read(path)?)))
+}
+
+#[test]
+fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() -> anyhow::Result<()>
+{
+    let s = Setup::start()?;
+    let nothing = "test ! -e /usr/local/bin/deploy-agent && ! getent passwd deploy-agent \
+                   && ! getent passwd deploy && ! getent group deployctl && test ! -e /etc/deploy-agent";
+    s.host.exec(nothing)?;
+
+    // --dry-run: the whole plan, nothing changed
+    let (run, result, steps) = s.setup(&["--dry-run"])?;
+    run.expect(0)?;
+    ensure!(
+        result == "planned" && steps == 9,
+        "{result} {steps}: {}",
+        run.output()
+    );
+    ensure!(
+        run.stdout.contains("systemctl enable --now deploy-agent"),
+        "{}",
+        run.output()
+    );
+    s.host
+        .exec(nothing)
+        .context("the dry run changed the host")?;
+
+    // setup: from nothing to an agent that answers through the deploy login
+    let (run, result, steps) = s.setup(&[])?;
+    run.expect(0).with_context(|| s.host.logs())?;
+    ensure!(
+        result == "changed" && steps == 9,
+        "{result} {steps}: {}",
+        run.output()
+    );
+    let agent = harness::agents::agent_binary()?;
+    let installed = s
+        .host
+        .exec("sha256sum /usr/local/bin/deploy-agent | cut -d' ' -f1")?;
+    ensure!(
+        installed.trim() == sha256_hex(&agent)?,
+        "the installed binary is not ours"
+    );
+    let ids = s.host.exec("id -nG deploy-agent; id -nG deploy; stat -c '%U:%G %a' /etc/deploy-agent/agent.toml /run/deploy-agent/agent.sock")?;
+    ensure!(
+        ids.lines().collect::<Vec<_>>()
+            == [
+                "deployctl docker",
+                "deploy deployctl",
+                "root:deployctl 640",
+                "deploy-agent:deployctl 660"
+            ],
+        "users, groups and modes: {ids}"
+    );
+    let owner = s
+        .host
+        .exec("stat -c %U /proc/$(cat /run/deploy-agent.stand-in.pid)")?;
+    ensure!(owner.trim() == "deploy-agent", "the agent runs as {owner}");
+    verify_unit(
+        &s.host
+            .exec("cat /etc/systemd/system/deploy-agent.service")?,
+        &agent,
+    )?;
+
+    // a push through the login setup made
+    let v1 = s.images.v(1);
+    let run = s.deployctl(&["push", &v1.git_sha, "--env", "staging"])?;
+    run.expect(0).with_context(|| s.host.logs())?;
+    let container = docker_inspect(&format!("{}-staging-web", s.app))?;
+    ensure!(
+        container["Config"]["Labels"]["deployctl.digest"] == v1.digest.as_str(),
+        "the pushed container: {}",
+        container["Config"]["Labels"]
+    );
+
+    // a second run changes nothing
+    let (run, result, _) = s.setup(&[])?;
+    run.expect(0)?;
+    ensure!(result == "unchanged", "{result}: {}", run.output());
+    ensure!(
+        !run.json_lines().iter().any(|l| l["event"] == "setup_step"),
+        "a second run took steps: {}",
+        run.output()
+    );
+
+    // another binary on the host: refused without --upgrade, replaced with it
+    s.host.exec("cp /usr/local/bin/deploy-agent /tmp/a && printf x >> /tmp/a && mv /tmp/a /usr/local/bin/deploy-agent")?;
+    let (run, result, _) = s.setup(&[])?;
+    run.expect(3)?;
+    ensure!(
+        result == "refused" && run.stdout.contains("setup --upgrade"),
+        "{}",
+        run.output()
+    );
+    let (run, result, steps) = s.setup(&["--upgrade"])?;
+    run.expect(0).with_context(|| s.host.logs())?;
+    ensure!(
+        result == "changed" && steps == 2,
+        "{result} {steps}: {}",
+        run.output()
+    );
+    let installed = s
+        .host
+        .exec("sha256sum /usr/local/bin/deploy-agent | cut -d' ' -f1")?;
+    ensure!(
+        installed.trim() == sha256_hex(&agent)?,
+        "--upgrade did not put our binary back"
+    );
+    s.deployctl(&["status", "--env", "staging"])?.expect(0)?;
+
+    // no systemd: refused with the manual steps, nothing changed
+    s.host.exec("rm -rf /run/systemd/system")?;
+    let (run, result, _) = s.setup(&[])?;
+    run.expect(3)?;
+    ensure!(
+        result == "refused"
+            && run.stdout.contains("no systemd")
+            && run.stdout.contains("Running the agent on a host"),
+        "{}",
+        run.output()
+    );
+    Ok(())
+}
+
+/// `systemd-analyze verify` of `unit` as installed: in a root holding this machine's system
+/// units (for docker.service and the targets) and the agent binary the unit starts.
+fn verify_unit(unit: &str, agent: &std::path::Path) -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/systemd/system"))?;
+    std::fs::create_dir_all(r.join("usr/local/bin"))?;
+    std::fs::create_dir_all(r.join("usr/lib/systemd"))?;
+    harness::command::run(
+        Command::new("cp")
+            .arg("-r")
+            .arg("/usr/lib/systemd/system")
+            .arg(r.join("usr/lib/systemd/")),
+    )?;
+    if !r.join("usr/lib/systemd/system/docker.service").exists() {
+        std::fs::write(
+            r.join("etc/systemd/system/docker.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )?;
+    }
+    std::fs::write(r.join("etc/systemd/system/deploy-agent.service"), unit)?;
+    std::fs::copy(agent, r.join("usr/local/bin/deploy-agent"))?;
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", r.display()))
+        .arg("deploy-agent.service")
+        .output()
+        .context("running systemd-analyze (apt-get install -y systemd)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+    Ok(())
+}
