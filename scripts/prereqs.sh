@@ -39,6 +39,8 @@ need caddy command -v caddy
 need systemd command -v systemd-analyze
 need passwd test -x /usr/sbin/useradd
 need util-linux test -x /usr/bin/setpriv
+# `deployctl doctor`'s test puts an agent's clock off with libfaketime.
+need faketime test -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
 # Static glibc for the demo app's crt-static build.

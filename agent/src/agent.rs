@@ -22,6 +22,7 @@ use tracing::Instrument;
 use crate::backend::Backend;
 use crate::config::AgentConfig;
 use crate::health::{HealthBook, HealthFile, Observation};
+use crate::host_health::host_health;
 use crate::index::Index;
 use crate::job::{Job, blocking, lock};
 use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_order_id};
@@ -612,6 +613,7 @@ impl<B: Backend> Agent<B> {
             services,
             running: self.running(),
             approvals: self.config.approvals.clone(),
+            host_health: Some(host_health(&self.backend, &self.config.state_dir).await),
         }
     }
 

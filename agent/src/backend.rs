@@ -28,6 +28,10 @@ pub trait Backend: Send + Sync + 'static {
         spec: &ServiceSpec,
         lines: usize,
     ) -> impl Future<Output = Result<ServiceLogs, String>> + Send;
+    /// The engine's version and data root, or why it does not answer.
+    fn engine_facts(&self) -> impl Future<Output = Result<deploy::EngineFacts, String>> + Send {
+        async { Err("no engine behind this backend".to_string()) }
+    }
     /// Every proxy the order's services name answers; else why not (nothing is changed yet).
     fn check_proxies(&self, _order: &Order) -> impl Future<Output = Result<(), String>> + Send {
         async { Ok(()) }
@@ -44,6 +48,12 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 impl Backend for deploy::Engine {
+    async fn engine_facts(&self) -> Result<deploy::EngineFacts, String> {
+        deploy::Engine::engine_facts(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     fn execute(&self, order: &Order, sink: &dyn EventSink) -> impl Future<Output = Outcome> + Send {
         deploy::Engine::execute(self, order, sink)
     }

@@ -27,6 +27,7 @@ pub mod config;
 pub mod exec;
 pub mod health;
 pub mod host_files;
+pub mod host_health;
 pub mod index;
 pub mod job;
 pub mod journal;

@@ -20,6 +20,7 @@ pub mod config;
 pub mod connector;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod doctor;
 pub mod known_hosts;
 pub mod output;
 pub mod release;

@@ -23,8 +23,8 @@ use proto::ImageRef;
 
 use crate::plan::{self, PullFailure, classify_pull_failure};
 use crate::runtime::{
-    BoxFuture, BoxStream, CheckStatus, ContainerInfo, ContainerSpec, Credentials, ImageInfo,
-    OutputChunk, OutputStream, PullError, RtResult, RunState, Runtime, RuntimeError,
+    BoxFuture, BoxStream, CheckStatus, ContainerInfo, ContainerSpec, Credentials, EngineFacts,
+    ImageInfo, OutputChunk, OutputStream, PullError, RtResult, RunState, Runtime, RuntimeError,
 };
 
 /// The local Docker engine, API version negotiated down to what the engine speaks.
@@ -184,6 +184,18 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
 impl Runtime for DockerRuntime {
     fn ping(&self) -> BoxFuture<'_, RtResult<()>> {
         Box::pin(async move { self.docker.ping().await.map(|_| ()).map_err(map_err) })
+    }
+
+    fn engine_facts(&self) -> BoxFuture<'_, RtResult<EngineFacts>> {
+        Box::pin(async move {
+            let version = self.docker.version().await.map_err(map_err)?;
+            let info = self.docker.info().await.map_err(map_err)?;
+            Ok(EngineFacts {
+                version: version.version.unwrap_or_default(),
+                api_version: version.api_version.unwrap_or_default(),
+                root_dir: info.docker_root_dir.unwrap_or_default(),
+            })
+        })
     }
 
     fn inspect_container<'a>(

@@ -54,6 +54,7 @@ use proto::{Action, ImageRef, Order, ServiceSpec};
 use tokio::sync::OnceCell;
 
 use crate::compose::ComposeCli;
+pub use crate::runtime::EngineFacts;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// Who this engine acts as: only containers labelled with this host and env are its business.
@@ -184,6 +185,11 @@ impl Engine {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The engine's version and data root, or why it does not answer.
+    pub async fn engine_facts(&self) -> Result<EngineFacts, EngineError> {
+        Ok(self.rt.engine_facts().await?)
     }
 
     /// Runs the order to an outcome; never panics; every step goes to `sink` before it is taken.

@@ -143,9 +143,26 @@ pub struct ContainerSpec {
     pub restart_unless_stopped: bool,
 }
 
+/// What the engine says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineFacts {
+    pub version: String,
+    pub api_version: String,
+    /// Where it keeps images, containers and volumes.
+    pub root_dir: String,
+}
+
 /// The engine operations the deploy logic uses. Every container-level call takes an id or a name.
 pub trait Runtime: Send + Sync {
     fn ping(&self) -> BoxFuture<'_, RtResult<()>>;
+    /// Version and data root, for the host's health.
+    fn engine_facts(&self) -> BoxFuture<'_, RtResult<EngineFacts>> {
+        Box::pin(async {
+            Err(RuntimeError::Api(
+                "this runtime does not describe itself".into(),
+            ))
+        })
+    }
     /// `Ok(None)` when no such container exists.
     fn inspect_container<'a>(
         &'a self,

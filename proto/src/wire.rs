@@ -372,6 +372,46 @@ pub struct AgentStatus {
     /// `[approvals]`: deploys and rollbacks here need a proposal approved so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approvals: Option<ApprovalRules>,
+    /// The machine under the agent: its clock, engine and disks (`deployctl doctor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_health: Option<HostHealth>,
+}
+
+/// How the host itself is doing, as its agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostHealth {
+    /// The agent's clock when it answered: orders expire by it.
+    pub now: Timestamp,
+    pub engine: EngineHealth,
+    pub disks: Vec<DiskSpace>,
+}
+
+/// Whether the Docker engine answers the agent, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineHealth {
+    pub reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// The engine's data root (images, containers, volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Free space of one filesystem the host needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpace {
+    /// `engine` (the engine's data root) or `state_dir` (the agent's journal).
+    pub what: String,
+    pub path: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

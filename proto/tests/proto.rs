@@ -1213,6 +1213,7 @@ fn reply() -> impl Strategy<Value = Reply> {
                 services,
                 running,
                 approvals: None,
+                host_health: None,
             },
         );
     let action = one_of(vec![

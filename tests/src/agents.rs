@@ -127,7 +127,12 @@ pub struct AgentSetup {
     pub max_connections: Option<usize>,
     pub frame_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// More environment for the agent process (e.g. libfaketime's, to put its clock off).
+    pub env_vars: Vec<(String, String)>,
 }
+
+/// libfaketime, from Debian's `faketime`: preloaded, it moves a process's wall clock.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl AgentSetup {
     /// A host named `host-<unique>` in env `e2e`, its containers prefixed `<unique>-`.
@@ -151,7 +156,18 @@ impl AgentSetup {
             max_connections: None,
             frame_timeout: None,
             idle_timeout: None,
+            env_vars: Vec::new(),
         }
+    }
+
+    /// The agent's wall clock `offset` off (`+5m`, `-90s`; libfaketime's syntax); its timers
+    /// keep real time.
+    pub fn clock_off(&mut self, offset: &str) {
+        self.env_vars.extend([
+            ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+            ("FAKETIME".to_string(), offset.to_string()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ]);
     }
 
     fn toml(&self, dir: &Path) -> String {
@@ -255,6 +271,7 @@ impl AgentProc {
             .arg("--config")
             .arg(self.config_path())
             .env("DEPLOY_AGENT_LOG", "info,deploy=debug")
+            .envs(self.setup.env_vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -28,6 +28,7 @@ pub mod caddy;
 pub mod command;
 pub mod docker;
 pub mod error;
+pub mod fake_agent;
 pub mod flood;
 pub mod images;
 pub mod net;
@@ -44,6 +45,7 @@ pub use docker::{
     container_running, containers_with_label, docker, docker_inspect, published_port, unique_name,
 };
 pub use error::{Error, Result};
+pub use fake_agent::FakeAgent;
 pub use images::{
     Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, derive_image,
     fake_git_sha,

@@ -53,9 +53,11 @@ fn check() -> std::result::Result<(), (String, String)> {
             }
         }
     }
-    if !Path::new(STATIC_LIBC.0).exists() {
-        missing.push(STATIC_LIBC.0);
-        packages.push(STATIC_LIBC.1);
+    for (file, package) in [STATIC_LIBC, (crate::agents::LIBFAKETIME, "faketime")] {
+        if !Path::new(file).exists() {
+            missing.push(file);
+            packages.push(package);
+        }
     }
     if !missing.is_empty() {
         return Err((missing.join(", "), install_command(&packages)));

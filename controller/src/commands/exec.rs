@@ -372,6 +372,7 @@ mod tests {
             services,
             running: vec![],
             approvals: None,
+            host_health: None,
         };
         // (services on the host, the ref ordered or what the refusal says)
         let cases = [

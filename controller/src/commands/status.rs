@@ -150,6 +150,7 @@ mod tests {
             services: all,
             running: vec![],
             approvals: None,
+            host_health: None,
         })
     }
 

@@ -429,6 +429,7 @@ fn the_digests_to_tag_are_the_releases_and_what_the_hosts_run() {
             .collect(),
         running: Vec::new(),
         approvals: None,
+        host_health: None,
     };
     let app = cfg.app.as_str();
     let h1 = status(&[(app, "api", 'f'), (app, "web", '9')]);

@@ -142,6 +142,7 @@ mod tests {
                 .collect(),
             running: Vec::new(),
             approvals: None,
+            host_health: None,
         }
     }
 

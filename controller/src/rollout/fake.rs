@@ -195,6 +195,7 @@ impl Host {
                 .collect(),
             running: self.job.iter().cloned().collect(),
             approvals: None,
+            host_health: None,
         }
     }
 

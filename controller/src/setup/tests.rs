@@ -1,3 +1,6 @@
+//! The setup plan from a host's facts, as a table; the probe's output, the allowed_signers merge,
+//! ELF machines and the agent.toml setup writes.
+
 use expect_test::expect;
 
 use super::*;

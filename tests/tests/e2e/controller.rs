@@ -20,6 +20,7 @@ use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
 mod approvals;
 mod canary;
+mod doctor;
 mod exec;
 mod failing;
 mod labels;

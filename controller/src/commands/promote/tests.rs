@@ -60,6 +60,7 @@ fn host(name: &str, services: Vec<ServiceStatus>, running: usize) -> Seen {
         services,
         running: vec![holder; running],
         approvals: None,
+        host_health: None,
     };
     let history = vec![
         entry('b', "v2", OutcomeKind::Succeeded),

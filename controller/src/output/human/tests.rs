@@ -207,6 +207,7 @@ fn a_status_with_hostile_labels_is_printed_as_text() {
         }],
         running: vec![],
         approvals: None,
+        host_health: None,
     };
     let message = Message::HostStatus(HostStatus::up("h1", &status, "acme"));
     let Shown::Rows(Table::Status, rows) = render(&message) else {

@@ -371,6 +371,7 @@ fn status_of(release: &[(&str, char)], running: &[&str]) -> AgentStatus {
             .collect(),
         running: running.iter().map(|id| holder(id)).collect(),
         approvals: None,
+        host_health: None,
     }
 }
 
