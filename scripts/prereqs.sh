@@ -41,6 +41,9 @@ need passwd test -x /usr/sbin/useradd
 need util-linux test -x /usr/bin/setpriv
 # `deployctl doctor`'s test puts an agent's clock off with libfaketime.
 need faketime test -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+# `status --watch` is tested in a real terminal (tmux), `deployctl ui` in headless Chromium.
+need tmux command -v tmux
+need chromium command -v chromium
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
 # Static glibc for the demo app's crt-static build.

@@ -97,8 +97,9 @@ pub struct Agent<B: Backend> {
     started: Instant,
     /// The last `status` answer; its lock makes concurrent requests share one computation.
     status_cache: tokio::sync::Mutex<Option<CachedStatus>>,
-    /// Bumped whenever a job starts or ends, so a cached status never hides one.
-    jobs_changed: AtomicU64,
+    /// Bumped whenever a job starts or ends or a service's health changes: a cached status never
+    /// hides one, and subscribers (`status --watch`, `ui`) hear of it at once.
+    changes: watch::Sender<u64>,
 }
 
 /// How long a `status` answer is reused: a flood of status requests runs the probes (and, for
@@ -107,8 +108,8 @@ pub const STATUS_TTL: Duration = Duration::from_secs(1);
 
 struct CachedStatus {
     computed: Instant,
-    /// [`Agent::jobs_changed`] when the computation began.
-    jobs_changed: u64,
+    /// [`Agent::changes`] when the computation began.
+    changes: u64,
     status: AgentStatus,
 }
 
@@ -175,7 +176,7 @@ impl<B: Backend> Agent<B> {
             followers: watch::Sender::new(0),
             started: Instant::now(),
             status_cache: tokio::sync::Mutex::new(None),
-            jobs_changed: AtomicU64::new(0),
+            changes: watch::Sender::new(0),
         }))
     }
 
@@ -404,7 +405,7 @@ impl<B: Backend> Agent<B> {
             running.held.insert(key, job.holder.clone());
         }
         running.jobs.insert(job.order_id().to_string(), job.clone());
-        self.jobs_changed.fetch_add(1, Ordering::SeqCst);
+        self.changed();
         self.job_count.send_modify(|n| *n += 1);
         Ok((job, skipped))
     }
@@ -500,7 +501,7 @@ impl<B: Backend> Agent<B> {
     fn release(&self, job: &Job) {
         let mut running = lock(&self.running);
         if running.jobs.remove(job.order_id()).is_some() {
-            self.jobs_changed.fetch_add(1, Ordering::SeqCst);
+            self.changed();
             self.job_count.send_modify(|n| *n = n.saturating_sub(1));
         }
         running.held.retain(|_, h| h.order_id != job.order_id());
@@ -543,9 +544,9 @@ impl<B: Backend> Agent<B> {
     /// their own (their clients see the same answer).
     pub async fn status(&self) -> AgentStatus {
         let mut cache = self.status_cache.lock().await;
-        let jobs_changed = self.jobs_changed.load(Ordering::SeqCst);
+        let changes = *self.changes.borrow();
         if let Some(c) = cache.as_ref()
-            && status_reusable(c.computed.elapsed(), c.jobs_changed, jobs_changed)
+            && status_reusable(c.computed.elapsed(), c.changes, changes)
         {
             return c.status.clone();
         }
@@ -553,7 +554,7 @@ impl<B: Backend> Agent<B> {
         let status = self.compute_status().await;
         *cache = Some(CachedStatus {
             computed,
-            jobs_changed,
+            changes,
             status: status.clone(),
         });
         status
@@ -682,9 +683,22 @@ impl<B: Backend> Agent<B> {
         }
     }
 
+    /// A change subscribers wait for: a new number each time something they show changed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     fn observe(&self, app: &str, service: &str, health: Health, at: Timestamp) {
         let mut book = lock(&self.health);
-        match book.observe(app, service, health, at) {
+        let observation = book.observe(app, service, health, at);
+        if !matches!(observation, Observation::Unchanged) {
+            self.changed();
+        }
+        match observation {
             Observation::Unchanged => return,
             Observation::First => {
                 tracing::info!(app, service, %health, "health watch: first probe")

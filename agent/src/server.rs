@@ -249,6 +249,32 @@ where
     }
 }
 
+/// `status` at once and after every change, until the client goes away. Each frame counts as
+/// activity, so the connection is not the longest idle one when room is made; it is not
+/// "following a job" either, so it never holds up a shutdown.
+async fn subscribe<B: Backend, W: AsyncWrite + Unpin>(
+    agent: &Arc<Agent<B>>,
+    conn: &ConnHandle,
+    wr: &mut W,
+) -> Result<(), CodecError> {
+    let mut changes = agent.subscribe();
+    let heartbeat = Duration::from_secs(proto::wire::SUBSCRIBE_HEARTBEAT_SECS);
+    loop {
+        changes.borrow_and_update();
+        let status = agent.status().await;
+        write_frame(wr, &Reply::Status { status }).await?;
+        conn.active();
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            () = tokio::time::sleep(heartbeat) => {}
+        }
+    }
+}
+
 async fn handle<B: Backend, W: AsyncWrite + Unpin>(
     agent: &Arc<Agent<B>>,
     conn: &ConnHandle,
@@ -294,6 +320,7 @@ async fn handle<B: Backend, W: AsyncWrite + Unpin>(
             let status = agent.status().await;
             write_frame(wr, &Reply::Status { status }).await
         }
+        Request::Subscribe {} => subscribe(agent, conn, wr).await,
         Request::History { limit } => {
             let mut entries = agent.history(limit);
             // Fit one frame: drop the oldest entries rather than fail.

@@ -109,10 +109,23 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
     },
-    /// Per host and service: agent, ref, digest, health; whether every host runs one release.
+    /// Per host and service: agent, ref, digest, health; whether every host runs one release
+    /// (every env of deploy.toml unless --env).
     Status {
         #[arg(long)]
-        env: String,
+        env: Option<String>,
+        /// Redraw on every change the agents report (a job, a health change) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Serve the status board as a read-only page on loopback, updated live (every env unless
+    /// --env).
+    Ui {
+        #[arg(long)]
+        env: Option<String>,
+        /// Where to listen (loopback only; port 0 picks a free one).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// What ran where, when, signed by whom, with what outcome.
     History {
@@ -234,6 +247,7 @@ impl Command {
             Command::Man => "man",
             Command::Promote { .. } => "promote",
             Command::Status { .. } => "status",
+            Command::Ui { .. } => "ui",
             Command::History { .. } => "history",
             Command::Logs { .. } => "logs",
             Command::Exec { .. } => "exec",

@@ -22,6 +22,7 @@ pub mod connector;
 pub mod demo;
 pub mod doctor;
 pub mod known_hosts;
+pub mod live;
 pub mod output;
 pub mod release;
 pub mod resolve;
@@ -29,6 +30,7 @@ pub mod rollout;
 pub mod setup;
 pub mod signer;
 pub mod transport;
+pub mod ui;
 
 use serde::Serialize;
 

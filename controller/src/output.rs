@@ -217,6 +217,10 @@ pub enum SummaryBody {
     },
     Rollout(RolloutSummary),
     Status(StatusSummary),
+    /// `status` over several envs: each env's verdict.
+    Envs {
+        envs: Vec<StatusSummary>,
+    },
     History(HistorySummary),
     Logs(LogsSummary),
     Exec(ExecSummary),
@@ -234,6 +238,15 @@ impl SummaryBody {
             SummaryBody::Stopped { result, .. } => *result,
             SummaryBody::Rollout(r) => r.result.exit(),
             SummaryBody::Status(s) => s.exit(),
+            SummaryBody::Envs { envs } => envs
+                .iter()
+                .map(StatusSummary::exit)
+                .max_by_key(|e| match e {
+                    ExitClass::Refused => 2,
+                    ExitClass::Success => 0,
+                    _ => 1,
+                })
+                .unwrap_or(ExitClass::Success),
             SummaryBody::History(h) => unreachable_exit(h.hosts, h.unreachable.len()),
             SummaryBody::Logs(l) => unreachable_exit(l.hosts, l.unreachable),
             SummaryBody::Exec(e) => exec_exit(e.result, e.command_exit_code),

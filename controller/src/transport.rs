@@ -278,6 +278,18 @@ impl Connection {
         .await
     }
 
+    /// Subscribes to the agent's status: the first comes at once, the next after each change.
+    pub async fn subscribe(&mut self) -> Result<(), TransportError> {
+        self.stream.subscribe().await
+    }
+
+    /// The next status of a subscription (no query timeout: the agent sends one at least every
+    /// `SUBSCRIBE_HEARTBEAT_SECS`, and SSH keepalives catch a dead peer).
+    pub async fn next_status(&mut self) -> Result<AgentStatus, TransportError> {
+        let status = self.stream.next_status().await;
+        explain(&mut self.ssh, status).await
+    }
+
     pub async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>, TransportError> {
         within_query_timeout("history", async {
             let entries = self.stream.history(limit).await;

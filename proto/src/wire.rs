@@ -26,6 +26,10 @@ pub struct SignedOrder {
     pub signature: String,
 }
 
+/// The longest a subscription goes without a `status` frame: a client that stops reading is
+/// noticed by then, and a client hears that the agent is alive.
+pub const SUBSCRIBE_HEARTBEAT_SECS: u64 = 15;
+
 /// Controller → agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -44,6 +48,10 @@ pub enum Request {
         order_id: String,
     },
     Status {},
+    /// `status` now, then again whenever a job starts or ends or a service's health changes
+    /// (and at least every [`SUBSCRIBE_HEARTBEAT_SECS`]), until the client goes away; answered
+    /// by `status` frames only. For `deployctl status --watch` and `deployctl ui`.
+    Subscribe {},
     History {
         limit: usize,
     },

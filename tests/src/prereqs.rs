@@ -23,6 +23,8 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("/usr/sbin/useradd", "passwd"),
     ("/usr/bin/setpriv", "util-linux"),
+    ("tmux", "tmux"),
+    ("chromium", "chromium"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.

@@ -12,6 +12,8 @@ pub mod promote;
 pub mod rollout;
 pub mod setup;
 pub mod status;
+pub mod ui;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +49,7 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
         None => find_config(&std::env::current_dir().unwrap_or_default()),
     };
     let load = || DeployConfig::load(&path);
+    let json = cli.json;
     match cli.command {
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -143,7 +146,12 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             setup::setup(&load()?, args, out).await
         }
         Command::Doctor { env } => doctor::doctor(&load()?, &env, out).await,
-        Command::Status { env } => status::status(&load()?, &env, out).await,
+        Command::Status { env, watch } => match (env, watch) {
+            (env, true) => watch::watch(&load()?, env.as_deref(), json, out).await,
+            (Some(env), false) => status::status(&load()?, &env, out).await,
+            (None, false) => watch::status_all(&load()?, out).await,
+        },
+        Command::Ui { env, listen } => ui::ui(&load()?, env.as_deref(), listen, out).await,
         Command::History { env, n } => history::history(&load()?, &env, n, out).await,
         Command::Logs { at, n } => {
             let (host, service) = (at.host.as_deref(), at.service.as_deref());

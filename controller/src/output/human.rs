@@ -266,6 +266,7 @@ fn summary(s: &Summary) -> Shown {
         }
         SummaryBody::Rollout(r) => Shown::Out(rollout_lines(s.command, r)),
         SummaryBody::Status(v) => Shown::Out(status_verdict(v)),
+        SummaryBody::Envs { envs } => Shown::Out(envs.iter().flat_map(status_verdict).collect()),
         SummaryBody::History(h) if s.exit() == ExitClass::Refused => Shown::Err(vec![format!(
             "deployctl: no host of {} could be reached",
             h.env

@@ -158,6 +158,20 @@ impl AgentStream {
         }
     }
 
+    /// Asks for the agent's status now and after every change ([`Request::Subscribe`]); read
+    /// them with [`AgentStream::next_status`].
+    pub async fn subscribe(&mut self) -> Result<(), TransportError> {
+        self.send(&Request::Subscribe {}).await
+    }
+
+    /// The next status of a subscription.
+    pub async fn next_status(&mut self) -> Result<AgentStatus, TransportError> {
+        match self.recv().await? {
+            Reply::Status { status } => Ok(status),
+            other => Err(unexpected("status", other)),
+        }
+    }
+
     /// The newest `limit` journal entries, newest first.
     pub async fn history(&mut self, limit: usize) -> Result<Vec<HistoryEntry>, TransportError> {
         self.send(&Request::History { limit }).await?;

@@ -32,6 +32,7 @@ mod release_policy;
 mod secrets;
 mod setup;
 mod ssh_config;
+mod watch;
 
 const APP: &str = "acme";
 
