@@ -127,6 +127,10 @@ pub struct AgentSetup {
     pub max_connections: Option<usize>,
     pub frame_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// `docker_config`: the Docker client config its pulls take registry credentials from.
+    pub docker_config: Option<PathBuf>,
+    /// Variables set in the agent's environment (e.g. a `PATH` finding a credential helper).
+    pub env_vars: Vec<(String, String)>,
 }
 
 impl AgentSetup {
@@ -151,6 +155,8 @@ impl AgentSetup {
             max_connections: None,
             frame_timeout: None,
             idle_timeout: None,
+            docker_config: None,
+            env_vars: Vec::new(),
         }
     }
 
@@ -158,37 +164,43 @@ impl AgentSetup {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let ms = |d: Duration| q(&format!("{}ms", d.as_millis()));
         let images: Vec<String> = self.allowed_images.iter().map(|i| q(i)).collect();
-        let mut limits = String::new();
+        // Optional top-level keys, before any table.
+        let mut keys = String::new();
         if let Some(n) = self.max_connections {
-            limits.push_str(&format!("max_connections = {n}\n"));
+            keys.push_str(&format!("max_connections = {n}\n"));
         }
         if let Some(d) = self.frame_timeout {
-            limits.push_str(&format!("frame_timeout = {}\n", ms(d)));
+            keys.push_str(&format!("frame_timeout = {}\n", ms(d)));
         }
         if let Some(d) = self.idle_timeout {
-            limits.push_str(&format!("idle_timeout = {}\n", ms(d)));
+            keys.push_str(&format!("idle_timeout = {}\n", ms(d)));
+        }
+        if let Some(p) = &self.docker_config {
+            keys.push_str(&format!(
+                "docker_config = {}\n",
+                q(&p.display().to_string())
+            ));
         }
         let host_keys: Vec<String> = self
             .host_keys
             .iter()
             .map(|k| q(&k.display().to_string()))
             .collect();
-        limits
-            + &format!(
-                "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
+        keys + &format!(
+            "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
                  container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
-                q(&self.host),
-                q(&self.env),
-                q(&dir.join("agent.sock").display().to_string()),
-                q(&dir.join("state").display().to_string()),
-                q(&dir.join("allowed_signers").display().to_string()),
-                images.join(", "),
-                q(&self.container_prefix),
-                ms(self.health_interval),
-                ms(self.shutdown_grace),
-                host_keys.join(", "),
-                self.policy,
-            )
+            q(&self.host),
+            q(&self.env),
+            q(&dir.join("agent.sock").display().to_string()),
+            q(&dir.join("state").display().to_string()),
+            q(&dir.join("allowed_signers").display().to_string()),
+            images.join(", "),
+            q(&self.container_prefix),
+            ms(self.health_interval),
+            ms(self.shutdown_grace),
+            host_keys.join(", "),
+            self.policy,
+        )
     }
 }
 
@@ -255,6 +267,7 @@ impl AgentProc {
             .arg("--config")
             .arg(self.config_path())
             .env("DEPLOY_AGENT_LOG", "info,deploy=debug")
+            .envs(self.setup.env_vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

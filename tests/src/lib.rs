@@ -30,13 +30,14 @@ pub mod error;
 pub mod flood;
 pub mod images;
 pub mod net;
+pub mod pki;
 pub mod prereqs;
 pub mod probe;
 pub mod sshd;
 pub mod wait;
 
 pub use caddy::{Caddy, free_listen_addr};
-pub use demokit::Registry;
+pub use demokit::{Registry, RegistryOptions};
 pub use docker::{
     Cleanup, TEST_LABEL, container_exists, container_health, container_ip, container_logs,
     container_running, containers_with_label, docker, docker_inspect, published_port, unique_name,
@@ -47,6 +48,7 @@ pub use images::{
     fake_git_sha,
 };
 pub use net::{HttpResponse, free_port, http_get, http_request, http_send};
+pub use pki::TestCa;
 pub use prereqs::require_prereqs;
 pub use probe::{Probe, ProbeReport};
 pub use sshd::{ClientKey, Sshd, SshdOptions};

@@ -20,6 +20,8 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("ssh-add", "openssh-client"),
     ("docker-compose", "docker-compose"),
     ("caddy", "caddy"),
+    ("htpasswd", "apache2-utils"),
+    ("openssl", "openssl"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.
