@@ -46,6 +46,10 @@ need tmux command -v tmux
 need chromium command -v chromium
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
+# The registry-auth tests: a bcrypt htpasswd for an authenticating registry, and a private CA
+# with a server certificate for a TLS one.
+need apache2-utils command -v htpasswd
+need openssl command -v openssl
 # Static glibc for the demo app's crt-static build.
 need libc6-dev test -f /usr/lib/x86_64-linux-gnu/libc.a
 

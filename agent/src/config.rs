@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub limits: SocketLimits,
     /// `[approvals]`: deploys and rollbacks need a proposal approved so (README, "Approvals").
     pub approvals: Option<ApprovalRules>,
+    /// The Docker client config giving pulls their registry credentials; None: the Docker
+    /// CLI's own (README, "Registry credentials").
+    pub docker_config: Option<PathBuf>,
 }
 
 /// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
@@ -111,6 +114,8 @@ struct RawConfig {
     idle_timeout: Duration,
     #[serde(default)]
     approvals: Option<ApprovalRules>,
+    #[serde(default)]
+    docker_config: Option<PathBuf>,
 }
 
 fn default_socket() -> PathBuf {
@@ -271,6 +276,7 @@ impl AgentConfig {
                 .map(|keys| keys.into_iter().map(resolve).collect()),
             limits,
             approvals: raw.approvals,
+            docker_config: raw.docker_config.map(resolve),
         })
     }
 }
@@ -362,6 +368,13 @@ allowed_images = ["registry.example.com/acme/*"]
         assert_eq!(c.health_interval, Duration::from_secs(10));
         assert_eq!(c.container_prefix, "");
         assert_eq!(c.socket_group, None);
+        assert_eq!(c.docker_config, None);
+        let with = format!("{GOOD}docker_config = \"docker/config.json\"\n");
+        let c = AgentConfig::parse(&with, Path::new("/etc/deploy-agent/agent.toml")).unwrap();
+        assert_eq!(
+            c.docker_config,
+            Some(PathBuf::from("/etc/deploy-agent/docker/config.json"))
+        );
         assert_eq!(
             (
                 c.limits.max_connections,

@@ -88,11 +88,14 @@ pub async fn run(config_path: &Path) -> Result<(), Error> {
         env: config.env.clone(),
         container_prefix: config.container_prefix.clone(),
     };
-    let engine = deploy::Engine::connect(identity)
+    let mut engine = deploy::Engine::connect(identity)
         .await
         .map_err(|e| Error::Engine(e.to_string()))?
         // Compose override files must survive a restart, so recovery can read them.
         .with_state_dir(config.state_dir.join("engine"));
+    if let Some(path) = &config.docker_config {
+        engine = engine.with_docker_config(path);
+    }
     serve(config, engine).await
 }
 
@@ -186,6 +189,12 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
         proto::time::format_duration(config.limits.frame_timeout),
         proto::time::format_duration(config.limits.idle_timeout),
     );
+    report.push_str(&match &config.docker_config {
+        Some(path) => format!("\n  docker_config {}", path.display()),
+        None => "\n  docker_config: the Docker CLI's ($DOCKER_CONFIG/config.json, else \
+                 ~/.docker/config.json)"
+            .to_string(),
+    });
     let host_keys = config.load_host_keys().map_err(Error::Trust)?;
     report.push_str(&format!(
         "\n  host_keys {}",

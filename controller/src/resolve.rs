@@ -2,19 +2,25 @@
 //! `repo@sha256:…` by asking the registry, once, at push time (README, Guarantees 1).
 //!
 //! Speaks the registry HTTP API v2 over reqwest + rustls: `HEAD /v2/<name>/manifests/<ref>`
-//! for the digest and `GET /v2/<name>/tags/list` for prefixes, with the bearer-token
-//! dance and basic credentials from the user's Docker config. Plain HTTP is used for
-//! loopback registries only, mirroring what the Docker engine allows.
+//! for the digest and `GET /v2/<name>/tags/list` for prefixes, with the bearer-token dance and
+//! the credentials the user's Docker config gives (`registry-auth`: auths, credsStore,
+//! credHelpers), looked up only when the registry asks for them. Certificates are checked
+//! against the system's trusted roots (or `SSL_CERT_FILE`). Like the Docker engine, a loopback
+//! registry is tried over https first and spoken to over plain http when it does not speak
+//! TLS; an untrusted certificate is an error, never a reason to fall back.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
 use proto::order::{ImageRef, is_digest};
+use registry_auth::{Credential, DockerConfig};
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, LINK, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
+
+mod headers;
+pub use headers::{Challenge, CredentialUse, may_authenticate, next_link, parse_challenge};
 
 /// Every manifest kind a multi-arch or single image may be published as.
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
@@ -52,6 +58,15 @@ pub enum ResolveError {
     Unauthorized { repository: String, detail: String },
     #[error("registry unreachable ({registry}): {detail}")]
     Unreachable { registry: String, detail: String },
+    #[error(
+        "registry {registry} presented a certificate this machine does not trust ({detail}): add \
+         its CA to the system's trusted roots, or point SSL_CERT_FILE at a PEM bundle holding it"
+    )]
+    Certificate { registry: String, detail: String },
+    /// The Docker config or its helper gave no answer (the text names the file, the helper and
+    /// the registry).
+    #[error("{0}")]
+    Credentials(String),
     #[error("unexpected registry answer: {0}")]
     Protocol(String),
 }
@@ -104,6 +119,7 @@ pub struct Repository {
     pub registry: String,
     /// The repository name within the registry (`library/` added for Docker Hub).
     pub name: String,
+    /// A loopback registry, which may be spoken to over plain http.
     pub insecure: bool,
 }
 
@@ -134,11 +150,6 @@ impl Repository {
             }
         }
     }
-
-    fn base_url(&self) -> String {
-        let scheme = if self.insecure { "http" } else { "https" };
-        format!("{scheme}://{}/v2/{}", self.registry, self.name)
-    }
 }
 
 /// True for `localhost`, 127.0.0.0/8 and ::1, with or without a port.
@@ -149,123 +160,6 @@ pub fn is_loopback(registry: &str) -> bool {
         registry.split(':').next().unwrap_or("")
     };
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Where a request may carry what authenticates us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialUse {
-    /// An API request (manifests, tags): the registry's own host only.
-    Registry,
-    /// The token endpoint a bearer challenge names: it may be another host (Docker Hub's is
-    /// `auth.docker.io`), but only over https, or plain http on loopback.
-    TokenRealm,
-}
-
-/// Whether `url` may be sent credentials or a token meant for `registry` (`host[:port]`). A
-/// pagination link or a challenge is the registry's to write, and a hostile one must not be
-/// able to send our credentials elsewhere or over plain http.
-pub fn may_authenticate(url: &str, registry: &str, to: CredentialUse) -> bool {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    let Some(host) = u.host_str() else {
-        return false;
-    };
-    let authority = match u.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    let secure = match u.scheme() {
-        "https" => true,
-        "http" => is_loopback(&authority),
-        _ => false,
-    };
-    let same_host = authority.eq_ignore_ascii_case(registry)
-        || (registry == "registry-1.docker.io" && host.eq_ignore_ascii_case(registry));
-    secure && (same_host || to == CredentialUse::TokenRealm)
-}
-
-/// One `WWW-Authenticate` challenge: scheme and parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Challenge {
-    pub scheme: String,
-    pub params: Vec<(String, String)>,
-}
-
-impl Challenge {
-    pub fn param(&self, key: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses `Bearer realm="https://x/token",service="reg",scope="repository:a/b:pull,push"`.
-/// Quoted values may contain commas and `\"`; returns None for a header without a scheme.
-pub fn parse_challenge(header: &str) -> Option<Challenge> {
-    let header = header.trim();
-    let (scheme, mut rest) = match header.split_once(char::is_whitespace) {
-        Some((s, r)) => (s, r.trim_start()),
-        None => (header, ""),
-    };
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return None;
-    }
-    let mut params = Vec::new();
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once('=')?;
-        let key = key.trim().trim_start_matches(',').trim();
-        let after = after.trim_start();
-        let (value, remaining) = if let Some(q) = after.strip_prefix('"') {
-            let mut value = String::new();
-            let mut chars = q.char_indices();
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next().map(|(_, c)| c)),
-                    '"' => {
-                        end = Some(i + 1);
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            (value, &q[end?..])
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_string(), &after[end..])
-        };
-        if key.is_empty() {
-            return None;
-        }
-        params.push((key.to_string(), value));
-        rest = remaining.trim_start().trim_start_matches(',').trim_start();
-    }
-    Some(Challenge {
-        scheme: scheme.to_string(),
-        params,
-    })
-}
-
-/// The `next` target of a `Link: <url>; rel="next"` header, if any.
-pub fn next_link(header: &str) -> Option<String> {
-    header.split(',').find_map(|part| {
-        let (url, params) = part.split_once(';')?;
-        params
-            .split(';')
-            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"")
-            .then(|| {
-                url.trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            })
-    })
 }
 
 /// Which tags a prefix picks: an exact tag wins, else those starting with the prefix.
@@ -326,34 +220,51 @@ pub struct Resolved {
     pub reference: String,
 }
 
+/// How long a loopback registry has to answer TLS before it is taken to speak plain http.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The client id a token endpoint is told when an identity token is exchanged.
+const OAUTH_CLIENT_ID: &str = "deployctl";
+
 /// A registry client for one repository.
 #[derive(Clone)]
 pub struct Resolver {
     repo: Repository,
     http: reqwest::Client,
-    credentials: Option<(String, String)>,
+    docker_config: DockerConfig,
+    /// The credentials once looked up (at the first challenge); `Some(None)`: anonymous.
+    credentials: Option<Option<Credential>>,
     /// Value for the Authorization header once a challenge has been answered.
     authorization: Option<String>,
+    /// `https` or `http`, once known (a loopback registry's is found at the first request).
+    scheme: Option<&'static str>,
 }
 
 impl Resolver {
+    /// A client taking credentials from the Docker CLI's config.
     pub fn new(image: &str) -> Result<Self, ResolveError> {
+        Resolver::with_docker_config(image, DockerConfig::from_env())
+    }
+
+    pub fn with_docker_config(
+        image: &str,
+        docker_config: DockerConfig,
+    ) -> Result<Self, ResolveError> {
         let repo = Repository::parse(image);
-        let credentials = docker_config_path()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .and_then(|text| proto::registry::docker_credentials(&text, &repo.registry))
-            .map(|c| (c.username, c.password));
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("deployctl/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ResolveError::Protocol(format!("cannot build the HTTP client: {e}")))?;
+        let scheme = (!repo.insecure).then_some("https");
         Ok(Resolver {
             repo,
             http,
-            credentials,
+            docker_config,
+            credentials: None,
             authorization: None,
+            scheme,
         })
     }
 
@@ -451,7 +362,7 @@ impl Resolver {
     /// The digest of the manifest `reference` names, from `Docker-Content-Digest` or, when a
     /// registry leaves that header out, from hashing the manifest body.
     async fn manifest_digest(&mut self, reference: &str) -> Result<String, ResolveError> {
-        let url = format!("{}/manifests/{reference}", self.repo.base_url());
+        let url = format!("{}/manifests/{reference}", self.base_url().await?);
         let what = format!("{}:{reference}", self.repo.full);
         let resp = self.send(Method::HEAD, &url).await?;
         match resp.status() {
@@ -489,7 +400,7 @@ impl Resolver {
         if let Some(d) = header_digest(resp.headers()) {
             return Ok(d);
         }
-        let body = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let body = resp.bytes().await.map_err(|e| self.transport(e))?;
         Ok(format!("sha256:{:x}", Sha256::digest(&body)))
     }
 
@@ -500,7 +411,7 @@ impl Resolver {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let mut url = format!("{}/tags/list?n=1000", self.repo.base_url());
+        let mut url = format!("{}/tags/list?n=1000", self.base_url().await?);
         let mut all = Vec::new();
         // A cap so a misbehaving registry cannot loop us forever.
         for _ in 0..100 {
@@ -531,7 +442,7 @@ impl Resolver {
             all.extend(list.tags.unwrap_or_default());
             match next {
                 Some(n) if n.starts_with('/') => {
-                    let scheme = if self.repo.insecure { "http" } else { "https" };
+                    let scheme = self.scheme.unwrap_or("https");
                     url = format!("{scheme}://{}{n}", self.repo.registry);
                 }
                 Some(n) => url = n,
@@ -539,6 +450,30 @@ impl Resolver {
             }
         }
         Ok(all)
+    }
+
+    /// `<scheme>://<registry>/v2/<name>`. A loopback registry's scheme is found at the first
+    /// request, as the Docker engine finds it: https when it answers TLS (its certificate must
+    /// be trusted), else plain http.
+    async fn base_url(&mut self) -> Result<String, ResolveError> {
+        let scheme = match self.scheme {
+            Some(scheme) => scheme,
+            None => {
+                let probe = format!("https://{}/v2/", self.repo.registry);
+                let answer = self.http.get(&probe).timeout(PROBE_TIMEOUT).send().await;
+                let scheme = match answer {
+                    Ok(_) => "https",
+                    Err(e) if certificate_error(&e).is_some() => return Err(self.transport(e)),
+                    Err(_) => "http",
+                };
+                self.scheme = Some(scheme);
+                scheme
+            }
+        };
+        Ok(format!(
+            "{scheme}://{}/v2/{}",
+            self.repo.registry, self.repo.name
+        ))
     }
 
     /// Sends a request, answering one authentication challenge if the registry asks.
@@ -553,13 +488,26 @@ impl Resolver {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_challenge)
             .ok_or_else(|| self.unauthorized("401 without a usable WWW-Authenticate challenge"))?;
+        let credential = self.credentials().await?;
         if challenge.scheme.eq_ignore_ascii_case("bearer") {
-            let token = self.bearer_token(&challenge).await?;
+            let token = self.bearer_token(&challenge, credential.as_ref()).await?;
             self.authorization = Some(format!("Bearer {token}"));
         } else if challenge.scheme.eq_ignore_ascii_case("basic") {
-            let (user, pass) = self.credentials.clone().ok_or_else(|| {
-                self.unauthorized("basic auth required and no credentials in ~/.docker/config.json")
-            })?;
+            let (user, pass) = match credential {
+                Some(Credential::Basic { username, password }) => (username, password),
+                Some(Credential::IdentityToken(_)) => {
+                    return Err(self.unauthorized(
+                        "the registry wants basic auth, and its credentials are an identity token, \
+                         which only a bearer token endpoint takes",
+                    ));
+                }
+                None => {
+                    return Err(self.unauthorized(&format!(
+                        "basic auth required and {}",
+                        self.no_credentials()
+                    )));
+                }
+            };
             let encoded =
                 base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
             self.authorization = Some(format!("Basic {encoded}"));
@@ -570,14 +518,43 @@ impl Resolver {
         }
         let resp = self.send_once(method, url).await?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            let hint = if self.credentials.is_some() {
-                "credentials refused"
-            } else {
-                "no credentials in ~/.docker/config.json"
+            let hint = match self.credentials.as_ref().and_then(Option::as_ref) {
+                Some(_) => format!("credentials refused ({})", resp.status()),
+                None => self.no_credentials(),
             };
-            return Err(self.unauthorized(hint));
+            return Err(self.unauthorized(&hint));
         }
         Ok(resp)
+    }
+
+    /// The registry's credentials from the Docker config, looked up once, on a blocking thread
+    /// (a credential helper may run).
+    async fn credentials(&mut self) -> Result<Option<Credential>, ResolveError> {
+        if let Some(known) = &self.credentials {
+            return Ok(known.clone());
+        }
+        let config = self.docker_config.clone();
+        let registry = self.repo.registry.clone();
+        let found = tokio::task::spawn_blocking(move || config.credentials(&registry))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(ResolveError::Credentials)?;
+        let credential = found.map(|f| f.credential);
+        self.credentials = Some(credential.clone());
+        Ok(credential)
+    }
+
+    /// "no credentials in <config>", for a registry that wanted some.
+    fn no_credentials(&self) -> String {
+        match self.docker_config.path() {
+            Some(path) => format!(
+                "no credentials for {} in {} (docker login, credsStore or credHelpers)",
+                self.repo.registry,
+                path.display()
+            ),
+            None => "no Docker config (neither DOCKER_CONFIG nor HOME is set)".to_string(),
+        }
     }
 
     async fn send_once(
@@ -594,10 +571,16 @@ impl Resolver {
         {
             req = req.header(AUTHORIZATION, auth);
         }
-        req.send().await.map_err(|e| self.unreachable(e))
+        req.send().await.map_err(|e| self.transport(e))
     }
 
-    async fn bearer_token(&self, challenge: &Challenge) -> Result<String, ResolveError> {
+    /// A token from the endpoint a bearer challenge names: for a user and password by GET with
+    /// basic auth, for an identity token by the OAuth2 refresh-token grant (as Docker does).
+    async fn bearer_token(
+        &self,
+        challenge: &Challenge,
+        credential: Option<&Credential>,
+    ) -> Result<String, ResolveError> {
         #[derive(serde::Deserialize)]
         struct Token {
             token: Option<String>,
@@ -614,17 +597,31 @@ impl Resolver {
         if let Some(service) = challenge.param("service") {
             query.push(("service", service.to_string()));
         }
-        let mut req = self.http.get(realm).query(&query);
-        if let Some((user, pass)) = &self.credentials {
-            if !may_authenticate(realm, &self.repo.registry, CredentialUse::TokenRealm) {
-                return Err(self.unauthorized(&format!(
-                    "the registry's token endpoint {realm} is not https (nor loopback): not sending \
-                     credentials there"
-                )));
-            }
-            req = req.basic_auth(user, Some(pass));
+        if credential.is_some()
+            && !may_authenticate(realm, &self.repo.registry, CredentialUse::TokenRealm)
+        {
+            return Err(self.unauthorized(&format!(
+                "the registry's token endpoint {realm} is not https (nor loopback): not sending \
+                 credentials there"
+            )));
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let req = match credential {
+            None => self.http.get(realm).query(&query),
+            Some(Credential::Basic { username, password }) => self
+                .http
+                .get(realm)
+                .query(&query)
+                .basic_auth(username, Some(password)),
+            Some(Credential::IdentityToken(token)) => {
+                query.extend([
+                    ("grant_type", "refresh_token".to_string()),
+                    ("refresh_token", token.clone()),
+                    ("client_id", OAUTH_CLIENT_ID.to_string()),
+                ]);
+                self.http.post(realm).form(&query)
+            }
+        };
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
         if !resp.status().is_success() {
             return Err(self.unauthorized(&format!(
                 "token endpoint {realm} answered {}",
@@ -648,18 +645,41 @@ impl Resolver {
         }
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> ResolveError {
+    /// A request that got no answer: an untrusted certificate, or an unreachable registry.
+    fn transport(&self, e: reqwest::Error) -> ResolveError {
+        let registry = self.repo.registry.clone();
+        if let Some(detail) = certificate_error(&e) {
+            return ResolveError::Certificate { registry, detail };
+        }
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             detail = format!("{detail}: {s}");
             source = s.source();
         }
-        ResolveError::Unreachable {
-            registry: self.repo.registry.clone(),
-            detail,
-        }
+        ResolveError::Unreachable { registry, detail }
     }
+}
+
+/// What rustls said when the error is about the peer's certificate (untrusted issuer, wrong
+/// name, expired …). It sits in reqwest's chain inside nested `io::Error`s, whose `source()`
+/// skips the error they wrap, so those are unwrapped instead.
+fn certificate_error(e: &reqwest::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls @ rustls::Error::InvalidCertificate(_)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return Some(tls.to_string());
+        }
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 fn header_digest(headers: &HeaderMap) -> Option<String> {
@@ -669,13 +689,6 @@ fn header_digest(headers: &HeaderMap) -> Option<String> {
         .map(str::trim)
         .filter(|d| is_digest(d))
         .map(str::to_string)
-}
-
-fn docker_config_path() -> Option<PathBuf> {
-    match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) => Some(PathBuf::from(dir).join("config.json")),
-        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
-    }
 }
 
 #[cfg(test)]
@@ -750,137 +763,6 @@ mod tests {
     }
 
     #[test]
-    fn challenges_parse() {
-        let c = parse_challenge(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:samalba/my-app:pull,push""#,
-        )
-        .unwrap();
-        assert_eq!(c.scheme, "Bearer");
-        assert_eq!(c.param("realm"), Some("https://auth.docker.io/token"));
-        assert_eq!(c.param("service"), Some("registry.docker.io"));
-        assert_eq!(
-            c.param("scope"),
-            Some("repository:samalba/my-app:pull,push")
-        );
-
-        let c = parse_challenge(r#"Basic realm="Registry \"Realm\"""#).unwrap();
-        assert_eq!(
-            (c.scheme.as_str(), c.param("realm")),
-            ("Basic", Some("Registry \"Realm\""))
-        );
-
-        let c = parse_challenge("Bearer realm=https://x/t, service=reg").unwrap();
-        assert_eq!(
-            (c.param("realm"), c.param("SERVICE")),
-            (Some("https://x/t"), Some("reg"))
-        );
-
-        assert_eq!(parse_challenge("Basic").unwrap().params, vec![]);
-        for bad in [
-            "",
-            "Bearer realm=\"unterminated",
-            "Bearer =x",
-            "Be@rer x=1",
-            "Bearer novalue",
-        ] {
-            assert_eq!(parse_challenge(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn credentials_go_only_to_the_registry_over_https_or_loopback() {
-        use CredentialUse::{Registry, TokenRealm};
-        let table = [
-            (
-                "https://reg.example.com/v2/a/tags/list",
-                "reg.example.com",
-                Registry,
-                true,
-            ),
-            (
-                "https://reg.example.com:5000/v2/x",
-                "reg.example.com:5000",
-                Registry,
-                true,
-            ),
-            (
-                "http://reg.example.com/v2/x",
-                "reg.example.com",
-                Registry,
-                false,
-            ),
-            (
-                "https://evil.example/v2/x",
-                "reg.example.com",
-                Registry,
-                false,
-            ),
-            (
-                "https://reg.example.com.evil.example/v2",
-                "reg.example.com",
-                Registry,
-                false,
-            ),
-            (
-                "https://reg.example.com:444/v2/x",
-                "reg.example.com",
-                Registry,
-                false,
-            ),
-            (
-                "http://127.0.0.1:5000/v2/x",
-                "127.0.0.1:5000",
-                Registry,
-                true,
-            ),
-            (
-                "http://127.0.0.1:5001/v2/x",
-                "127.0.0.1:5000",
-                Registry,
-                false,
-            ),
-            (
-                "https://registry-1.docker.io/v2/x",
-                "registry-1.docker.io",
-                Registry,
-                true,
-            ),
-            (
-                "https://auth.docker.io/token",
-                "registry-1.docker.io",
-                TokenRealm,
-                true,
-            ),
-            (
-                "http://auth.example/token",
-                "reg.example.com",
-                TokenRealm,
-                false,
-            ),
-            (
-                "http://127.0.0.1:9/token",
-                "127.0.0.1:5000",
-                TokenRealm,
-                true,
-            ),
-            (
-                "ftp://reg.example.com/x",
-                "reg.example.com",
-                TokenRealm,
-                false,
-            ),
-            ("not a url", "reg.example.com", Registry, false),
-        ];
-        for (url, registry, to, want) in table {
-            assert_eq!(
-                may_authenticate(url, registry, to),
-                want,
-                "{url} for {registry} ({to:?})"
-            );
-        }
-    }
-
-    #[test]
     fn prefixes_pick_tags() {
         let tags: Vec<String> = ["aaaaaaa1", "aaaaaaa2", "bbbbbbb", "bbbbbbbb", "latest"]
             .map(String::from)
@@ -925,19 +807,6 @@ mod tests {
         assert_eq!(tags_to_look_up(&[], 100), (vec![], 0));
     }
 
-    #[test]
-    fn link_headers_give_the_next_page() {
-        assert_eq!(
-            next_link(r#"</v2/a/tags/list?n=2&last=b>; rel="next""#).as_deref(),
-            Some("/v2/a/tags/list?n=2&last=b")
-        );
-        assert_eq!(
-            next_link(r#"<https://x/p2>; rel="prev", <https://x/p3>; rel = "next""#).as_deref(),
-            Some("https://x/p3")
-        );
-        assert_eq!(next_link("garbage"), None);
-    }
-
     /// A registry that wants a bearer token, answering just enough of the API.
     async fn fake_registry() -> (String, tokio::task::JoinHandle<()>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -946,20 +815,68 @@ mod tests {
         let realm = format!("http://{addr}/token");
         let server = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let mut buf = vec![0u8; 8192];
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                // The head, then as much body as Content-Length says.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head = loop {
+                    let n = stream.read(&mut chunk).await.unwrap_or(0);
+                    buf.extend_from_slice(&chunk[..n]);
+                    // A TLS hello (the https probe): answered as a plain HTTP server does.
+                    if buf.first() == Some(&0x16) {
+                        break "TLS".to_string();
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        if n == 0 {
+                            break text;
+                        }
+                        continue;
+                    };
+                    let wanted = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_string)
+                        })
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if body.len() >= wanted || n == 0 {
+                        break text;
+                    }
+                };
                 let line = head.lines().next().unwrap_or_default().to_string();
                 let authorized = head
                     .lines()
                     .any(|l| l.eq_ignore_ascii_case("authorization: Bearer t0k"));
-                let (status, headers, body) = if line.starts_with("GET /token?") {
+                let (status, headers, body) = if line == "TLS" {
+                    ("400 Bad Request", String::new(), String::new())
+                } else if line.starts_with("GET /token?") {
                     assert!(
                         line.contains("scope=repository%3Aacme%2Fweb%3Apull")
                             && line.contains("service=reg"),
                         "{line}"
                     );
                     ("200 OK", String::new(), r#"{"token":"t0k"}"#.to_string())
+                } else if line.starts_with("POST /token ") {
+                    // The refresh-token grant an identity token is exchanged by.
+                    let body = head.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+                    let grant = [
+                        "grant_type=refresh_token",
+                        "client_id=deployctl",
+                        "service=reg",
+                    ]
+                    .iter()
+                    .all(|p| body.contains(p));
+                    if grant && body.contains("refresh_token=r3fresh") {
+                        (
+                            "200 OK",
+                            String::new(),
+                            r#"{"access_token":"t0k"}"#.to_string(),
+                        )
+                    } else {
+                        ("401 Unauthorized", String::new(), String::new())
+                    }
                 } else if !authorized {
                     let challenge = format!(
                         "WWW-Authenticate: Bearer realm=\"{realm}\",service=\"reg\",scope=\"repository:acme/web:pull\"\r\n"
@@ -993,10 +910,49 @@ mod tests {
         (addr, server)
     }
 
+    /// A resolver taking credentials from `config` (JSON), helpers from an empty directory.
+    fn resolver(addr: &str, config: &str) -> (Resolver, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config).unwrap();
+        let docker_config = DockerConfig::at(path).search_helpers_in(dir.path());
+        let r = Resolver::with_docker_config(&format!("{addr}/acme/web"), docker_config).unwrap();
+        (r, dir)
+    }
+
+    #[tokio::test]
+    async fn identity_tokens_are_exchanged_and_credential_failures_named() {
+        let (addr, server) = fake_registry().await;
+        let identity =
+            |token: &str| format!(r#"{{"auths": {{"{addr}": {{"identitytoken": "{token}"}}}}}}"#);
+        let (mut r, _dir) = resolver(&addr, &identity("r3fresh"));
+        let got = r.resolve("v1").await.unwrap();
+        assert_eq!(got.image.digest(), format!("sha256:{}", "a".repeat(64)));
+
+        let (mut r, _dir) = resolver(&addr, &identity("stale"));
+        let err = r.resolve("v1").await.unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "registry refused access to {addr}/acme/web: token endpoint"
+            )) && err.ends_with("answered 401 Unauthorized"),
+            "{err}"
+        );
+
+        let helper = format!(r#"{{"credHelpers": {{"{addr}": "nowhere"}}}}"#);
+        let (mut r, _dir) = resolver(&addr, &helper);
+        let err = r.resolve("v1").await.unwrap_err().to_string();
+        assert!(
+            err.starts_with("credential helper docker-credential-nowhere (credHelpers in ")
+                && err.contains(&format!(") for {addr}: the program is not on PATH")),
+            "{err}"
+        );
+        server.abort();
+    }
+
     #[tokio::test]
     async fn bearer_challenges_are_answered() {
         let (addr, server) = fake_registry().await;
-        let mut r = Resolver::new(&format!("{addr}/acme/web")).unwrap();
+        let (mut r, _dir) = resolver(&addr, "{}");
         let got = r.resolve("v1").await.unwrap();
         assert_eq!(got.image.digest(), format!("sha256:{}", "a".repeat(64)));
         assert_eq!(got.reference, "v1");

@@ -489,6 +489,8 @@ impl DemoImage {
 pub struct DemoImages {
     repository: String,
     images: Vec<DemoImage>,
+    /// The registry's [`Registry::docker_config_dir`], for later pushes.
+    docker_config: Option<PathBuf>,
 }
 
 impl DemoImages {
@@ -527,8 +529,9 @@ impl DemoImages {
                 pushed_tags.push(name);
             }
         }
+        let docker_config = registry.docker_config_dir();
         let out = run_with_timeout(
-            Command::new("docker").args(["push", "--all-tags", &repository]),
+            docker_cli(docker_config.as_deref()).args(["push", "--all-tags", &repository]),
             PUSH_TIMEOUT,
         );
         let mut rmi = vec!["rmi"];
@@ -571,7 +574,11 @@ impl DemoImages {
                 local_id: image.id.clone(),
             });
         }
-        Ok(DemoImages { repository, images })
+        Ok(DemoImages {
+            repository,
+            images,
+            docker_config,
+        })
     }
 
     /// Version `n` (1–5). Panics on another number: that is a mistake in the caller itself.
@@ -611,7 +618,10 @@ impl DemoImages {
     pub fn push_image(&self, local: &LocalImage, tag: &str) -> Result<DemoImage> {
         let name = format!("{}:{tag}", self.repository);
         docker(&["tag", &local.id, &name])?;
-        let pushed = run_with_timeout(Command::new("docker").args(["push", &name]), PUSH_TIMEOUT);
+        let pushed = run_with_timeout(
+            docker_cli(self.docker_config.as_deref()).args(["push", &name]),
+            PUSH_TIMEOUT,
+        );
         let untagged = docker(&["rmi", &name]);
         let digests = parse_push_digests(&pushed?);
         untagged?;
@@ -645,6 +655,15 @@ impl DemoImages {
     pub fn repository(&self) -> &str {
         &self.repository
     }
+}
+
+/// `docker`, with `DOCKER_CONFIG` set to `config_dir` when given.
+fn docker_cli(config_dir: Option<&Path>) -> Command {
+    let mut cmd = Command::new("docker");
+    if let Some(dir) = config_dir {
+        cmd.env("DOCKER_CONFIG", dir);
+    }
+    cmd
 }
 
 /// `v1: digest: sha256:… size: 527` lines of `docker push` → (tag, digest).

@@ -25,5 +25,5 @@ pub use images::{
     Behaviour, DemoImage, DemoImages, LocalImage, build_demo_images, demoapp_binary, derive_image,
     fake_git_sha, workspace_dir,
 };
-pub use registry::{Registry, free_port};
+pub use registry::{Registry, RegistryOptions, free_port};
 pub use wait::wait_until;

@@ -1,13 +1,18 @@
 //! A throwaway image registry: Debian's `docker-registry` on a free loopback port (the engine
-//! allows plain HTTP to 127.0.0.0/8), storage in a temp dir, gone on drop.
+//! allows plain HTTP to 127.0.0.0/8, and TLS there without checking the certificate), storage
+//! in a temp dir, gone on drop. [`RegistryOptions`] make it ask for a password (htpasswd) or
+//! serve TLS, for the tests of registry credentials and private CAs.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::command::{await_server, docker, stop_child};
+use base64::Engine as _;
+
+use crate::command::{await_server, docker, run, stop_child};
 use crate::error::{Error, IoContext, Result};
 
 const START_ATTEMPTS: usize = 5;
@@ -25,10 +30,20 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// How a registry differs from the default: open, plain HTTP.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// The one user and password it lets in (HTTP basic auth, from a bcrypt htpasswd file).
+    pub basic_auth: Option<(String, String)>,
+    /// Its certificate chain and key (PEM files): it serves TLS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
 pub struct Registry {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    options: RegistryOptions,
 }
 
 impl std::fmt::Debug for Registry {
@@ -41,17 +56,33 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Starts a registry and waits until its `/v2/` answers.
+    /// Starts an open registry and waits until its `/v2/` answers.
     pub fn start() -> Result<Registry> {
+        Registry::start_with(RegistryOptions::default())
+    }
+
+    /// Starts a registry as `options` say and waits until its `/v2/` answers. The Docker CLI
+    /// pushes of [`crate::DemoImages`] get in with [`Registry::docker_config_dir`].
+    pub fn start_with(options: RegistryOptions) -> Result<Registry> {
         let dir = tempfile::Builder::new()
             .prefix("deployctl-registry-")
             .tempdir()
             .ctx(|| "creating a temp dir".into())?;
+        let extra = registry_config(dir.path(), &options)?;
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            match Self::try_start(&dir, port)? {
-                Ok(child) => return Ok(Registry { child, port, dir }),
+            match Self::try_start(&dir, port, &extra, &options)? {
+                Ok(child) => {
+                    let registry = Registry {
+                        child,
+                        port,
+                        dir,
+                        options,
+                    };
+                    registry.write_docker_config()?;
+                    return Ok(registry);
+                }
                 // Most likely another process took the port between our probe and the bind.
                 Err(why) => last = why,
             }
@@ -61,7 +92,12 @@ impl Registry {
         )))
     }
 
-    fn try_start(dir: &tempfile::TempDir, port: u16) -> Result<std::result::Result<Child, String>> {
+    fn try_start(
+        dir: &tempfile::TempDir,
+        port: u16,
+        extra: &str,
+        options: &RegistryOptions,
+    ) -> Result<std::result::Result<Child, String>> {
         let config = dir.path().join("config.yml");
         let storage = dir.path().join("data");
         std::fs::write(
@@ -69,7 +105,7 @@ impl Registry {
             format!(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    \
                  rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  \
-                 secret: deployctl-throwaway-registry\n",
+                 secret: deployctl-throwaway-registry\n{extra}",
                 storage.display()
             ),
         )
@@ -86,6 +122,16 @@ impl Registry {
             .spawn()
             .ctx(|| "starting docker-registry (apt-get install -y docker-registry)".into())?;
         let listening = format!("listening on 127.0.0.1:{port}");
+        // What `GET /v2/` in plain HTTP gets from our registry once it serves: a TLS server's
+        // 400 to plain HTTP, a 401 asking for the password, or the open registry's 200.
+        let serving = match options {
+            RegistryOptions { tls: Some(_), .. } => 400,
+            RegistryOptions {
+                basic_auth: Some(_),
+                ..
+            } => 401,
+            _ => 200,
+        };
         Ok(await_server(
             child,
             "docker-registry",
@@ -94,7 +140,7 @@ impl Registry {
             // The log line proves the answer comes from our registry, not from another process
             // that took the port first.
             |log| match v2_status(port) {
-                Ok(200) if log.contains(&listening) => Ok(()),
+                Ok(status) if status == serving && log.contains(&listening) => Ok(()),
                 Ok(status) => Err(format!("/v2/ answered {status}")),
                 Err(e) => Err(e.to_string()),
             },
@@ -115,9 +161,41 @@ impl Registry {
         format!("{}/{name}", self.addr())
     }
 
-    /// `http://127.0.0.1:PORT`, for the registry HTTP API.
+    /// `http://127.0.0.1:PORT` (`https://` when it serves TLS), for the registry HTTP API.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
+        let scheme = if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr())
+    }
+
+    /// For a registry that asks for a password: a Docker CLI config dir holding it, so `docker
+    /// push` gets in without a `docker login` into the user's own config. None for an open one
+    /// (the user's config is used, with whatever context it names).
+    pub fn docker_config_dir(&self) -> Option<PathBuf> {
+        self.options
+            .basic_auth
+            .as_ref()
+            .map(|_| self.dir.path().join("docker"))
+    }
+
+    /// `{"auths": {"127.0.0.1:PORT": …}}` in [`Registry::docker_config_dir`].
+    fn write_docker_config(&self) -> Result<()> {
+        let (Some(dir), Some((user, password))) =
+            (self.docker_config_dir(), &self.options.basic_auth)
+        else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let path = dir.join("config.json");
+        let config = format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}\n",
+            self.addr()
+        );
+        std::fs::write(&path, config).ctx(|| format!("writing {}", path.display()))
     }
 
     /// Stops serving now (storage kept), e.g. to test "registry unreachable". Idempotent.
@@ -131,8 +209,9 @@ impl Registry {
     }
 
     /// Drops the engine's local references to this registry's images (tags and digests), so the
-    /// engine's image list does not fill with names of registries that no longer exist.
-    fn forget_local_references(&self) -> Result<()> {
+    /// engine's image list does not fill with names of registries that no longer exist, and a
+    /// deploy of one of them really pulls it.
+    pub fn forget_local_references(&self) -> Result<()> {
         let listing = docker(&[
             "images",
             "--digests",
@@ -160,6 +239,33 @@ impl Drop for Registry {
             );
         }
     }
+}
+
+/// The `auth` and `http.tls` sections of the registry's config.yml for `options`, with the
+/// htpasswd file they name written into `dir`.
+fn registry_config(dir: &Path, options: &RegistryOptions) -> Result<String> {
+    let mut extra = String::new();
+    // Under `http:`, which the config ends with: before any top-level section.
+    if let Some((cert, key)) = &options.tls {
+        extra.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    if let Some((user, password)) = &options.basic_auth {
+        // The registry reads bcrypt entries only.
+        let line = run(Command::new("htpasswd").args(["-Bbn", user, password])).map_err(|e| {
+            Error::Unexpected(format!("htpasswd (apt-get install apache2-utils): {e}"))
+        })?;
+        let path = dir.join("htpasswd");
+        std::fs::write(&path, line.trim()).ctx(|| format!("writing {}", path.display()))?;
+        extra.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: deployctl-test\n    path: {}\n",
+            path.display()
+        ));
+    }
+    Ok(extra)
 }
 
 /// The status code `GET /v2/` on 127.0.0.1:`port` answers with.

@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use proto::ImageRef;
+use registry_auth::Credential;
 
 use crate::plan::{self, PullFailure, classify_pull_failure};
 use crate::runtime::{
@@ -383,11 +384,19 @@ impl Runtime for DockerRuntime {
                 .from_image(image.repository())
                 .tag(image.digest())
                 .build();
-            let creds = creds.map(|c| DockerCredentials {
-                username: Some(c.username),
-                password: Some(c.password),
-                serveraddress: Some(c.server),
-                ..Default::default()
+            let creds = creds.map(|c| match c.credential {
+                Credential::Basic { username, password } => DockerCredentials {
+                    username: Some(username),
+                    password: Some(password),
+                    serveraddress: Some(c.server),
+                    ..Default::default()
+                },
+                // The engine exchanges it at the registry's token endpoint itself.
+                Credential::IdentityToken(token) => DockerCredentials {
+                    identitytoken: Some(token),
+                    serveraddress: Some(c.server),
+                    ..Default::default()
+                },
             });
             let mut stream = self.docker.create_image(Some(opts), None, creds);
             while let Some(item) = stream.next().await {

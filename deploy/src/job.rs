@@ -216,20 +216,23 @@ impl<'a> Job<'a> {
                 ));
             }
         }
-        let registry = proto::registry::registry_host(wanted.repository());
-        let creds = self.engine().registry_credentials(registry);
-        self.emit(
-            Phase::Pull,
-            None,
-            &format!(
-                "pulling {image}{}",
-                if creds.is_some() {
-                    format!(" (with credentials for {registry})")
-                } else {
-                    String::new()
-                }
-            ),
-        );
+        let registry = registry_auth::registry_host(wanted.repository());
+        let creds = match self.engine().registry_credentials(registry).await {
+            Ok(creds) => creds,
+            Err(e) => {
+                let reason = format!("host {h}: cannot pull {image}: {e}; nothing changed");
+                return Err(Ending::unchanged(
+                    OutcomeKind::PullFailed,
+                    FailureClass::RegistryUnauthorized,
+                    reason,
+                ));
+            }
+        };
+        let with = match &creds {
+            Some(c) => format!(" (with credentials for {registry} from {})", c.source),
+            None => String::new(),
+        };
+        self.emit(Phase::Pull, None, &format!("pulling {image}{with}"));
         let started = Instant::now();
         if let Err(e) = self.engine().rt.pull_image(wanted, creds).await {
             let class = match e {

@@ -120,7 +120,7 @@ pub struct Engine {
     http: reqwest::Client,
     stop_timeout: Duration,
     state_dir: PathBuf,
-    docker_config: Option<PathBuf>,
+    registry_auth: registry_auth::DockerConfig,
     compose: Arc<OnceCell<Result<ComposeCli, String>>>,
 }
 
@@ -158,7 +158,7 @@ impl Engine {
                 .unwrap_or_default(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             state_dir,
-            docker_config: None,
+            registry_auth: registry_auth::DockerConfig::from_env(),
             compose: Arc::new(OnceCell::new()),
         }
     }
@@ -176,10 +176,11 @@ impl Engine {
         self
     }
 
-    /// The Docker client config holding registry credentials (default
+    /// The Docker client config whose `auths`, `credsStore` and `credHelpers` give the
+    /// registry credentials of pulls (default: the Docker CLI's own,
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
     pub fn with_docker_config(mut self, path: impl Into<PathBuf>) -> Engine {
-        self.docker_config = Some(path.into());
+        self.registry_auth = registry_auth::DockerConfig::at(path);
         self
     }
 
@@ -360,21 +361,18 @@ impl Engine {
         target.current(self, &cli).await
     }
 
-    /// Registry credentials for `registry` from the host's Docker client config, if it has any.
-    fn registry_credentials(&self, registry: &str) -> Option<runtime::Credentials> {
-        let path = self.docker_config.clone().or_else(|| {
-            let dir = std::env::var_os("DOCKER_CONFIG")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
-            Some(dir.join("config.json"))
-        })?;
-        let text = std::fs::read_to_string(path).ok()?;
-        let c = proto::registry::docker_credentials(&text, registry)?;
-        Some(runtime::Credentials {
-            username: c.username,
-            password: c.password,
-            server: c.server,
-        })
+    /// Registry credentials for `registry` from the host's Docker client config; None when it
+    /// has none (anonymous). On a blocking thread: a credential helper may run.
+    async fn registry_credentials(
+        &self,
+        registry: &str,
+    ) -> Result<Option<runtime::Credentials>, String> {
+        let auth = self.registry_auth.clone();
+        let registry = registry.to_string();
+        tokio::task::spawn_blocking(move || auth.credentials(&registry))
+            .await
+            .map_err(|e| format!("the credential lookup did not finish: {e}"))?
+            .map_err(|e| e.to_string())
     }
 
     async fn compose_cli(&self) -> Result<ComposeCli, String> {

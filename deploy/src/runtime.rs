@@ -43,13 +43,8 @@ pub enum PullError {
     Engine(String),
 }
 
-/// Registry credentials for one pull (from the host's Docker config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-    pub server: String,
-}
+/// Registry credentials for one pull, as the host's Docker client config gives them.
+pub use registry_auth::Found as Credentials;
 
 /// Coarse container state, enough to judge health and recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,6 @@ pub mod codec;
 pub mod order;
 pub mod pattern;
 pub mod policy;
-pub mod registry;
 pub mod release_policy;
 pub mod sign;
 pub mod spec;

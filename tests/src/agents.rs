@@ -127,7 +127,10 @@ pub struct AgentSetup {
     pub max_connections: Option<usize>,
     pub frame_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
-    /// More environment for the agent process (e.g. libfaketime's, to put its clock off).
+    /// `docker_config`: the Docker client config its pulls take registry credentials from.
+    pub docker_config: Option<PathBuf>,
+    /// Variables set in the agent's environment (e.g. a `PATH` finding a credential helper,
+    /// or libfaketime's, to put its clock off).
     pub env_vars: Vec<(String, String)>,
 }
 
@@ -156,6 +159,7 @@ impl AgentSetup {
             max_connections: None,
             frame_timeout: None,
             idle_timeout: None,
+            docker_config: None,
             env_vars: Vec::new(),
         }
     }
@@ -174,37 +178,43 @@ impl AgentSetup {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
         let ms = |d: Duration| q(&format!("{}ms", d.as_millis()));
         let images: Vec<String> = self.allowed_images.iter().map(|i| q(i)).collect();
-        let mut limits = String::new();
+        // Optional top-level keys, before any table.
+        let mut keys = String::new();
         if let Some(n) = self.max_connections {
-            limits.push_str(&format!("max_connections = {n}\n"));
+            keys.push_str(&format!("max_connections = {n}\n"));
         }
         if let Some(d) = self.frame_timeout {
-            limits.push_str(&format!("frame_timeout = {}\n", ms(d)));
+            keys.push_str(&format!("frame_timeout = {}\n", ms(d)));
         }
         if let Some(d) = self.idle_timeout {
-            limits.push_str(&format!("idle_timeout = {}\n", ms(d)));
+            keys.push_str(&format!("idle_timeout = {}\n", ms(d)));
+        }
+        if let Some(p) = &self.docker_config {
+            keys.push_str(&format!(
+                "docker_config = {}\n",
+                q(&p.display().to_string())
+            ));
         }
         let host_keys: Vec<String> = self
             .host_keys
             .iter()
             .map(|k| q(&k.display().to_string()))
             .collect();
-        limits
-            + &format!(
-                "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
+        keys + &format!(
+            "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
                  container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
-                q(&self.host),
-                q(&self.env),
-                q(&dir.join("agent.sock").display().to_string()),
-                q(&dir.join("state").display().to_string()),
-                q(&dir.join("allowed_signers").display().to_string()),
-                images.join(", "),
-                q(&self.container_prefix),
-                ms(self.health_interval),
-                ms(self.shutdown_grace),
-                host_keys.join(", "),
-                self.policy,
-            )
+            q(&self.host),
+            q(&self.env),
+            q(&dir.join("agent.sock").display().to_string()),
+            q(&dir.join("state").display().to_string()),
+            q(&dir.join("allowed_signers").display().to_string()),
+            images.join(", "),
+            q(&self.container_prefix),
+            ms(self.health_interval),
+            ms(self.shutdown_grace),
+            host_keys.join(", "),
+            self.policy,
+        )
     }
 }
 

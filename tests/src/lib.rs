@@ -32,6 +32,7 @@ pub mod fake_agent;
 pub mod flood;
 pub mod images;
 pub mod net;
+pub mod pki;
 pub mod prereqs;
 pub mod probe;
 pub mod sshd;
@@ -39,7 +40,7 @@ pub mod wait;
 
 pub use bare_host::BareHost;
 pub use caddy::{Caddy, free_listen_addr};
-pub use demokit::Registry;
+pub use demokit::{Registry, RegistryOptions};
 pub use docker::{
     Cleanup, TEST_LABEL, container_exists, container_health, container_ip, container_logs,
     container_running, containers_with_label, docker, docker_inspect, published_port, unique_name,
@@ -51,6 +52,7 @@ pub use images::{
     fake_git_sha,
 };
 pub use net::{HttpResponse, free_port, http_get, http_request, http_send};
+pub use pki::TestCa;
 pub use prereqs::require_prereqs;
 pub use probe::{Probe, ProbeReport};
 pub use sshd::{ClientKey, Sshd, SshdOptions};

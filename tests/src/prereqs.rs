@@ -25,6 +25,8 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("/usr/bin/setpriv", "util-linux"),
     ("tmux", "tmux"),
     ("chromium", "chromium"),
+    ("htpasswd", "apache2-utils"),
+    ("openssl", "openssl"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.

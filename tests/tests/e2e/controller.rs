@@ -27,6 +27,7 @@ mod labels;
 mod policy;
 mod promote;
 mod proxy;
+mod registry_auth;
 mod release;
 mod release_policy;
 mod secrets;

@@ -46,6 +46,7 @@ fn sources() -> anyhow::Result<Vec<PathBuf>> {
         "tests",
         "bench",
         "frame-io",
+        "registry-auth",
     ] {
         walk(&root.join(krate), &mut out).with_context(|| format!("reading {krate}/"))?;
     }
