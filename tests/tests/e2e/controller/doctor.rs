@@ -1,7 +1,8 @@
 //! `deployctl doctor` (issue 14): one env whose hosts each carry one seeded fault — a host key
 //! not in known_hosts, a host with no agent (a bare host), an agent of another version, an
 //! agent whose clock is 5 minutes ahead (libfaketime) — next to a healthy host; each fault is
-//! named with its fix, the healthy host passes every check, and doctor exits 1.
+//! named with its fix, the healthy host passes every check, and doctor exits 1; and a registry
+//! that wants credentials this machine lacks is named with `docker login`.
 
 use harness::{BareHost, FakeAgent, Sshd};
 use proto::wire::{AgentStatus, Reply};
@@ -92,5 +93,44 @@ fn doctor_names_each_seeded_fault_with_its_fix() -> anyhow::Result<()> {
     );
     let summary = run.summary()?;
     ensure!(summary["problems"] == 4, "{summary}");
+    Ok(())
+}
+
+#[test]
+fn doctor_says_to_log_in_when_the_registry_wants_credentials_we_lack() -> anyhow::Result<()> {
+    require_prereqs()?;
+    let registry = harness::Registry::start_with(harness::RegistryOptions {
+        basic_auth: Some(("ci".into(), "registry-password".into())),
+        tls: None,
+    })?;
+    let addr = registry.addr();
+    let images = DemoImages::publish(&registry, "acme/web")?;
+    let allowed = format!("{addr}/acme/*");
+    let fleet = Fleet::start(&[EnvPlan::new("staging", 1)], &[&allowed], |_, _, _| {})?;
+    let w = World {
+        fleet,
+        images,
+        _registry: registry,
+    };
+    w.write_config("1s", "8s")?;
+    let run = w.run(&["doctor", "--env", "staging", "--json"])?;
+    run.expect(1)?;
+    let image = run
+        .json_lines()
+        .into_iter()
+        .find(|l| l["event"] == "check" && l["check"] == "image")
+        .with_context(|| format!("no image check: {}", run.output()))?;
+    ensure!(image["ok"] == false, "{image}");
+    let fix = image["fix"].as_str().unwrap_or_default();
+    ensure!(fix.contains(&format!("docker login {addr}")), "{image}");
+    let host = &w.fleet.hosts("staging")[0];
+    ensure!(
+        run.json_lines()
+            .iter()
+            .filter(|l| l["event"] == "check" && l["host"] == host.name())
+            .all(|l| l["ok"] == true),
+        "the host itself is fine: {}",
+        run.output()
+    );
     Ok(())
 }
