@@ -10,7 +10,7 @@
 //! files and ssh-agent keys that sign orders), [`connector`] (what commands need from agents,
 //! as traits), [`rollout`] (the plan as pure functions, and its driver), [`output`] (every
 //! message and its two renderers), [`commands`] (one module per subcommand), `demo` (with the
-//! `demo` cargo feature).
+//! `demo` cargo feature), [`version_skew`] (an agent of another protocol version, and the fix).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -26,6 +26,7 @@ pub mod resolve;
 pub mod rollout;
 pub mod signer;
 pub mod transport;
+pub mod version_skew;
 
 use serde::Serialize;
 

@@ -46,6 +46,9 @@ pub enum Message {
     /// A host could not be reached, verified or asked; or a job's connection dropped.
     HostError {
         host: String,
+        /// What kind of trouble, when it came from reaching or speaking to the agent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<HostErrorKind>,
         error: String,
     },
     /// An order was sent to a host.
@@ -137,8 +140,31 @@ pub enum HostAnswer {
         running: Vec<LockHolder>,
     },
     Down {
+        kind: HostErrorKind,
         error: String,
     },
+}
+
+/// What kind of trouble a host error is: `--json`'s `kind`, for scripts to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostErrorKind {
+    /// No connection: the address, SSH, or the agent's socket.
+    Unreachable,
+    /// The host's SSH key is unknown, changed or revoked in known_hosts.
+    HostKey,
+    /// SSH accepted none of the keys tried.
+    Auth,
+    /// The agent speaks another protocol version (README, "Version skew").
+    ProtocolVersion,
+    /// The agent said something this deployctl cannot read.
+    Protocol,
+    /// The agent could not serve the request.
+    Agent,
+    /// The connection dropped mid-conversation.
+    ConnectionLost,
+    /// The agent serves another env, or calls itself another name than deploy.toml gives it.
+    WrongAgent,
 }
 
 impl HostStatus {
@@ -162,11 +188,12 @@ impl HostStatus {
         }
     }
 
-    pub fn down(host: &str, error: &str) -> HostStatus {
+    pub fn down(host: &str, kind: HostErrorKind, error: &str) -> HostStatus {
         HostStatus {
             host: host.to_string(),
             reachable: false,
             answer: HostAnswer::Down {
+                kind,
                 error: error.to_string(),
             },
         }
@@ -534,10 +561,11 @@ mod tests {
             message: "hi".into(),
         };
         assert_eq!(to_json(&note), json!({"event": "note", "message": "hi"}));
-        let down = Message::HostStatus(HostStatus::down("h1", "gone"));
+        let down = Message::HostStatus(HostStatus::down("h1", HostErrorKind::Unreachable, "gone"));
         assert_eq!(
             to_json(&down),
-            json!({"event": "host_status", "host": "h1", "reachable": false, "error": "gone"})
+            json!({"event": "host_status", "host": "h1", "reachable": false,
+                   "kind": "unreachable", "error": "gone"})
         );
     }
 

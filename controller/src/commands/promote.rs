@@ -65,7 +65,7 @@ async fn gather(env: &EnvConfig, out: &dyn Output) -> Vec<Seen> {
     let results = connect_all(&connector, &env.name, &env.hosts).await;
     report_connections(out, &env.hosts, &results);
     let answers = join_all(results.into_iter().map(|r| async move {
-        let mut conn = r?;
+        let mut conn = r.map_err(|e| e.message)?;
         let status = conn.status().await.map_err(|e| e.to_string())?;
         let history = conn
             .history(HISTORY_DEPTH)

@@ -300,7 +300,7 @@ async fn check_promotion(
                 let history = conn.history(rollout::HISTORY_DEPTH * 5).await;
                 history.map_err(|e| e.to_string())
             }
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(e.message.clone()),
         }
     }))
     .await;

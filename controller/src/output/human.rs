@@ -128,7 +128,7 @@ fn render_raw(message: &Message) -> Shown {
             host,
             format!("connected (agent {agent_host}, deploy-agent {agent_version})"),
         ),
-        Message::HostError { host, error } => about(host, format!("error: {error}")).failed(),
+        Message::HostError { host, error, .. } => about(host, format!("error: {error}")).failed(),
         Message::Submitted {
             host,
             order_id,
@@ -513,7 +513,7 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
 fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
     let row = |cells: [&str; 9]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
     let (version, services, running) = match &s.answer {
-        HostAnswer::Down { error } => {
+        HostAnswer::Down { error, .. } => {
             return vec![row([&s.host, "NO", "-", "-", "-", "-", "-", "-", error])];
         }
         HostAnswer::Up {
