@@ -10,9 +10,11 @@
 
 mod approvals;
 pub mod human;
+mod init;
 mod terminal;
 
 pub use approvals::{ApprovalsResult, ApprovalsSummary, ProposalRow};
+pub use init::InitSummary;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -241,6 +243,7 @@ pub enum SummaryBody {
     Keys(KeysSummary),
     Demo(DemoSummary),
     Approvals(ApprovalsSummary),
+    Init(InitSummary),
 }
 
 impl SummaryBody {
@@ -253,7 +256,7 @@ impl SummaryBody {
             SummaryBody::Logs(l) => unreachable_exit(l.hosts, l.unreachable),
             SummaryBody::Exec(e) => exec_exit(e.result, e.command_exit_code),
             SummaryBody::Maintenance(m) => m.exit(),
-            SummaryBody::Keys(_) => ExitClass::Success,
+            SummaryBody::Keys(_) | SummaryBody::Init(_) => ExitClass::Success,
             SummaryBody::Approvals(a) => a.exit(),
             SummaryBody::Demo(d) => match d.result {
                 DemoResult::Succeeded => ExitClass::Success,

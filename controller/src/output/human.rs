@@ -285,6 +285,7 @@ fn summary(s: &Summary) -> Shown {
                 .into(),
             k.allowed_signers.clone(),
         ]),
+        SummaryBody::Init(i) => Shown::Out(i.lines()),
         SummaryBody::History(_) | SummaryBody::Logs(_) | SummaryBody::Demo(_) => {
             Shown::Out(Vec::new())
         }
