@@ -55,7 +55,9 @@ pub async fn promote(
             release.reference
         ),
     });
-    let what = What::push(&release.reference, migrations).with_override(override_freeze);
+    let what = What::push(&release.reference, migrations)
+        .with_override(override_freeze)
+        .named("promote");
     roll_out(cfg, to, what, Target::Release(release), out).await
 }
 

@@ -22,6 +22,8 @@ mod approvals;
 mod canary;
 mod exec;
 mod failing;
+mod init;
+mod json_output;
 mod labels;
 mod policy;
 mod promote;
@@ -30,6 +32,7 @@ mod release;
 mod release_policy;
 mod secrets;
 mod ssh_config;
+mod version_skew;
 
 const APP: &str = "acme";
 
