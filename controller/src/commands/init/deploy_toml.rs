@@ -54,8 +54,13 @@ pub fn check_options(opts: &Options) -> Result<(), String> {
     {
         return Err(format!("--socket {socket:?}: not a path"));
     }
-    for host in opts.hosts.iter().filter(|h| *h != "local") {
-        parse_ssh_target(host, DEFAULT_AGENT_SOCKET).map_err(|e| format!("--host: {e}"))?;
+    for (i, host) in opts.hosts.iter().enumerate() {
+        if opts.hosts[..i].contains(host) {
+            return Err(format!("--host {host} given twice"));
+        }
+        if host != "local" {
+            parse_ssh_target(host, DEFAULT_AGENT_SOCKET).map_err(|e| format!("--host: {e}"))?;
+        }
     }
     Ok(())
 }
@@ -127,24 +132,10 @@ pub fn from_compose(yaml: &str, source: &str, opts: &Options) -> Result<Written,
         text +=
             "# EDIT: no compose service names an image this file can use: name its repository.\n";
     }
-    // `push TAG` resolves TAG in every repository: say so only when compose pins every
-    // image at that one tag.
-    let tags: Vec<Option<&str>> = compose
-        .services
-        .iter()
-        .filter(|s| s.image.is_some())
-        .map(tag_of)
-        .collect();
-    let one_tag = tags
-        .first()
-        .copied()
-        .flatten()
-        .filter(|t| tags.iter().all(|u| *u == Some(*t)));
-    if let Some(tag) = one_tag {
+    let one_tag = one_tag(&compose);
+    if let Some(tag) = one_tag.map(printable) {
         text += &format!(
-            "# {source} pins tag {}: `deployctl push {} --env {}` deploys it.\n",
-            printable(tag),
-            printable(tag),
+            "# {source} pins tag {tag}: `deployctl push {tag} --env {}` deploys it.\n",
             opts.env
         );
     }
@@ -157,41 +148,23 @@ pub fn from_compose(yaml: &str, source: &str, opts: &Options) -> Result<Written,
         skipped: Vec::new(),
         warnings: Vec::new(),
     };
+    let own = ServiceText {
+        app: &app,
+        repo: &repo,
+        show_tag: one_tag.is_none(),
+    };
     for s in &compose.services {
-        if !proto::order::is_valid_name(&s.name) {
-            written.warnings.push(format!(
-                "compose service {:?} skipped: its name is not usable in container names",
-                s.name
-            ));
-            written.skipped.push(s.name.clone());
-            continue;
+        match left_out(s) {
+            Some((comment, warning)) => {
+                text += &comment;
+                written.warnings.push(warning);
+                written.skipped.push(s.name.clone());
+            }
+            None => {
+                text += &own.render(s, &mut written.warnings);
+                written.services.push(s.name.clone());
+            }
         }
-        if s.image.is_none() {
-            let why = if s.builds {
-                "compose builds it"
-            } else {
-                "no `image:`"
-            };
-            text += &format!(
-                "\n# compose service `{}` not carried over: it has no image to deploy ({why}); \
-                 push one to a registry and add [services.{}] with its `image`.\n",
-                printable(&s.name),
-                printable(&s.name)
-            );
-            written.warnings.push(format!(
-                "compose service {} skipped: it has no image ({why})",
-                s.name
-            ));
-            written.skipped.push(s.name.clone());
-            continue;
-        }
-        let own = ServiceText {
-            app: &app,
-            repo: &repo,
-            show_tag: one_tag.is_none(),
-        };
-        text += &own.render(s, &mut written.warnings);
-        written.services.push(s.name.clone());
     }
     if let Some(first) = written.services.first() {
         text += &migrate_lines(first);
@@ -199,6 +172,55 @@ pub fn from_compose(yaml: &str, source: &str, opts: &Options) -> Result<Written,
     text += &env_lines(opts);
     written.text = text;
     Ok(written)
+}
+
+/// The tag compose pins every image at, if one: `push TAG` resolves TAG in every repository,
+/// so it deploys what compose runs only then.
+fn one_tag(compose: &Compose) -> Option<&str> {
+    let tags: Vec<Option<&str>> = compose
+        .services
+        .iter()
+        .filter(|s| s.image.is_some())
+        .map(tag_of)
+        .collect();
+    tags.first()
+        .copied()
+        .flatten()
+        .filter(|t| tags.iter().all(|u| *u == Some(*t)))
+}
+
+/// Why a compose service is not written (its comment and warning): a name no container can
+/// have, or no image to deploy.
+fn left_out(s: &Service) -> Option<(String, String)> {
+    if !proto::order::is_valid_name(&s.name) {
+        let why = "its name is not usable in container names";
+        return Some((
+            format!(
+                "\n# compose service {:?} not carried over: {why}.\n",
+                printable(&s.name)
+            ),
+            format!("compose service {:?} skipped: {why}", s.name),
+        ));
+    }
+    if s.image.is_some() {
+        return None;
+    }
+    let why = if s.builds {
+        "compose builds it"
+    } else {
+        "no `image:`"
+    };
+    Some((
+        format!(
+            "\n# compose service `{name}` not carried over: it has no image to deploy ({why}); \
+             push one to a registry and add [services.{name}] with its `image`.\n",
+            name = printable(&s.name)
+        ),
+        format!(
+            "compose service {} skipped: it has no image ({why})",
+            s.name
+        ),
+    ))
 }
 
 /// How one compose service is written.
@@ -350,7 +372,7 @@ fn migrate_lines(service: &str) -> String {
 }
 
 fn env_lines(opts: &Options) -> String {
-    let mut out = format!("\n[env.{}]\n", opts.env);
+    let mut out = format!("\n[env.{}]\n", key(&opts.env));
     if opts.hosts.is_empty() {
         let placeholder = format!("deploy@{}-1.example.com", opts.env);
         out += "# EDIT: the hosts, user@addr[:port], each running deploy-agent (README \"Running the agent on a host\")\n";

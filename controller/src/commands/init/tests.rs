@@ -1,3 +1,6 @@
+//! `deployctl init`'s tables: what it writes for a skeleton and for compose files, that every
+//! file loads, which compose files are errors and where, and which options are usage errors.
+
 use std::path::Path;
 
 use expect_test::{Expect, expect};
@@ -89,9 +92,24 @@ networks:
   back: {}
 "#;
 
+/// Each case's file loads, declares the services init says it wrote, and reads as expected.
+fn check(cases: Vec<(&str, Written, Expect)>) {
+    for (name, written, want) in cases {
+        let cfg = loads(&written);
+        let mut services = written.services.clone();
+        services.sort();
+        assert_eq!(
+            cfg.services.keys().cloned().collect::<Vec<_>>(),
+            services,
+            "{name}"
+        );
+        want.assert_eq(&shown(&written));
+    }
+}
+
 #[test]
-fn what_init_writes_and_that_it_loads() {
-    let cases: Vec<(&str, Written, Expect)> = vec![
+fn a_skeleton_shows_every_common_key_and_loads() {
+    check(vec![
         (
             "skeleton, hosts to edit",
             skeleton(&opts("staging", &[])),
@@ -172,15 +190,20 @@ fn what_init_writes_and_that_it_loads() {
                 # known_hosts = "~/.ssh/known_hosts"     # the hosts' SSH keys (README "SSH")
             "#]],
         ),
-        (
-            "a compose file: what is carried, what is a comment, what is left out",
-            from_compose(
-                COMPOSE,
-                "compose.yaml",
-                &opts("staging", &["deploy@10.0.0.5"]),
-            )
-            .unwrap(),
-            expect![[r##"
+    ]);
+}
+
+#[test]
+fn a_compose_file_becomes_services_and_comments_never_secrets() {
+    check(vec![(
+        "a compose file: what is carried, what is a comment, what is left out",
+        from_compose(
+            COMPOSE,
+            "compose.yaml",
+            &opts("staging", &["deploy@10.0.0.5"]),
+        )
+        .unwrap(),
+        expect![[r##"
                 # deploy.toml: how deployctl deploys shop (every key: README "deploy.toml").
                 # Written by `deployctl init --from compose.yaml`. Check every line (EDIT marks what must change), then:
                 #   deployctl push <git-sha|tag|sha256:digest> --env staging
@@ -242,11 +265,15 @@ fn what_init_writes_and_that_it_loads() {
                 WARNING api: inline environment not copied (SECRET, PLAIN); move it into an env_file on the hosts
                 WARNING compose service worker skipped: it has no image (compose builds it)
             "##]],
-        ),
-        (
-            "images of several repositories and tags, and one compose fills in",
-            from_compose(SEVERAL, "app/compose.yml", &opts("dev", &[])).unwrap(),
-            expect![[r##"
+    )]);
+}
+
+#[test]
+fn images_of_several_repositories_and_tags() {
+    check(vec![(
+        "images of several repositories and tags, and one compose fills in",
+        from_compose(SEVERAL, "app/compose.yml", &opts("dev", &[])).unwrap(),
+        expect![[r##"
                 # deploy.toml: how deployctl deploys api (every key: README "deploy.toml").
                 # Written by `deployctl init --from app/compose.yml`. Check every line (EDIT marks what must change), then:
                 #   deployctl push <git-sha|tag|sha256:digest> --env dev
@@ -265,6 +292,8 @@ fn what_init_writes_and_that_it_loads() {
                 # EDIT: compose names the image ${REGISTRY}/sidecar:${TAG:-latest}, which is no repository this file can name: set `image` to its repository (no tag).
                 # compose key `command:` not carried over: write it as a list in `command`
 
+                # compose service "bad name" not carried over: its name is not usable in container names.
+
                 # [migrate]                     # optional: once per release, on the first host, in the new image, before any switch
                 # command = ["/app", "migrate"]
                 # service = "api"                 # borrows its env_file, volumes, network
@@ -281,21 +310,7 @@ fn what_init_writes_and_that_it_loads() {
                 WARNING sidecar: set its `image` by hand (compose: ${REGISTRY}/sidecar:${TAG:-latest})
                 WARNING compose service "bad name" skipped: its name is not usable in container names
             "##]],
-        ),
-    ];
-    for (name, written, want) in cases {
-        let cfg = loads(&written);
-        assert_eq!(
-            cfg.services.keys().cloned().collect::<Vec<_>>(),
-            {
-                let mut s = written.services.clone();
-                s.sort();
-                s
-            },
-            "{name}"
-        );
-        want.assert_eq(&shown(&written));
-    }
+    )]);
 }
 
 const SEVERAL: &str = r#"
@@ -350,7 +365,9 @@ fn options_that_would_not_load_are_usage_errors() {
             opts("staging", &["deploy@10.0.0.5:2222", "local", "[::1]"]),
             true,
         ),
+        (opts("prod.eu", &["a@b", "b@a"]), true),
         (opts("my env", &[]), false),
+        (opts("staging", &["a@b", "a@b"]), false),
         (opts("staging", &["a b"]), false),
         (opts("staging", &["deploy@"]), false),
         (

@@ -34,6 +34,37 @@ async fn fake_agent(
     }
 }
 
+/// Starts a fake agent per peer on a socket in `dir`, and writes `dir/deploy.toml` whose env
+/// `staging` lists them, named as the peers are.
+fn serve_fake_agents(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    peers: [(&str, Value); 2],
+    seen: &std::sync::mpsc::Sender<Value>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut hosts = Vec::new();
+    for (name, answer) in peers {
+        let socket = dir.join(format!("{name}.sock"));
+        let listener = runtime.block_on(async { tokio::net::UnixListener::bind(&socket) })?;
+        runtime.spawn(fake_agent(listener, answer, seen.clone()));
+        hosts.push(format!(
+            "{{ name = {}, socket = {} }}",
+            quote(name),
+            quote(&socket.display().to_string())
+        ));
+    }
+    let config = dir.join("deploy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "app = \"acme\"\nimage = \"registry.example.com/acme/web\"\n[services.web]\n\
+             [env.staging]\nhosts = [{}]\n",
+            hosts.join(", ")
+        ),
+    )?;
+    Ok(config)
+}
+
 #[test]
 fn status_refuses_agents_of_another_version_naming_both_and_the_fix() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
@@ -56,26 +87,7 @@ fn status_refuses_agents_of_another_version_naming_both_and_the_fix() -> anyhow:
     ];
     let runtime = tokio::runtime::Runtime::new()?;
     let (seen, hellos) = std::sync::mpsc::channel();
-    let mut hosts = Vec::new();
-    for (name, answer) in peers {
-        let socket = dir.path().join(format!("{name}.sock"));
-        let listener = runtime.block_on(async { tokio::net::UnixListener::bind(&socket) })?;
-        runtime.spawn(fake_agent(listener, answer, seen.clone()));
-        hosts.push(format!(
-            "{{ name = {}, socket = {} }}",
-            quote(name),
-            quote(&socket.display().to_string())
-        ));
-    }
-    let config = dir.path().join("deploy.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "app = \"acme\"\nimage = \"registry.example.com/acme/web\"\n[services.web]\n\
-             [env.staging]\nhosts = [{}]\n",
-            hosts.join(", ")
-        ),
-    )?;
+    let config = serve_fake_agents(&runtime, dir.path(), peers, &seen)?;
     let out = std::process::Command::new(harness::hosts::deployctl_binary()?)
         .args(["status", "--env", "staging", "--json", "--config"])
         .arg(&config)
