@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use frame_io::{FrameReader, ReadError, write_frame};
-use proto::codec::{CodecError, MAX_FRAME, check_peer_protocol, encode};
-use proto::wire::{PROTOCOL_VERSION, Refusal, RefusalKind, Reply, Request, ServiceLogs};
+use proto::codec::{CodecError, MAX_FRAME, encode};
+use proto::wire::{Greeting, PROTOCOL_VERSION, Reply, Request, ServiceLogs, protocol_refusal};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixListener;
 
@@ -202,7 +202,8 @@ async fn serve_connection<B: Backend, R, W>(
 }
 
 /// The `hello` exchange, which must complete within `limit` of the connect; false when the
-/// connection is to be closed.
+/// connection is to be closed. The hello is read leniently and a client of another protocol
+/// version is refused in the frame every version reads (`proto::wire`'s module docs).
 async fn greet<B: Backend, R, W>(
     agent: &Arc<Agent<B>>,
     reader: &mut FrameReader<R>,
@@ -213,15 +214,15 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(limit, reader.next::<Request>()).await {
-        Ok(Ok(Some(Request::Hello { protocol, client }))) => {
-            if let Err(e) = check_peer_protocol(protocol) {
-                let refusal = Refusal {
-                    kind: RefusalKind::ProtocolVersion,
-                    message: e.to_string(),
-                    holder: None,
-                };
-                let _ = write_frame(wr, &Reply::Refused { refusal }).await;
+    match tokio::time::timeout(limit, reader.next::<Greeting>()).await {
+        Ok(Ok(Some(Greeting::Hello { protocol, client }))) => {
+            if protocol != PROTOCOL_VERSION {
+                tracing::info!(
+                    client,
+                    protocol,
+                    "refused a client of another protocol version"
+                );
+                let _ = write_frame(wr, &protocol_refusal(protocol, AGENT_VERSION)).await;
                 return false;
             }
             tracing::debug!(client, "hello");
@@ -233,7 +234,7 @@ where
             };
             write_frame(wr, &hello).await.is_ok()
         }
-        Ok(Ok(Some(_))) => {
+        Ok(Ok(Some(Greeting::NotHello))) => {
             let _ = send_error(wr, "the first frame must be a hello").await;
             false
         }

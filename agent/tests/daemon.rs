@@ -644,18 +644,7 @@ async fn bad_frames_get_an_error_and_a_closed_connection() {
         Some(Reply::Error { .. })
     ));
     assert_eq!(c.next_reply().await.unwrap(), None);
-    // Another protocol version.
-    let mut c = d.raw_client().await;
-    c.send(&Request::Hello {
-        protocol: 99,
-        client: "future".into(),
-    })
-    .await
-    .unwrap();
-    match c.next_reply().await.unwrap() {
-        Some(Reply::Refused { refusal }) => assert_eq!(refusal.kind, RefusalKind::ProtocolVersion),
-        other => panic!("{other:?}"),
-    }
+    // Another protocol version: tests/e2e/controller/version_skew.rs, against the real binary.
     // Garbage after hello.
     for garbage in [
         &b"{\"type\":\"launch_missiles\"}\n"[..],

@@ -206,6 +206,9 @@ pub enum Command {
     },
     /// Print the man page (roff): `deployctl man > /usr/local/share/man/man1/deployctl.1`.
     Man,
+    /// Write a commented deploy.toml (here, or at --config): a skeleton, or the services of a
+    /// compose file (--from); it loads as written. Never over an existing file without --force.
+    Init(InitArgs),
     /// Signing keys for deploy orders.
     Keys {
         #[command(subcommand)]
@@ -258,8 +261,36 @@ impl Command {
             Command::Demo => "demo",
             Command::Setup { .. } => "setup",
             Command::Doctor { .. } => "doctor",
+            Command::Init(_) => "init",
         }
     }
+}
+
+/// `deployctl init`: what the new deploy.toml says.
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Write one service per service of this compose file that has an `image`.
+    #[arg(long, value_name = "COMPOSE_FILE")]
+    pub from: Option<PathBuf>,
+    /// The app's name [default: the compose project's `name`, else the image's last segment].
+    #[arg(long)]
+    pub app: Option<String>,
+    /// The repository of the app's images, no tag [default: the one most compose services use].
+    #[arg(long, value_name = "REPO")]
+    pub image: Option<String>,
+    /// The env to write.
+    #[arg(long, value_name = "ENV", default_value = "staging")]
+    pub env: String,
+    /// A host of the env, user@addr[:port] or `local`; repeatable, in rollout order [default:
+    /// a placeholder to edit].
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// The agents' socket on the hosts, when not /run/deploy-agent/agent.sock.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<String>,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

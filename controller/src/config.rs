@@ -464,7 +464,7 @@ fn check_service(name: &str, spec: &ServiceSpec) -> Result<(), String> {
 }
 
 /// A repository reference without tag or digest: `registry.example.com/acme/web`, `acme/web`.
-fn check_repository(image: &str) -> Result<(), String> {
+pub(crate) fn check_repository(image: &str) -> Result<(), String> {
     if image.is_empty() {
         return Err("image is empty".into());
     }

@@ -10,7 +10,7 @@ use proto::order::Order;
 use proto::wire::{AgentStatus, HistoryEntry, JobEvent, ServiceLogs, SignedOrder};
 
 use crate::config::{EnvConfig, HostSpec};
-use crate::output::{Message, Output};
+use crate::output::{HostErrorKind, Message, Output};
 use crate::rollout::OrderSigner;
 use crate::transport::{self, ConnectOptions, Connection, JobEnd, Peer, TransportError};
 
@@ -120,16 +120,64 @@ impl OrderSigner for crate::signer::Signer {
     }
 }
 
+/// Why a host could not be reached or asked: its kind, and the message ready to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError {
+    pub kind: HostErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<TransportError> for HostError {
+    fn from(e: TransportError) -> HostError {
+        HostError {
+            kind: HostErrorKind::from(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<&TransportError> for HostErrorKind {
+    fn from(e: &TransportError) -> HostErrorKind {
+        match e {
+            TransportError::Unreachable(_) => HostErrorKind::Unreachable,
+            TransportError::HostKeyUnknown { .. }
+            | TransportError::HostKeyChanged { .. }
+            | TransportError::HostKeyRevoked { .. } => HostErrorKind::HostKey,
+            TransportError::AuthFailed { .. } => HostErrorKind::Auth,
+            TransportError::ProtocolVersion(_) => HostErrorKind::ProtocolVersion,
+            TransportError::Protocol(_) => HostErrorKind::Protocol,
+            TransportError::Agent(_) => HostErrorKind::Agent,
+            TransportError::Closed(_) => HostErrorKind::ConnectionLost,
+        }
+    }
+}
+
 /// Connects to every host of `hosts` at once and checks that each agent serves `env` (and, for
-/// hosts with an explicit name, is that host). Failures are strings, ready to show.
+/// hosts with an explicit name, is that host). An agent of another protocol version is told
+/// with the host, both versions and the fix for `env`.
 pub async fn connect_all<C: Connector>(
     connector: &C,
     env: &str,
     hosts: &[HostSpec],
-) -> Vec<Result<C::Conn, String>> {
+) -> Vec<Result<C::Conn, HostError>> {
     join_all(hosts.iter().map(|h| async move {
-        let conn = connector.connect(h).await.map_err(|e| e.to_string())?;
-        check_peer(h, env, conn.peer())?;
+        let conn = connector.connect(h).await.map_err(|e| match e {
+            TransportError::ProtocolVersion(skew) => HostError {
+                kind: HostErrorKind::ProtocolVersion,
+                message: skew.explain(&h.target.to_string(), env),
+            },
+            e => HostError::from(e),
+        })?;
+        check_peer(h, env, conn.peer()).map_err(|message| HostError {
+            kind: HostErrorKind::WrongAgent,
+            message,
+        })?;
         Ok(conn)
     }))
     .await
@@ -139,7 +187,7 @@ pub async fn connect_all<C: Connector>(
 pub fn report_connections<K: AgentConn>(
     out: &dyn Output,
     hosts: &[HostSpec],
-    results: &[Result<K, String>],
+    results: &[Result<K, HostError>],
 ) {
     for (h, r) in hosts.iter().zip(results) {
         out.emit(&match r {
@@ -150,7 +198,8 @@ pub fn report_connections<K: AgentConn>(
             },
             Err(e) => Message::HostError {
                 host: h.name.clone(),
-                error: e.clone(),
+                kind: Some(e.kind),
+                error: e.message.clone(),
             },
         });
     }

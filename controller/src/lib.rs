@@ -11,7 +11,7 @@
 //! as traits), [`rollout`] (the plan as pure functions, and its driver), [`output`] (every
 //! message and its two renderers), [`setup`] (what `setup` does to a host, decided from a
 //! probe's facts), [`commands`] (one module per subcommand), `demo` (with the
-//! `demo` cargo feature).
+//! `demo` cargo feature), [`version_skew`] (an agent of another protocol version, and the fix).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -31,6 +31,7 @@ pub mod setup;
 pub mod signer;
 pub mod transport;
 pub mod ui;
+pub mod version_skew;
 
 use serde::Serialize;
 

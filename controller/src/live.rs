@@ -8,8 +8,8 @@ use proto::wire::AgentStatus;
 use tokio::sync::watch;
 
 use crate::config::{DeployConfig, EnvConfig, HostSpec};
-use crate::connector::check_peer;
-use crate::output::HostStatus;
+use crate::connector::{HostError, check_peer};
+use crate::output::{HostErrorKind, HostStatus};
 use crate::transport::{self, ConnectOptions};
 
 /// How long a host that dropped its subscription waits before the next attempt.
@@ -32,7 +32,7 @@ pub struct EnvRow {
 pub struct HostRow {
     pub name: String,
     /// None until the host first answered or failed.
-    pub last: Option<Result<AgentStatus, String>>,
+    pub last: Option<Result<AgentStatus, HostError>>,
 }
 
 impl Board {
@@ -69,8 +69,8 @@ impl Board {
                     };
                     match &h.last {
                         Some(Ok(s)) => HostStatus::up(&name, s, &self.app),
-                        Some(Err(e)) => HostStatus::down(&name, e),
-                        None => HostStatus::down(&name, "connecting…"),
+                        Some(Err(e)) => HostStatus::down(&name, e.kind, &e.message),
+                        None => HostStatus::down(&name, HostErrorKind::Unreachable, "connecting…"),
                     }
                 })
             })
@@ -88,7 +88,7 @@ pub fn follow(cfg: &DeployConfig, envs: &[&EnvConfig]) -> watch::Receiver<Board>
             let (tx, opts, host, env_name) =
                 (tx.clone(), opts.clone(), host.clone(), env.name.clone());
             tokio::spawn(async move {
-                let set = |last: Result<AgentStatus, String>| {
+                let set = |last: Result<AgentStatus, HostError>| {
                     tx.send_modify(|b| b.envs[e].hosts[h].last = Some(last));
                 };
                 while !tx.is_closed() {
@@ -108,15 +108,18 @@ async fn subscription(
     host: &HostSpec,
     env: &str,
     opts: &ConnectOptions,
-    set: &impl Fn(Result<AgentStatus, String>),
-) -> Result<(), String> {
+    set: &impl Fn(Result<AgentStatus, HostError>),
+) -> Result<(), HostError> {
     let mut conn = transport::connect(&host.target, opts)
         .await
-        .map_err(|e| e.to_string())?;
-    check_peer(host, env, &conn.peer)?;
-    conn.subscribe().await.map_err(|e| e.to_string())?;
+        .map_err(|e| HostError::from(e))?;
+    check_peer(host, env, &conn.peer).map_err(|message| HostError {
+        kind: HostErrorKind::WrongAgent,
+        message,
+    })?;
+    conn.subscribe().await.map_err(|e| HostError::from(e))?;
     loop {
-        let status = conn.next_status().await.map_err(|e| e.to_string())?;
+        let status = conn.next_status().await.map_err(|e| HostError::from(e))?;
         set(Ok(status));
     }
 }

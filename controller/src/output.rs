@@ -10,10 +10,12 @@
 
 mod approvals;
 pub mod human;
+mod init;
 mod setup;
 mod terminal;
 
 pub use approvals::{ApprovalsResult, ApprovalsSummary, ProposalRow};
+pub use init::InitSummary;
 pub use setup::{CheckRow, DoctorSummary, SetupHost, SetupResult, SetupSummary, StepState};
 
 use std::collections::BTreeMap;
@@ -48,6 +50,9 @@ pub enum Message {
     /// A host could not be reached, verified or asked; or a job's connection dropped.
     HostError {
         host: String,
+        /// What kind of trouble, when it came from reaching or speaking to the agent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kind: Option<HostErrorKind>,
         error: String,
     },
     /// An order was sent to a host.
@@ -147,8 +152,33 @@ pub enum HostAnswer {
         running: Vec<LockHolder>,
     },
     Down {
+        kind: HostErrorKind,
         error: String,
     },
+}
+
+/// What kind of trouble a host error is: `--json`'s `kind`, for scripts to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostErrorKind {
+    /// No connection: the address, SSH, or the agent's socket.
+    Unreachable,
+    /// The host's SSH key is unknown, changed or revoked in known_hosts.
+    HostKey,
+    /// SSH accepted none of the keys tried.
+    Auth,
+    /// The agent speaks another protocol version (README, "Version skew").
+    ProtocolVersion,
+    /// The agent said something this deployctl cannot read.
+    Protocol,
+    /// The agent could not serve the request.
+    Agent,
+    /// The connection dropped mid-conversation.
+    ConnectionLost,
+    /// The agent serves another env, or calls itself another name than deploy.toml gives it.
+    WrongAgent,
+    /// `setup` could not install or start the agent there (no systemd, no Docker, a step failed).
+    Setup,
 }
 
 impl HostStatus {
@@ -172,11 +202,12 @@ impl HostStatus {
         }
     }
 
-    pub fn down(host: &str, error: &str) -> HostStatus {
+    pub fn down(host: &str, kind: HostErrorKind, error: &str) -> HostStatus {
         HostStatus {
             host: host.to_string(),
             reachable: false,
             answer: HostAnswer::Down {
+                kind,
                 error: error.to_string(),
             },
         }
@@ -230,6 +261,7 @@ pub enum SummaryBody {
     Approvals(ApprovalsSummary),
     Setup(SetupSummary),
     Doctor(DoctorSummary),
+    Init(InitSummary),
 }
 
 impl SummaryBody {
@@ -251,7 +283,7 @@ impl SummaryBody {
             SummaryBody::Logs(l) => unreachable_exit(l.hosts, l.unreachable),
             SummaryBody::Exec(e) => exec_exit(e.result, e.command_exit_code),
             SummaryBody::Maintenance(m) => m.exit(),
-            SummaryBody::Keys(_) => ExitClass::Success,
+            SummaryBody::Keys(_) | SummaryBody::Init(_) => ExitClass::Success,
             SummaryBody::Approvals(a) => a.exit(),
             SummaryBody::Setup(s) => s.exit(),
             SummaryBody::Doctor(d) => d.exit(),
@@ -561,10 +593,11 @@ mod tests {
             message: "hi".into(),
         };
         assert_eq!(to_json(&note), json!({"event": "note", "message": "hi"}));
-        let down = Message::HostStatus(HostStatus::down("h1", "gone"));
+        let down = Message::HostStatus(HostStatus::down("h1", HostErrorKind::Unreachable, "gone"));
         assert_eq!(
             to_json(&down),
-            json!({"event": "host_status", "host": "h1", "reachable": false, "error": "gone"})
+            json!({"event": "host_status", "host": "h1", "reachable": false,
+                   "kind": "unreachable", "error": "gone"})
         );
     }
 

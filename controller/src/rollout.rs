@@ -430,6 +430,7 @@ async fn run_job<C: Connector, S: OrderSigner>(
                     let error = why.clone();
                     out.emit(&Message::HostError {
                         host: host.clone(),
+                        kind: None,
                         error,
                     });
                     return (HostState::NotSent { why }, None);
@@ -489,6 +490,7 @@ async fn reattach<C: Connector, S>(
         attempts += 1;
         d.out.emit(&Message::HostError {
             host: link.spec.name.clone(),
+            kind: Some(e.into()),
             error: format!("{e}; re-attaching to order {order_id}"),
         });
         tokio::time::sleep(Duration::from_millis(500 * attempts)).await;
@@ -530,6 +532,7 @@ fn ended(
             let why = e.to_string();
             out.emit(&Message::HostError {
                 host,
+                kind: Some((&e).into()),
                 error: why.clone(),
             });
             (HostState::Unknown { why }, None)

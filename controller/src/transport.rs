@@ -86,6 +86,9 @@ pub enum TransportError {
     },
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The agent speaks another protocol version (README, "Version skew").
+    #[error("{0}")]
+    ProtocolVersion(crate::version_skew::VersionSkew),
     #[error("agent error: {0}")]
     Agent(String),
     #[error("connection lost: {0}")]

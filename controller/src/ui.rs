@@ -50,7 +50,7 @@ pub fn rows(board: &Board) -> Vec<Row> {
                 Some(Err(why)) => {
                     out.push(Row {
                         health: "unreachable".into(),
-                        last_outcome: why.clone(),
+                        last_outcome: why.message.clone(),
                         ..base
                     });
                     continue;
@@ -216,7 +216,10 @@ mod tests {
                 env: "prod".into(),
                 hosts: vec![crate::live::HostRow {
                     name: "h1".into(),
-                    last: Some(Err("<img src=x onerror=alert(1)>".into())),
+                    last: Some(Err(crate::connector::HostError {
+                        kind: crate::output::HostErrorKind::Unreachable,
+                        message: "<img src=x onerror=alert(1)>".into(),
+                    })),
                 }],
             }],
         };

@@ -161,8 +161,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 
 #[cfg(test)]
 mod tests {
-    use proto::codec::{check_peer_protocol, hello_request};
-    use proto::wire::Request;
+    use proto::codec::hello_request;
+    use proto::wire::{PROTOCOL_VERSION, Request};
 
     use super::*;
 
@@ -178,7 +178,7 @@ mod tests {
         let mut reader = FrameReader::new(server);
         match reader.next::<Request>().await.unwrap().unwrap() {
             Request::Hello { protocol, client } => {
-                check_peer_protocol(protocol).unwrap();
+                assert_eq!(protocol, PROTOCOL_VERSION);
                 assert_eq!(client, "test");
             }
             other => panic!("expected hello, got {other:?}"),

@@ -3,7 +3,8 @@
 //! A frame is one JSON object followed by `\n`, at most [`MAX_FRAME`] bytes without the
 //! newline. JSON escapes every newline inside strings, so `\n` can only ever end a frame.
 //! The first frame of a connection is a `hello` in each direction; both sides refuse a peer
-//! that speaks another [`PROTOCOL_VERSION`] ([`check_peer_protocol`]).
+//! that speaks another [`PROTOCOL_VERSION`] (the exchange that never changes:
+//! [`crate::wire`]'s module docs).
 //!
 //! Everything that interprets bytes ([`decode`], [`FrameBuffer`]) is pure and works on
 //! slices, so the fuzz target in `proto/fuzz` exercises exactly what a peer can reach. Moving
@@ -27,10 +28,6 @@ pub enum CodecError {
     NotUtf8 { valid_up_to: usize },
     #[error("connection closed in the middle of a frame ({len} bytes received without a newline)")]
     Truncated { len: usize },
-    #[error(
-        "peer speaks protocol version {theirs}, this side speaks version {ours}; upgrade the older side"
-    )]
-    ProtocolVersion { ours: u32, theirs: u32 },
     #[error("cannot encode frame: {0}")]
     Encode(String),
     /// Raised by the stream adapters (`frame-io`), never by this module.
@@ -165,18 +162,6 @@ pub fn hello_request(client: &str) -> Request {
     }
 }
 
-/// Refuses a peer whose `hello` carries another protocol version.
-pub fn check_peer_protocol(version: u32) -> Result<(), CodecError> {
-    if version == PROTOCOL_VERSION {
-        Ok(())
-    } else {
-        Err(CodecError::ProtocolVersion {
-            ours: PROTOCOL_VERSION,
-            theirs: version,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,18 +194,5 @@ mod tests {
         assert_eq!(fb.next_frame().unwrap(), None);
         fb.push(b"\n{}\n");
         assert_eq!(fb.next_frame().unwrap().as_deref(), Some(&b"{}"[..]));
-    }
-
-    #[test]
-    fn protocol_mismatch_names_both_versions() {
-        assert!(check_peer_protocol(PROTOCOL_VERSION).is_ok());
-        let msg = check_peer_protocol(PROTOCOL_VERSION + 1)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains(&PROTOCOL_VERSION.to_string())
-                && msg.contains(&(PROTOCOL_VERSION + 1).to_string()),
-            "{msg}"
-        );
     }
 }

@@ -3,6 +3,24 @@
 //!
 //! Each message is one JSON object on one line (see [`crate::codec`]). The
 //! `type` field names the message; unknown types and unknown fields are errors.
+//!
+//! ## The hello exchange never changes
+//!
+//! Everything after `hello` may change from one [`PROTOCOL_VERSION`] to the next; the hello
+//! exchange may not, so that any controller and any agent, of any two versions, can tell each
+//! other which version they speak and say so clearly (README, "Version skew"). Its frames are,
+//! exactly:
+//!
+//! - client → agent: `{"type":"hello","protocol":N,"client":"deployctl/…"}`
+//! - agent → client, same version: `{"type":"hello","protocol":N,"agent_version":"…","host":"…","env":"…"}`
+//! - agent → client, another version:
+//!   `{"type":"refused","refusal":{"kind":"protocol-version","message":"…","protocol":N,"agent_version":"…"}}`
+//!   (built by [`protocol_refusal`]; the message names both versions), then the agent closes.
+//!
+//! No field of these three frames is ever added, removed, renamed or retyped. Each side reads
+//! the other's hello with the lenient [`Greeting`] and [`HelloAnswer`] (unknown fields and
+//! unknown `type`s tolerated), never with the strict [`Request`] / [`Reply`], so even a peer
+//! that broke this rule gets a protocol-version answer rather than "malformed frame".
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +33,75 @@ use crate::time::Timestamp;
 
 /// Bumped on any incompatible change; both sides refuse a peer with another version.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame of a connection as the agent reads it: a hello of any version (fields a
+/// client of another version adds are ignored), or something else.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Greeting {
+    Hello {
+        protocol: u32,
+        #[serde(default)]
+        client: String,
+    },
+    /// A frame of another `type`: not a hello.
+    #[serde(other)]
+    NotHello,
+}
+
+/// The reply to `hello` as the client reads it, whatever version the agent speaks; also what
+/// the agent writes when it refuses a hello ([`protocol_refusal`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HelloAnswer {
+    Hello {
+        protocol: u32,
+        #[serde(default)]
+        agent_version: String,
+        #[serde(default)]
+        host: String,
+        #[serde(default)]
+        env: String,
+    },
+    Refused {
+        refusal: HelloRefusal,
+    },
+    Error {
+        message: String,
+    },
+    /// A frame of another `type`: the peer is no agent of any version.
+    #[serde(other)]
+    Other,
+}
+
+/// A refused hello. `kind` is text, not [`RefusalKind`]: an agent of another version may
+/// refuse for a reason this side has no name for. A `protocol-version` refusal also says the
+/// agent's versions, so the client can tell which side is older.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloRefusal {
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+/// The agent's answer to a hello of protocol `theirs` when it speaks another
+/// ([`PROTOCOL_VERSION`]): a `protocol-version` refusal naming both versions.
+pub fn protocol_refusal(theirs: u32, agent_version: &str) -> HelloAnswer {
+    HelloAnswer::Refused {
+        refusal: HelloRefusal {
+            kind: RefusalKind::ProtocolVersion.to_string(),
+            message: format!(
+                "this agent (deploy-agent {agent_version}) speaks protocol version \
+                 {PROTOCOL_VERSION}, the client speaks version {theirs}"
+            ),
+            protocol: Some(PROTOCOL_VERSION),
+            agent_version: Some(agent_version.to_string()),
+        },
+    }
+}
 
 /// The bytes of an order and the armored SSHSIG over exactly those bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

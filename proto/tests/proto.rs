@@ -1465,21 +1465,86 @@ fn encode_refuses_an_oversized_message() {
     assert_eq!(frame.iter().filter(|&&b| b == b'\n').count(), 1);
 }
 
+/// The hello exchange is the part of the wire format that never changes (wire's module docs):
+/// its three frames, byte for byte, and how each side reads a peer of another version.
 #[test]
-fn protocol_version_mismatch_is_refused_with_both_numbers() {
-    let ours = wire::PROTOCOL_VERSION;
-    let msg = codec::check_peer_protocol(ours + 7)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        msg.contains(&ours.to_string()) && msg.contains(&(ours + 7).to_string()),
-        "{msg}"
-    );
-    assert_eq!(
-        codec::hello_request("x"),
-        Request::Hello {
-            protocol: ours,
-            client: "x".into()
-        }
-    );
+fn the_hello_exchange_is_frozen() {
+    fn frame<T: serde::Serialize>(msg: &T) -> String {
+        String::from_utf8(codec::encode(msg).unwrap()).unwrap()
+    }
+    let v = wire::PROTOCOL_VERSION;
+    let sent = [
+        frame(&codec::hello_request("deployctl/1.0")),
+        frame(&Reply::Hello {
+            protocol: v,
+            agent_version: "1.0".into(),
+            host: "h1".into(),
+            env: "staging".into(),
+        }),
+        frame(&wire::protocol_refusal(v + 1, "1.0")),
+    ];
+    expect_test::expect![[r#"
+        {"type":"hello","protocol":1,"client":"deployctl/1.0"}
+        {"type":"hello","protocol":1,"agent_version":"1.0","host":"h1","env":"staging"}
+        {"type":"refused","refusal":{"kind":"protocol-version","message":"this agent (deploy-agent 1.0) speaks protocol version 1, the client speaks version 2","protocol":1,"agent_version":"1.0"}}
+    "#]]
+    .assert_eq(&sent.concat());
+
+    // What another version may send, read leniently by either side.
+    use wire::{Greeting, HelloAnswer, HelloRefusal};
+    let greetings = [
+        (
+            r#"{"type":"hello","protocol":7,"client":"deployctl/9","features":["x"]}"#,
+            Greeting::Hello {
+                protocol: 7,
+                client: "deployctl/9".into(),
+            },
+        ),
+        (r#"{"type":"status"}"#, Greeting::NotHello),
+    ];
+    for (text, want) in greetings {
+        assert_eq!(codec::decode::<Greeting>(text.as_bytes()).unwrap(), want);
+    }
+    assert!(codec::decode::<Greeting>(br#"{"type":"hello"}"#).is_err());
+    let answers = [
+        (
+            r#"{"type":"hello","protocol":7,"agent_version":"9","host":"h","env":"e","x":1}"#,
+            HelloAnswer::Hello {
+                protocol: 7,
+                agent_version: "9".into(),
+                host: "h".into(),
+                env: "e".into(),
+            },
+        ),
+        (
+            r#"{"type":"hello","protocol":7}"#,
+            HelloAnswer::Hello {
+                protocol: 7,
+                agent_version: String::new(),
+                host: String::new(),
+                env: String::new(),
+            },
+        ),
+        (
+            r#"{"type":"refused","refusal":{"kind":"protocol-version","message":"m","since":3}}"#,
+            HelloAnswer::Refused {
+                refusal: HelloRefusal {
+                    kind: "protocol-version".into(),
+                    message: "m".into(),
+                    protocol: None,
+                    agent_version: None,
+                },
+            },
+        ),
+        (
+            r#"{"type":"error","message":"no"}"#,
+            HelloAnswer::Error {
+                message: "no".into(),
+            },
+        ),
+        (r#"{"type":"status","status":{}}"#, HelloAnswer::Other),
+    ];
+    for (text, want) in answers {
+        assert_eq!(codec::decode::<HelloAnswer>(text.as_bytes()).unwrap(), want);
+    }
 }

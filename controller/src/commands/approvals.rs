@@ -194,6 +194,7 @@ fn take(
         Err(e) => {
             out.emit(&Message::HostError {
                 host: host.to_string(),
+                kind: Some((&e).into()),
                 error: e.to_string(),
             });
             summary.refused.push(Inconsistent {

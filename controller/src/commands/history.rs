@@ -5,7 +5,7 @@ use proto::wire::HistoryEntry;
 
 use super::find_env;
 use crate::config::DeployConfig;
-use crate::connector::{Transport, connect_all};
+use crate::connector::{HostError, Transport, connect_all};
 use crate::output::{HistorySummary, Message, Output, Summary, SummaryBody};
 use crate::{Error, ExitClass};
 
@@ -22,7 +22,7 @@ pub async fn history(
     let depth = n.saturating_mul(4).max(50);
     let answers = join_all(results.into_iter().map(|r| async move {
         let mut conn = r?;
-        conn.history(depth).await.map_err(|e| e.to_string())
+        conn.history(depth).await.map_err(HostError::from)
     }))
     .await;
     let names: Vec<&str> = env.hosts.iter().map(|h| h.name.as_str()).collect();
@@ -36,7 +36,8 @@ pub async fn history(
     for (host, error) in &unreachable {
         out.emit(&Message::HostError {
             host: host.clone(),
-            error: error.clone(),
+            kind: Some(error.kind),
+            error: error.message.clone(),
         });
     }
     let summary = Summary::new(
@@ -53,16 +54,16 @@ pub async fn history(
     Ok(exit)
 }
 
-type Merged = (Vec<(String, HistoryEntry)>, Vec<(String, String)>);
+type Merged<E> = (Vec<(String, HistoryEntry)>, Vec<(String, E)>);
 
 /// The newest `n` entries of `app` per host, all hosts merged newest first; and the hosts that
 /// did not answer, with why.
-pub fn merge(
+pub fn merge<E>(
     app: &str,
     n: usize,
     hosts: &[&str],
-    answers: Vec<Result<Vec<HistoryEntry>, String>>,
-) -> Merged {
+    answers: Vec<Result<Vec<HistoryEntry>, E>>,
+) -> Merged<E> {
     let mut merged = Vec::new();
     let mut unreachable = Vec::new();
     for (host, answer) in hosts.iter().zip(answers) {
@@ -119,7 +120,10 @@ mod tests {
             "web",
             1,
             &["h1"],
-            vec![Ok(vec![entry("a3", 3, "web"), entry("a1", 1, "web")])],
+            vec![Ok::<_, String>(vec![
+                entry("a3", 3, "web"),
+                entry("a1", 1, "web"),
+            ])],
         );
         assert_eq!(merged.len(), 1);
     }

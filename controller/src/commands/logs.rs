@@ -4,7 +4,7 @@ use futures_util::future::join_all;
 
 use super::find_env;
 use crate::config::{DeployConfig, EnvConfig, HostSpec};
-use crate::connector::{Transport, connect_all};
+use crate::connector::{HostError, Transport, connect_all};
 use crate::output::{LogsSummary, Message, Output, Summary, SummaryBody};
 use crate::{Error, ExitClass};
 
@@ -22,7 +22,7 @@ pub async fn logs(
     let results = connect_all(&connector, &env.name, &hosts).await;
     let answers = join_all(results.into_iter().map(|r| async move {
         let mut conn = r?;
-        conn.logs(service, n).await.map_err(|e| e.to_string())
+        conn.logs(service, n).await.map_err(HostError::from)
     }))
     .await;
     let mut unreachable = 0;
@@ -42,7 +42,8 @@ pub async fn logs(
                 unreachable += 1;
                 out.emit(&Message::HostError {
                     host: h.name.clone(),
-                    error,
+                    kind: Some(error.kind),
+                    error: error.message,
                 });
             }
         }

@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod doctor;
 pub mod exec;
 pub mod history;
+pub mod init;
 pub mod keys;
 pub mod logs;
 pub mod maintenance;
@@ -44,6 +45,8 @@ pub async fn dispatch(cli: Cli, out: &dyn Output) -> ExitClass {
 }
 
 async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
+    // `init` writes where --config says, else here: never into a parent's deploy.toml.
+    let init_path = cli.config.clone();
     let path = match cli.config {
         Some(path) => path,
         None => find_config(&std::env::current_dir().unwrap_or_default()),
@@ -66,6 +69,7 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             command: KeysCommand::Generate { out: file },
         } => keys::generate(file, out),
         Command::Demo => demo(out).await,
+        Command::Init(args) => init::init(&args, init_path.as_deref(), out),
         Command::Push {
             reference,
             env,

@@ -55,7 +55,9 @@ pub async fn promote(
             release.reference
         ),
     });
-    let what = What::push(&release.reference, migrations).with_override(override_freeze);
+    let what = What::push(&release.reference, migrations)
+        .with_override(override_freeze)
+        .named("promote");
     roll_out(cfg, to, what, Target::Release(release), out).await
 }
 
@@ -65,7 +67,7 @@ async fn gather(env: &EnvConfig, out: &dyn Output) -> Vec<Seen> {
     let results = connect_all(&connector, &env.name, &env.hosts).await;
     report_connections(out, &env.hosts, &results);
     let answers = join_all(results.into_iter().map(|r| async move {
-        let mut conn = r?;
+        let mut conn = r.map_err(|e| e.message)?;
         let status = conn.status().await.map_err(|e| e.to_string())?;
         let history = conn
             .history(HISTORY_DEPTH)

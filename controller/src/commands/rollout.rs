@@ -56,6 +56,8 @@ pub struct What {
     pub expires: Duration,
     /// `--override-freeze REASON`.
     pub override_freeze: Option<String>,
+    /// The command its summary names, when not `push` or `rollback` (`promote`).
+    pub command: Option<&'static str>,
 }
 
 impl What {
@@ -68,6 +70,7 @@ impl What {
             migrations,
             expires: proto::approval::DEFAULT_EXPIRY,
             override_freeze: None,
+            command: None,
         }
     }
 
@@ -98,10 +101,22 @@ impl What {
             migrations: Migrations::Skip,
             expires: proto::approval::DEFAULT_EXPIRY,
             override_freeze: None,
+            command: None,
+        }
+    }
+
+    /// Said by its summary as `command`'s rollout (`promote`).
+    pub fn named(self, command: &'static str) -> What {
+        What {
+            command: Some(command),
+            ..self
         }
     }
 
     pub(crate) fn command(&self) -> &'static str {
+        if let Some(command) = self.command {
+            return command;
+        }
         match self.action {
             Action::Deploy => "push",
             Action::Rollback => "rollback",
@@ -300,7 +315,7 @@ async fn check_promotion(
                 let history = conn.history(rollout::HISTORY_DEPTH * 5).await;
                 history.map_err(|e| e.to_string())
             }
-            Err(e) => Err(e.clone()),
+            Err(e) => Err(e.message.clone()),
         }
     }))
     .await;

@@ -153,6 +153,7 @@ impl HostJob<'_> {
         if let Some(e) = &error {
             self.out.emit(&Message::HostError {
                 host: name.clone(),
+                kind: Some(crate::output::HostErrorKind::Setup),
                 error: e.clone(),
             });
         }

@@ -10,7 +10,7 @@ use proto::wire::{AgentStatus, Health};
 
 use super::find_env;
 use crate::config::{DeployConfig, EnvConfig};
-use crate::connector::{Transport, connect_all};
+use crate::connector::{HostError, Transport, connect_all};
 use crate::output::{
     HostStatus, Inconsistent, Message, Output, StatusSummary, Summary, SummaryBody,
 };
@@ -27,7 +27,7 @@ pub async fn status(
     for (host, answer) in env.hosts.iter().zip(&answers) {
         out.emit(&Message::HostStatus(match answer {
             Ok(status) => HostStatus::up(&host.name, status, &cfg.app),
-            Err(e) => HostStatus::down(&host.name, e),
+            Err(e) => HostStatus::down(&host.name, e.kind, &e.message),
         }));
     }
     let services: Vec<&str> = cfg.services.keys().map(String::as_str).collect();
@@ -40,12 +40,12 @@ pub async fn status(
 }
 
 /// Every host's status, or why there is none, in deploy.toml order.
-async fn gather(env: &EnvConfig) -> Vec<Result<AgentStatus, String>> {
+async fn gather(env: &EnvConfig) -> Vec<Result<AgentStatus, HostError>> {
     let connector = Transport::for_env(env);
     let results = connect_all(&connector, &env.name, &env.hosts).await;
     join_all(results.into_iter().map(|r| async move {
         let mut conn = r?;
-        conn.status().await.map_err(|e| e.to_string())
+        conn.status().await.map_err(HostError::from)
     }))
     .await
 }
@@ -53,12 +53,12 @@ async fn gather(env: &EnvConfig) -> Vec<Result<AgentStatus, String>> {
 /// The env's verdict from every host's answer (`hosts` names them): the release `app`'s
 /// `services` run on each reachable host, the one most run, the hosts that run another (a
 /// service missing counts as a difference), and whether every service is healthy.
-pub fn verdict(
+pub fn verdict<E>(
     env: &str,
     app: &str,
     services: &[&str],
     hosts: &[&str],
-    answers: &[Result<AgentStatus, String>],
+    answers: &[Result<AgentStatus, E>],
 ) -> StatusSummary {
     let mut healthy = true;
     let mut releases: Vec<(&str, Digests)> = Vec::new();

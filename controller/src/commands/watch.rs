@@ -38,10 +38,10 @@ pub fn verdicts(cfg: &DeployConfig, board: &Board) -> Vec<StatusSummary> {
             let answers: Vec<Result<AgentStatus, String>> = e
                 .hosts
                 .iter()
-                .map(|h| {
-                    h.last
-                        .clone()
-                        .unwrap_or_else(|| Err("no answer yet".into()))
+                .map(|h| match &h.last {
+                    Some(Ok(s)) => Ok(s.clone()),
+                    Some(Err(e)) => Err(e.message.clone()),
+                    None => Err("no answer yet".into()),
                 })
                 .collect();
             super::status::verdict(&e.env, &cfg.app, &services, &hosts, &answers)

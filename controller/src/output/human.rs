@@ -128,7 +128,7 @@ fn render_raw(message: &Message) -> Shown {
             host,
             format!("connected (agent {agent_host}, deploy-agent {agent_version})"),
         ),
-        Message::HostError { host, error } => about(host, format!("error: {error}")).failed(),
+        Message::HostError { host, error, .. } => about(host, format!("error: {error}")).failed(),
         Message::Submitted {
             host,
             order_id,
@@ -296,6 +296,7 @@ fn summary(s: &Summary) -> Shown {
                 .into(),
             k.allowed_signers.clone(),
         ]),
+        SummaryBody::Init(i) => Shown::Out(i.lines()),
         SummaryBody::History(_) | SummaryBody::Logs(_) | SummaryBody::Demo(_) => {
             Shown::Out(Vec::new())
         }
@@ -532,7 +533,7 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
 fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
     let row = |cells: [&str; 9]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
     let (version, services, running) = match &s.answer {
-        HostAnswer::Down { error } => {
+        HostAnswer::Down { error, .. } => {
             return vec![row([&s.host, "NO", "-", "-", "-", "-", "-", "-", error])];
         }
         HostAnswer::Up {

@@ -11,11 +11,13 @@ use frame_io::{FrameReader, write_frame};
 use proto::approval::{HeldProposal, SignedProposal};
 use proto::codec::{self, CodecError};
 use proto::wire::{
-    AgentStatus, HistoryEntry, JobEvent, OutputLine, Reply, Request, ServiceLogs, SignedOrder,
+    AgentStatus, HelloAnswer, HistoryEntry, JobEvent, OutputLine, PROTOCOL_VERSION, RefusalKind,
+    Reply, Request, ServiceLogs, SignedOrder,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{JobEnd, Peer, TransportError};
+use crate::version_skew::VersionSkew;
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 
@@ -80,26 +82,57 @@ impl AgentStream {
         self
     }
 
-    /// Exchanges `hello`, refusing an agent of another protocol version.
+    /// Exchanges `hello`, refusing an agent of another protocol version. The answer is read
+    /// leniently, as the part of the protocol every version shares (`proto::wire`'s module
+    /// docs), so an agent of any version is told apart from a broken peer.
     pub async fn hello(&mut self, client_name: &str) -> Result<Peer, TransportError> {
         self.send(&codec::hello_request(client_name)).await?;
-        match self.recv().await? {
-            Reply::Hello {
+        let answer = self
+            .read::<HelloAnswer>()
+            .await?
+            .ok_or_else(|| TransportError::Closed("the agent closed the connection".into()))?;
+        let skew = |theirs, agent_version, refusal| {
+            TransportError::ProtocolVersion(VersionSkew {
+                ours: PROTOCOL_VERSION,
+                theirs,
+                agent_version,
+                refusal,
+            })
+        };
+        match answer {
+            HelloAnswer::Hello {
                 protocol,
                 agent_version,
                 host,
                 env,
-            } => {
-                codec::check_peer_protocol(protocol)
-                    .map_err(|e| TransportError::Protocol(e.to_string()))?;
-                Ok(Peer {
-                    host,
-                    env,
-                    agent_version,
-                    host_key: None,
-                })
+            } if protocol == PROTOCOL_VERSION => Ok(Peer {
+                host,
+                env,
+                agent_version,
+                host_key: None,
+            }),
+            HelloAnswer::Hello {
+                protocol,
+                agent_version,
+                ..
+            } => Err(skew(Some(protocol), Some(agent_version), None)),
+            HelloAnswer::Refused { refusal }
+                if refusal.kind == RefusalKind::ProtocolVersion.to_string() =>
+            {
+                Err(skew(
+                    refusal.protocol,
+                    refusal.agent_version,
+                    Some(refusal.message),
+                ))
             }
-            other => Err(unexpected("hello", other)),
+            HelloAnswer::Refused { refusal } => Err(TransportError::Agent(format!(
+                "hello refused ({}): {}",
+                refusal.kind, refusal.message
+            ))),
+            HelloAnswer::Error { message } => Err(TransportError::Agent(message)),
+            HelloAnswer::Other => Err(TransportError::Protocol(
+                "expected hello, got another frame".into(),
+            )),
         }
     }
 
@@ -125,7 +158,11 @@ impl AgentStream {
 
     /// The next reply; `None` when the agent closed the connection between two frames.
     pub async fn next_reply(&mut self) -> Result<Option<Reply>, TransportError> {
-        let read = self.reader.next::<Reply>();
+        self.read::<Reply>().await
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, TransportError> {
+        let read = self.reader.next::<T>();
         let read = match self.silence_limit {
             // `FrameReader::next` is cancel-safe: a timed-out read loses no bytes.
             Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
@@ -367,7 +404,13 @@ mod tests {
             write_frame(&mut replies, &reply).await.unwrap();
         });
         let err = stream.hello("test").await.unwrap_err();
-        assert!(matches!(err, TransportError::Protocol(_)), "{err}");
+        let TransportError::ProtocolVersion(skew) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            (skew.theirs, skew.agent_version.as_deref()),
+            (Some(PROTOCOL_VERSION + 1), Some("9.9"))
+        );
         agent.await.unwrap();
     }
 

@@ -23,6 +23,8 @@ mod canary;
 mod doctor;
 mod exec;
 mod failing;
+mod init;
+mod json_output;
 mod labels;
 mod policy;
 mod promote;
@@ -33,6 +35,7 @@ mod release_policy;
 mod secrets;
 mod setup;
 mod ssh_config;
+mod version_skew;
 mod watch;
 
 const APP: &str = "acme";

@@ -9,7 +9,7 @@ use proto::wire::{
 };
 
 use super::*;
-use crate::output::{HostRollout, Inconsistent, RolloutSummary, StatusSummary};
+use crate::output::{HostErrorKind, HostRollout, Inconsistent, RolloutSummary, StatusSummary};
 
 fn image(c: char) -> ImageRef {
     ImageRef::new("r/web", &format!("sha256:{}", c.to_string().repeat(64))).unwrap()
@@ -100,7 +100,11 @@ fn progress_names_its_host_and_failures_stay_on_screen() {
 
 #[test]
 fn status_rows_wait_for_the_verdict() {
-    let down = Message::HostStatus(HostStatus::down("h2", "unreachable: refused"));
+    let down = Message::HostStatus(HostStatus::down(
+        "h2",
+        HostErrorKind::Unreachable,
+        "unreachable: refused",
+    ));
     assert_eq!(
         render(&down),
         Shown::Rows(

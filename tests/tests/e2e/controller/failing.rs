@@ -1,6 +1,9 @@
 //! deployctl over an env whose service is failing: crash-looping (demo v6 passes a `0s` health
 //! window, then exits 1 forever) or stopped. The moment an operator most needs the tool it must
-//! help: a fix deploys, a rollback to a good version works, a stopped service is recreated.
+//! help: `status` says it is unhealthy (exit 1), a fix deploys, a rollback to a good version
+//! works, a stopped service is recreated.
+
+use serde_json::Value;
 
 use super::*;
 
@@ -32,6 +35,17 @@ fn a_fix_and_a_rollback_deploy_over_a_crash_looping_env() -> anyhow::Result<()> 
     // A release that turns bad after it was deployed.
     w.run(&["push", &w.sha(6), "--env", "staging"])?.expect(0)?;
     wait_crash_looping(&w, "staging")?;
+    // `status` sees it: one release everywhere, not healthy, exit 1 (README, "Exit codes").
+    let unhealthy = wait_until("status to say unhealthy", Duration::from_secs(30), || {
+        let run = w.fleet.deployctl(&["status", "--env", "staging", "--json"]);
+        let run = run.map_err(|e| e.to_string())?;
+        let summary = run.summary().map_err(|e| e.to_string())?;
+        match (run.code, &summary["healthy"]) {
+            (Some(1), Value::Bool(false)) => Ok(summary),
+            _ => Err(format!("exit {:?}: {summary}", run.code)),
+        }
+    })?;
+    ensure!(unhealthy["consistent"] == true, "{unhealthy}");
 
     // 1. The fix deploys on every host.
     let run = w.run(&["push", &w.sha(2), "--env", "staging"])?;

@@ -1,6 +1,7 @@
 //! `deployctl promote --from staging --to prod` end to end (issue 13): exactly the release
 //! staging runs — its digests, even after its tag moved in the registry — goes to prod; a mixed
-//! staging is refused, naming the host that differs, and prod is left as it was.
+//! staging is refused, naming the host that differs, and prod is left as it was (and `status`
+//! of the mixed staging exits 1).
 
 use super::*;
 
@@ -27,6 +28,16 @@ fn promote_takes_exactly_what_staging_runs_and_refuses_a_mixed_staging() -> anyh
         done.outcome()?.kind == OutcomeKind::Succeeded,
         "{}",
         done.describe()
+    );
+    // `status` says so too, and exits 1 (README, "Exit codes").
+    let run = w.run(&["status", "--env", "staging", "--json"])?;
+    run.expect(1)?;
+    let summary = run.summary()?;
+    ensure!(
+        summary["consistent"] == false
+            && summary["reachable"] == 2
+            && summary["differing"][0]["host"] == second.name(),
+        "{summary}"
     );
     let run = w.run(&["promote", "--from", "staging", "--to", "prod"])?;
     run.expect(3)?;
