@@ -112,14 +112,14 @@ async fn subscription(
 ) -> Result<(), HostError> {
     let mut conn = transport::connect(&host.target, opts)
         .await
-        .map_err(|e| HostError::from(e))?;
+        .map_err(HostError::from)?;
     check_peer(host, env, &conn.peer).map_err(|message| HostError {
         kind: HostErrorKind::WrongAgent,
         message,
     })?;
-    conn.subscribe().await.map_err(|e| HostError::from(e))?;
+    conn.subscribe().await.map_err(HostError::from)?;
     loop {
-        let status = conn.next_status().await.map_err(|e| HostError::from(e))?;
+        let status = conn.next_status().await.map_err(HostError::from)?;
         set(Ok(status));
     }
 }
