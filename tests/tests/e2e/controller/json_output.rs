@@ -77,6 +77,9 @@ fn every_commands_json_is_one_object_per_line_ending_in_its_summary() -> anyhow:
             "promote",
         ),
         (&["approvals", "--env", "staging", "--json"], 0, "approvals"),
+        // every env (prod and staging run the same release after the promote), then doctor
+        (&["status", "--json"], 0, "status"),
+        (&["doctor", "--env", "staging", "--json"], 0, "doctor"),
         (
             &["keys", "generate", "--out", "k", "--json"],
             0,
