@@ -52,7 +52,15 @@ fn world(
     adjust: impl FnMut(&str, usize, &mut AgentSetup),
 ) -> anyhow::Result<World> {
     require_prereqs()?;
-    let registry = Registry::start()?;
+    world_on(Registry::start()?, plans, adjust)
+}
+
+/// [`world`] with the demo images in `registry`.
+fn world_on(
+    registry: Registry,
+    plans: &[EnvPlan],
+    adjust: impl FnMut(&str, usize, &mut AgentSetup),
+) -> anyhow::Result<World> {
     let images = DemoImages::publish(&registry, "acme/web")?;
     let allowed = format!("{}/acme/*", registry.addr());
     let fleet = Fleet::start(plans, &[&allowed], adjust)?;

@@ -104,15 +104,7 @@ fn doctor_says_to_log_in_when_the_registry_wants_credentials_we_lack() -> anyhow
         tls: None,
     })?;
     let addr = registry.addr();
-    let images = DemoImages::publish(&registry, "acme/web")?;
-    let allowed = format!("{addr}/acme/*");
-    let fleet = Fleet::start(&[EnvPlan::new("staging", 1)], &[&allowed], |_, _, _| {})?;
-    let w = World {
-        fleet,
-        images,
-        _registry: registry,
-    };
-    w.write_config("1s", "8s")?;
+    let w = world_on(registry, &[EnvPlan::new("staging", 1)], |_, _, _| {})?;
     let run = w.run(&["doctor", "--env", "staging", "--json"])?;
     run.expect(1)?;
     let image = run

@@ -89,9 +89,7 @@ fn auth_world(
     agent_config: Option<PathBuf>,
     agent_path: Option<String>,
 ) -> anyhow::Result<World> {
-    let images = DemoImages::publish(&registry, "acme/web")?;
-    let allowed = format!("{}/acme/*", registry.addr());
-    let fleet = Fleet::start(&[EnvPlan::new("staging", 1)], &[&allowed], |_, _, setup| {
+    world_on(registry, &[EnvPlan::new("staging", 1)], |_, _, setup| {
         setup.docker_config = agent_config.clone();
         if let Some(path) = &agent_path {
             setup.env_vars = vec![
@@ -99,14 +97,7 @@ fn auth_world(
                 ("HELPER_CALLER".into(), "agent".into()),
             ];
         }
-    })?;
-    let world = World {
-        fleet,
-        images,
-        _registry: registry,
-    };
-    world.write_config("1s", "8s")?;
-    Ok(world)
+    })
 }
 
 /// The digest of the image the host's `web` runs, as its agent reports it.
