@@ -1084,3 +1084,55 @@ async fn an_exec_is_refused_unless_its_service_runs_its_image_and_the_policy_all
     says(&policy, RefusalKind::PolicyDenied, "[policy] exec denies");
     denied.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_hears_of_a_job_starting_and_ending_without_asking() {
+    let mut d = Daemon::start().await;
+    let mut watcher = d.client().await;
+    watcher.subscribe().await.unwrap();
+    let first = tokio::time::timeout(LIMIT, watcher.next_status())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.running.is_empty());
+
+    d.fake.0.hold.store(true, Ordering::SeqCst);
+    let held = d.order("r1", 'a');
+    let mut c = d.client().await;
+    c.send(&Request::Submit {
+        order: d.sign(&held).await,
+    })
+    .await
+    .unwrap();
+    // The subscriber sends nothing more: what comes is pushed by the agent.
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let s = tokio::time::timeout(LIMIT, watcher.next_status())
+            .await
+            .unwrap()
+            .unwrap();
+        if s.running.iter().any(|h| h.order_id == held.order_id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never heard of the job"
+        );
+    }
+    d.open_gate();
+    until_outcome(&mut c).await;
+    loop {
+        let s = tokio::time::timeout(LIMIT, watcher.next_status())
+            .await
+            .unwrap()
+            .unwrap();
+        if s.running.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never heard the job end"
+        );
+    }
+    d.shutdown().await;
+}
