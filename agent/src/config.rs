@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub limits: SocketLimits,
     /// `[approvals]`: deploys and rollbacks need a proposal approved so (README, "Approvals").
     pub approvals: Option<ApprovalRules>,
+    /// `[[alerts]]`: webhooks told of health transitions and failed orders (README, "Alerts").
+    pub alerts: Vec<crate::alerts::AlertTarget>,
 }
 
 /// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
@@ -111,6 +113,8 @@ struct RawConfig {
     idle_timeout: Duration,
     #[serde(default)]
     approvals: Option<ApprovalRules>,
+    #[serde(default)]
+    alerts: Vec<crate::alerts::AlertTarget>,
 }
 
 fn default_socket() -> PathBuf {
@@ -271,6 +275,7 @@ impl AgentConfig {
                 .map(|keys| keys.into_iter().map(resolve).collect()),
             limits,
             approvals: raw.approvals,
+            alerts: raw.alerts,
         })
     }
 }

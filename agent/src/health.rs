@@ -1,14 +1,18 @@
-//! The health book: what the periodic probe last saw for every deployed service, since when,
-//! and the recent transitions (healthy → unhealthy and back). Kept in memory for `status` and
-//! in `<state_dir>/health.json` so "since" survives a restart.
+//! The health book: what the health model last judged for every deployed service, since when,
+//! the recent transitions (healthy → unhealthy and back, with why), and the recent deaths of
+//! each service's container ([`crate::condition`] judges a crash loop from them). Kept in
+//! memory for `status` and in `<state_dir>/health.json`, so "since" and a crash loop in
+//! progress survive a restart.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use deploy::durable;
 use proto::time::Timestamp;
-use proto::wire::Health;
+use proto::wire::{Health, HealthReason};
 use serde::{Deserialize, Serialize};
+
+use crate::condition::{self, Death, OOM_NAMES_DEATH_WITHIN, Seen};
 
 /// Transitions kept on disk; older ones are in the agent's log.
 const KEEP_TRANSITIONS: usize = 200;
@@ -28,6 +32,11 @@ pub struct Transition {
     pub from: Health,
     pub to: Health,
     pub at: Timestamp,
+    /// Why the service left `healthy` (README, "The health model").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HealthReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +47,12 @@ pub struct HealthBook {
     services: BTreeMap<String, HealthEntry>,
     #[serde(default)]
     transitions: VecDeque<Transition>,
+    /// Keyed like `services`: the recent deaths of the serving container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    deaths: BTreeMap<String, Vec<Death>>,
+    /// When the engine last reported an OOM kill per service, until the death it names.
+    #[serde(skip)]
+    oom: BTreeMap<String, Timestamp>,
 }
 
 fn key(app: &str, service: &str) -> String {
@@ -45,15 +60,10 @@ fn key(app: &str, service: &str) -> String {
 }
 
 impl HealthBook {
-    /// Records what a probe saw. Returns the transition when the health changed; a first
+    /// Records what the model judged. Returns the transition when the health changed; a first
     /// sighting only starts the clock.
-    pub fn observe(
-        &mut self,
-        app: &str,
-        service: &str,
-        health: Health,
-        at: Timestamp,
-    ) -> Observation {
+    pub fn observe(&mut self, app: &str, service: &str, seen: Seen, at: Timestamp) -> Observation {
+        let health = seen.health;
         match self.services.get_mut(&key(app, service)) {
             Some(entry) if entry.health == health => Observation::Unchanged,
             Some(entry) => {
@@ -63,6 +73,8 @@ impl HealthBook {
                     from: entry.health,
                     to: health,
                     at,
+                    reason: seen.reason,
+                    exit_code: seen.exit_code,
                 };
                 *entry = HealthEntry { health, since: at };
                 self.transitions.push_back(t.clone());
@@ -85,6 +97,47 @@ impl HealthBook {
 
     pub fn transitions(&self) -> impl Iterator<Item = &Transition> {
         self.transitions.iter()
+    }
+
+    /// The recent deaths of the service's container, oldest first.
+    pub fn deaths(&self, app: &str, service: &str) -> &[Death] {
+        self.deaths
+            .get(&key(app, service))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The engine reported an OOM kill in the service's container.
+    pub fn oom_reported(&mut self, app: &str, service: &str, at: Timestamp) {
+        self.oom.insert(key(app, service), at);
+    }
+
+    /// The serving container died; an OOM kill reported just before names the death.
+    pub fn record_death(
+        &mut self,
+        app: &str,
+        service: &str,
+        exit_code: Option<i64>,
+        oom_killed: bool,
+        at: Timestamp,
+    ) {
+        let key = key(app, service);
+        let reported = self
+            .oom
+            .remove(&key)
+            .is_some_and(|t| at.since(t) <= OOM_NAMES_DEATH_WITHIN);
+        let death = Death {
+            at,
+            exit_code,
+            oom: oom_killed || reported,
+        };
+        condition::record_death(self.deaths.entry(key).or_default(), death);
+    }
+
+    /// A new version runs: the deaths of the one before say nothing of it.
+    pub fn forget_deaths(&mut self, app: &str, service: &str) {
+        let key = key(app, service);
+        self.deaths.remove(&key);
+        self.oom.remove(&key);
     }
 }
 
@@ -156,7 +209,7 @@ mod tests {
             (Health::Healthy, 50, "changed", 50),
         ];
         for (health, at, kind, since) in steps {
-            let got = match book.observe("acme", "web", health, t(at)) {
+            let got = match book.observe("acme", "web", Seen::plain(health), t(at)) {
                 Observation::First => "first",
                 Observation::Unchanged => "unchanged",
                 Observation::Changed(_) => "changed",
@@ -186,14 +239,69 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = HealthFile::new(dir.path());
         let mut book = HealthBook::default();
-        book.observe("acme", "web", Health::Healthy, Timestamp::from_unix_secs(1));
-        book.observe("acme", "web", Health::Stopped, Timestamp::from_unix_secs(2));
+        book.observe(
+            "acme",
+            "web",
+            Seen::plain(Health::Healthy),
+            Timestamp::from_unix_secs(1),
+        );
+        let stopped = Seen {
+            health: Health::Stopped,
+            reason: Some(HealthReason::OomKilled),
+            exit_code: Some(137),
+        };
+        book.oom_reported("acme", "web", Timestamp::from_unix_secs(2));
+        book.record_death(
+            "acme",
+            "web",
+            Some(137),
+            false,
+            Timestamp::from_unix_secs(2),
+        );
+        book.observe("acme", "web", stopped, Timestamp::from_unix_secs(2));
         file.save(&book).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("health.json")).unwrap();
+        assert!(
+            text.contains("\"reason\": \"oom-killed\"") && text.contains("\"oom\": true"),
+            "the reason and the death are journaled: {text}"
+        );
         assert_eq!(file.load(), (book, None));
         std::fs::write(dir.path().join("health.json"), b"nonsense").unwrap();
         let (fresh, problem) = file.load();
         assert_eq!(fresh, HealthBook::default());
         assert!(problem.is_some());
+    }
+
+    #[test]
+    fn an_oom_report_names_the_death_that_follows_it_soon() {
+        let t = Timestamp::from_unix_secs;
+        let mut book = HealthBook::default();
+        // (oom reported at, died at, engine's OOMKilled flag, named an OOM kill)
+        let cases = [
+            (Some(10), 10, false, true),
+            (Some(10), 15, false, true),
+            (Some(10), 16, false, false),
+            (None, 20, false, false),
+            (None, 20, true, true),
+        ];
+        for (i, (reported, died, flag, oom)) in cases.into_iter().enumerate() {
+            book.forget_deaths("a", "s");
+            if let Some(r) = reported {
+                book.oom_reported("a", "s", t(r));
+            }
+            book.record_death("a", "s", Some(137), flag, t(died));
+            assert_eq!(
+                book.deaths("a", "s").last().map(|d| d.oom),
+                Some(oom),
+                "case {i}"
+            );
+        }
+        // A report is used up by the death it names.
+        book.oom_reported("a", "s", t(30));
+        book.record_death("a", "s", Some(137), false, t(31));
+        book.record_death("a", "s", Some(1), false, t(32));
+        let named: Vec<bool> = book.deaths("a", "s").iter().map(|d| d.oom).collect();
+        assert_eq!(named, [true, true, false]);
     }
 
     #[test]
@@ -205,7 +313,7 @@ mod tests {
             } else {
                 Health::Unhealthy
             };
-            book.observe("a", "s", h, Timestamp::from_unix_secs(i));
+            book.observe("a", "s", Seen::plain(h), Timestamp::from_unix_secs(i));
         }
         assert_eq!(book.transitions().count(), KEEP_TRANSITIONS);
     }

@@ -13,16 +13,19 @@
 //! (one rollout per service) · [`job`] (a running order) · [`agent`] (shared state, one method
 //! per request) · [`exec`] (what an exec order needs of the agent) · [`server`] (socket,
 //! frames, shutdown) · [`admission`] (which connections stay open under a flood) · [`health`]
-//! (the health book) ·
+//! (the health book) · [`condition`] (the health model's verdict: crash loops, OOM kills) ·
+//! [`alerts`] (`[[alerts]]`: kinds, payloads, the outbox and its delivery) ·
 //! [`bridge`] · [`backend`] (the engine as the agent sees it) · [`cli`]. Every file the agent
 //! keeps is written through [`deploy::durable`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod agent;
+pub mod alerts;
 pub mod backend;
 pub mod bridge;
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod exec;
 pub mod health;
@@ -101,6 +104,7 @@ pub async fn serve<B: backend::Backend>(config: AgentConfig, backend: B) -> Resu
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
     let agent = Agent::open(config, backend)?;
+    agent.alerts().started();
     let recovered = agent.recover_unfinished().await;
     if !recovered.is_empty() {
         tracing::info!(orders = recovered.len(), "recovery done");
@@ -206,6 +210,9 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
             a.required,
             a.principals.join(", ")
         ));
+    }
+    for target in &config.alerts {
+        report.push_str(&format!("\n  alerts: {}", target.summary()));
     }
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
