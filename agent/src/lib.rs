@@ -257,6 +257,20 @@ mod tests {
                 .contains("\n  refs: allow calver · pre-releases refused · ephemeral-* refused"),
             "{report}"
         );
+        std::fs::write(
+            &config,
+            format!(
+                "{base}[[alerts]]\nwebhook = \"https://hooks.example.com/T0/secret\"\n\
+                 format = \"slack\"\non = [\"crash-loop\"]\n"
+            ),
+        )
+        .unwrap();
+        let report = check_config(&config).unwrap();
+        assert!(
+            report.contains("\n  alerts: https://hooks.example.com/… (slack) on crash-loop")
+                && !report.contains("secret"),
+            "{report}"
+        );
         std::fs::write(&config, format!("{base}[refs]\nallow = [\"semver2\"]\n")).unwrap();
         let err = check_config(&config).unwrap_err().to_string();
         assert!(err.contains("[refs] allow: \"semver2\""), "{err}");

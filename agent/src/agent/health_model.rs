@@ -158,8 +158,17 @@ impl<B: Backend> Agent<B> {
     /// An order just proved its services healthy: that is the health watch's starting point,
     /// and the deaths of the versions before count no more.
     pub(super) fn proven_healthy(&self, order: &Order, at: Timestamp) {
+        {
+            let mut book = lock(&self.health);
+            for service in order.services.keys() {
+                book.forget_deaths(&order.app, service);
+            }
+            // Saved even when no health changes: a restart must not count those deaths.
+            if let Err(e) = blocking(|| self.health_file.save(&book)) {
+                tracing::error!("cannot save the health book: {e}");
+            }
+        }
         for service in order.services.keys() {
-            lock(&self.health).forget_deaths(&order.app, service);
             self.observe(&order.app, service, Seen::plain(Health::Healthy), at);
         }
     }

@@ -15,7 +15,7 @@ use harness::{
     require_prereqs, wait_until, wait_until_async,
 };
 use proto::order::HealthSpec;
-use proto::wire::{Health, HealthReason, OutcomeKind, ServiceStatus};
+use proto::wire::{Health, HealthReason, Outcome, OutcomeKind, ServiceStatus};
 
 const APP: &str = "acme";
 
@@ -43,19 +43,9 @@ fn world(alerts: AlertsSetup) -> anyhow::Result<World> {
 impl World {
     /// Deploys `web` on `image`, probed on `/healthz` and healthy after `healthy_for`.
     async fn deploy(&self, image: &DemoImage, healthy_for: Duration) -> anyhow::Result<()> {
-        let mut order = self.agent.order(APP, &image.image_ref, &image.version);
-        for spec in order.services.values_mut() {
-            spec.health = HealthSpec {
-                path: Some("/healthz".into()),
-                port: Some(8080),
-                interval: Duration::from_millis(100),
-                healthy_for,
-                deadline: Duration::from_secs(30),
-            };
-        }
-        let mut client = self.agent.client().await?;
-        let stream = client.submit(self.agent.sign(&order).await?).await?;
-        let outcome = stream.outcome()?;
+        let outcome = self
+            .submit(image, healthy_for, Duration::from_secs(30))
+            .await?;
         ensure!(
             outcome.kind == OutcomeKind::Succeeded,
             "deploy of {} failed: {outcome:#?}\nagent log:\n{}",
@@ -63,6 +53,27 @@ impl World {
             self.agent.log()
         );
         Ok(())
+    }
+
+    async fn submit(
+        &self,
+        image: &DemoImage,
+        healthy_for: Duration,
+        deadline: Duration,
+    ) -> anyhow::Result<Outcome> {
+        let mut order = self.agent.order(APP, &image.image_ref, &image.version);
+        for spec in order.services.values_mut() {
+            spec.health = HealthSpec {
+                path: Some("/healthz".into()),
+                port: Some(8080),
+                interval: Duration::from_millis(100),
+                healthy_for,
+                deadline,
+            };
+        }
+        let mut client = self.agent.client().await?;
+        let stream = client.submit(self.agent.sign(&order).await?).await?;
+        Ok(stream.outcome()?.clone())
     }
 
     fn web(&self) -> String {
@@ -427,5 +438,50 @@ async fn an_oom_kill_is_named_oom_killed() -> anyhow::Result<()> {
         exactly_one(&receiver, "recovered")
     })?;
     exactly_one(&receiver, "unhealthy").map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_deploy_is_an_alert_and_no_health_transition() -> anyhow::Result<()> {
+    let receiver = WebhookReceiver::start(0)?;
+    let w = world(AlertsSetup::json(&receiver.url()))?;
+    w.deploy(w.images.v(2), Duration::from_secs(1)).await?;
+    // v3 never gets healthy: the deploy rolls back to v2, which stayed healthy throughout.
+    let outcome = w
+        .submit(
+            w.images.v(3),
+            Duration::from_secs(1),
+            Duration::from_secs(3),
+        )
+        .await?;
+    assert_eq!(outcome.kind, OutcomeKind::RolledBack, "{outcome:#?}");
+    let alert = wait_until("the rolled-back alert", Duration::from_secs(10), || {
+        alerts(&receiver, "rolled-back")
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{:?}", receiver.received()))
+    })?;
+    let body = alert.json();
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!("order {} (v3): ", outcome.order_id)),
+        "{body}"
+    );
+    assert_eq!(
+        (&body["app"], &body["service"]),
+        (&"acme".into(), &"web".into())
+    );
+    // The deploy's own stops and starts were no health transitions of the service.
+    holds_for("no health alert", Duration::from_secs(3), || {
+        let health: Vec<_> = ["unhealthy", "recovered", "crash-loop"]
+            .iter()
+            .flat_map(|k| alerts(&receiver, k))
+            .collect();
+        if health.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{health:?}"))
+        }
+    })?;
     Ok(())
 }
