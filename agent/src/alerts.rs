@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use proto::Order;
 use proto::time::Timestamp;
-use proto::wire::{Health, Outcome, OutcomeKind};
+use proto::wire::{Health, HealthReason, Outcome, OutcomeKind};
 use serde::{Deserialize, Serialize};
 
 use crate::health::Transition;
@@ -56,12 +56,18 @@ impl fmt::Display for AlertKind {
 }
 
 /// The alert a health transition raises, if any: into a crash loop; out of `healthy`; back
-/// to `healthy`. Moves between two unhealthy states (unhealthy → stopped) raise none.
-pub fn health_alert(from: Health, to: Health) -> Option<AlertKind> {
-    match (from, to) {
+/// to `healthy`; and a death (`exited`, `oom-killed`) of a service already unhealthy for
+/// another reason (its probe failed first), so the death is named. Other moves between
+/// unhealthy states (stopped → unhealthy while a restarted container settles) raise none.
+pub fn health_alert(t: &Transition) -> Option<AlertKind> {
+    let death =
+        |r: Option<HealthReason>| matches!(r, Some(HealthReason::Exited | HealthReason::OomKilled));
+    match (t.from, t.to) {
         (f, Health::CrashLoop) if f != Health::CrashLoop => Some(AlertKind::CrashLoop),
-        (Health::Healthy, t) if t != Health::Healthy => Some(AlertKind::Unhealthy),
+        (Health::Healthy, to) if to != Health::Healthy => Some(AlertKind::Unhealthy),
         (f, Health::Healthy) if f != Health::Healthy => Some(AlertKind::Recovered),
+        (Health::CrashLoop, _) | (_, Health::CrashLoop) => None,
+        _ if death(t.reason) && !death(t.from_reason) => Some(AlertKind::Unhealthy),
         _ => None,
     }
 }
@@ -255,7 +261,7 @@ impl Source {
 
     /// The alert of a health transition, if it raises one.
     pub fn health(&self, id: String, t: &Transition) -> Option<Alert> {
-        let kind = health_alert(t.from, t.to)?;
+        let kind = health_alert(t)?;
         Some(Alert {
             app: Some(t.app.clone()),
             service: Some(t.service.clone()),

@@ -21,7 +21,10 @@ const KEEP_TRANSITIONS: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct HealthEntry {
     pub health: Health,
+    /// When `health` last changed (a new reason alone keeps it).
     pub since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HealthReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,9 +33,13 @@ pub struct Transition {
     pub app: String,
     pub service: String,
     pub from: Health,
+    /// Why it was not healthy before (a transition may change only the reason: an unhealthy
+    /// service whose container then died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_reason: Option<HealthReason>,
     pub to: Health,
     pub at: Timestamp,
-    /// Why the service left `healthy` (README, "The health model").
+    /// Why the service is not healthy (README, "The health model").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<HealthReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,23 +67,35 @@ fn key(app: &str, service: &str) -> String {
 }
 
 impl HealthBook {
-    /// Records what the model judged. Returns the transition when the health changed; a first
-    /// sighting only starts the clock.
+    /// Records what the model judged. Returns the transition when the health or the reason
+    /// changed; a first sighting only starts the clock.
     pub fn observe(&mut self, app: &str, service: &str, seen: Seen, at: Timestamp) -> Observation {
-        let health = seen.health;
+        let (health, reason) = (seen.health, seen.reason);
         match self.services.get_mut(&key(app, service)) {
-            Some(entry) if entry.health == health => Observation::Unchanged,
+            Some(entry) if entry.health == health && entry.reason == reason => {
+                Observation::Unchanged
+            }
             Some(entry) => {
                 let t = Transition {
                     app: app.into(),
                     service: service.into(),
                     from: entry.health,
+                    from_reason: entry.reason,
                     to: health,
                     at,
-                    reason: seen.reason,
+                    reason,
                     exit_code: seen.exit_code,
                 };
-                *entry = HealthEntry { health, since: at };
+                let since = if entry.health == health {
+                    entry.since
+                } else {
+                    at
+                };
+                *entry = HealthEntry {
+                    health,
+                    since,
+                    reason,
+                };
                 self.transitions.push_back(t.clone());
                 while self.transitions.len() > KEEP_TRANSITIONS {
                     self.transitions.pop_front();
@@ -84,8 +103,12 @@ impl HealthBook {
                 Observation::Changed(t)
             }
             None => {
-                self.services
-                    .insert(key(app, service), HealthEntry { health, since: at });
+                let entry = HealthEntry {
+                    health,
+                    since: at,
+                    reason,
+                };
+                self.services.insert(key(app, service), entry);
                 Observation::First
             }
         }
@@ -219,7 +242,8 @@ mod tests {
                 book.current("acme", "web"),
                 Some(HealthEntry {
                     health,
-                    since: t(since)
+                    since: t(since),
+                    reason: None,
                 })
             );
         }
@@ -270,6 +294,49 @@ mod tests {
         let (fresh, problem) = file.load();
         assert_eq!(fresh, HealthBook::default());
         assert!(problem.is_some());
+    }
+
+    #[test]
+    fn a_new_reason_is_a_transition_that_keeps_since() {
+        let t = Timestamp::from_unix_secs;
+        let seen = |health, reason| Seen {
+            health,
+            reason,
+            exit_code: None,
+        };
+        let mut book = HealthBook::default();
+        book.observe("a", "s", seen(Health::Healthy, None), t(1));
+        let failing = seen(Health::Unhealthy, Some(HealthReason::ProbeFailed));
+        let oom = seen(Health::Unhealthy, Some(HealthReason::OomKilled));
+        assert!(matches!(
+            book.observe("a", "s", failing, t(2)),
+            Observation::Changed(_)
+        ));
+        assert_eq!(
+            book.observe("a", "s", failing, t(3)),
+            Observation::Unchanged
+        );
+        let Observation::Changed(died) = book.observe("a", "s", oom, t(4)) else {
+            panic!("a new reason is a transition")
+        };
+        assert_eq!(
+            (died.from, died.from_reason, died.to, died.reason),
+            (
+                Health::Unhealthy,
+                Some(HealthReason::ProbeFailed),
+                Health::Unhealthy,
+                Some(HealthReason::OomKilled)
+            )
+        );
+        assert_eq!(
+            book.current("a", "s"),
+            Some(HealthEntry {
+                health: Health::Unhealthy,
+                since: t(2),
+                reason: Some(HealthReason::OomKilled),
+            }),
+            "since is when the health changed"
+        );
     }
 
     #[test]

@@ -23,6 +23,10 @@ use crate::job::{blocking, lock};
 /// An event stream that stayed up this long was healthy: its next reconnection starts the
 /// backoff afresh.
 const STREAM_LASTED: Duration = Duration::from_secs(60);
+/// How long after a healthy service's first failed HTTP probe it is looked at again: a
+/// container being killed refuses connections a moment before the engine reports its death,
+/// and the death, not the refusal, is what happened.
+const CONFIRM_AFTER: Duration = Duration::from_millis(300);
 
 impl<B: Backend> Agent<B> {
     pub fn alerts(&self) -> &Alerts {
@@ -119,10 +123,20 @@ impl<B: Backend> Agent<B> {
         t: &Target,
         held: bool,
     ) -> (ServiceSnapshot, Seen, Timestamp) {
-        let snap = self
+        let mut snap = self
             .backend
             .inspect_service(&t.app, &t.service, &t.spec)
             .await;
+        let was_healthy = lock(&self.health)
+            .current(&t.app, &t.service)
+            .is_some_and(|e| e.health == Health::Healthy);
+        if !held && was_healthy && snap.health == Health::Unhealthy && snap.up_since.is_some() {
+            tokio::time::sleep(CONFIRM_AFTER).await;
+            snap = self
+                .backend
+                .inspect_service(&t.app, &t.service, &t.spec)
+                .await;
+        }
         let now = Timestamp::now();
         let (seen, since) = self.record_look(t, &snap, held, now);
         (snap, seen, since)

@@ -14,27 +14,63 @@ use crate::config::{AgentConfig, ConfigError};
 #[test]
 fn transitions_raise_the_alert_of_their_kind() {
     use Health::*;
-    // (from, to, alert)
+    use HealthReason::*;
+    let (exited, oom, probe, removed) = (
+        Some(Exited),
+        Some(OomKilled),
+        Some(ProbeFailed),
+        Some(Removed),
+    );
+    // (from, why, to, why, alert)
     let cases = [
-        (Healthy, Unhealthy, Some(AlertKind::Unhealthy)),
-        (Healthy, Stopped, Some(AlertKind::Unhealthy)),
-        (Healthy, Missing, Some(AlertKind::Unhealthy)),
-        (Healthy, Unknown, Some(AlertKind::Unhealthy)),
-        (Healthy, CrashLoop, Some(AlertKind::CrashLoop)),
-        (Unhealthy, CrashLoop, Some(AlertKind::CrashLoop)),
-        (Stopped, CrashLoop, Some(AlertKind::CrashLoop)),
-        (Unhealthy, Healthy, Some(AlertKind::Recovered)),
-        (CrashLoop, Healthy, Some(AlertKind::Recovered)),
-        (Missing, Healthy, Some(AlertKind::Recovered)),
-        (Unhealthy, Stopped, None),
-        (Stopped, Unhealthy, None),
-        (CrashLoop, Unhealthy, None),
-        (CrashLoop, Stopped, None),
-        (Healthy, Healthy, None),
-        (CrashLoop, CrashLoop, None),
+        (Healthy, None, Unhealthy, probe, Some(AlertKind::Unhealthy)),
+        (Healthy, None, Unhealthy, oom, Some(AlertKind::Unhealthy)),
+        (Healthy, None, Stopped, exited, Some(AlertKind::Unhealthy)),
+        (Healthy, None, Missing, removed, Some(AlertKind::Unhealthy)),
+        (Healthy, None, Unknown, None, Some(AlertKind::Unhealthy)),
+        (Healthy, None, CrashLoop, exited, Some(AlertKind::CrashLoop)),
+        (
+            Unhealthy,
+            exited,
+            CrashLoop,
+            exited,
+            Some(AlertKind::CrashLoop),
+        ),
+        (Stopped, exited, CrashLoop, oom, Some(AlertKind::CrashLoop)),
+        (Unhealthy, exited, Healthy, None, Some(AlertKind::Recovered)),
+        (CrashLoop, exited, Healthy, None, Some(AlertKind::Recovered)),
+        (Missing, removed, Healthy, None, Some(AlertKind::Recovered)),
+        // Failing its probe, then killed: the death is named.
+        (Unhealthy, probe, Unhealthy, oom, Some(AlertKind::Unhealthy)),
+        (
+            Unhealthy,
+            probe,
+            Stopped,
+            exited,
+            Some(AlertKind::Unhealthy),
+        ),
+        (Unknown, None, Stopped, exited, Some(AlertKind::Unhealthy)),
+        // Dead already: a restart settling, a second death, a removal say nothing new.
+        (Stopped, exited, Unhealthy, exited, None),
+        (Unhealthy, exited, Unhealthy, oom, None),
+        (Unhealthy, exited, Unhealthy, probe, None),
+        (Unhealthy, exited, Stopped, exited, None),
+        (Unhealthy, probe, Missing, removed, None),
+        (CrashLoop, exited, Unhealthy, exited, None),
+        (CrashLoop, exited, Stopped, exited, None),
+        (CrashLoop, exited, CrashLoop, oom, None),
+        (Healthy, None, Healthy, None, None),
     ];
-    for (from, to, alert) in cases {
-        assert_eq!(health_alert(from, to), alert, "{from} → {to}");
+    for (from, from_reason, to, reason, alert) in cases {
+        let t = Transition {
+            from_reason,
+            ..transition(from, to, reason, None)
+        };
+        assert_eq!(
+            health_alert(&t),
+            alert,
+            "{from} {from_reason:?} → {to} {reason:?}"
+        );
     }
     let outcomes = [
         (OutcomeKind::Succeeded, None),
@@ -132,6 +168,7 @@ fn transition(
         app: "acme".into(),
         service: "web".into(),
         from,
+        from_reason: None,
         to,
         at: Timestamp::from_unix_secs(1_767_225_600),
         reason,

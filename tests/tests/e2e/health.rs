@@ -413,23 +413,29 @@ async fn an_oom_kill_is_named_oom_killed() -> anyhow::Result<()> {
         &format!("http://{ip}:8080/alloc?mb=64"),
         Duration::from_secs(5),
     );
-    let alert = wait_until("the unhealthy alert", Duration::from_secs(10), || {
-        alerts(&receiver, "unhealthy")
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("{:?}", receiver.received()))
-    })
+    // Under the limit the app may first stall (its probe fails: an unhealthy alert saying
+    // probe-failed) before the kernel kills it; the kill is then an alert of its own.
+    let alert = wait_until(
+        "an unhealthy alert naming the OOM kill",
+        Duration::from_secs(10),
+        || {
+            alerts(&receiver, "unhealthy")
+                .into_iter()
+                .find(|a| a.json()["reason"] == "oom-killed")
+                .ok_or_else(|| format!("{:?}", receiver.received()))
+        },
+    )
     .with_context(|| format!("agent log:\n{}", w.agent.log()))?;
     let body = alert.json();
-    assert_eq!(
-        (&body["reason"], &body["exit_code"]),
-        (&"oom-killed".into(), &137.into()),
+    assert_eq!(body["exit_code"], 137, "{body}");
+    assert!(
+        body["from"] == "healthy" || body["from"] == "unhealthy",
         "{body}"
     );
     assert!(
         w.transitions()
             .iter()
-            .any(|(from, _, reason)| from == "healthy" && reason == "oom-killed"),
+            .any(|(_, to, reason)| to == "unhealthy" && reason == "oom-killed"),
         "journaled: {:?}",
         w.transitions()
     );
@@ -437,7 +443,9 @@ async fn an_oom_kill_is_named_oom_killed() -> anyhow::Result<()> {
     wait_until("the recovered alert", Duration::from_secs(30), || {
         exactly_one(&receiver, "recovered")
     })?;
-    exactly_one(&receiver, "unhealthy").map_err(anyhow::Error::msg)?;
+    let unhealthy = alerts(&receiver, "unhealthy").len();
+    assert!(unhealthy <= 2, "{:?}", receiver.received());
+    eprintln!("{unhealthy} unhealthy alert(s) before the recovery");
     Ok(())
 }
 
