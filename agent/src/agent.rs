@@ -19,7 +19,10 @@ use proto::wire::{
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::alerts::Source;
+use crate::alerts::delivery::Alerts;
 use crate::backend::Backend;
+use crate::condition::Seen;
 use crate::config::AgentConfig;
 use crate::health::{HealthBook, HealthFile, Observation};
 use crate::host_health::host_health;
@@ -29,6 +32,8 @@ use crate::journal::{Journal, JournalError, OrderRecord, SignerInfo, is_valid_or
 use crate::locks::{LockDecision, ServiceKey, decide, keys_of};
 use crate::proposals::ProposalStore;
 use crate::replay::{self, ReplayStore};
+
+mod health_model;
 
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -88,6 +93,7 @@ pub struct Agent<B: Backend> {
     next_seq: AtomicU64,
     health: Mutex<HealthBook>,
     health_file: HealthFile,
+    alerts: Alerts,
     /// Orders found without an outcome at start, waiting for [`Agent::recover_unfinished`].
     unfinished: Mutex<Vec<OrderRecord>>,
     /// Number of running jobs, so shutdown can wait for zero.
@@ -160,6 +166,16 @@ impl<B: Backend> Agent<B> {
             tracing::warn!("{p}");
         }
         let proposals = Mutex::new(ProposalStore::open_in(&config.state_dir));
+        let (host, env, version) = (
+            config.host.clone(),
+            config.env.clone(),
+            AGENT_VERSION.into(),
+        );
+        let alerts = Alerts::open(
+            &config.state_dir,
+            config.alerts.clone(),
+            Source { host, env, version },
+        );
         Ok(Arc::new(Agent {
             proposals,
             config,
@@ -171,6 +187,7 @@ impl<B: Backend> Agent<B> {
             next_seq,
             health: Mutex::new(book),
             health_file,
+            alerts,
             unfinished: Mutex::new(unfinished),
             job_count: watch::Sender::new(0),
             followers: watch::Sender::new(0),
@@ -477,22 +494,16 @@ impl<B: Backend> Agent<B> {
             tracing::error!(order_id = %job.order_id(), "cannot journal the outcome: {e}");
         }
         lock(&self.index).update(&record);
-        // The job just proved what runs healthy: that is the health watch's starting point.
-        // (An exec or a maintenance page proves nothing of its service.)
+        // The job just proved what runs healthy. (An exec or a maintenance page proves nothing
+        // of its service.)
         if matches!(
             outcome.kind,
             OutcomeKind::Succeeded | OutcomeKind::RolledBack
         ) && job.order.action.deploys()
         {
-            for service in job.order.services.keys() {
-                self.observe(
-                    &job.order.app,
-                    service,
-                    Health::Healthy,
-                    outcome.finished_at,
-                );
-            }
+            self.proven_healthy(&job.order, outcome.finished_at);
         }
+        self.alerts.outcome(&job.order, &outcome);
         self.release(job);
         job.notify();
         record.outcome.unwrap_or(outcome)
@@ -566,24 +577,8 @@ impl<B: Backend> Agent<B> {
         let held: Vec<ServiceKey> = lock(&self.running).held.keys().cloned().collect();
         let mut services = Vec::new();
         for t in targets {
-            let snap = self
-                .backend
-                .inspect_service(&t.app, &t.service, &t.spec)
-                .await;
-            let now = Timestamp::now();
-            let key = (t.app.clone(), t.service.clone());
-            let since = if held.contains(&key) {
-                // Mid-deploy states are expected; they are not health transitions.
-                lock(&self.health)
-                    .current(&t.app, &t.service)
-                    .filter(|e| e.health == snap.health)
-                    .map_or(now, |e| e.since)
-            } else {
-                self.observe(&t.app, &t.service, snap.health, now);
-                lock(&self.health)
-                    .current(&t.app, &t.service)
-                    .map_or(now, |e| e.since)
-            };
+            let is_held = held.contains(&(t.app.clone(), t.service.clone()));
+            let (snap, seen, since) = self.look_at(&t, is_held).await;
             let maintenance = self
                 .backend
                 .maintenance_of(&t.app, &t.service, &t.spec)
@@ -597,13 +592,16 @@ impl<B: Backend> Agent<B> {
                 container_id: snap.container_id,
                 image: snap.image,
                 reference: snap.reference,
-                health: snap.health,
+                health: seen.health,
                 since,
                 last_outcome: t.last_outcome,
                 last_order: Some(t.last_order),
                 previous_digest: previous,
                 maintenance,
                 restarts: snap.restarts,
+                reason: seen.reason,
+                exit_code: seen.exit_code,
+                probe_ms: snap.probe_ms,
             });
         }
         AgentStatus {
@@ -656,23 +654,6 @@ impl<B: Backend> Agent<B> {
         Ok(out)
     }
 
-    /// One round of the health watch: probes every deployed service no job holds right now.
-    pub async fn probe_health(&self) {
-        for t in self.deployed() {
-            let held = lock(&self.running)
-                .held
-                .contains_key(&(t.app.clone(), t.service.clone()));
-            if held {
-                continue;
-            }
-            let snap = self
-                .backend
-                .inspect_service(&t.app, &t.service, &t.spec)
-                .await;
-            self.observe(&t.app, &t.service, snap.health, Timestamp::now());
-        }
-    }
-
     /// Runs the health watch until the returned future is dropped.
     pub async fn health_watch(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.health_interval);
@@ -692,9 +673,12 @@ impl<B: Backend> Agent<B> {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn observe(&self, app: &str, service: &str, health: Health, at: Timestamp) {
+    /// Records the model's verdict; a transition raises its alert (durably, before the book is
+    /// saved: a crash between the two may raise it twice, never lose it).
+    fn observe(&self, app: &str, service: &str, seen: Seen, at: Timestamp) {
         let mut book = lock(&self.health);
-        let observation = book.observe(app, service, health, at);
+        let health = seen.health;
+        let observation = book.observe(app, service, seen, at);
         if !matches!(observation, Observation::Unchanged) {
             self.changed();
         }
@@ -704,10 +688,13 @@ impl<B: Backend> Agent<B> {
                 tracing::info!(app, service, %health, "health watch: first probe")
             }
             Observation::Changed(t) if t.to == Health::Healthy => {
-                tracing::info!(app, service, from = %t.from, to = %t.to, "health watch: service recovered")
+                tracing::info!(app, service, from = %t.from, to = %t.to, "health watch: service recovered");
+                self.alerts.health(&t);
             }
             Observation::Changed(t) => {
-                tracing::warn!(app, service, from = %t.from, to = %t.to, "health watch: service degraded")
+                let reason = t.reason.map(|r| r.to_string()).unwrap_or_default();
+                tracing::warn!(app, service, from = %t.from, to = %t.to, reason, exit_code = ?t.exit_code, "health watch: service degraded");
+                self.alerts.health(&t);
             }
         }
         if let Err(e) = blocking(|| self.health_file.save(&book)) {

@@ -3,10 +3,15 @@
 //! protocol, locks, journal and recovery are tested without Docker.
 
 use std::future::Future;
+use std::pin::Pin;
 
+use deploy::events::ServiceEvent;
 use deploy::{EventSink, ServiceSnapshot};
 use proto::wire::{Outcome, ServiceLogs};
 use proto::{Order, ServiceSpec};
+
+/// The engine's events about this agent's service containers ([`Backend::events`]).
+pub type Events = Pin<Box<dyn futures_util::Stream<Item = Result<ServiceEvent, String>> + Send>>;
 
 pub trait Backend: Send + Sync + 'static {
     /// Runs an accepted order to its outcome; every step goes to `sink` before it is taken.
@@ -44,6 +49,11 @@ pub trait Backend: Send + Sync + 'static {
         _spec: &ServiceSpec,
     ) -> impl Future<Output = Option<String>> + Send {
         async { None }
+    }
+    /// What happens to the service containers, as it happens; ends when the engine connection
+    /// does. The default never yields (a backend without events: the periodic probe alone).
+    fn events(&self) -> Events {
+        Box::pin(futures_util::stream::pending())
     }
 }
 
@@ -94,5 +104,10 @@ impl Backend for deploy::Engine {
         spec: &ServiceSpec,
     ) -> impl Future<Output = Option<String>> + Send {
         deploy::Engine::maintenance_of(self, app, service, spec)
+    }
+
+    fn events(&self) -> Events {
+        use futures_util::StreamExt;
+        Box::pin(self.service_events().map(|e| e.map_err(|e| e.to_string())))
     }
 }

@@ -56,6 +56,8 @@ pub struct AgentConfig {
     /// The Docker client config giving pulls their registry credentials; None: the Docker
     /// CLI's own (README, "Registry credentials").
     pub docker_config: Option<PathBuf>,
+    /// `[[alerts]]`: webhooks told of health transitions and failed orders (README, "Alerts").
+    pub alerts: Vec<crate::alerts::AlertTarget>,
 }
 
 /// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
@@ -116,6 +118,7 @@ struct RawConfig {
     approvals: Option<ApprovalRules>,
     #[serde(default)]
     docker_config: Option<PathBuf>,
+    alerts: Vec<crate::alerts::AlertTarget>,
 }
 
 fn default_socket() -> PathBuf {
@@ -277,6 +280,7 @@ impl AgentConfig {
             limits,
             approvals: raw.approvals,
             docker_config: raw.docker_config.map(resolve),
+            alerts: raw.alerts,
         })
     }
 }

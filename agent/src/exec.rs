@@ -85,6 +85,10 @@ mod tests {
             order_id: None,
             health,
             restarts: 0,
+            up_since: None,
+            oom_killed: false,
+            exit_code: None,
+            probe_ms: None,
         }
     }
 

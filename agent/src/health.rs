@@ -1,14 +1,18 @@
-//! The health book: what the periodic probe last saw for every deployed service, since when,
-//! and the recent transitions (healthy → unhealthy and back). Kept in memory for `status` and
-//! in `<state_dir>/health.json` so "since" survives a restart.
+//! The health book: what the health model last judged for every deployed service, since when,
+//! the recent transitions (healthy → unhealthy and back, with why), and the recent deaths of
+//! each service's container ([`crate::condition`] judges a crash loop from them). Kept in
+//! memory for `status` and in `<state_dir>/health.json`, so "since" and a crash loop in
+//! progress survive a restart.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use deploy::durable;
 use proto::time::Timestamp;
-use proto::wire::Health;
+use proto::wire::{Health, HealthReason};
 use serde::{Deserialize, Serialize};
+
+use crate::condition::{self, Death, OOM_NAMES_DEATH_WITHIN, Seen};
 
 /// Transitions kept on disk; older ones are in the agent's log.
 const KEEP_TRANSITIONS: usize = 200;
@@ -17,7 +21,10 @@ const KEEP_TRANSITIONS: usize = 200;
 #[serde(deny_unknown_fields)]
 pub struct HealthEntry {
     pub health: Health,
+    /// When `health` last changed (a new reason alone keeps it).
     pub since: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HealthReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,8 +33,17 @@ pub struct Transition {
     pub app: String,
     pub service: String,
     pub from: Health,
+    /// Why it was not healthy before (a transition may change only the reason: an unhealthy
+    /// service whose container then died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_reason: Option<HealthReason>,
     pub to: Health,
     pub at: Timestamp,
+    /// Why the service is not healthy (README, "The health model").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HealthReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,6 +54,12 @@ pub struct HealthBook {
     services: BTreeMap<String, HealthEntry>,
     #[serde(default)]
     transitions: VecDeque<Transition>,
+    /// Keyed like `services`: the recent deaths of the serving container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    deaths: BTreeMap<String, Vec<Death>>,
+    /// When the engine last reported an OOM kill per service, until the death it names.
+    #[serde(skip)]
+    oom: BTreeMap<String, Timestamp>,
 }
 
 fn key(app: &str, service: &str) -> String {
@@ -45,26 +67,35 @@ fn key(app: &str, service: &str) -> String {
 }
 
 impl HealthBook {
-    /// Records what a probe saw. Returns the transition when the health changed; a first
-    /// sighting only starts the clock.
-    pub fn observe(
-        &mut self,
-        app: &str,
-        service: &str,
-        health: Health,
-        at: Timestamp,
-    ) -> Observation {
+    /// Records what the model judged. Returns the transition when the health or the reason
+    /// changed; a first sighting only starts the clock.
+    pub fn observe(&mut self, app: &str, service: &str, seen: Seen, at: Timestamp) -> Observation {
+        let (health, reason) = (seen.health, seen.reason);
         match self.services.get_mut(&key(app, service)) {
-            Some(entry) if entry.health == health => Observation::Unchanged,
+            Some(entry) if entry.health == health && entry.reason == reason => {
+                Observation::Unchanged
+            }
             Some(entry) => {
                 let t = Transition {
                     app: app.into(),
                     service: service.into(),
                     from: entry.health,
+                    from_reason: entry.reason,
                     to: health,
                     at,
+                    reason,
+                    exit_code: seen.exit_code,
                 };
-                *entry = HealthEntry { health, since: at };
+                let since = if entry.health == health {
+                    entry.since
+                } else {
+                    at
+                };
+                *entry = HealthEntry {
+                    health,
+                    since,
+                    reason,
+                };
                 self.transitions.push_back(t.clone());
                 while self.transitions.len() > KEEP_TRANSITIONS {
                     self.transitions.pop_front();
@@ -72,8 +103,12 @@ impl HealthBook {
                 Observation::Changed(t)
             }
             None => {
-                self.services
-                    .insert(key(app, service), HealthEntry { health, since: at });
+                let entry = HealthEntry {
+                    health,
+                    since: at,
+                    reason,
+                };
+                self.services.insert(key(app, service), entry);
                 Observation::First
             }
         }
@@ -85,6 +120,47 @@ impl HealthBook {
 
     pub fn transitions(&self) -> impl Iterator<Item = &Transition> {
         self.transitions.iter()
+    }
+
+    /// The recent deaths of the service's container, oldest first.
+    pub fn deaths(&self, app: &str, service: &str) -> &[Death] {
+        self.deaths
+            .get(&key(app, service))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The engine reported an OOM kill in the service's container.
+    pub fn oom_reported(&mut self, app: &str, service: &str, at: Timestamp) {
+        self.oom.insert(key(app, service), at);
+    }
+
+    /// The serving container died; an OOM kill reported just before names the death.
+    pub fn record_death(
+        &mut self,
+        app: &str,
+        service: &str,
+        exit_code: Option<i64>,
+        oom_killed: bool,
+        at: Timestamp,
+    ) {
+        let key = key(app, service);
+        let reported = self
+            .oom
+            .remove(&key)
+            .is_some_and(|t| at.since(t) <= OOM_NAMES_DEATH_WITHIN);
+        let death = Death {
+            at,
+            exit_code,
+            oom: oom_killed || reported,
+        };
+        condition::record_death(self.deaths.entry(key).or_default(), death);
+    }
+
+    /// A new version runs: the deaths of the one before say nothing of it.
+    pub fn forget_deaths(&mut self, app: &str, service: &str) {
+        let key = key(app, service);
+        self.deaths.remove(&key);
+        self.oom.remove(&key);
     }
 }
 
@@ -156,7 +232,7 @@ mod tests {
             (Health::Healthy, 50, "changed", 50),
         ];
         for (health, at, kind, since) in steps {
-            let got = match book.observe("acme", "web", health, t(at)) {
+            let got = match book.observe("acme", "web", Seen::plain(health), t(at)) {
                 Observation::First => "first",
                 Observation::Unchanged => "unchanged",
                 Observation::Changed(_) => "changed",
@@ -166,7 +242,8 @@ mod tests {
                 book.current("acme", "web"),
                 Some(HealthEntry {
                     health,
-                    since: t(since)
+                    since: t(since),
+                    reason: None,
                 })
             );
         }
@@ -186,14 +263,112 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = HealthFile::new(dir.path());
         let mut book = HealthBook::default();
-        book.observe("acme", "web", Health::Healthy, Timestamp::from_unix_secs(1));
-        book.observe("acme", "web", Health::Stopped, Timestamp::from_unix_secs(2));
+        book.observe(
+            "acme",
+            "web",
+            Seen::plain(Health::Healthy),
+            Timestamp::from_unix_secs(1),
+        );
+        let stopped = Seen {
+            health: Health::Stopped,
+            reason: Some(HealthReason::OomKilled),
+            exit_code: Some(137),
+        };
+        book.oom_reported("acme", "web", Timestamp::from_unix_secs(2));
+        book.record_death(
+            "acme",
+            "web",
+            Some(137),
+            false,
+            Timestamp::from_unix_secs(2),
+        );
+        book.observe("acme", "web", stopped, Timestamp::from_unix_secs(2));
         file.save(&book).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("health.json")).unwrap();
+        assert!(
+            text.contains("\"reason\": \"oom-killed\"") && text.contains("\"oom\": true"),
+            "the reason and the death are journaled: {text}"
+        );
         assert_eq!(file.load(), (book, None));
         std::fs::write(dir.path().join("health.json"), b"nonsense").unwrap();
         let (fresh, problem) = file.load();
         assert_eq!(fresh, HealthBook::default());
         assert!(problem.is_some());
+    }
+
+    #[test]
+    fn a_new_reason_is_a_transition_that_keeps_since() {
+        let t = Timestamp::from_unix_secs;
+        let seen = |health, reason| Seen {
+            health,
+            reason,
+            exit_code: None,
+        };
+        let mut book = HealthBook::default();
+        book.observe("a", "s", seen(Health::Healthy, None), t(1));
+        let failing = seen(Health::Unhealthy, Some(HealthReason::ProbeFailed));
+        let oom = seen(Health::Unhealthy, Some(HealthReason::OomKilled));
+        assert!(matches!(
+            book.observe("a", "s", failing, t(2)),
+            Observation::Changed(_)
+        ));
+        assert_eq!(
+            book.observe("a", "s", failing, t(3)),
+            Observation::Unchanged
+        );
+        let Observation::Changed(died) = book.observe("a", "s", oom, t(4)) else {
+            panic!("a new reason is a transition")
+        };
+        assert_eq!(
+            (died.from, died.from_reason, died.to, died.reason),
+            (
+                Health::Unhealthy,
+                Some(HealthReason::ProbeFailed),
+                Health::Unhealthy,
+                Some(HealthReason::OomKilled)
+            )
+        );
+        assert_eq!(
+            book.current("a", "s"),
+            Some(HealthEntry {
+                health: Health::Unhealthy,
+                since: t(2),
+                reason: Some(HealthReason::OomKilled),
+            }),
+            "since is when the health changed"
+        );
+    }
+
+    #[test]
+    fn an_oom_report_names_the_death_that_follows_it_soon() {
+        let t = Timestamp::from_unix_secs;
+        let mut book = HealthBook::default();
+        // (oom reported at, died at, engine's OOMKilled flag, named an OOM kill)
+        let cases = [
+            (Some(10), 10, false, true),
+            (Some(10), 15, false, true),
+            (Some(10), 16, false, false),
+            (None, 20, false, false),
+            (None, 20, true, true),
+        ];
+        for (i, (reported, died, flag, oom)) in cases.into_iter().enumerate() {
+            book.forget_deaths("a", "s");
+            if let Some(r) = reported {
+                book.oom_reported("a", "s", t(r));
+            }
+            book.record_death("a", "s", Some(137), flag, t(died));
+            assert_eq!(
+                book.deaths("a", "s").last().map(|d| d.oom),
+                Some(oom),
+                "case {i}"
+            );
+        }
+        // A report is used up by the death it names.
+        book.oom_reported("a", "s", t(30));
+        book.record_death("a", "s", Some(137), false, t(31));
+        book.record_death("a", "s", Some(1), false, t(32));
+        let named: Vec<bool> = book.deaths("a", "s").iter().map(|d| d.oom).collect();
+        assert_eq!(named, [true, true, false]);
     }
 
     #[test]
@@ -205,7 +380,7 @@ mod tests {
             } else {
                 Health::Unhealthy
             };
-            book.observe("a", "s", h, Timestamp::from_unix_secs(i));
+            book.observe("a", "s", Seen::plain(h), Timestamp::from_unix_secs(i));
         }
         assert_eq!(book.transitions().count(), KEEP_TRANSITIONS);
     }

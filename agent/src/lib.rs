@@ -13,16 +13,19 @@
 //! (one rollout per service) · [`job`] (a running order) · [`agent`] (shared state, one method
 //! per request) · [`exec`] (what an exec order needs of the agent) · [`server`] (socket,
 //! frames, shutdown) · [`admission`] (which connections stay open under a flood) · [`health`]
-//! (the health book) ·
+//! (the health book) · [`condition`] (the health model's verdict: crash loops, OOM kills) ·
+//! [`alerts`] (`[[alerts]]`: kinds, payloads, the outbox and its delivery) ·
 //! [`bridge`] · [`backend`] (the engine as the agent sees it) · [`cli`]. Every file the agent
 //! keeps is written through [`deploy::durable`].
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod agent;
+pub mod alerts;
 pub mod backend;
 pub mod bridge;
 pub mod cli;
+pub mod condition;
 pub mod config;
 pub mod exec;
 pub mod health;
@@ -104,6 +107,7 @@ pub async fn serve<B: backend::Backend>(config: AgentConfig, backend: B) -> Resu
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
     let agent = Agent::open(config, backend)?;
+    agent.alerts().started();
     let recovered = agent.recover_unfinished().await;
     if !recovered.is_empty() {
         tracing::info!(orders = recovered.len(), "recovery done");
@@ -216,6 +220,9 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
             a.principals.join(", ")
         ));
     }
+    for target in &config.alerts {
+        report.push_str(&format!("\n  alerts: {}", target.summary()));
+    }
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");
     }
@@ -257,6 +264,20 @@ mod tests {
                 "\n  freeze:\n    \"weekend\" (weekly Fri 16:00 to Mon 08:00, Europe/Amsterdam)"
             ) && report
                 .contains("\n  refs: allow calver · pre-releases refused · ephemeral-* refused"),
+            "{report}"
+        );
+        std::fs::write(
+            &config,
+            format!(
+                "{base}[[alerts]]\nwebhook = \"https://hooks.example.com/T0/secret\"\n\
+                 format = \"slack\"\non = [\"crash-loop\"]\n"
+            ),
+        )
+        .unwrap();
+        let report = check_config(&config).unwrap();
+        assert!(
+            report.contains("\n  alerts: https://hooks.example.com/… (slack) on crash-loop")
+                && !report.contains("secret"),
             "{report}"
         );
         std::fs::write(&config, format!("{base}[refs]\nallow = [\"semver2\"]\n")).unwrap();

@@ -107,6 +107,8 @@ pub async fn serve<B: Backend>(
     shutdown: impl Future<Output = ()>,
 ) {
     let watcher = tokio::spawn(agent.clone().health_watch());
+    let events = tokio::spawn(agent.clone().event_watch());
+    let delivery = tokio::spawn(agent.clone().deliver_alerts());
     tokio::pin!(shutdown);
     tracing::info!(socket = %socket_path.display(), host = %agent.config().host, env = %agent.config().env, "serving");
     let connections = Connections::new(agent.config().limits.max_connections);
@@ -137,6 +139,9 @@ pub async fn serve<B: Backend>(
     drop(listener);
     let _ = std::fs::remove_file(socket_path);
     watcher.abort();
+    events.abort();
+    // Whatever is still pending stays in the outbox for the next start.
+    delivery.abort();
     let grace = agent.config().shutdown_grace;
     let running = agent.running();
     if !running.is_empty() {

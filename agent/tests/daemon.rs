@@ -126,6 +126,10 @@ impl Backend for Fake {
             },
             image,
             restarts: 0,
+            up_since: None,
+            oom_killed: false,
+            exit_code: None,
+            probe_ms: None,
         }
     }
 

@@ -4,7 +4,9 @@
 //! Subcommands (the first argument; none means `serve`):
 //! - `serve`: answers `GET /healthz` (200 `ok`, or 500 when unhealthy), `GET /version` (the
 //!   version baked into the image), `GET /slow?ms=N` (the version, after N ms, at most a minute:
-//!   a request still in flight when a proxy switches versions) and `GET /` (a one-line
+//!   a request still in flight when a proxy switches versions), `GET /alloc?mb=N` (allocates
+//!   and touches N MiB, at most a GiB, and keeps it until the process ends, as a leak does:
+//!   under a memory limit, an OOM kill on demand) and `GET /` (a one-line
 //!   description) on `0.0.0.0:$DEMO_PORT`. Each connection has a thread of its own, so a slow
 //!   request never holds up a health probe.
 //! - `worker`: the same server with role `worker`, so a worker service can be probed like a web
@@ -54,6 +56,8 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `/slow` waits, so a typo cannot hold a connection (and a drain) for hours.
 const SLOW_CAP: Duration = Duration::from_secs(60);
+/// The most `/alloc` takes in one request, in MiB.
+const ALLOC_CAP_MB: usize = 1024;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +335,8 @@ struct Response {
     body: String,
     /// How long to wait before answering: routing stays pure, the connection's thread sleeps.
     delay: Duration,
+    /// MiB to allocate and keep before answering (`/alloc`), likewise.
+    alloc_mb: usize,
 }
 
 impl Response {
@@ -339,7 +345,13 @@ impl Response {
             status,
             body: body.into(),
             delay: Duration::ZERO,
+            alloc_mb: 0,
         }
+    }
+
+    fn allocating(mut self, mb: usize) -> Response {
+        self.alloc_mb = mb;
+        self
     }
 
     fn after(mut self, delay: Duration) -> Response {
@@ -405,6 +417,29 @@ fn slow_delay(query: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms).min(SLOW_CAP))
 }
 
+/// `/alloc`'s size: `mb=N`, at most [`ALLOC_CAP_MB`].
+fn alloc_size(query: &str) -> Result<usize, String> {
+    let mb = query_param(query, "mb").ok_or("/alloc needs ?mb=N\n")?;
+    let n: usize = mb
+        .parse()
+        .map_err(|_| format!("mb={mb:?}: expected MiB\n"))?;
+    if n > ALLOC_CAP_MB {
+        return Err(format!("mb={n}: at most {ALLOC_CAP_MB}\n"));
+    }
+    Ok(n)
+}
+
+/// Allocates `mb` MiB, writes to every page so the memory is really used, and never frees it.
+fn leak(mb: usize) {
+    let mut block = vec![0u8; mb * 1024 * 1024];
+    for i in (0..block.len()).step_by(4096) {
+        block[i] = 1;
+    }
+    // Else the optimizer sees memory nobody reads and drops the writes (and the allocation).
+    std::hint::black_box(&block);
+    std::mem::forget(block);
+}
+
 fn route(request: &Request<'_>, state: &State) -> Response {
     if request.method != "GET" && request.method != "HEAD" {
         return Response::new(405, "only GET and HEAD\n");
@@ -417,6 +452,10 @@ fn route(request: &Request<'_>, state: &State) -> Response {
         "/version" => Response::new(200, state.version.clone()),
         "/slow" => match slow_delay(request.query) {
             Ok(delay) => Response::new(200, state.version.clone()).after(delay),
+            Err(why) => Response::new(400, why),
+        },
+        "/alloc" => match alloc_size(request.query) {
+            Ok(mb) => Response::new(200, format!("allocated {mb} MiB\n")).allocating(mb),
             Err(why) => Response::new(400, why),
         },
         "/" => Response::new(
@@ -482,6 +521,9 @@ fn handle(mut stream: TcpStream, state: &State) {
     };
     if !response.delay.is_zero() {
         thread::sleep(response.delay);
+    }
+    if response.alloc_mb > 0 {
+        leak(response.alloc_mb);
     }
     println!("{:.3} {peer} \"{line}\" {}", unix_now(), response.status);
     let mut out = format!(
@@ -705,6 +747,23 @@ mod tests {
             (&sick, "GET", "/slow?x=1&ms=0", 200, "v3", 0),
             (&healthy, "GET", "/slow?ms=3600000", 200, "v1", 60_000),
             (&healthy, "GET", "/slow", 400, "/slow needs ?ms=N\n", 0),
+            (&healthy, "GET", "/alloc", 400, "/alloc needs ?mb=N\n", 0),
+            (
+                &healthy,
+                "GET",
+                "/alloc?mb=x",
+                400,
+                "mb=\"x\": expected MiB\n",
+                0,
+            ),
+            (
+                &healthy,
+                "GET",
+                "/alloc?mb=2048",
+                400,
+                "mb=2048: at most 1024\n",
+                0,
+            ),
             (
                 &healthy,
                 "GET",
@@ -731,6 +790,11 @@ mod tests {
                 "{method} {target}"
             );
         }
+        let line = "GET /alloc?mb=64 HTTP/1.1";
+        assert_eq!(
+            route(&parse_request_line(line).unwrap(), &healthy),
+            Response::new(200, "allocated 64 MiB\n").allocating(64)
+        );
     }
 
     #[test]

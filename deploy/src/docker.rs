@@ -10,13 +10,14 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    HealthStatusEnum, HostConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkDisconnectRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    EventMessage, EventMessageTypeEnum, HealthStatusEnum, HostConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig, PortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use proto::ImageRef;
@@ -24,8 +25,9 @@ use registry_auth::Credential;
 
 use crate::plan::{self, PullFailure, classify_pull_failure};
 use crate::runtime::{
-    BoxFuture, BoxStream, CheckStatus, ContainerInfo, ContainerSpec, Credentials, EngineFacts,
-    ImageInfo, OutputChunk, OutputStream, PullError, RtResult, RunState, Runtime, RuntimeError,
+    BoxFuture, BoxStream, CheckStatus, ContainerEvent, ContainerEventKind, ContainerInfo,
+    ContainerSpec, Credentials, EngineFacts, ImageInfo, OutputChunk, OutputStream, PullError,
+    RtResult, RunState, Runtime, RuntimeError,
 };
 
 /// The local Docker engine, API version negotiated down to what the engine speaks.
@@ -127,6 +129,26 @@ fn to_info(c: ContainerInspectResponse) -> ContainerInfo {
         oom_killed: state.oom_killed.unwrap_or(false),
         error: state.error.filter(|e| !e.is_empty()),
     }
+}
+
+/// A container event of a kind the health model reads; None for any other.
+fn to_event(m: EventMessage) -> Option<ContainerEvent> {
+    if m.typ != Some(EventMessageTypeEnum::CONTAINER) {
+        return None;
+    }
+    let kind = ContainerEventKind::from_action(m.action.as_deref()?)?;
+    let actor = m.actor?;
+    // The engine sends the container's labels among the attributes, beside `name`, `image`
+    // and (for `die`) `exitCode`.
+    let attributes: std::collections::BTreeMap<String, String> =
+        actor.attributes.unwrap_or_default().into_iter().collect();
+    Some(ContainerEvent {
+        id: actor.id?,
+        name: attributes.get("name").cloned().unwrap_or_default(),
+        exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+        labels: attributes,
+        kind,
+    })
 }
 
 fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
@@ -496,5 +518,30 @@ impl Runtime for DockerRuntime {
                 r => ignore_not_found(r),
             }
         })
+    }
+
+    fn container_events(
+        &self,
+        labels: &[(String, String)],
+    ) -> BoxStream<'static, RtResult<ContainerEvent>> {
+        // Filtered by the engine: this agent's containers, the kinds read, nothing else.
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            ),
+            (
+                "event".to_string(),
+                ContainerEventKind::ACTIONS.map(str::to_string).to_vec(),
+            ),
+        ]);
+        let opts = EventsOptionsBuilder::default().filters(&filters).build();
+        Box::pin(self.docker.events(Some(opts)).filter_map(|m| async move {
+            match m {
+                Ok(m) => to_event(m).map(Ok),
+                Err(e) => Some(Err(map_err(e))),
+            }
+        }))
     }
 }

@@ -132,16 +132,22 @@ pub(crate) fn ports_of(spec: &ServiceSpec) -> Vec<PortMapping> {
         .collect()
 }
 
-/// Health for `status`: one look at the container, one probe.
-pub(crate) async fn probe_once(e: &Engine, c: &ContainerInfo, spec: &ServiceSpec) -> Health {
+/// Health for `status`: one look at the container, one probe, and how long an HTTP probe took.
+pub(crate) async fn probe_once(
+    e: &Engine,
+    c: &ContainerInfo,
+    spec: &ServiceSpec,
+) -> (Health, Option<Duration>) {
     let ports = ports_of(spec);
     let mode = plan::probe_mode(&spec.health, c.check.is_some());
-    let http = if mode == ProbeMode::Http && c.is_running() {
-        Some(http_ok(e, c, spec, &ports).await)
+    let (http, took) = if mode == ProbeMode::Http && c.is_running() {
+        let start = Instant::now();
+        let ok = http_ok(e, c, spec, &ports).await;
+        (Some(ok), Some(start.elapsed()))
     } else {
-        None
+        (None, None)
     };
-    plan::snapshot_health(mode, &Observation::of(c, http))
+    (plan::snapshot_health(mode, &Observation::of(c, http)), took)
 }
 
 /// How many times the HTTP probe of a serving container is tried before it counts as failing:

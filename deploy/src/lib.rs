@@ -31,6 +31,7 @@ mod context;
 pub mod docker;
 mod driver;
 pub mod durable;
+pub mod events;
 mod exec;
 mod execute;
 #[cfg(test)]
@@ -49,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::order::{ServiceKind, labels};
+use proto::time::Timestamp;
 use proto::wire::{Health, Outcome, OutputStream, Phase, ServiceLogs};
 use proto::{Action, ImageRef, Order, ServiceSpec};
 use tokio::sync::OnceCell;
@@ -86,6 +88,14 @@ pub struct ServiceSnapshot {
     pub health: Health,
     /// How many times the engine restarted it.
     pub restarts: u64,
+    /// When its container last started, as the engine says.
+    pub up_since: Option<Timestamp>,
+    /// The engine says its last end was an OOM kill (until it starts again).
+    pub oom_killed: bool,
+    /// Its last exit code, when it is not running.
+    pub exit_code: Option<i64>,
+    /// How long the HTTP probe took to answer, when there was one.
+    pub probe_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +282,10 @@ impl Engine {
             order_id: None,
             health: Health::Unknown,
             restarts: 0,
+            up_since: None,
+            oom_killed: false,
+            exit_code: None,
+            probe_ms: None,
         };
         let c = match found {
             Ok(Some(c)) => c,
@@ -283,7 +297,7 @@ impl Engine {
             }
             Err(_) => return unknown,
         };
-        let health = health::probe_once(self, &c, spec).await;
+        let (health, probe_took) = health::probe_once(self, &c, spec).await;
         ServiceSnapshot {
             container_id: Some(c.id.clone()),
             image: c.image.parse().ok().or_else(|| {
@@ -295,6 +309,14 @@ impl Engine {
             order_id: c.label(labels::ORDER).map(str::to_owned),
             health,
             restarts: u64::try_from(c.restart_count).unwrap_or(0),
+            up_since: c
+                .started_at
+                .as_deref()
+                .and_then(|t| Timestamp::parse(t).ok())
+                .filter(|_| c.is_running()),
+            oom_killed: c.oom_killed,
+            exit_code: c.exit_code.filter(|_| !c.is_running()),
+            probe_ms: probe_took.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 

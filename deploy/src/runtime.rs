@@ -147,6 +147,68 @@ pub struct EngineFacts {
     pub root_dir: String,
 }
 
+/// What happened to a container, of what the engine's event stream says: only the kinds the
+/// agent's health model reads (exec and health-check runs are left out; they come every
+/// second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEventKind {
+    Start,
+    /// `docker restart` (a restart policy's restart is a `die` then a `start`).
+    Restart,
+    /// The main process ended; the event carries its exit code.
+    Die,
+    /// The kernel killed a process of the container for exceeding its memory limit (comes
+    /// before the `die` when it was the main process).
+    Oom,
+    /// The image's `HEALTHCHECK` verdict changed.
+    HealthStatus,
+    Stop,
+    Destroy,
+}
+
+impl ContainerEventKind {
+    /// The engine's `event` filter values for these kinds (`health_status` matches its
+    /// `health_status: healthy` and `: unhealthy` forms).
+    pub const ACTIONS: [&'static str; 7] = [
+        "start",
+        "restart",
+        "die",
+        "oom",
+        "health_status",
+        "stop",
+        "destroy",
+    ];
+
+    /// The kind of an event's `Action`, or None for one the health model does not read.
+    pub fn from_action(action: &str) -> Option<ContainerEventKind> {
+        Some(match action {
+            "start" => ContainerEventKind::Start,
+            "restart" => ContainerEventKind::Restart,
+            "die" => ContainerEventKind::Die,
+            "oom" => ContainerEventKind::Oom,
+            "stop" => ContainerEventKind::Stop,
+            "destroy" => ContainerEventKind::Destroy,
+            a if a == "health_status" || a.starts_with("health_status:") => {
+                ContainerEventKind::HealthStatus
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// One event of the engine's stream about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    /// The container's labels (the engine sends them with every event).
+    pub labels: BTreeMap<String, String>,
+    pub kind: ContainerEventKind,
+    /// For [`ContainerEventKind::Die`].
+    pub exit_code: Option<i64>,
+}
+
 /// The engine operations the deploy logic uses. Every container-level call takes an id or a name.
 pub trait Runtime: Send + Sync {
     fn ping(&self) -> BoxFuture<'_, RtResult<()>>;
@@ -206,4 +268,53 @@ pub trait Runtime: Send + Sync {
         id: &'a str,
         network: &'a str,
     ) -> BoxFuture<'a, RtResult<()>>;
+    /// The engine's events about containers carrying all of `labels`, from now on, as they
+    /// happen. The stream ends, or yields an error, when the connection to the engine does
+    /// (an engine restart); it never replays. The default never yields (a runtime without events).
+    fn container_events(
+        &self,
+        _labels: &[(String, String)],
+    ) -> BoxStream<'static, RtResult<ContainerEvent>> {
+        Box::pin(futures_util::stream::pending())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_actions_map_to_the_kinds_the_health_model_reads() {
+        let cases = [
+            ("start", Some(ContainerEventKind::Start)),
+            ("restart", Some(ContainerEventKind::Restart)),
+            ("die", Some(ContainerEventKind::Die)),
+            ("oom", Some(ContainerEventKind::Oom)),
+            ("stop", Some(ContainerEventKind::Stop)),
+            ("destroy", Some(ContainerEventKind::Destroy)),
+            (
+                "health_status: healthy",
+                Some(ContainerEventKind::HealthStatus),
+            ),
+            (
+                "health_status: unhealthy",
+                Some(ContainerEventKind::HealthStatus),
+            ),
+            ("health_status", Some(ContainerEventKind::HealthStatus)),
+            ("exec_start: /app healthcheck", None),
+            ("exec_die", None),
+            ("kill", None),
+            ("create", None),
+            ("", None),
+        ];
+        for (action, kind) in cases {
+            assert_eq!(ContainerEventKind::from_action(action), kind, "{action:?}");
+        }
+        for action in ContainerEventKind::ACTIONS {
+            assert!(
+                ContainerEventKind::from_action(action).is_some(),
+                "{action}"
+            );
+        }
+    }
 }

@@ -535,6 +535,16 @@ pub struct ServiceStatus {
     /// How many times the engine restarted the serving container (a canary's watch compares).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u64,
+    /// Why the service is not healthy, as the agent saw it leave `healthy` (README, "The health
+    /// model"); none while healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<HealthReason>,
+    /// The serving container's last exit code, when its death is the reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// How long the last HTTP health probe took to answer (none without an HTTP probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_ms: Option<u64>,
 }
 
 impl ServiceStatus {
@@ -554,6 +564,9 @@ impl ServiceStatus {
             previous_digest: None,
             maintenance: None,
             restarts: 0,
+            reason: None,
+            exit_code: None,
+            probe_ms: None,
         }
     }
 }
@@ -572,6 +585,34 @@ pub enum Health {
     /// No container for the service.
     Missing,
     Unknown,
+    /// Died again and again: at least 3 deaths of its container within 5 minutes, and not up
+    /// for 10 s since the last (README, "The health model"). Only the agent judges this; the
+    /// engine's one look never says it.
+    CrashLoop,
+}
+
+/// Why a service left `healthy`, from the engine's event stream or a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthReason {
+    /// The kernel killed the container's process for exceeding its memory limit.
+    OomKilled,
+    /// The container's process ended (by itself or killed from outside); see `exit_code`.
+    Exited,
+    /// Running, but its HTTP probe or `HEALTHCHECK` fails.
+    ProbeFailed,
+    /// The serving container is gone.
+    Removed,
+}
+
+impl fmt::Display for HealthReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
 }
 
 impl fmt::Display for Health {

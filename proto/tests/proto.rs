@@ -1160,6 +1160,13 @@ fn reply() -> impl Strategy<Value = Reply> {
         Health::Stopped,
         Health::Missing,
         Health::Unknown,
+        Health::CrashLoop,
+    ]);
+    let reason = one_of(vec![
+        HealthReason::OomKilled,
+        HealthReason::Exited,
+        HealthReason::ProbeFailed,
+        HealthReason::Removed,
     ]);
     let service_status = (
         (
@@ -1177,11 +1184,17 @@ fn reply() -> impl Strategy<Value = Reply> {
             proptest::option::of(text()),
             proptest::option::of(text()),
         ),
+        (
+            proptest::option::of(reason),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(any::<u64>()),
+        ),
     )
         .prop_map(
             |(
                 (app, service, container_id, image, reference),
                 (health, since, last_outcome, last_order, previous_digest, maintenance),
+                (reason, exit_code, probe_ms),
             )| {
                 ServiceStatus {
                     app,
@@ -1196,6 +1209,9 @@ fn reply() -> impl Strategy<Value = Reply> {
                     previous_digest,
                     maintenance,
                     restarts: 0,
+                    reason,
+                    exit_code,
+                    probe_ms,
                 }
             },
         );

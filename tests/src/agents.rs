@@ -132,6 +132,43 @@ pub struct AgentSetup {
     /// Variables set in the agent's environment (e.g. a `PATH` finding a credential helper,
     /// or libfaketime's, to put its clock off).
     pub env_vars: Vec<(String, String)>,
+    /// `[[alerts]]` entries (none by default).
+    pub alerts: Vec<AlertsSetup>,
+}
+
+/// One `[[alerts]]` of agent.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsSetup {
+    pub webhook: String,
+    /// `json`, `slack` or `discord`.
+    pub format: String,
+    /// The kinds sent; empty: the key is left out (every kind).
+    pub on: Vec<String>,
+}
+
+impl AlertsSetup {
+    /// Every kind, in the `json` format, to `webhook`.
+    pub fn json(webhook: &str) -> AlertsSetup {
+        AlertsSetup {
+            webhook: webhook.to_string(),
+            format: "json".into(),
+            on: Vec::new(),
+        }
+    }
+
+    fn toml(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut t = format!(
+            "\n[[alerts]]\nwebhook = {}\nformat = {}\n",
+            q(&self.webhook),
+            q(&self.format)
+        );
+        if !self.on.is_empty() {
+            let on: Vec<String> = self.on.iter().map(|k| q(k)).collect();
+            t.push_str(&format!("on = [{}]\n", on.join(", ")));
+        }
+        t
+    }
 }
 
 /// libfaketime, from Debian's `faketime`: preloaded, it moves a process's wall clock.
@@ -161,6 +198,7 @@ impl AgentSetup {
             idle_timeout: None,
             docker_config: None,
             env_vars: Vec::new(),
+            alerts: Vec::new(),
         }
     }
 
@@ -200,6 +238,7 @@ impl AgentSetup {
             .iter()
             .map(|k| q(&k.display().to_string()))
             .collect();
+        let alerts: String = self.alerts.iter().map(AlertsSetup::toml).collect();
         keys + &format!(
             "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
                  container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
@@ -214,7 +253,8 @@ impl AgentSetup {
             ms(self.shutdown_grace),
             host_keys.join(", "),
             self.policy,
-        )
+        ) + "\n"
+            + &alerts
     }
 }
 

@@ -37,6 +37,7 @@ pub mod prereqs;
 pub mod probe;
 pub mod sshd;
 pub mod wait;
+pub mod webhook;
 
 pub use bare_host::BareHost;
 pub use caddy::{Caddy, free_listen_addr};
@@ -57,5 +58,6 @@ pub use prereqs::require_prereqs;
 pub use probe::{Probe, ProbeReport};
 pub use sshd::{ClientKey, Sshd, SshdOptions};
 pub use wait::{wait_until, wait_until_async};
+pub use webhook::WebhookReceiver;
 pub mod agents;
 pub mod hosts;

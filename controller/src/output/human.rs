@@ -529,6 +529,16 @@ fn host_line(r: &RolloutSummary, h: &HostRollout) -> String {
     text
 }
 
+/// A service's health with why it is not healthy: `stopped (exited 137)`, `crash-loop (exited 1)`,
+/// `unhealthy (oom-killed 137)`.
+fn health_shown(svc: &proto::wire::ServiceStatus) -> String {
+    match (svc.reason, svc.exit_code) {
+        (Some(r), Some(code)) => format!("{} ({r} {code})", svc.health),
+        (Some(r), None) => format!("{} ({r})", svc.health),
+        (None, _) => svc.health.to_string(),
+    }
+}
+
 /// The status table's rows for one host: one per service, one per running job.
 fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
     let row = |cells: [&str; 9]| cells.iter().map(|c| c.to_string()).collect::<Vec<_>>();
@@ -572,7 +582,7 @@ fn status_rows(s: &HostStatus) -> Vec<Vec<String>> {
             &svc.service,
             svc.reference.as_deref().unwrap_or("-"),
             svc.image.as_ref().map(|i| i.short_digest()).unwrap_or("-"),
-            &svc.health.to_string(),
+            &health_shown(svc),
             &svc.since.to_string(),
             &last,
         ]));

@@ -4,5 +4,6 @@
 
 mod agent;
 mod controller;
+mod health;
 mod smoke;
 mod tidy;

@@ -568,3 +568,50 @@ fn an_execs_lines_go_where_the_command_wrote_them_and_its_summary_to_stderr() {
         format!("deployctl: {head}: did not run to its end (exit 1): killed")
     );
 }
+
+#[test]
+fn a_services_health_says_why_it_is_not_healthy() {
+    use proto::wire::HealthReason;
+    // (health, reason, exit code, shown)
+    let cases = [
+        (Health::Healthy, None, None, "healthy"),
+        (
+            Health::Stopped,
+            Some(HealthReason::Exited),
+            Some(137),
+            "stopped (exited 137)",
+        ),
+        (
+            Health::CrashLoop,
+            Some(HealthReason::Exited),
+            Some(1),
+            "crash-loop (exited 1)",
+        ),
+        (
+            Health::Unhealthy,
+            Some(HealthReason::OomKilled),
+            Some(137),
+            "unhealthy (oom-killed 137)",
+        ),
+        (
+            Health::Unhealthy,
+            Some(HealthReason::ProbeFailed),
+            None,
+            "unhealthy (probe-failed)",
+        ),
+        (
+            Health::Missing,
+            Some(HealthReason::Removed),
+            None,
+            "missing (removed)",
+        ),
+    ];
+    for (health, reason, exit_code, shown) in cases {
+        let svc = ServiceStatus {
+            reason,
+            exit_code,
+            ..ServiceStatus::new("acme", "web", health, Timestamp::from_unix_secs(1))
+        };
+        assert_eq!(health_shown(&svc), shown);
+    }
+}
