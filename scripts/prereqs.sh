@@ -41,6 +41,11 @@ need passwd test -x /usr/sbin/useradd
 need util-linux test -x /usr/bin/setpriv
 # `deployctl doctor`'s test puts an agent's clock off with libfaketime.
 need faketime test -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+# The agent's metrics and sample alert rules are checked with promtool, which Debian ships only
+# in the full `prometheus` package (no smaller one has it). Where systemd runs, the package also
+# starts a prometheus.service on :9090; the tests do not use it. Without systemd (containers)
+# invoke-rc.d declines to start it and the install goes on.
+need prometheus command -v promtool
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
 # Static glibc for the demo app's crt-static build.

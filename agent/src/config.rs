@@ -13,8 +13,10 @@ use proto::release_policy::ReleasePolicy;
 use proto::sign::{AllowedSigners, AllowedSignersError};
 use serde::Deserialize;
 
+mod metrics;
 mod policy;
 mod release;
+pub use metrics::MetricsConfig;
 pub use policy::DEFAULT_HOST_KEY_DIR;
 pub use release::summary as release_policy_summary;
 
@@ -53,6 +55,8 @@ pub struct AgentConfig {
     pub limits: SocketLimits,
     /// `[approvals]`: deploys and rollbacks need a proposal approved so (README, "Approvals").
     pub approvals: Option<ApprovalRules>,
+    /// `[metrics]`: the textfile and/or HTTP listener (README, "Metrics").
+    pub metrics: MetricsConfig,
 }
 
 /// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
@@ -111,6 +115,8 @@ struct RawConfig {
     idle_timeout: Duration,
     #[serde(default)]
     approvals: Option<ApprovalRules>,
+    #[serde(default)]
+    metrics: MetricsConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -271,6 +277,10 @@ impl AgentConfig {
                 .map(|keys| keys.into_iter().map(resolve).collect()),
             limits,
             approvals: raw.approvals,
+            metrics: MetricsConfig {
+                textfile: raw.metrics.textfile.map(resolve),
+                ..raw.metrics
+            },
         })
     }
 }

@@ -129,6 +129,8 @@ pub struct AgentSetup {
     pub idle_timeout: Option<Duration>,
     /// More environment for the agent process (e.g. libfaketime's, to put its clock off).
     pub env_vars: Vec<(String, String)>,
+    /// The body of `[metrics]` (`textfile`, `listen`, …); no table when `None`.
+    pub metrics: Option<String>,
 }
 
 /// libfaketime, from Debian's `faketime`: preloaded, it moves a process's wall clock.
@@ -157,6 +159,7 @@ impl AgentSetup {
             frame_timeout: None,
             idle_timeout: None,
             env_vars: Vec::new(),
+            metrics: None,
         }
     }
 
@@ -189,6 +192,11 @@ impl AgentSetup {
             .iter()
             .map(|k| q(&k.display().to_string()))
             .collect();
+        let metrics = self
+            .metrics
+            .as_ref()
+            .map(|body| format!("\n[metrics]\n{body}\n"))
+            .unwrap_or_default();
         limits
             + &format!(
                 "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
@@ -205,6 +213,7 @@ impl AgentSetup {
                 host_keys.join(", "),
                 self.policy,
             )
+            + &metrics
     }
 }
 

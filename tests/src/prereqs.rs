@@ -23,6 +23,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("/usr/sbin/useradd", "passwd"),
     ("/usr/bin/setpriv", "util-linux"),
+    ("promtool", "prometheus"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.
