@@ -112,7 +112,7 @@ pub async fn serve<B: backend::Backend>(config: AgentConfig, backend: B) -> Resu
     let listener = server::bind(&socket, group.as_deref())?;
     let shutdown = shutdown_signal().map_err(Error::Signals)?;
     server::serve(agent.clone(), listener, &socket, shutdown).await;
-    exporter.stop(&agent).await;
+    exporter.stop(agent.config()).await;
     Ok(())
 }
 

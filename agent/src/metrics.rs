@@ -17,8 +17,9 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::Agent;
+use crate::agent::AGENT_VERSION;
 use crate::backend::Backend;
-use crate::config::MetricsConfig;
+use crate::config::{AgentConfig, MetricsConfig};
 use crate::job::{blocking, lock};
 
 /// The textfile's mode whatever the agent's umask (the unit's is 0027): node_exporter runs as
@@ -87,12 +88,14 @@ pub async fn start<B: Backend>(agent: &Arc<Agent<B>>) -> Result<Exporter, Metric
 impl Exporter {
     /// Ends the exports; the textfile is left saying `deploy_agent_up 0`, so a stopped agent
     /// reads as down rather than as its last figures.
-    pub async fn stop<B: Backend>(mut self, agent: &Agent<B>) {
+    pub async fn stop(mut self, config: &AgentConfig) {
         for task in self.tasks.drain(..) {
             task.abort();
+            // Until it has really ended: a rewrite under way must not land after the last word.
+            let _ = task.await;
         }
         if let Some(path) = self.textfile.take() {
-            let text = exposition::render_stopped(&agent.status().await);
+            let text = exposition::render_stopped(AGENT_VERSION, &config.host, &config.env);
             if let Err(e) = write_textfile(&path, &text) {
                 tracing::warn!("metrics: {e}");
             }

@@ -57,7 +57,25 @@ pub fn deploy_counts<'a>(orders: impl IntoIterator<Item = &'a Summary>) -> Deplo
 /// Everything the agent exports while it runs.
 pub fn render(status: &AgentStatus, deploys: &DeployCounts) -> String {
     let mut out = Exposition::default();
-    agent_families(&mut out, status, 1);
+    identity_families(
+        &mut out,
+        1,
+        &status.agent_version,
+        &status.host,
+        &status.env,
+    );
+    out.family(
+        "deploy_agent_uptime_seconds",
+        Kind::Gauge,
+        "Seconds since the agent started.",
+        [(vec![], status.uptime_secs.to_string())],
+    );
+    out.family(
+        "deploy_agent_jobs_running",
+        Kind::Gauge,
+        "Orders running on this host right now.",
+        [(vec![], status.running.len().to_string())],
+    );
     host_families(&mut out, status);
     service_families(&mut out, status);
     out.family(
@@ -80,14 +98,15 @@ pub fn render(status: &AgentStatus, deploys: &DeployCounts) -> String {
 }
 
 /// What the textfile says once the agent stopped: `deploy_agent_up 0` and who it was, and no
-/// service figures, which nobody keeps up to date any more.
-pub fn render_stopped(status: &AgentStatus) -> String {
+/// service figures, which nobody keeps up to date any more. Made from the config alone: a
+/// stopping agent asks the engine nothing more.
+pub fn render_stopped(version: &str, host: &str, env: &str) -> String {
     let mut out = Exposition::default();
-    agent_families(&mut out, status, 0);
+    identity_families(&mut out, 0, version, host, env);
     out.text
 }
 
-fn agent_families(out: &mut Exposition, status: &AgentStatus, up: u8) {
+fn identity_families(out: &mut Exposition, up: u8, version: &str, host: &str, env: &str) {
     out.family(
         "deploy_agent_up",
         Kind::Gauge,
@@ -99,28 +118,10 @@ fn agent_families(out: &mut Exposition, status: &AgentStatus, up: u8) {
         Kind::Gauge,
         "The agent's version, host name and env (agent.toml), always 1.",
         [(
-            vec![
-                ("version", status.agent_version.as_str()),
-                ("host", status.host.as_str()),
-                ("env", status.env.as_str()),
-            ],
+            vec![("version", version), ("host", host), ("env", env)],
             "1".into(),
         )],
     );
-    if up == 1 {
-        out.family(
-            "deploy_agent_uptime_seconds",
-            Kind::Gauge,
-            "Seconds since the agent started.",
-            [(vec![], status.uptime_secs.to_string())],
-        );
-        out.family(
-            "deploy_agent_jobs_running",
-            Kind::Gauge,
-            "Orders running on this host right now.",
-            [(vec![], status.running.len().to_string())],
-        );
-    }
 }
 
 fn host_families(out: &mut Exposition, status: &AgentStatus) {
@@ -498,7 +499,7 @@ mod tests {
             # TYPE deploy_agent_info gauge
             deploy_agent_info{version="0.1.0",host="prod-1",env="prod"} 1
         "##]]
-        .assert_eq(&render_stopped(&status()));
+        .assert_eq(&render_stopped("0.1.0", "prod-1", "prod"));
     }
 
     #[test]
