@@ -44,6 +44,11 @@ need faketime test -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 # `status --watch` is tested in a real terminal (tmux), `deployctl ui` in headless Chromium.
 need tmux command -v tmux
 need chromium command -v chromium
+# The agent's metrics and sample alert rules are checked with promtool, which Debian ships only
+# in the full `prometheus` package (no smaller one has it). Where systemd runs, the package also
+# starts a prometheus.service on :9090; the tests do not use it. Without systemd (containers)
+# invoke-rc.d declines to start it and the install goes on.
+need prometheus command -v promtool
 # The harness signals the processes it starts with kill(1).
 need procps test -x /usr/bin/kill
 # The registry-auth tests: a bcrypt htpasswd for an authenticating registry, and a private CA

@@ -13,8 +13,10 @@ use proto::release_policy::ReleasePolicy;
 use proto::sign::{AllowedSigners, AllowedSignersError};
 use serde::Deserialize;
 
+mod metrics;
 mod policy;
 mod release;
+pub use metrics::MetricsConfig;
 pub use policy::DEFAULT_HOST_KEY_DIR;
 pub use release::summary as release_policy_summary;
 
@@ -58,6 +60,8 @@ pub struct AgentConfig {
     pub docker_config: Option<PathBuf>,
     /// `[[alerts]]`: webhooks told of health transitions and failed orders (README, "Alerts").
     pub alerts: Vec<crate::alerts::AlertTarget>,
+    /// `[metrics]`: the textfile and/or HTTP listener (README, "Metrics").
+    pub metrics: MetricsConfig,
 }
 
 /// The socket's bounds: `max_connections`, `frame_timeout` and `idle_timeout` in agent.toml.
@@ -118,7 +122,10 @@ struct RawConfig {
     approvals: Option<ApprovalRules>,
     #[serde(default)]
     docker_config: Option<PathBuf>,
+    #[serde(default)]
     alerts: Vec<crate::alerts::AlertTarget>,
+    #[serde(default)]
+    metrics: MetricsConfig,
 }
 
 fn default_socket() -> PathBuf {
@@ -281,6 +288,10 @@ impl AgentConfig {
             approvals: raw.approvals,
             docker_config: raw.docker_config.map(resolve),
             alerts: raw.alerts,
+            metrics: MetricsConfig {
+                textfile: raw.metrics.textfile.map(resolve),
+                ..raw.metrics
+            },
         })
     }
 }

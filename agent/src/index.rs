@@ -77,6 +77,11 @@ impl Index {
         found
     }
 
+    /// Every finished order, in no particular order (the metrics count them).
+    pub fn finished(&self) -> impl Iterator<Item = &Summary> {
+        self.by_id.values().filter(|s| s.outcome.is_some())
+    }
+
     pub fn get(&self, order_id: &str) -> Option<&Summary> {
         self.by_id.get(order_id)
     }

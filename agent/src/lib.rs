@@ -15,6 +15,7 @@
 //! frames, shutdown) · [`admission`] (which connections stay open under a flood) · [`health`]
 //! (the health book) · [`condition`] (the health model's verdict: crash loops, OOM kills) ·
 //! [`alerts`] (`[[alerts]]`: kinds, payloads, the outbox and its delivery) ·
+//! [`metrics`] (the Prometheus textfile and listener) ·
 //! [`bridge`] · [`backend`] (the engine as the agent sees it) · [`cli`]. Every file the agent
 //! keeps is written through [`deploy::durable`].
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod index;
 pub mod job;
 pub mod journal;
 pub mod locks;
+pub mod metrics;
 pub mod proposals;
 pub mod replay;
 pub mod server;
@@ -59,6 +61,8 @@ pub enum Error {
     Socket(#[from] server::SocketError),
     #[error(transparent)]
     Bridge(#[from] bridge::BridgeError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -112,9 +116,11 @@ pub async fn serve<B: backend::Backend>(config: AgentConfig, backend: B) -> Resu
     if !recovered.is_empty() {
         tracing::info!(orders = recovered.len(), "recovery done");
     }
+    let exporter = metrics::start(&agent).await?;
     let listener = server::bind(&socket, group.as_deref())?;
     let shutdown = shutdown_signal().map_err(Error::Signals)?;
-    server::serve(agent, listener, &socket, shutdown).await;
+    server::serve(agent.clone(), listener, &socket, shutdown).await;
+    exporter.stop(agent.config()).await;
     Ok(())
 }
 
@@ -164,6 +170,22 @@ fn policy_summary(p: &proto::policy::HostPolicy) -> String {
         if p.exec { "allowed" } else { "denied" },
         list(&p.proxies, "none"),
     )
+}
+
+/// `[metrics]` as check-config shows it.
+fn metrics_summary(m: &config::MetricsConfig) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(path) = &m.textfile {
+        parts.push(format!(
+            "textfile {} every {}",
+            path.display(),
+            proto::time::format_duration(m.interval)
+        ));
+    }
+    if let Some(addr) = m.listen {
+        parts.push(format!("listen http://{addr}/metrics"));
+    }
+    (!parts.is_empty()).then(|| format!("\n  metrics: {}", parts.join(" · ")))
 }
 
 /// `deploy-agent check-config`: what `run` would load, reported without starting.
@@ -222,6 +244,9 @@ pub fn check_config(config_path: &Path) -> Result<String, Error> {
     }
     for target in &config.alerts {
         report.push_str(&format!("\n  alerts: {}", target.summary()));
+    }
+    if let Some(m) = metrics_summary(&config.metrics) {
+        report.push_str(&m);
     }
     if signers.is_empty() {
         report.push_str("\n  warning: allowed_signers trusts no key; every order will be refused");

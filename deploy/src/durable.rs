@@ -8,6 +8,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +17,16 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it over `path` and fsyncs
 /// the directory so the rename itself survives a power cut.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write(path, bytes, None)
+}
+
+/// [`write_atomic`] of a file other users read (the agent's metrics textfile): it has `mode`
+/// from its first byte, whatever the process's umask.
+pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    write(path, bytes, Some(mode))
+}
+
+fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> io::Result<()> {
     let dir = parent_dir(path);
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     // Unique per process and write, so two writers of one file never share a temporary.
@@ -23,6 +34,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        if let Some(mode) = mode {
+            // fchmod, which the umask does not narrow (unlike the mode given to open).
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -107,6 +122,17 @@ mod tests {
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(names(dir.path()), ["x.json"]);
+    }
+
+    #[test]
+    fn a_mode_given_is_the_files_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.prom");
+        for mode in [0o600, 0o644] {
+            write_atomic_with_mode(&p, b"a 1\n", mode).unwrap();
+            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, mode);
+        }
+        assert_eq!(names(dir.path()), ["x.prom"]);
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct AgentSetup {
     /// Variables set in the agent's environment (e.g. a `PATH` finding a credential helper,
     /// or libfaketime's, to put its clock off).
     pub env_vars: Vec<(String, String)>,
+    /// The body of `[metrics]` (`textfile`, `listen`, …); no table when `None`.
+    pub metrics: Option<String>,
     /// `[[alerts]]` entries (none by default).
     pub alerts: Vec<AlertsSetup>,
 }
@@ -199,6 +201,7 @@ impl AgentSetup {
             docker_config: None,
             env_vars: Vec::new(),
             alerts: Vec::new(),
+            metrics: None,
         }
     }
 
@@ -239,6 +242,11 @@ impl AgentSetup {
             .map(|k| q(&k.display().to_string()))
             .collect();
         let alerts: String = self.alerts.iter().map(AlertsSetup::toml).collect();
+        let metrics = self
+            .metrics
+            .as_ref()
+            .map(|body| format!("\n[metrics]\n{body}\n"))
+            .unwrap_or_default();
         keys + &format!(
             "host = {}\nenv = {}\nsocket = {}\nstate_dir = {}\nallowed_signers = {}\nallowed_images = [{}]\n\
                  container_prefix = {}\nhealth_interval = {}\nshutdown_grace = {}\nhost_keys = [{}]\n\n[policy]\n{}",
@@ -255,6 +263,7 @@ impl AgentSetup {
             self.policy,
         ) + "\n"
             + &alerts
+            + &metrics
     }
 }
 

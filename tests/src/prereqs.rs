@@ -27,6 +27,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("chromium", "chromium"),
     ("htpasswd", "apache2-utils"),
     ("openssl", "openssl"),
+    ("promtool", "prometheus"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.

@@ -18,6 +18,8 @@ use proto::time::Timestamp;
 use proto::wire::{FailureClass, Health, OutcomeKind, Phase, RefusalKind};
 use proto::{ImageRef, MigrationSpec, Order};
 
+mod metrics;
+
 const APP: &str = "acme";
 
 /// A registry with the five demo versions, an agent allowed to deploy them, and a data dir the
