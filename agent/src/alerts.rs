@@ -47,11 +47,7 @@ impl AlertKind {
 
 impl fmt::Display for AlertKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&proto::wire::serde_name(self))
     }
 }
 

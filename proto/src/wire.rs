@@ -113,6 +113,15 @@ pub struct SignedOrder {
     pub signature: String,
 }
 
+/// The name serde gives a unit variant (`crash-loop`, `rolled-back`): what the wire says is
+/// what humans read too.
+pub fn serde_name<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The longest a subscription goes without a `status` frame: a client that stops reading is
 /// noticed by then, and a client hears that the agent is alive.
 pub const SUBSCRIBE_HEARTBEAT_SECS: u64 = 15;
@@ -263,11 +272,7 @@ pub enum Phase {
 
 impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
@@ -340,11 +345,7 @@ impl OutcomeKind {
 
 impl fmt::Display for OutcomeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
@@ -434,11 +435,7 @@ pub enum RefusalKind {
 
 impl fmt::Display for RefusalKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
@@ -607,21 +604,13 @@ pub enum HealthReason {
 
 impl fmt::Display for HealthReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        f.write_str(&s)
+        f.write_str(&serde_name(self))
     }
 }
 
