@@ -70,18 +70,29 @@ pub enum SshProblem<'a> {
     Unreachable(&'a str),
 }
 
+/// What asking the agent for its status gave.
+#[derive(Debug, Clone, Copy)]
+pub enum AgentAnswer<'a> {
+    /// It answered as this version.
+    Version(&'a str),
+    /// It speaks another protocol version: the skew error, which names both.
+    OtherProtocol(&'a str),
+    /// No answer, and why (the SSH bridge's stderr when there is no agent to run).
+    Failed(&'a str),
+}
+
 /// The agent answered as `agent_version` (or not, and why).
-pub fn agent(host: &str, env: &str, answer: Result<&str, &str>, ours: &str) -> CheckRow {
+pub fn agent(host: &str, env: &str, answer: AgentAnswer<'_>, ours: &str) -> CheckRow {
     let setup = format!("deployctl setup --env {env}");
     match answer {
-        Ok(v) if v == ours => row(
+        AgentAnswer::Version(v) if v == ours => row(
             host,
             "agent",
             true,
             format!("deploy-agent {v} answers"),
             None,
         ),
-        Ok(v) => row(
+        AgentAnswer::Version(v) => row(
             host,
             "agent",
             false,
@@ -90,7 +101,7 @@ pub fn agent(host: &str, env: &str, answer: Result<&str, &str>, ours: &str) -> C
                 "{setup} --upgrade (replaces the agent once no job runs)"
             )),
         ),
-        Err(e) if e.contains("protocol") => row(
+        AgentAnswer::OtherProtocol(e) => row(
             host,
             "agent",
             false,
@@ -99,7 +110,8 @@ pub fn agent(host: &str, env: &str, answer: Result<&str, &str>, ours: &str) -> C
                 "{setup} --upgrade, or use the deployctl that matches the agents"
             )),
         ),
-        Err(e) => {
+        AgentAnswer::Failed(e) => {
+            // The shell's and the bridge's words for a program or socket that is not there.
             let missing = [
                 "not found",
                 "No such file",

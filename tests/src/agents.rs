@@ -23,7 +23,7 @@ use deployctl::transport::{self, AgentStream, Peer, TransportError};
 use proto::time::Timestamp;
 use proto::wire::{
     AgentStatus, HistoryEntry, JobEvent, Outcome, Phase, Refusal, Reply, Request, ServiceLogs,
-    SignedOrder,
+    ServiceStatus, SignedOrder,
 };
 use proto::{ImageRef, Order, ServiceSpec};
 
@@ -463,6 +463,16 @@ impl AgentProc {
 
     pub async fn client(&self) -> Result<AgentClient> {
         AgentClient::connect(&self.socket()).await
+    }
+
+    /// What `status` says of one service, over a fresh connection.
+    pub async fn service_status(&self, service: &str) -> Result<ServiceStatus> {
+        let status = self.client().await?.status().await?;
+        status
+            .services
+            .into_iter()
+            .find(|s| s.service == service)
+            .ok_or_else(|| Error::Unexpected(format!("no service {service} in status")))
     }
 
     /// A deploy order for this agent: one service `web` with default settings, no migration,

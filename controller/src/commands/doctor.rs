@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use super::find_env;
 use crate::config::{DeployConfig, EnvConfig, HostSpec, Target};
-use crate::doctor::{self, SshProblem};
+use crate::doctor::{self, AgentAnswer, SshProblem};
 use crate::output::{CheckRow, DoctorSummary, Message, Output, Summary, SummaryBody};
 use crate::resolve::Resolver;
 use crate::transport::{self, ConnectOptions, RemoteShell, TransportError};
@@ -78,7 +78,7 @@ async fn check_host(
     let mut conn = match transport::connect(&h.target, opts).await {
         Ok(c) => c,
         Err(e) => {
-            rows.push(doctor::agent(name, &env.name, Err(&e.to_string()), ours));
+            rows.push(agent_unanswered(name, &env.name, &e, ours));
             return rows;
         }
     };
@@ -88,14 +88,14 @@ async fn check_host(
     let status = match status {
         Ok(s) => s,
         Err(e) => {
-            rows.push(doctor::agent(name, &env.name, Err(&e.to_string()), ours));
+            rows.push(agent_unanswered(name, &env.name, &e, ours));
             return rows;
         }
     };
     rows.push(doctor::agent(
         name,
         &env.name,
-        Ok(&status.agent_version),
+        AgentAnswer::Version(&status.agent_version),
         ours,
     ));
     for s in &status.services {
@@ -142,4 +142,15 @@ async fn check_image(repository: &str, digest: Option<String>) -> CheckRow {
         ),
         Err(e) => doctor::image(repository, Err(&e)),
     }
+}
+
+/// The agent check when the agent did not answer: a version skew is told by its type, the rest
+/// by what the bridge said.
+fn agent_unanswered(host: &str, env: &str, e: &TransportError, ours: &str) -> CheckRow {
+    let text = e.to_string();
+    let answer = match e {
+        TransportError::ProtocolVersion(_) => AgentAnswer::OtherProtocol(&text),
+        _ => AgentAnswer::Failed(&text),
+    };
+    doctor::agent(host, env, answer, ours)
 }
