@@ -3,8 +3,13 @@
 
 use clap::Parser;
 use deploy_agent::cli::{Cli, Command};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-#[tokio::main]
+// Two workers whatever the host's core count: the agent waits on Docker, sockets and disks, and
+// each worker thread costs resident memory (README, "Performance").
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The bridge's stdout is the data channel: it logs warnings only, and to stderr like the rest.
@@ -13,14 +18,28 @@ async fn main() -> std::process::ExitCode {
     } else {
         "info"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DEPLOY_AGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        // Under systemd stderr goes to journald, where colour codes are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    // `Targets` (`info,deploy=debug`) rather than `EnvFilter`: the agent needs no span or field
+    // filters, and EnvFilter links a regex engine into every host's resident binary.
+    let configured = std::env::var("DEPLOY_AGENT_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let parsed = configured.as_deref().map(str::parse::<Targets>);
+    let filter = match &parsed {
+        Some(Ok(targets)) => targets.clone(),
+        _ => default_level.parse().unwrap_or_default(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Under systemd stderr goes to journald, where colour codes are noise.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .with(filter)
         .init();
+    if let (Some(value), Some(Err(e))) = (&configured, parsed) {
+        tracing::warn!("DEPLOY_AGENT_LOG={value:?} is no filter ({e}); logging at {default_level}");
+    }
 
     let result = match cli.command {
         Command::Run { config } => deploy_agent::run(&config).await,

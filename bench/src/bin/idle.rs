@@ -2,7 +2,8 @@
 //! services in one order), then left alone: its resident memory (VmRSS, split into heap and
 //! mapped files, from /proc/<pid>/status) and CPU (utime + stime from /proc/<pid>/stat) over the
 //! idle window, with the production defaults — health probed every 10 s and, unless
-//! `--no-metrics`, `[metrics] textfile` rewritten every 15 s. Not a test.
+//! `--no-metrics`, `[metrics] textfile` rewritten every 15 s, and the `Environment=` of the
+//! systemd unit. Not a test.
 //!
 //! ```text
 //! cargo build --release -p deploy-agent
@@ -19,6 +20,16 @@ use proto::order::HealthSpec;
 use proto::wire::{Health, OutcomeKind};
 
 const SERVICES: usize = 20;
+
+/// The unit hosts run the agent with: its `Environment=` lines are the bench's too.
+const UNIT: &str = include_str!("../../../agent/deploy-agent.service");
+
+fn unit_environment() -> Vec<(String, String)> {
+    UNIT.lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment=")?.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
 
 /// Resident memory in KiB, as /proc/<pid>/status reports it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         .prefix("deployctl-idle-")
         .tempdir()?;
     let mut setup = AgentSetup::new(&[images.repository()]);
+    setup.env_vars = unit_environment();
     // The production default (agent.toml's health_interval); the harness's is 1 s.
     setup.health_interval = Duration::from_secs(10);
     if with_metrics {
@@ -204,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
             ", no [metrics]"
         }
     );
+    let env: Vec<String> = unit_environment()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!("  environment from deploy-agent.service: {}", env.join(" "));
     println!(
         "  deploy of {SERVICES} services: {:.1} s",
         deployed_in.as_secs_f64()

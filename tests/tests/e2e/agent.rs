@@ -1350,3 +1350,33 @@ async fn the_agent_deploys_through_a_flood_and_cuts_a_staller_off() -> anyhow::R
     assert_eq!(flood.len(), FLOOD);
     Ok(())
 }
+
+#[test]
+fn a_bad_log_filter_is_named_and_the_agent_logs_at_its_default() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let run = |filter: &str| -> anyhow::Result<(Option<i32>, String)> {
+        let out = std::process::Command::new(harness::agents::agent_binary()?)
+            .args(["bridge", "--socket"])
+            .arg(dir.path().join("absent.sock"))
+            .env("DEPLOY_AGENT_LOG", filter)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
+    };
+    let (code, stderr) = run("deploy=loud")?;
+    assert!(
+        stderr.contains("DEPLOY_AGENT_LOG=\"deploy=loud\" is no filter")
+            && stderr.contains("logging at warn"),
+        "{stderr}"
+    );
+    // The bad filter changes nothing else: the missing socket is still the error.
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("absent.sock"), "{stderr}");
+    let (code, stderr) = run("info,deploy=debug")?;
+    assert!(!stderr.contains("no filter"), "{stderr}");
+    assert_eq!(code, Some(69), "{stderr}");
+    Ok(())
+}
