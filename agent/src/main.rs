@@ -18,28 +18,7 @@ async fn main() -> std::process::ExitCode {
     } else {
         "info"
     };
-    // `Targets` (`info,deploy=debug`) rather than `EnvFilter`: the agent needs no span or field
-    // filters, and EnvFilter links a regex engine into every host's resident binary.
-    let configured = std::env::var("DEPLOY_AGENT_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let parsed = configured.as_deref().map(str::parse::<Targets>);
-    let filter = match &parsed {
-        Some(Ok(targets)) => targets.clone(),
-        _ => default_level.parse().unwrap_or_default(),
-    };
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                // Under systemd stderr goes to journald, where colour codes are noise.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_writer(std::io::stderr),
-        )
-        .with(filter)
-        .init();
-    if let (Some(value), Some(Err(e))) = (&configured, parsed) {
-        tracing::warn!("DEPLOY_AGENT_LOG={value:?} is no filter ({e}); logging at {default_level}");
-    }
+    init_logging(default_level);
 
     let result = match cli.command {
         Command::Run { config } => deploy_agent::run(&config).await,
@@ -64,5 +43,31 @@ fn exit_code(result: &Result<(), deploy_agent::Error>) -> i32 {
             eprintln!("deploy-agent: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Logs to stderr at `DEPLOY_AGENT_LOG`, else at `default_level`.
+fn init_logging(default_level: &str) {
+    // `Targets` (`info,deploy=debug`) rather than `EnvFilter`: the agent needs no span or field
+    // filters, and EnvFilter links a regex engine into every host's resident binary.
+    let configured = std::env::var("DEPLOY_AGENT_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let parsed = configured.as_deref().map(str::parse::<Targets>);
+    let filter = match &parsed {
+        Some(Ok(targets)) => targets.clone(),
+        _ => default_level.parse().unwrap_or_default(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                // Under systemd stderr goes to journald, where colour codes are noise.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .with(filter)
+        .init();
+    if let (Some(value), Some(Err(e))) = (&configured, parsed) {
+        tracing::warn!("DEPLOY_AGENT_LOG={value:?} is no filter ({e}); logging at {default_level}");
     }
 }
