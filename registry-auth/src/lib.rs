@@ -7,6 +7,15 @@
 //! Both sides ask [`DockerConfig::credentials`], so they never disagree on which credentials a
 //! registry gets. Reading files and running programs is IO, so this is not `proto`'s; which
 //! source applies and what a reply means are pure functions (`config`, `helper::reply`).
+//!
+//! Why not the `docker_credential` crate (1.3.3, read before writing this): it runs a helper
+//! with no time limit, so a helper that prompts would hold a host's deploy forever; it finds
+//! helpers only on this process's `PATH`, which the agent could change only with `set_var`
+//! (unsafe in edition 2024, and we forbid unsafe code); a store's "credentials not found" is an
+//! error there where Docker pulls anonymously; `credHelpers` keys must match exactly; `auths`
+//! entries with `username` + `password` are not read; and its errors name no file, key or
+//! helper. Each of those is a failed deploy an operator could not explain, so this crate keeps
+//! Docker's rules (README, "Registry credentials") in 600 lines of its own.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;

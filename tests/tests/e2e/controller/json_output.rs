@@ -47,7 +47,7 @@ fn strict_summary(run: &Run) -> anyhow::Result<Value> {
 
 #[test]
 fn every_commands_json_is_one_object_per_line_ending_in_its_summary() -> anyhow::Result<()> {
-    let w = world(
+    let mut w = world(
         &[EnvPlan::new("staging", 1), EnvPlan::new("prod", 1)],
         |_, _, _| {},
     )?;
@@ -101,5 +101,16 @@ fn every_commands_json_is_one_object_per_line_ending_in_its_summary() -> anyhow:
         ensure!(summary["command"] == *command, "{summary}");
     }
     w.expect_versions("prod", "v1")?;
+
+    // Every host of the env unreachable: the reading commands still end in one summary, exit 3.
+    w.fleet.hosts_mut("staging")[0]
+        .agent
+        .terminate(Duration::from_secs(30))?;
+    for command in ["status", "history", "logs"] {
+        let run = w.run(&[command, "--env", "staging", "--json"])?;
+        run.expect(3)?;
+        let summary = strict_summary(&run)?;
+        ensure!(summary["command"] == command, "{summary}");
+    }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! `deployctl setup` (issue 14) against a bare host over real SSH: a container with its own
 //! filesystem root, a root login by key, and nothing of deployctl (harness `BareHost`). Setup
 //! takes it to an agent that a push then uses; a dry run and a second run change nothing; the
-//! installed unit passes the real `systemd-analyze verify`; another binary needs `--upgrade`;
-//! a host without systemd is refused with the manual steps.
+//! installed unit passes the real `systemd-analyze verify`; another binary needs `--upgrade`,
+//! which waits for a push under way; a host without systemd is refused with the manual steps.
 //!
 //! What is proven how: users, groups, files, modes, the upload and its checksum, and the agent
 //! answering through the `deploy` login are real. Starting the unit is done by the bare host's
@@ -108,6 +108,27 @@ signing_key = {signing}
     }
 }
 
+/// Polls `status` until the host's agent runs a job.
+fn wait_for_a_running_job(s: &Setup) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let run = s.deployctl(&["status", "--env", "staging", "--json"])?;
+        let running = run
+            .json_lines()
+            .iter()
+            .any(|l| l["running"].as_array().is_some_and(|r| !r.is_empty()));
+        if running {
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no job started within 60 s: {}",
+            run.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn sha256_hex(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", Sha256::digest(std::fs::read(path)?)))
 }
@@ -195,7 +216,8 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         run.output()
     );
 
-    // another binary on the host: refused without --upgrade, replaced with it
+    // another binary on the host: refused without --upgrade, replaced with it once the push
+    // under way (held by its health gate for 8 s) has ended
     s.host.exec("cp /usr/local/bin/deploy-agent /tmp/a && printf x >> /tmp/a && mv /tmp/a /usr/local/bin/deploy-agent")?;
     let (run, result, _) = s.setup(&[])?;
     run.expect(3)?;
@@ -204,12 +226,35 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         "{}",
         run.output()
     );
-    let (run, result, steps) = s.setup(&["--upgrade"])?;
+    let toml = s.home.path().join("deploy.toml");
+    let config = std::fs::read_to_string(&toml)?;
+    std::fs::write(
+        &toml,
+        config.replace("healthy_for = \"1s\"", "healthy_for = \"8s\""),
+    )?;
+    let v2 = s.images.v(2);
+    let (push, (run, result, steps)) = std::thread::scope(|scope| {
+        let push = scope.spawn(|| s.deployctl(&["push", &v2.git_sha, "--env", "staging"]));
+        let upgrade = wait_for_a_running_job(&s).and_then(|()| s.setup(&["--upgrade"]));
+        let push = push.join().expect("the push thread panicked");
+        anyhow::Ok((push?, upgrade?))
+    })?;
+    push.expect(0).with_context(|| s.host.logs())?;
     run.expect(0).with_context(|| s.host.logs())?;
     ensure!(
-        result == "changed" && steps == 2,
+        result == "changed"
+            && steps == 2
+            && run
+                .stdout
+                .contains("waiting for 1 running job(s) to end before replacing the agent"),
         "{result} {steps}: {}",
         run.output()
+    );
+    let container = docker_inspect(&format!("{}-staging-web", s.app))?;
+    ensure!(
+        container["Config"]["Labels"]["deployctl.digest"] == v2.digest.as_str(),
+        "the push under the upgrade: {}",
+        container["Config"]["Labels"]
     );
     let installed = s
         .host
