@@ -55,6 +55,11 @@ need procps test -x /usr/bin/kill
 # with a server certificate for a TLS one.
 need apache2-utils command -v htpasswd
 need openssl command -v openssl
+# `deployctl completions` is checked by each shell's own parser (and bash completes with it),
+# `deployctl man --dir` by groff with every warning on.
+need zsh command -v zsh
+need fish command -v fish
+need groff-base command -v groff
 # Static glibc for the demo app's crt-static build.
 need libc6-dev test -f /usr/lib/x86_64-linux-gnu/libc.a
 

@@ -204,8 +204,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff): `deployctl man > /usr/local/share/man/man1/deployctl.1`.
-    Man,
+    /// Print the man page (roff): `deployctl man > /usr/local/share/man/man1/deployctl.1`; with
+    /// --dir, write it and the page of every subcommand it names (deployctl-push.1, …) there.
+    Man {
+        /// Write deployctl.1 and one page per subcommand into this directory (created).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Write a commented deploy.toml (here, or at --config): a skeleton, or the services of a
     /// compose file (--from); it loads as written. Never over an existing file without --force.
     Init(InitArgs),
@@ -247,7 +252,7 @@ impl Command {
             Command::Push { .. } => "push",
             Command::Rollback { .. } => "rollback",
             Command::Completions { .. } => "completions",
-            Command::Man => "man",
+            Command::Man { .. } => "man",
             Command::Promote { .. } => "promote",
             Command::Status { .. } => "status",
             Command::Ui { .. } => "ui",

@@ -28,6 +28,9 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("htpasswd", "apache2-utils"),
     ("openssl", "openssl"),
     ("promtool", "prometheus"),
+    ("zsh", "zsh"),
+    ("fish", "fish"),
+    ("groff", "groff-base"),
 ];
 
 /// Static glibc, for the demo app's `crt-static` build.

@@ -59,12 +59,7 @@ async fn run(cli: Cli, out: &dyn Output) -> Result<ExitClass, Error> {
             clap_complete::generate(shell, &mut cmd, "deployctl", &mut std::io::stdout());
             Ok(ExitClass::Success)
         }
-        Command::Man => {
-            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            page.render(&mut std::io::stdout())
-                .map_err(|e| Error::Refused(format!("writing the man page: {e}")))?;
-            Ok(ExitClass::Success)
-        }
+        Command::Man { dir } => man(dir.as_deref()),
         Command::Keys {
             command: KeysCommand::Generate { out: file },
         } => keys::generate(file, out),
@@ -204,6 +199,28 @@ async fn demo(_out: &dyn Output) -> Result<ExitClass, Error> {
          from a checkout of deployctl"
             .into(),
     ))
+}
+
+/// The man page on stdout, or into `dir` with the pages of the subcommands its SUBCOMMANDS
+/// section names (`deployctl-push(1)`, …), so `man deployctl-push` finds one.
+fn man(dir: Option<&std::path::Path>) -> Result<ExitClass, Error> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .map_err(|e| Error::Refused(format!("writing the man page: {e}")))?;
+        return Ok(ExitClass::Success);
+    };
+    let failed = |e: std::io::Error| {
+        Error::Refused(format!("writing the man pages into {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    clap_mangen::generate_to(cmd, dir).map_err(failed)?;
+    println!(
+        "wrote deployctl.1 and its subcommands' pages into {}",
+        dir.display()
+    );
+    Ok(ExitClass::Success)
 }
 
 /// The deploy.toml a command uses when neither `--config` nor `DEPLOYCTL_CONFIG` names one: the

@@ -20,6 +20,7 @@ use proto::wire::{AgentStatus, HistoryEntry, OutcomeKind};
 
 mod approvals;
 mod canary;
+mod cli_habits;
 mod doctor;
 mod exec;
 mod failing;
