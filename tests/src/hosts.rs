@@ -124,19 +124,42 @@ impl Run {
             .collect()
     }
 
-    /// The `"event": "summary"` object of a `--json` run.
+    /// The summary of a `--json` run, held to the `--json` contract (README, "Output"): every
+    /// stdout line is a JSON object naming its `event`, and exactly one summary ends the output
+    /// carrying the process's exit code.
     pub fn summary(&self) -> Result<serde_json::Value> {
-        self.json_lines()
-            .into_iter()
-            .rev()
-            .find(|v| v["event"] == "summary")
-            .ok_or_else(|| {
-                Error::Unexpected(format!(
-                    "no summary object in the output of {}:\n{}",
-                    self.command,
-                    self.output()
-                ))
-            })
+        let broken = |why: String| {
+            Error::Unexpected(format!(
+                "`{}` broke the --json contract: {why}\n{}",
+                self.command,
+                self.output()
+            ))
+        };
+        let mut objects = Vec::new();
+        for (i, line) in self.stdout.lines().enumerate() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| broken(format!("stdout line {} is no JSON ({e}): {line:?}", i + 1)))?;
+            if !(value.is_object() && value["event"].is_string()) {
+                return Err(broken(format!("line {} is no event object: {line}", i + 1)));
+            }
+            objects.push(value);
+        }
+        let summaries = objects.iter().filter(|v| v["event"] == "summary").count();
+        let last = objects
+            .pop()
+            .ok_or_else(|| broken("no output at all".into()))?;
+        if summaries != 1 || last["event"] != "summary" {
+            return Err(broken(format!(
+                "{summaries} summaries, the last line {last}"
+            )));
+        }
+        if last["exit_code"].as_i64() != self.code.map(i64::from) {
+            return Err(broken(format!(
+                "exited {:?}, its summary says {}",
+                self.code, last["exit_code"]
+            )));
+        }
+        Ok(last)
     }
 
     /// Fails with the whole output unless the exit code is `want`.

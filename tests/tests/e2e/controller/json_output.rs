@@ -1,49 +1,10 @@
 //! The `--json` contract (README, "Output"), command by command: every stdout line is one JSON
 //! object naming its `event`, nothing else reaches stdout, and exactly one summary ends the
-//! output with the process's exit code. `maintenance` runs only to its refusal here (no
+//! output with the process's exit code (`Run::summary` holds every `--json` run of the e2e
+//! tests to it; this test runs every command). `maintenance` runs only to its refusal here (no
 //! service behind Caddy); proxy.rs drives it through a real Caddy.
 
-use serde_json::Value;
-
 use super::*;
-
-/// Every stdout line of `run` parsed as a JSON object with an `event`; the summary, which must
-/// be the one last line and carry the process's exit code.
-fn strict_summary(run: &Run) -> anyhow::Result<Value> {
-    let mut objects = Vec::new();
-    for (i, line) in run.stdout.lines().enumerate() {
-        let value: Value = serde_json::from_str(line).with_context(|| {
-            format!(
-                "`{}`: stdout line {} is no JSON: {line:?}\n{}",
-                run.command,
-                i + 1,
-                run.output()
-            )
-        })?;
-        ensure!(
-            value.is_object() && value["event"].is_string(),
-            "`{}`: line {} is no event object: {line}",
-            run.command,
-            i + 1
-        );
-        objects.push(value);
-    }
-    let summaries = objects.iter().filter(|v| v["event"] == "summary").count();
-    let last = objects.last().context("no output at all")?;
-    ensure!(
-        summaries == 1 && last["event"] == "summary",
-        "`{}`: {summaries} summaries, the last line {last}",
-        run.command
-    );
-    ensure!(
-        last["exit_code"].as_i64() == run.code.map(i64::from),
-        "`{}` exited {:?}, its summary says {}",
-        run.command,
-        run.code,
-        last["exit_code"]
-    );
-    Ok(last.clone())
-}
 
 #[test]
 fn every_commands_json_is_one_object_per_line_ending_in_its_summary() -> anyhow::Result<()> {
@@ -97,7 +58,7 @@ fn every_commands_json_is_one_object_per_line_ending_in_its_summary() -> anyhow:
     for (args, code, command) in runs {
         let run = w.run(args)?;
         run.expect(*code)?;
-        let summary = strict_summary(&run)?;
+        let summary = run.summary()?;
         ensure!(summary["command"] == *command, "{summary}");
     }
     w.expect_versions("prod", "v1")?;
@@ -109,7 +70,7 @@ fn every_commands_json_is_one_object_per_line_ending_in_its_summary() -> anyhow:
     for command in ["status", "history", "logs"] {
         let run = w.run(&[command, "--env", "staging", "--json"])?;
         run.expect(3)?;
-        let summary = strict_summary(&run)?;
+        let summary = run.summary()?;
         ensure!(summary["command"] == command, "{summary}");
     }
     Ok(())
