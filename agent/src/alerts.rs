@@ -330,6 +330,44 @@ pub fn render(format: Format, alert: &Alert) -> String {
     body.to_string()
 }
 
+/// What a receiver's HTTP status means for the alert it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Delivered,
+    /// The receiver refuses this alert's body: sent again it gets the same answer, and as alerts
+    /// to one webhook go one at a time in order, it would hold up every alert after it for good.
+    Refused,
+    /// The receiver, or the way to it, is not ready: overloaded, down, or misconfigured
+    /// (401/403/404 are fixed at the receiver or in agent.toml, and the alert is still wanted
+    /// then). Tried again.
+    Retry,
+}
+
+/// The meaning of `status`: 2xx delivered; 400, 413, 415 and 422 — the body itself refused —
+/// given up; anything else retried.
+pub fn answer(status: u16) -> Answer {
+    match status {
+        200..=299 => Answer::Delivered,
+        400 | 413 | 415 | 422 => Answer::Refused,
+        _ => Answer::Retry,
+    }
+}
+
+/// The first line of a receiver's reply, at most 200 characters and no control characters
+/// (it goes into the journal): enough to say why it refused.
+pub fn reply_excerpt(reply: &str) -> String {
+    let line = reply.lines().next().unwrap_or_default().trim();
+    let mut shown: String = line
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.chars().nth(200).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 /// The wait after the first failed try.
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait between two tries.

@@ -14,7 +14,7 @@ use proto::wire::Outcome;
 use tokio::sync::Notify;
 
 use super::outbox::{Outbox, Pending, Queue};
-use super::{Alert, AlertTarget, Source, render};
+use super::{Alert, AlertTarget, Answer, Source, answer, render, reply_excerpt};
 use crate::health::Transition;
 use crate::job::{blocking, lock};
 
@@ -164,23 +164,43 @@ impl Alerts {
             .body(render(p.format, &p.alert))
             .send()
             .await;
-        let failure = match sent {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("the receiver answered {}", r.status())),
-            Err(e) => Some(format!("no answer: {}", without_url(&e))),
+        let (verdict, why) = match sent {
+            Ok(mut r) => {
+                let status = r.status();
+                match answer(status.as_u16()) {
+                    Answer::Refused => {
+                        // The first chunk is enough to say why, and bounds what a receiver's
+                        // reply may cost us.
+                        let said = r.chunk().await.ok().flatten().unwrap_or_default();
+                        let said = reply_excerpt(&String::from_utf8_lossy(&said));
+                        (Answer::Refused, format!("{status}: {said}"))
+                    }
+                    verdict => (verdict, format!("the receiver answered {status}")),
+                }
+            }
+            Err(e) => (Answer::Retry, format!("no answer: {}", without_url(&e))),
         };
-        match failure {
-            None => {
+        match verdict {
+            Answer::Delivered | Answer::Refused => {
                 // Removed durably before the next alert goes: a crash from here on cannot send
                 // this one again. (A crash between the 2xx and this removal can: the id lets a
                 // receiver drop that duplicate.)
                 if let Err(e) = blocking(|| self.outbox.remove(name)) {
-                    tracing::error!("delivered, but cannot remove {name} from the outbox: {e}");
+                    tracing::error!("answered, but cannot remove {name} from the outbox: {e}");
                 }
                 lock(&self.queue).delivered(name);
-                tracing::info!(alert = %p.alert.id, kind = %p.alert.kind, to = %p.webhook.shown(), "alert delivered");
+                if verdict == Answer::Delivered {
+                    tracing::info!(alert = %p.alert.id, kind = %p.alert.kind, to = %p.webhook.shown(), "alert delivered");
+                } else {
+                    tracing::error!(
+                        alert = %p.alert.id,
+                        kind = %p.alert.kind,
+                        to = %p.webhook.shown(),
+                        "alert refused by the receiver ({why}), given up: sent again it would be refused again and hold up the alerts after it"
+                    );
+                }
             }
-            Some(why) => {
+            Answer::Retry => {
                 let failures = lock(&self.queue).failed(name, Instant::now());
                 tracing::warn!(
                     alert = %p.alert.id,

@@ -266,6 +266,51 @@ fn retries_back_off_from_half_a_second_to_thirty_jittered() {
     );
 }
 
+#[test]
+fn a_receivers_status_delivers_gives_up_or_retries() {
+    let table: Vec<String> = [
+        200, 201, 202, 204, 299, 301, 400, 401, 403, 404, 408, 410, 413, 415, 422, 429, 500, 502,
+        503, 504,
+    ]
+    .iter()
+    .map(|&s| format!("{s} {:?}", answer(s)))
+    .collect();
+    expect![[r#"
+        200 Delivered
+        201 Delivered
+        202 Delivered
+        204 Delivered
+        299 Delivered
+        301 Retry
+        400 Refused
+        401 Retry
+        403 Retry
+        404 Retry
+        408 Retry
+        410 Retry
+        413 Refused
+        415 Refused
+        422 Refused
+        429 Retry
+        500 Retry
+        502 Retry
+        503 Retry
+        504 Retry"#]]
+    .assert_eq(&table.join("\n"));
+    assert_eq!(
+        reply_excerpt("invalid_payload\nmore"),
+        "invalid_payload",
+        "the first line"
+    );
+    assert_eq!(
+        reply_excerpt(" bad\x1b[31m \t"),
+        "bad [31m",
+        "no control characters"
+    );
+    let long = reply_excerpt(&"x".repeat(300));
+    assert!(long.ends_with('…') && long.chars().count() == 201, "{long}");
+}
+
 fn pending(id: &str, webhook: &str) -> Pending {
     let t = transition(
         Health::Healthy,

@@ -2,7 +2,8 @@
 //! "Alerts"): a real `deploy-agent` on the real engine, its event stream, and a webhook
 //! receiver in this process. A container killed from outside is one `unhealthy` alert within a
 //! second; an alert raised while the receiver is down, or pending across an agent restart,
-//! arrives once; a crash-looping release and an OOM kill are named as such.
+//! arrives once; one whose body the receiver refuses (400) is given up without holding up the
+//! next; a crash-looping release and an OOM kill are named as such.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -280,6 +281,43 @@ async fn an_alert_raised_while_the_receiver_is_down_arrives_once_it_is_up() -> a
         exactly_one(&receiver, "unhealthy")
     })?;
     assert!(w.outbox().is_empty(), "{:?}", w.outbox());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_whose_body_the_receiver_refuses_is_given_up_and_holds_up_none_after_it()
+-> anyhow::Result<()> {
+    let receiver = WebhookReceiver::start(free_port()?)?;
+    receiver.answer(400);
+    let w = world(AlertsSetup::json(&receiver.url()))?;
+    wait_until(
+        "agent-started, refused and given up",
+        Duration::from_secs(10),
+        || {
+            exactly_one(&receiver, "agent-started")?;
+            let log = w.agent.log();
+            if log.contains("alert refused by the receiver (400 Bad Request")
+                && w.outbox().is_empty()
+            {
+                Ok(())
+            } else {
+                Err(format!("outbox {:?}, log:\n{log}", w.outbox()))
+            }
+        },
+    )?;
+
+    // The next alert to the same webhook is not held up behind the refused one.
+    receiver.answer(200);
+    w.deploy(w.images.v(2), Duration::from_secs(1)).await?;
+    docker(&["kill", &w.web()])?;
+    wait_until("the unhealthy alert", Duration::from_secs(10), || {
+        exactly_one(&receiver, "unhealthy")
+    })?;
+    holds_for(
+        "the refused alert never sent again",
+        Duration::from_secs(2),
+        || exactly_one(&receiver, "agent-started"),
+    )?;
     Ok(())
 }
 
