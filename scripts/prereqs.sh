@@ -39,6 +39,8 @@ need caddy command -v caddy
 need systemd command -v systemd-analyze
 need passwd test -x /usr/sbin/useradd
 need util-linux test -x /usr/bin/setpriv
+# ... and a cloud-shaped bare host, where setup goes through the real sudo.
+need sudo test -x /usr/bin/sudo
 # `deployctl doctor`'s test puts an agent's clock off with libfaketime.
 need faketime test -f /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
 # `status --watch` is tested in a real terminal (tmux), `deployctl ui` in headless Chromium.

@@ -8,6 +8,10 @@
 //! starts the unit's `ExecStart` as its `User`/`Group` with its runtime and state directories,
 //! as systemd would; the unit file itself is checked by the real `systemd-analyze verify`.
 //! Every program is copied from this machine with the libraries `ldd` names.
+//!
+//! [`BareHost::start_cloud`] is the shape of a cloud image instead: root may not log in; `admin`
+//! may, with passwordless `sudo` (the real one, setuid, with its sudoers plugin and a PAM stack
+//! of pam_unix), and `guest` may log in but has no sudo rights.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -61,6 +65,23 @@ const PROGRAMS: &[&str] = &[
     "/usr/bin/printf",
 ];
 
+/// `sudo`, for the cloud shape: the setuid program, its sudoers plugin (dlopened, so `ldd` of
+/// sudo does not name it) and the PAM module its stack uses.
+const SUDO: &[&str] = &[
+    "/usr/bin/sudo",
+    "/usr/libexec/sudo/sudoers.so",
+    "/usr/lib/x86_64-linux-gnu/security/pam_unix.so",
+    "/usr/lib/x86_64-linux-gnu/security/pam_permit.so",
+];
+
+/// The login setup uses: root by key, or (a cloud image) `admin` with passwordless sudo while
+/// root may not log in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    RootLogin,
+    Cloud,
+}
+
 const SYSTEMCTL: &str = include_str!("../bare-host/systemctl");
 const JOURNALCTL: &str = include_str!("../bare-host/journalctl");
 
@@ -85,22 +106,37 @@ impl std::fmt::Debug for BareHost {
 impl BareHost {
     /// Builds the image and starts its sshd, letting root in with `root_key` (a public key line).
     pub fn start(root_key: &str) -> Result<BareHost> {
+        BareHost::start_shaped(root_key, Shape::RootLogin)
+    }
+
+    /// A cloud image's shape: `admin` (passwordless sudo) and `guest` (no sudo) log in with
+    /// `key`; root may not log in at all.
+    pub fn start_cloud(key: &str) -> Result<BareHost> {
+        BareHost::start_shaped(key, Shape::Cloud)
+    }
+
+    fn start_shaped(key: &str, shape: Shape) -> Result<BareHost> {
         let dir = tempfile::Builder::new()
             .prefix("deployctl-bare-host-")
             .tempdir()
             .ctx(|| "creating a temp dir".into())?;
         let port = free_port()?;
         let rootfs = dir.path().join("rootfs");
-        assemble(&rootfs, port, root_key)?;
+        assemble(&rootfs, port, key, shape)?;
         let host_public = std::fs::read_to_string(rootfs.join("etc/ssh/ssh_host_ed25519_key.pub"))
             .ctx(|| "reading the host key".into())?
             .split_whitespace()
             .take(2)
             .collect::<Vec<_>>()
             .join(" ");
+        // COPY drops the setuid bit, which sudo needs: set again inside the image
+        let setuid = match shape {
+            Shape::RootLogin => "",
+            Shape::Cloud => "RUN [\"/usr/bin/chmod\", \"4755\", \"/usr/bin/sudo\"]\n",
+        };
         std::fs::write(
             dir.path().join("Dockerfile"),
-            format!("FROM scratch\nLABEL {TEST_LABEL}=bare-host\nCOPY rootfs/ /\n"),
+            format!("FROM scratch\nLABEL {TEST_LABEL}=bare-host\nCOPY rootfs/ /\n{setuid}"),
         )
         .ctx(|| "writing the Dockerfile".into())?;
         let name = unique_name("deployctl-bare-host");
@@ -181,7 +217,7 @@ impl Drop for BareHost {
 
 /// Writes the host's filesystem under `root`: merged /usr as Debian has it, the programs and
 /// their libraries, the accounts a fresh system has, and sshd's config.
-fn assemble(root: &Path, port: u16, root_key: &str) -> Result<()> {
+fn assemble(root: &Path, port: u16, key: &str, shape: Shape) -> Result<()> {
     for dir in [
         "usr/bin",
         "usr/sbin",
@@ -220,6 +256,12 @@ fn assemble(root: &Path, port: u16, root_key: &str) -> Result<()> {
     }
     // the libraries deploy-agent links (libc, libgcc_s: on every Debian), not the binary itself
     files.extend(libraries(&crate::agents::agent_binary()?)?);
+    if shape == Shape::Cloud {
+        for program in SUDO {
+            files.push(PathBuf::from(program));
+            files.extend(libraries(Path::new(program))?);
+        }
+    }
     files.sort();
     files.dedup();
     for file in &files {
@@ -259,14 +301,23 @@ fn assemble(root: &Path, port: u16, root_key: &str) -> Result<()> {
         std::fs::read_to_string("/etc/login.defs").ctx(|| "reading /etc/login.defs".into())?;
     write("etc/login.defs", &login_defs, 0o644)?;
     write("etc/hostname", "bare-host\n", 0o644)?;
-    write("root/.ssh/authorized_keys", &format!("{root_key}\n"), 0o600)?;
+    let permit_root = match shape {
+        Shape::RootLogin => {
+            write("root/.ssh/authorized_keys", &format!("{key}\n"), 0o600)?;
+            "prohibit-password"
+        }
+        Shape::Cloud => {
+            add_cloud_users(root, key)?;
+            "no"
+        }
+    };
     write("usr/bin/systemctl", SYSTEMCTL, 0o755)?;
     write("usr/bin/journalctl", JOURNALCTL, 0o755)?;
     write(
         "etc/ssh/sshd_config",
         &format!(
             "ListenAddress 127.0.0.1:{port}\nHostKey /etc/ssh/ssh_host_ed25519_key\n\
-             PidFile /run/sshd.pid\nUsePAM no\nPermitRootLogin prohibit-password\n\
+             PidFile /run/sshd.pid\nUsePAM no\nPermitRootLogin {permit_root}\n\
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UseDNS no\nPrintMotd no\nPrintLastLog no\nLogLevel VERBOSE\n"
         ),
@@ -276,6 +327,50 @@ fn assemble(root: &Path, port: u16, root_key: &str) -> Result<()> {
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "bare-host", "-f"])
         .arg(root.join("etc/ssh/ssh_host_ed25519_key")))?;
     Ok(())
+}
+
+/// `admin` (passwordless sudo) and `guest` (none), both let in by `key`, and sudo's sudoers and
+/// PAM stack of pam_unix (sudo runs PAM's account stage even without a password). The setuid
+/// bit is set in the image.
+fn add_cloud_users(root: &Path, key: &str) -> Result<()> {
+    let append = |path: &str, text: &str| -> Result<()> {
+        let p = root.join(path);
+        let mut all = std::fs::read_to_string(&p).ctx(|| format!("reading {path}"))?;
+        all.push_str(text);
+        std::fs::write(&p, all).ctx(|| format!("writing {path}"))
+    };
+    append(
+        "etc/passwd",
+        "admin:x:1000:1000::/home/admin:/bin/sh\nguest:x:1001:1001::/home/guest:/bin/sh\n",
+    )?;
+    append("etc/group", "admin:x:1000:\nguest:x:1001:\n")?;
+    append(
+        "etc/shadow",
+        "admin:*:20000:0:99999:7:::\nguest:*:20000:0:99999:7:::\n",
+    )?;
+    append("etc/gshadow", "admin:!::\nguest:!::\n")?;
+    for user in ["admin", "guest"] {
+        // root-owned, as sshd's StrictModes allows: the image's files all belong to root
+        let ssh = root.join(format!("home/{user}/.ssh"));
+        std::fs::create_dir_all(&ssh).ctx(|| format!("creating {}", ssh.display()))?;
+        std::fs::write(ssh.join("authorized_keys"), format!("{key}\n"))
+            .ctx(|| format!("writing {user}'s authorized_keys"))?;
+        set_mode(&ssh, 0o755)?;
+    }
+    std::fs::create_dir_all(root.join("etc/pam.d")).ctx(|| "creating etc/pam.d".into())?;
+    std::fs::write(
+        root.join("etc/sudoers"),
+        // no secure_path (as on Alpine or Arch): sudo keeps the login's PATH, without sbin
+        "Defaults env_reset\nroot ALL=(ALL:ALL) ALL\nadmin ALL=(ALL:ALL) NOPASSWD: ALL\n",
+    )
+    .ctx(|| "writing etc/sudoers".into())?;
+    set_mode(&root.join("etc/sudoers"), 0o440)?;
+    std::fs::write(
+        root.join("etc/pam.d/sudo"),
+        "auth required pam_unix.so\naccount required pam_unix.so\nsession required pam_permit.so\n",
+    )
+    .ctx(|| "writing etc/pam.d/sudo".into())?;
+    set_mode(&root.join("usr/bin/sudo"), 0o4755)
 }
 
 /// The shared libraries `program` loads, as `ldd` resolves them.

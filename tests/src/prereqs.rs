@@ -23,6 +23,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("/usr/sbin/useradd", "passwd"),
     ("/usr/bin/setpriv", "util-linux"),
+    ("/usr/bin/sudo", "sudo"),
     ("tmux", "tmux"),
     ("chromium", "chromium"),
     ("htpasswd", "apache2-utils"),

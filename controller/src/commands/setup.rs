@@ -301,6 +301,11 @@ impl HostJob<'_> {
     }
 }
 
+/// The search path of setup's scripts. A login's own PATH lacks the sbin directories
+/// (`groupadd`, `useradd`) for a user other than root, and sudo keeps it unless sudoers sets a
+/// `secure_path`, which not every distribution's does.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Runs scripts as root: directly when logged in as root, else through `sudo -n`.
 struct Root<'a> {
     shell: &'a RemoteShell,
@@ -317,9 +322,10 @@ impl<'a> Root<'a> {
 
     /// Stdout of `script`, or why it failed (its stderr).
     async fn run(&self, script: &str, stdin: &[u8]) -> Result<String, String> {
+        let script = shell_quote(&format!("PATH={ROOT_PATH}; export PATH\n{script}"));
         let command = match self.sudo {
-            true => format!("sudo -n sh -c {}", shell_quote(script)),
-            false => format!("sh -c {}", shell_quote(script)),
+            true => format!("sudo -n sh -c {script}"),
+            false => format!("sh -c {script}"),
         };
         let out = self
             .shell

@@ -3,6 +3,8 @@
 //! takes it to an agent that a push then uses; a dry run and a second run change nothing; the
 //! installed unit passes the real `systemd-analyze verify`; another binary needs `--upgrade`,
 //! which waits for a push under way; a host without systemd is refused with the manual steps.
+//! A cloud-shaped bare host (root may not log in; `admin` has passwordless sudo) is set up
+//! through the real sudo.
 //!
 //! What is proven how: users, groups, files, modes, the upload and its checksum, and the agent
 //! answering through the `deploy` login are real. Starting the unit is done by the bare host's
@@ -30,7 +32,13 @@ struct Setup {
 }
 
 impl Setup {
+    /// A bare host that lets root in by key.
     fn start() -> anyhow::Result<Setup> {
+        Setup::start_on(BareHost::start)
+    }
+
+    /// A bare host started by `bare` with the test's public key line.
+    fn start_on(bare: fn(&str) -> harness::Result<BareHost>) -> anyhow::Result<Setup> {
         require_prereqs()?;
         let registry = Registry::start()?;
         let app = unique_name("setup");
@@ -39,7 +47,7 @@ impl Setup {
         let ssh = home.path().join(".ssh");
         std::fs::create_dir_all(&ssh)?;
         let key = ClientKey::generate(&ssh)?;
-        let host = BareHost::start(&key.public_line)?;
+        let host = bare(&key.public_line)?;
         std::fs::write(ssh.join("known_hosts"), host.known_hosts_line() + "\n")?;
         let name = unique_name("bare");
         let cleanup = Cleanup::label("deployctl.host", &name);
@@ -276,6 +284,52 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         "{}",
         run.output()
     );
+    Ok(())
+}
+
+#[test]
+fn setup_logs_in_as_a_sudo_user_where_root_may_not_log_in() -> anyhow::Result<()> {
+    // A cloud image: root may not log in; `admin` has passwordless sudo, `guest` no sudo rights.
+    let s = Setup::start_on(BareHost::start_cloud)?;
+    let nothing = "test ! -e /usr/local/bin/deploy-agent && ! getent passwd deploy-agent \
+                   && ! getent group deployctl && test ! -e /etc/deploy-agent";
+
+    let (run, result, _) = s.setup(&["--ssh-user", "root"])?;
+    run.expect(3)?;
+    ensure!(result != "changed", "{}", run.output());
+    let (run, result, _) = s.setup(&["--ssh-user", "guest"])?;
+    run.expect(3)?;
+    ensure!(
+        result != "changed" && run.stdout.contains("passwordless sudo"),
+        "{}",
+        run.output()
+    );
+    s.host
+        .exec(nothing)
+        .context("a refused setup changed the host")?;
+
+    let (run, result, steps) = s.setup(&["--ssh-user", "admin"])?;
+    run.expect(0).with_context(|| s.host.logs())?;
+    ensure!(
+        result == "changed" && steps == 9,
+        "{result} {steps}: {}",
+        run.output()
+    );
+    let ids = s
+        .host
+        .exec("id -nG deploy; stat -c '%U:%G %a' /usr/local/bin/deploy-agent /etc/deploy-agent/agent.toml")?;
+    ensure!(
+        ids.lines().collect::<Vec<_>>()
+            == ["deploy deployctl", "root:root 755", "root:deployctl 640"],
+        "made through sudo: {ids}"
+    );
+    let v1 = s.images.v(1);
+    s.deployctl(&["push", &v1.git_sha, "--env", "staging"])?
+        .expect(0)
+        .with_context(|| s.host.logs())?;
+    let (run, result, _) = s.setup(&["--ssh-user", "admin"])?;
+    run.expect(0)?;
+    ensure!(result == "unchanged", "{result}: {}", run.output());
     Ok(())
 }
 
