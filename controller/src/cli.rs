@@ -31,6 +31,7 @@ pub enum Command {
     Push {
         #[arg(value_name = "REF")]
         reference: String,
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         /// Resolve one service's repository at its own ref instead of REF (repeatable).
@@ -72,6 +73,7 @@ pub enum Command {
     },
     /// Go back to the previous healthy release (or --to REF); no migration, no promotion gate.
     Rollback {
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         #[arg(long, value_name = "REF")]
@@ -86,6 +88,7 @@ pub enum Command {
     },
     /// The proposals waiting for approvals in an env ([approvals] on its hosts).
     Approvals {
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         /// Write the exact bytes of this proposal to --out, to sign with
@@ -100,6 +103,7 @@ pub enum Command {
     Approve {
         #[arg(value_name = "ID")]
         id: String,
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         /// Roll the proposal out if it has the approvals it needs.
@@ -112,6 +116,7 @@ pub enum Command {
     /// Per host and service: agent, ref, digest, health; whether every host runs one release
     /// (every env of deploy.toml unless --env).
     Status {
+        /// The env (an `[env.NAME]` of deploy.toml) to show; every env when left out.
         #[arg(long)]
         env: Option<String>,
         /// Redraw on every change the agents report (a job, a health change) until Ctrl-C.
@@ -121,6 +126,7 @@ pub enum Command {
     /// Serve the status board as a read-only page on loopback, updated live (every env unless
     /// --env).
     Ui {
+        /// The env (an `[env.NAME]` of deploy.toml) to show; every env when left out.
         #[arg(long)]
         env: Option<String>,
         /// Where to listen (loopback only; port 0 picks a free one).
@@ -129,6 +135,7 @@ pub enum Command {
     },
     /// What ran where, when, signed by whom, with what outcome.
     History {
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         /// Entries per host.
@@ -162,6 +169,7 @@ pub enum Command {
     Maintenance {
         #[arg(value_enum)]
         state: Switch,
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         /// Only this service (default: every service with a `proxy`).
@@ -176,6 +184,7 @@ pub enum Command {
     /// deployctl group, agent.toml and allowed_signers, the systemd unit; then check it answers.
     /// A second run changes nothing.
     Setup {
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
         /// Print what would be done; change nothing.
@@ -196,6 +205,7 @@ pub enum Command {
     /// version, the Docker engine, the image with the registry credentials, disk space, clock;
     /// each problem with its fix.
     Doctor {
+        /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
         #[arg(long)]
         env: String,
     },
@@ -235,6 +245,7 @@ pub enum Switch {
 /// Which host and service of an env `logs` and `exec` are about.
 #[derive(Debug, Clone, Args)]
 pub struct Where {
+    /// The env (an `[env.NAME]` of deploy.toml) whose hosts this acts on.
     #[arg(long)]
     pub env: String,
     /// Only this host (its name in deploy.toml).
