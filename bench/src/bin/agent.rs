@@ -9,6 +9,7 @@
 //! (or the same without `--release`: `deploy-agent` is looked up next to this binary).
 #![forbid(unsafe_code)]
 
+use deployctl_bench::{count_arg, median};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -59,11 +60,6 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -75,12 +71,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(3)
-        .max(1);
+    let rounds = count_arg("ROUNDS", 3)?;
     harness::require_prereqs()?;
     let registry = Registry::start()?;
     let images = DemoImages::publish(&registry, "bench/web")?;
@@ -161,8 +152,8 @@ async fn main() -> anyhow::Result<()> {
     println!("deploy-agent bench ({rounds} rounds, health: every 250ms, healthy for 2s)");
     println!(
         "  v1 → v2, image present: submit → healthy   median {}  (submit → outcome median {})",
-        ms(median(to_healthy)),
-        ms(median(to_outcome))
+        ms(median(&to_healthy)),
+        ms(median(&to_outcome))
     );
     println!(
         "  v3 never healthy, deadline {}: rollback (first rollback step → v2 healthy again) {} · \

@@ -13,6 +13,7 @@
 //! (or the same without `--release`: the binaries are looked up next to this one).
 #![forbid(unsafe_code)]
 
+use deployctl_bench::{count_arg, median};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -43,21 +44,9 @@ struct Figures {
     closed: Vec<usize>,
 }
 
-fn median(d: &[Duration]) -> Duration {
-    let mut v = d.to_vec();
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rounds: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()
-        .context("ROUNDS must be a number")?
-        .unwrap_or(5)
-        .max(1);
+    let rounds = count_arg("ROUNDS", 5)?;
     let fd_limit = raise_fd_limit(FLOOD as u64 + 200)?;
     harness::require_prereqs()?;
     let registry = Registry::start()?;

@@ -12,6 +12,7 @@
 //! (or the same without `--release`: the binaries are looked up next to this one).
 #![forbid(unsafe_code)]
 
+use deployctl_bench::{count_arg, median};
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -43,19 +44,8 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 fn main() -> anyhow::Result<()> {
-    let deploys: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()
-        .context("DEPLOYS must be a number")?
-        .unwrap_or(10)
-        .max(1);
+    let deploys = count_arg("DEPLOYS", 10)?;
     harness::require_prereqs()?;
     let registry = Registry::start()?;
     let images = DemoImages::publish(&registry, "bench/web")?;
@@ -119,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         "total: {} requests, {} failed; healthy→switch median {}, max {}",
         report.total,
         report.failed,
-        ms(median(switches.clone())),
+        ms(median(&switches)),
         ms(switches.iter().max().copied().unwrap_or_default())
     );
     if !report.examples.is_empty() {

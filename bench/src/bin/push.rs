@@ -12,6 +12,7 @@
 //! (or the same without `--release`: the binaries are looked up next to this one).
 #![forbid(unsafe_code)]
 
+use deployctl_bench::{count_arg, median};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -39,19 +40,8 @@ impl Timings {
     }
 }
 
-fn median(d: &[Duration]) -> Duration {
-    let mut v = d.to_vec();
-    v.sort();
-    v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
 fn main() -> anyhow::Result<()> {
-    let reps: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()
-        .context("REPETITIONS must be a number")?
-        .unwrap_or(3);
+    let reps = count_arg("REPETITIONS", 3)?;
     harness::require_prereqs()?;
     let registry = Registry::start()?;
     let images = DemoImages::publish(&registry, "bench/web")?;
