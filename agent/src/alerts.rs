@@ -368,6 +368,16 @@ pub fn reply_excerpt(reply: &str) -> String {
     shown
 }
 
+/// The longest `Retry-After` honoured: a receiver cannot park an alert for longer than this.
+pub const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// A receiver's `Retry-After` (RFC 9110: delta-seconds; the HTTP-date form is not read, and the
+/// backoff applies), at most [`LONGEST_RETRY_AFTER`].
+pub fn retry_after(value: Option<&str>) -> Option<Duration> {
+    let seconds: u64 = value?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(LONGEST_RETRY_AFTER))
+}
+
 /// The wait after the first failed try.
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// The longest wait between two tries.

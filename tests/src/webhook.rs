@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ pub struct WebhookReceiver {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     status: Arc<AtomicU16>,
+    /// Seconds sent as `Retry-After` with every answer; 0: none.
+    retry_after: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -74,17 +76,24 @@ impl WebhookReceiver {
             .port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
+        let retry_after = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (received, status, stop) = (received.clone(), status.clone(), stop.clone());
+            let (received, status, retry_after, stop) = (
+                received.clone(),
+                status.clone(),
+                retry_after.clone(),
+                stop.clone(),
+            );
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = conn else { continue };
-                    let (received, status) = (received.clone(), status.clone());
-                    std::thread::spawn(move || serve(stream, &received, &status));
+                    let (received, status, retry_after) =
+                        (received.clone(), status.clone(), retry_after.clone());
+                    std::thread::spawn(move || serve(stream, &received, &status, &retry_after));
                 }
             })
         };
@@ -92,6 +101,7 @@ impl WebhookReceiver {
             port,
             received,
             status,
+            retry_after,
             stop,
             thread: Some(thread),
         })
@@ -107,6 +117,13 @@ impl WebhookReceiver {
 
     /// The status every request is answered with from now on.
     pub fn answer(&self, status: u16) {
+        self.retry_after.store(0, Ordering::SeqCst);
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// [`WebhookReceiver::answer`] with `Retry-After: seconds`, as a rate-limited receiver says.
+    pub fn answer_retry_after(&self, status: u16, seconds: u64) {
+        self.retry_after.store(seconds, Ordering::SeqCst);
         self.status.store(status, Ordering::SeqCst);
     }
 
@@ -138,7 +155,12 @@ impl Drop for WebhookReceiver {
 }
 
 /// Reads one request (head, then `Content-Length` bytes), records it if it is complete, answers.
-fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, status: &AtomicU16) {
+fn serve(
+    stream: TcpStream,
+    received: &Mutex<Vec<Received>>,
+    status: &AtomicU16,
+    retry_after: &AtomicU64,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let Ok(mut writer) = stream.try_clone() else {
         return;
@@ -177,6 +199,10 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, status: &AtomicU16)
         return;
     }
     let code = status.load(Ordering::SeqCst);
+    let retry_after = match retry_after.load(Ordering::SeqCst) {
+        0 => String::new(),
+        seconds => format!("Retry-After: {seconds}\r\n"),
+    };
     if let Ok(mut r) = received.lock() {
         r.push(Received {
             at: Instant::now(),
@@ -187,7 +213,7 @@ fn serve(stream: TcpStream, received: &Mutex<Vec<Received>>, status: &AtomicU16)
         });
     }
     let reply = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {}\r\n{retry_after}Content-Length: 0\r\nConnection: close\r\n\r\n",
         if (200..300).contains(&code) {
             "OK"
         } else {

@@ -14,7 +14,7 @@ use proto::wire::Outcome;
 use tokio::sync::Notify;
 
 use super::outbox::{Outbox, Pending, Queue};
-use super::{Alert, AlertTarget, Answer, Source, answer, render, reply_excerpt};
+use super::{Alert, AlertTarget, Answer, Source, answer, render, reply_excerpt, retry_after};
 use crate::health::Transition;
 use crate::job::{blocking, lock};
 
@@ -164,21 +164,34 @@ impl Alerts {
             .body(render(p.format, &p.alert))
             .send()
             .await;
-        let (verdict, why) = match sent {
+        let (verdict, why, not_before) = match sent {
             Ok(mut r) => {
                 let status = r.status();
+                let not_before = retry_after(
+                    r.headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()),
+                );
                 match answer(status.as_u16()) {
                     Answer::Refused => {
                         // The first chunk is enough to say why, and bounds what a receiver's
                         // reply may cost us.
                         let said = r.chunk().await.ok().flatten().unwrap_or_default();
                         let said = reply_excerpt(&String::from_utf8_lossy(&said));
-                        (Answer::Refused, format!("{status}: {said}"))
+                        (Answer::Refused, format!("{status}: {said}"), None)
                     }
-                    verdict => (verdict, format!("the receiver answered {status}")),
+                    verdict => (
+                        verdict,
+                        format!("the receiver answered {status}"),
+                        not_before,
+                    ),
                 }
             }
-            Err(e) => (Answer::Retry, format!("no answer: {}", without_url(&e))),
+            Err(e) => (
+                Answer::Retry,
+                format!("no answer: {}", without_url(&e)),
+                None,
+            ),
         };
         match verdict {
             Answer::Delivered | Answer::Refused => {
@@ -201,7 +214,7 @@ impl Alerts {
                 }
             }
             Answer::Retry => {
-                let failures = lock(&self.queue).failed(name, Instant::now());
+                let failures = lock(&self.queue).failed(name, Instant::now(), not_before);
                 tracing::warn!(
                     alert = %p.alert.id,
                     kind = %p.alert.kind,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deploy::durable;
 use serde::{Deserialize, Serialize};
@@ -153,13 +153,15 @@ impl Queue {
         self.heads().map(|e| e.next_try).min()
     }
 
-    /// A try failed: returns how many tries failed so far, the next one scheduled by [`backoff`].
-    pub fn failed(&mut self, name: &str, now: Instant) -> u32 {
+    /// A try failed: returns how many tries failed so far, the next one scheduled by [`backoff`]
+    /// or, when the receiver asked for longer (`Retry-After`), by `not_before`.
+    pub fn failed(&mut self, name: &str, now: Instant, not_before: Option<Duration>) -> u32 {
         let Some(e) = self.entries.iter_mut().find(|e| e.name == name) else {
             return 0;
         };
         e.failures += 1;
-        e.next_try = now + backoff(e.failures, &e.pending.alert.id);
+        let wait = backoff(e.failures, &e.pending.alert.id).max(not_before.unwrap_or_default());
+        e.next_try = now + wait;
         e.failures
     }
 

@@ -297,6 +297,27 @@ fn a_receivers_status_delivers_gives_up_or_retries() {
         503 Retry
         504 Retry"#]]
     .assert_eq(&table.join("\n"));
+    let waits: Vec<String> = [
+        Some("3"),
+        Some(" 120 "),
+        Some("86400"),
+        Some("-1"),
+        Some("Wed, 21 Oct 2026 07:28:00 GMT"),
+        Some(""),
+        None,
+    ]
+    .iter()
+    .map(|v| format!("{v:?} {:?}", retry_after(*v)))
+    .collect();
+    expect![[r#"
+        Some("3") Some(3s)
+        Some(" 120 ") Some(120s)
+        Some("86400") Some(600s)
+        Some("-1") None
+        Some("Wed, 21 Oct 2026 07:28:00 GMT") None
+        Some("") None
+        None None"#]]
+    .assert_eq(&waits.join("\n"));
     assert_eq!(
         reply_excerpt("invalid_payload\nmore"),
         "invalid_payload",
@@ -371,7 +392,7 @@ fn the_queue_sends_each_targets_oldest_first_and_backs_off_per_target() {
     let names = |due: Vec<(String, Pending)>| due.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
     assert_eq!(names(q.due(t0)), ["1", "3"], "one at a time per receiver");
     // Receiver a is down: its alerts wait; b's do not.
-    assert_eq!(q.failed("1", t0), 1);
+    assert_eq!(q.failed("1", t0, None), 1);
     assert_eq!(names(q.due(t0)), ["3"]);
     q.delivered("3");
     assert_eq!(names(q.due(t0)), Vec::<String>::new());
@@ -386,6 +407,16 @@ fn the_queue_sends_each_targets_oldest_first_and_backs_off_per_target() {
     assert_eq!(names(q.due(next)), ["2"], "then the next of a");
     q.delivered("2");
     assert!(q.is_empty() && q.next_try().is_none());
+
+    // A receiver's Retry-After holds the next try back when it asks for longer than the backoff.
+    q.push("4".into(), pending("01d", "http://a/"), t0);
+    q.failed("4", t0, Some(Duration::from_secs(7)));
+    assert_eq!(q.next_try(), Some(t0 + Duration::from_secs(7)));
+    q.failed("4", t0, Some(Duration::from_millis(1)));
+    assert!(
+        q.next_try() > Some(t0 + Duration::from_millis(1)),
+        "the backoff when longer"
+    );
 
     let mut full = Queue::default();
     let mut given_up = Vec::new();

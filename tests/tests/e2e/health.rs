@@ -3,7 +3,8 @@
 //! receiver in this process. A container killed from outside is one `unhealthy` alert within a
 //! second; an alert raised while the receiver is down, or pending across an agent restart,
 //! arrives once; one whose body the receiver refuses (400) is given up without holding up the
-//! next; a crash-looping release and an OOM kill are named as such.
+//! next, and a receiver's Retry-After is honoured; a crash-looping release and an OOM kill are
+//! named as such.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -318,6 +319,35 @@ async fn an_alert_whose_body_the_receiver_refuses_is_given_up_and_holds_up_none_
         Duration::from_secs(2),
         || exactly_one(&receiver, "agent-started"),
     )?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receivers_retry_after_holds_the_next_try_back() -> anyhow::Result<()> {
+    let receiver = WebhookReceiver::start(free_port()?)?;
+    receiver.answer_retry_after(429, 4);
+    let mut setup = AlertsSetup::json(&receiver.url());
+    setup.on = vec!["agent-started".into()];
+    let w = world(setup)?;
+    wait_until("the first try", Duration::from_secs(10), || {
+        exactly_one(&receiver, "agent-started")
+    })?;
+    // The backoff alone (0.5 s doubling) would have tried twice more within 3 s.
+    holds_for(
+        "no try before the receiver's 4 s",
+        Duration::from_secs(3),
+        || exactly_one(&receiver, "agent-started"),
+    )?;
+    receiver.answer(200);
+    wait_until(
+        "the alert delivered on a later try",
+        Duration::from_secs(15),
+        || match (alerts(&receiver, "agent-started").len(), w.outbox().len()) {
+            (2.., 0) => Ok(()),
+            (n, pending) => Err(format!("{n} tries, {pending} pending")),
+        },
+    )
+    .with_context(|| w.agent.log())?;
     Ok(())
 }
 
