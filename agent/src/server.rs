@@ -176,10 +176,9 @@ async fn serve_connection<B: Backend, R, W>(
 {
     let limits = agent.config().limits;
     let mut reader = FrameReader::new(rd);
-    if !greet(agent, &mut reader, &mut wr, limits.frame_timeout).await {
+    if !greet(agent, conn, &mut reader, &mut wr, limits.frame_timeout).await {
         return;
     }
-    conn.active();
     loop {
         let request = match reader
             .next_within::<Request>(limits.idle_timeout, limits.frame_timeout)
@@ -211,6 +210,7 @@ async fn serve_connection<B: Backend, R, W>(
 /// version is refused in the frame every version reads (`proto::wire`'s module docs).
 async fn greet<B: Backend, R, W>(
     agent: &Arc<Agent<B>>,
+    conn: &ConnHandle,
     reader: &mut FrameReader<R>,
     wr: &mut W,
     limit: Duration,
@@ -231,6 +231,9 @@ where
                 return false;
             }
             tracing::debug!(client, "hello");
+            // Active as of its hello, before the reply: a client that opens its next
+            // connection once answered must find this one the more recently active.
+            conn.active();
             let hello = Reply::Hello {
                 protocol: PROTOCOL_VERSION,
                 agent_version: AGENT_VERSION.to_string(),
