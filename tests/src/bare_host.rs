@@ -22,6 +22,7 @@ use crate::command::run;
 use crate::docker::{TEST_LABEL, unique_name};
 use crate::error::{Error, IoContext, Result};
 use crate::net::free_port;
+use crate::sshd::ClientKey;
 use crate::wait::wait_until;
 
 /// Programs setup's scripts (and sshd's sessions) run, from this machine.
@@ -201,6 +202,59 @@ impl BareHost {
             .exec("tail -n 30 /var/log/deploy-agent.log 2>/dev/null")
             .unwrap_or_default();
         format!("sshd:\n{sshd}\nagent:\n{agent}")
+    }
+}
+
+/// A bare host and the home directory of a deployctl user on this machine: a key the host lets
+/// in, the host's key in `known_hosts`; the caller writes deploy.toml there.
+pub struct BareHostHome {
+    pub home: tempfile::TempDir,
+    pub key: ClientKey,
+    pub host: BareHost,
+}
+
+impl BareHostHome {
+    /// A new home and key, and a host started by `start` ([`BareHost::start`] or
+    /// [`BareHost::start_cloud`]) letting that key in.
+    pub fn start(start: fn(&str) -> Result<BareHost>) -> Result<BareHostHome> {
+        let home = tempfile::tempdir().ctx(|| "creating a home".into())?;
+        let ssh = home.path().join(".ssh");
+        std::fs::create_dir_all(&ssh).ctx(|| format!("creating {}", ssh.display()))?;
+        let key = ClientKey::generate(&ssh)?;
+        let host = start(&key.public_line)?;
+        std::fs::write(ssh.join("known_hosts"), host.known_hosts_line() + "\n")
+            .ctx(|| "writing known_hosts".into())?;
+        Ok(BareHostHome { home, key, host })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// deploy.toml's `[env.staging]`: the host as `name`, reached as `deploy@` (the login setup
+    /// makes), orders signed by this home's key.
+    pub fn staging_table(&self, name: &str) -> String {
+        format!(
+            "[env.staging]\nhosts = [{{ name = \"{name}\", ssh = \"deploy@127.0.0.1:{}\" }}]\nsigning_key = {}\n",
+            self.host.port(),
+            crate::hosts::quote(&self.key.private_path.display().to_string()),
+        )
+    }
+
+    /// `deployctl args…` as this user types it in the home: this key for SSH, no ssh-agent, no
+    /// inherited deployctl settings.
+    pub fn deployctl(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(crate::hosts::deployctl_binary()?);
+        cmd.args(args)
+            .current_dir(self.path())
+            .env("HOME", self.path())
+            .env("DEPLOYCTL_SSH_IDENTITY", &self.key.private_path)
+            .env("DEPLOYCTL_ISSUED_BY", "e2e@deployctl-test")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("DEPLOYCTL_SIGNING_KEY")
+            .env_remove("DEPLOYCTL_REMOTE_AGENT")
+            .env_remove("DEPLOYCTL_AGENT_BINARY");
+        Ok(cmd)
     }
 }
 

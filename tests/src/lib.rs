@@ -39,7 +39,7 @@ pub mod sshd;
 pub mod wait;
 pub mod webhook;
 
-pub use bare_host::BareHost;
+pub use bare_host::{BareHost, BareHostHome};
 pub use caddy::{Caddy, free_listen_addr};
 pub use demokit::{Registry, RegistryOptions};
 pub use docker::{

@@ -12,13 +12,12 @@
 #![forbid(unsafe_code)]
 
 use deployctl_bench::{count_arg, median};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use harness::command::output_with_timeout;
-use harness::hosts::{DEPLOYCTL_TIMEOUT, deployctl_binary, quote};
-use harness::{BareHost, Cleanup, ClientKey, unique_name};
+use harness::hosts::DEPLOYCTL_TIMEOUT;
+use harness::{BareHost, BareHostHome, Cleanup, unique_name};
 
 /// Starts a bare host letting a login in with a public key line.
 type StartHost = fn(&str) -> harness::Result<BareHost>;
@@ -65,46 +64,27 @@ fn main() -> anyhow::Result<()> {
 
 /// A fresh bare host through every run of [`RUNS`], logged in as `user`: the time of each.
 fn one_life(user: &str, start: StartHost) -> anyhow::Result<Vec<Duration>> {
-    let home = tempfile::tempdir()?;
-    let ssh = home.path().join(".ssh");
-    std::fs::create_dir_all(&ssh)?;
-    let key = ClientKey::generate(&ssh)?;
-    let host = start(&key.public_line)?;
-    std::fs::write(ssh.join("known_hosts"), host.known_hosts_line() + "\n")?;
+    let bare = BareHostHome::start(start)?;
     let name = unique_name("bench-bare");
     let _cleanup = Cleanup::label("deployctl.host", &name);
     std::fs::write(
-        home.path().join("deploy.toml"),
+        bare.path().join("deploy.toml"),
         format!(
-            r#"app = "bench"
-image = "127.0.0.1:5000/bench/web"
-
-[services.web]
-health = {{ path = "/healthz", port = 8080 }}
-
-[env.staging]
-hosts = [{{ name = "{name}", ssh = "deploy@127.0.0.1:{port}" }}]
-signing_key = {signing}
-"#,
-            port = host.port(),
-            signing = quote(&key.private_path.display().to_string()),
+            "app = \"bench\"\nimage = \"127.0.0.1:5000/bench/web\"\n\n[services.web]\n\
+             health = {{ path = \"/healthz\", port = 8080 }}\n\n{}",
+            bare.staging_table(&name)
         ),
     )?;
     let mut times = Vec::new();
     for (run, extra, want) in RUNS {
         if *run == "--upgrade" {
-            host.exec(
+            bare.host.exec(
                 "cp /usr/local/bin/deploy-agent /tmp/a && printf x >> /tmp/a && mv /tmp/a /usr/local/bin/deploy-agent",
             )?;
         }
-        let mut cmd = Command::new(deployctl_binary()?);
-        cmd.args(["setup", "--env", "staging", "--json", "--ssh-user", user])
-            .args(*extra)
-            .current_dir(home.path())
-            .env("HOME", home.path())
-            .env("DEPLOYCTL_SSH_IDENTITY", &key.private_path)
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("DEPLOYCTL_AGENT_BINARY");
+        let mut cmd =
+            bare.deployctl(&["setup", "--env", "staging", "--json", "--ssh-user", user])?;
+        cmd.args(*extra);
         let began = Instant::now();
         let out = output_with_timeout(&mut cmd, DEPLOYCTL_TIMEOUT)?;
         times.push(began.elapsed());
@@ -113,7 +93,7 @@ signing_key = {signing}
             out.status.success() && stdout.contains(&format!("\"result\":\"{want}\"")),
             "setup {run} as {user}: {stdout}{}\n{}",
             String::from_utf8_lossy(&out.stderr),
-            host.logs()
+            bare.host.logs()
         );
     }
     Ok(times)

@@ -14,17 +14,14 @@
 use std::process::Command;
 
 use harness::command::output_with_timeout;
-use harness::hosts::{DEPLOYCTL_TIMEOUT, deployctl_binary};
-use harness::{BareHost, ClientKey, unique_name};
+use harness::hosts::DEPLOYCTL_TIMEOUT;
+use harness::{BareHost, BareHostHome, unique_name};
 use sha2::{Digest, Sha256};
 
 use super::*;
 
 struct Setup {
-    home: tempfile::TempDir,
-    key: ClientKey,
-    host: BareHost,
-    name: String,
+    bare: BareHostHome,
     app: String,
     images: DemoImages,
     _registry: Registry,
@@ -43,26 +40,10 @@ impl Setup {
         let registry = Registry::start()?;
         let app = unique_name("setup");
         let images = DemoImages::publish(&registry, &format!("{app}/web"))?;
-        let home = tempfile::tempdir()?;
-        let ssh = home.path().join(".ssh");
-        std::fs::create_dir_all(&ssh)?;
-        let key = ClientKey::generate(&ssh)?;
-        let host = bare(&key.public_line)?;
-        std::fs::write(ssh.join("known_hosts"), host.known_hosts_line() + "\n")?;
+        let bare = BareHostHome::start(bare)?;
         let name = unique_name("bare");
-        let cleanup = Cleanup::label("deployctl.host", &name);
-        let s = Setup {
-            home,
-            key,
-            host,
-            name,
-            app,
-            images,
-            _registry: registry,
-            _cleanup: cleanup,
-        };
         std::fs::write(
-            s.home.path().join("deploy.toml"),
+            bare.path().join("deploy.toml"),
             format!(
                 r#"app = "{app}"
 image = {image}
@@ -70,32 +51,26 @@ image = {image}
 [services.web]
 health = {{ path = "/healthz", port = 8080, interval = "200ms", healthy_for = "1s", deadline = "30s" }}
 
-[env.staging]
-hosts = [{{ name = "{name}", ssh = "deploy@127.0.0.1:{port}" }}]
-signing_key = {signing}
-"#,
-                app = s.app,
-                image = quote(s.images.repository()),
-                name = s.name,
-                port = s.host.port(),
-                signing = quote(&s.key.private_path.display().to_string()),
+{env}"#,
+                image = quote(images.repository()),
+                env = bare.staging_table(&name),
             ),
         )?;
-        Ok(s)
+        Ok(Setup {
+            bare,
+            _cleanup: Cleanup::label("deployctl.host", &name),
+            app,
+            images,
+            _registry: registry,
+        })
+    }
+
+    fn host(&self) -> &BareHost {
+        &self.bare.host
     }
 
     fn deployctl(&self, args: &[&str]) -> anyhow::Result<Run> {
-        let mut cmd = Command::new(deployctl_binary()?);
-        cmd.args(args)
-            .current_dir(self.home.path())
-            .env("HOME", self.home.path())
-            .env("DEPLOYCTL_SSH_IDENTITY", &self.key.private_path)
-            .env("DEPLOYCTL_ISSUED_BY", "e2e@deployctl-test")
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("DEPLOYCTL_SIGNING_KEY")
-            .env_remove("DEPLOYCTL_REMOTE_AGENT")
-            .env_remove("DEPLOYCTL_AGENT_BINARY");
-        let out = output_with_timeout(&mut cmd, DEPLOYCTL_TIMEOUT)?;
+        let out = output_with_timeout(&mut self.bare.deployctl(args)?, DEPLOYCTL_TIMEOUT)?;
         Ok(Run {
             command: format!("deployctl {}", args.join(" ")),
             code: out.status.code(),
@@ -147,7 +122,7 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
     let s = Setup::start()?;
     let nothing = "test ! -e /usr/local/bin/deploy-agent && ! getent passwd deploy-agent \
                    && ! getent passwd deploy && ! getent group deployctl && test ! -e /etc/deploy-agent";
-    s.host.exec(nothing)?;
+    s.host().exec(nothing)?;
 
     // --dry-run: the whole plan, nothing changed
     let (run, result, steps) = s.setup(&["--dry-run"])?;
@@ -162,13 +137,13 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         "{}",
         run.output()
     );
-    s.host
+    s.host()
         .exec(nothing)
         .context("the dry run changed the host")?;
 
     // setup: from nothing to an agent that answers through the deploy login
     let (run, result, steps) = s.setup(&[])?;
-    run.expect(0).with_context(|| s.host.logs())?;
+    run.expect(0).with_context(|| s.host().logs())?;
     ensure!(
         result == "changed" && steps == 9,
         "{result} {steps}: {}",
@@ -176,13 +151,13 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
     );
     let agent = harness::agents::agent_binary()?;
     let installed = s
-        .host
+        .host()
         .exec("sha256sum /usr/local/bin/deploy-agent | cut -d' ' -f1")?;
     ensure!(
         installed.trim() == sha256_hex(&agent)?,
         "the installed binary is not ours"
     );
-    let ids = s.host.exec("id -nG deploy-agent; id -nG deploy; stat -c '%U:%G %a' /etc/deploy-agent/agent.toml /run/deploy-agent/agent.sock")?;
+    let ids = s.host().exec("id -nG deploy-agent; id -nG deploy; stat -c '%U:%G %a' /etc/deploy-agent/agent.toml /run/deploy-agent/agent.sock")?;
     ensure!(
         ids.lines().collect::<Vec<_>>()
             == [
@@ -194,11 +169,11 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         "users, groups and modes: {ids}"
     );
     let owner = s
-        .host
+        .host()
         .exec("stat -c %U /proc/$(cat /run/deploy-agent.stand-in.pid)")?;
     ensure!(owner.trim() == "deploy-agent", "the agent runs as {owner}");
     verify_unit(
-        &s.host
+        &s.host()
             .exec("cat /etc/systemd/system/deploy-agent.service")?,
         &agent,
     )?;
@@ -206,7 +181,7 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
     // a push through the login setup made
     let v1 = s.images.v(1);
     let run = s.deployctl(&["push", &v1.git_sha, "--env", "staging"])?;
-    run.expect(0).with_context(|| s.host.logs())?;
+    run.expect(0).with_context(|| s.host().logs())?;
     let container = docker_inspect(&format!("{}-staging-web", s.app))?;
     ensure!(
         container["Config"]["Labels"]["deployctl.digest"] == v1.digest.as_str(),
@@ -226,7 +201,7 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
 
     // another binary on the host: refused without --upgrade, replaced with it once the push
     // under way (held by its health gate for 8 s) has ended
-    s.host.exec("cp /usr/local/bin/deploy-agent /tmp/a && printf x >> /tmp/a && mv /tmp/a /usr/local/bin/deploy-agent")?;
+    s.host().exec("cp /usr/local/bin/deploy-agent /tmp/a && printf x >> /tmp/a && mv /tmp/a /usr/local/bin/deploy-agent")?;
     let (run, result, _) = s.setup(&[])?;
     run.expect(3)?;
     ensure!(
@@ -234,7 +209,7 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         "{}",
         run.output()
     );
-    let toml = s.home.path().join("deploy.toml");
+    let toml = s.bare.path().join("deploy.toml");
     let config = std::fs::read_to_string(&toml)?;
     std::fs::write(
         &toml,
@@ -247,8 +222,8 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         let push = push.join().expect("the push thread panicked");
         anyhow::Ok((push?, upgrade?))
     })?;
-    push.expect(0).with_context(|| s.host.logs())?;
-    run.expect(0).with_context(|| s.host.logs())?;
+    push.expect(0).with_context(|| s.host().logs())?;
+    run.expect(0).with_context(|| s.host().logs())?;
     ensure!(
         result == "changed"
             && steps == 2
@@ -265,7 +240,7 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
         container["Config"]["Labels"]
     );
     let installed = s
-        .host
+        .host()
         .exec("sha256sum /usr/local/bin/deploy-agent | cut -d' ' -f1")?;
     ensure!(
         installed.trim() == sha256_hex(&agent)?,
@@ -274,7 +249,7 @@ fn setup_takes_a_bare_host_to_a_first_push_and_a_second_run_changes_nothing() ->
     s.deployctl(&["status", "--env", "staging"])?.expect(0)?;
 
     // no systemd: refused with the manual steps, nothing changed
-    s.host.exec("rm -rf /run/systemd/system")?;
+    s.host().exec("rm -rf /run/systemd/system")?;
     let (run, result, _) = s.setup(&[])?;
     run.expect(3)?;
     ensure!(
@@ -304,19 +279,19 @@ fn setup_logs_in_as_a_sudo_user_where_root_may_not_log_in() -> anyhow::Result<()
         "{}",
         run.output()
     );
-    s.host
+    s.host()
         .exec(nothing)
         .context("a refused setup changed the host")?;
 
     let (run, result, steps) = s.setup(&["--ssh-user", "admin"])?;
-    run.expect(0).with_context(|| s.host.logs())?;
+    run.expect(0).with_context(|| s.host().logs())?;
     ensure!(
         result == "changed" && steps == 9,
         "{result} {steps}: {}",
         run.output()
     );
     let ids = s
-        .host
+        .host()
         .exec("id -nG deploy; stat -c '%U:%G %a' /usr/local/bin/deploy-agent /etc/deploy-agent/agent.toml")?;
     ensure!(
         ids.lines().collect::<Vec<_>>()
@@ -326,7 +301,7 @@ fn setup_logs_in_as_a_sudo_user_where_root_may_not_log_in() -> anyhow::Result<()
     let v1 = s.images.v(1);
     s.deployctl(&["push", &v1.git_sha, "--env", "staging"])?
         .expect(0)
-        .with_context(|| s.host.logs())?;
+        .with_context(|| s.host().logs())?;
     let (run, result, _) = s.setup(&["--ssh-user", "admin"])?;
     run.expect(0)?;
     ensure!(result == "unchanged", "{result}: {}", run.output());
